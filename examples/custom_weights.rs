@@ -1,0 +1,32 @@
+//! Custom member weights, a confidence gate and alignment method, compared on one
+//! prompt: the ensemble's choice moves from one member to the other as the weights do.
+//!
+//! `cargo run --release --example custom_weights`
+
+use tutti::align::AlignMethod;
+use tutti::engine::{Ensemble, Gate, MemberSpec, PromptMode};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let prompt = "Q: What is the largest planet in the solar system?\nA:";
+    let mut ens = Ensemble::builder()
+        .member(MemberSpec::new(
+            "models-cache/SmolLM2-135M-Instruct.Q4_1.gguf",
+        ))
+        .member(MemberSpec::new("models-cache/gemma-3-270m-q4_k_m.gguf"))
+        .align(AlignMethod::MinEd)
+        .top_k(8)
+        .gate(Gate::Uncertain(0.7))
+        .max_tokens(16)
+        .stop_string("\n")
+        .build()?;
+    for weights in [[1.0, 0.0], [0.7, 0.3], [0.5, 0.5], [0.3, 0.7], [0.0, 1.0]] {
+        ens.set_weights(&weights)?;
+        let out = ens.generate(prompt, PromptMode::Raw, &mut |_| {})?;
+        println!(
+            "weights {weights:?}: {:?} ({:.0}% ensembled)",
+            out.text.trim(),
+            100.0 * out.ensembled_share
+        );
+    }
+    Ok(())
+}

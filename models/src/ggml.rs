@@ -1,0 +1,205 @@
+//! CPU kernels that reproduce llama.cpp's (ggml's) arithmetic for GGUF models.
+//!
+//! A quantized model rounds every matmul input to 8 bits, so a last-bit difference in an
+//! activation occasionally flips a rounding, and 20-30 layers amplify such flips into logit
+//! differences of 0.1 and more. To follow llama.cpp closely on its own GGUF files, the
+//! element-wise parts of the decoder are computed here the way ggml's x86 CPU backend
+//! (AVX-512 build) computes them:
+//!
+//! - `expf` is ggml's vectorised approximation (`ggml_v_expf`), used by SiLU and softmax;
+//! - GELU (tanh form) goes through ggml's f16 lookup table (`GGML_GELU_FP16`);
+//! - attention runs on an f16 KV cache (llama.cpp's default): q and the probabilities are
+//!   rounded to f16 like `ggml_mul_mat` does, dot products accumulate in the lane order of
+//!   the kernel llama.cpp picks (tinyBLAS `sgemm` for several query rows, `ggml_vec_dot_f16`
+//!   for one), and the softmax sums in f64 with ggml's 16-lane partial sums.
+
+use half::f16;
+use std::sync::OnceLock;
+
+/// ggml's AVX-512 `ggml_v_expf` for one lane (ARM optimized-routines polynomial).
+#[inline]
+pub fn v_expf(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
+    let n = z - r;
+    if n.abs() > 192.0 || n.is_nan() {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let b = (-n).mul_add(f32::from_bits(0x35bf_be8e), (-n).mul_add(f32::from_bits(0x3f31_7200), x));
+    let u = b * b;
+    let c5 = f32::from_bits(0x3c07_2010); // 0x1.0e4020p-7
+    let c4 = f32::from_bits(0x3d2b_9f17); // 0x1.573e2ep-5
+    let c3 = f32::from_bits(0x3e2a_af33); // 0x1.555e66p-3
+    let c2 = f32::from_bits(0x3eff_fedb); // 0x1.fffdb6p-2
+    let c1 = f32::from_bits(0x3f7f_fff6); // 0x1.ffffecp-1
+    let j = c5
+        .mul_add(b, c4)
+        .mul_add(u, c3.mul_add(b, c2))
+        .mul_add(u, c1.mul_add(b, 1.0));
+    // _mm512_scalef_ps: j * 2^n with one rounding.
+    ((j as f64) * 2f64.powi(n as i32)) as f32
+}
+
+/// `silu(x) * g` as `ggml_vec_swiglu_f32` (AVX-512) computes it.
+pub fn swiglu(x: &mut [f32], g: &[f32]) {
+    for (v, &gv) in x.iter_mut().zip(g) {
+        let s = *v / (1.0 + v_expf(0.0 - *v));
+        *v = s * gv;
+    }
+}
+
+/// ggml's tanh-approximation GELU in f32 (`ggml_gelu_f32`).
+fn gelu_f32(x: f32) -> f32 {
+    const GELU_COEF_A: f32 = 0.044715;
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+}
+
+fn gelu_table() -> &'static [f32] {
+    static TABLE: OnceLock<Vec<f32>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|i| f16::from_f32(gelu_f32(f16::from_bits(i).to_f32())).to_f32())
+            .collect()
+    })
+}
+
+/// `gelu(x) * g` as `ggml_vec_geglu_f32` computes it with `GGML_GELU_FP16`: the input
+/// rounded to f16, looked up in a table of f16 GELU values.
+pub fn geglu(x: &mut [f32], g: &[f32]) {
+    let t = gelu_table();
+    for (v, &gv) in x.iter_mut().zip(g) {
+        *v = if *v <= -10.0 {
+            0.0
+        } else if *v >= 10.0 {
+            *v * gv
+        } else {
+            t[f16::from_f32(*v).to_bits() as usize] * gv
+        };
+    }
+}
+
+/// `_mm512_reduce_add_ps` (GCC's halving order) over 16 lanes.
+#[inline]
+fn reduce16(v: &[f32; 16]) -> f32 {
+    let mut h = [0f32; 8];
+    for l in 0..8 {
+        h[l] = v[l + 8] + v[l];
+    }
+    let mut g = [0f32; 4];
+    for l in 0..4 {
+        g[l] = h[l + 4] + h[l];
+    }
+    let e0 = g[2] + g[0];
+    let e1 = g[3] + g[1];
+    e0 + e1
+}
+
+/// Dot product of two f16-valued f32 rows in the order of tinyBLAS (`llamafile_sgemm`,
+/// AVX-512): one 16-lane FMA accumulator along k, then a lane reduction.
+#[inline]
+fn dot_tinyblas(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let n = a.len();
+    let full = n / 16 * 16;
+    for c in (0..full).step_by(16) {
+        for l in 0..16 {
+            acc[l] = a[c + l].mul_add(b[c + l], acc[l]);
+        }
+    }
+    // Zero padding past the end (the cache is padded to 256 cells) adds nothing.
+    for l in 0..n - full {
+        acc[l] = a[full + l].mul_add(b[full + l], acc[l]);
+    }
+    reduce16(&acc)
+}
+
+/// `ggml_vec_dot_f16` (AVX-512: four 16-lane accumulators over 64-element steps).
+#[inline]
+fn dot_vec_f16(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [[0f32; 16]; 4];
+    let n = a.len();
+    for (e, (&x, &y)) in a.iter().zip(b).enumerate() {
+        let j = (e / 16) % 4;
+        let l = e % 16;
+        acc[j][l] = x.mul_add(y, acc[j][l]);
+    }
+    // The tail past the last 64-element step is summed in f64 by ggml; with a padded
+    // cache there is none, and the zero padding is exact here as well.
+    let mut s = [0f32; 16];
+    for l in 0..16 {
+        let a02 = acc[0][l] + acc[2][l];
+        let a13 = acc[1][l] + acc[3][l];
+        s[l] = a02 + a13;
+    }
+    reduce16(&s)
+}
+
+/// Softmax of one row in place (`ggml_compute_forward_soft_max_f32` with a 0/-inf mask
+/// already added): max, `v_expf(x - max)` with 16-lane partial sums added in f64, then
+/// the row scaled by `(float)(1 / sum)`.
+fn softmax_row(w: &mut [f32]) {
+    let max = w.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f64;
+    for chunk in w.chunks_mut(16) {
+        let mut lanes = [0f32; 16];
+        for (l, v) in chunk.iter_mut().enumerate() {
+            *v = v_expf(*v - max);
+            lanes[l] = *v;
+        }
+        sum += reduce16(&lanes) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in w.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Attention for one sequence on f16-valued data, like llama.cpp's non-flash CPU path.
+///
+/// `q`: `[nh, s, hd]` (already rounded to f16), `k`, `v`: `[nkv, t, hd]` (f16 values),
+/// `visible(i, j)`: whether query `i` sees key `j`. Returns `[s, nh * hd]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    nh: usize,
+    nkv: usize,
+    s: usize,
+    t: usize,
+    hd: usize,
+    scale: f32,
+    visible: impl Fn(usize, usize) -> bool + Sync,
+) -> Vec<f32> {
+    let n_rep = nh / nkv;
+    let several = s >= 2;
+    let mut out = vec![0f32; s * nh * hd];
+    let mut w = vec![0f32; t];
+    let mut vt = vec![0f32; t];
+    for h in 0..nh {
+        let kvh = h / n_rep;
+        let kh = &k[kvh * t * hd..(kvh + 1) * t * hd];
+        let vh = &v[kvh * t * hd..(kvh + 1) * t * hd];
+        for i in 0..s {
+            let qi = &q[(h * s + i) * hd..(h * s + i + 1) * hd];
+            for j in 0..t {
+                let kj = &kh[j * hd..(j + 1) * hd];
+                let d = if several { dot_tinyblas(kj, qi) } else { dot_vec_f16(kj, qi) };
+                w[j] = if visible(i, j) { d * scale } else { f32::NEG_INFINITY };
+            }
+            softmax_row(&mut w);
+            for p in w.iter_mut() {
+                *p = f16::from_f32(*p).to_f32();
+            }
+            let o = &mut out[(i * nh + h) * hd..(i * nh + h + 1) * hd];
+            for (dd, od) in o.iter_mut().enumerate() {
+                for j in 0..t {
+                    vt[j] = vh[j * hd + dd];
+                }
+                *od = if several { dot_tinyblas(&vt, &w) } else { dot_vec_f16(&vt, &w) };
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,291 @@
+//! Decoder-only transformer families for tutti, written on candle-nn.
+//!
+//! Every model implements [`CausalLm`]: feed ids at the current position, get the last
+//! position's logits, and cut the KV cache back to any length with `truncate` (the
+//! ensemble's rollback). Weights come from an HF folder (safetensors, f32/f16/bf16) or a
+//! GGUF file (quantized matmuls); the architecture is read from `config.json`
+//! `architectures[0]` or GGUF `general.architecture`.
+//!
+//! Families: Llama 2/3 (and SmolLM2), Mistral, Qwen2/2.5, Qwen3, Gemma 2, Gemma 3, Phi-3.
+
+mod chat;
+pub mod config;
+pub mod device;
+mod error;
+pub mod kv_cache;
+mod ggml;
+mod quant;
+pub mod source;
+pub mod tokenizer;
+pub mod transformer;
+pub mod weights;
+
+pub use config::{Architecture, TransformerConfig};
+pub use device::{default_dtype, device_name, parse_device, parse_dtype};
+pub use error::{Error, Result};
+pub use source::ModelSource;
+pub use tokenizer::ModelTokenizer;
+pub use transformer::{Transformer, WeightFormat};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// A causal language model with a truncatable KV cache.
+pub trait CausalLm: Send {
+    /// Appends `ids` at the current position and returns the F32 logits of the last
+    /// position, shape `[vocab]`. On error the cache is left at its previous length.
+    fn forward(&mut self, ids: &[u32]) -> Result<Tensor>;
+    /// Number of positions in the KV cache.
+    fn position(&self) -> usize;
+    /// Drops every cached position at or after `len`.
+    fn truncate(&mut self, len: usize);
+    /// Empties the cache.
+    fn reset(&mut self) {
+        self.truncate(0)
+    }
+    /// Width of the logits (may differ from the tokenizer's size).
+    fn vocab_size(&self) -> usize;
+    fn device(&self) -> &Device;
+    /// Activation dtype.
+    fn dtype(&self) -> DType;
+    /// Input embedding table `[rows, hidden]` as F32 on the model's device.
+    fn input_embeddings(&self) -> candle_core::Result<Tensor>;
+    /// Output projection `[vocab, hidden]` as F32 when it is not tied to the input one.
+    fn output_embeddings(&self) -> candle_core::Result<Option<Tensor>>;
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Activation/weight dtype for dense checkpoints; `None` picks per device.
+    /// GGUF models always compute in F32 around their quantized matmuls.
+    pub dtype: Option<DType>,
+    /// Use this architecture instead of the one the checkpoint names.
+    pub arch: Option<Architecture>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: None,
+            arch: None,
+        }
+    }
+}
+
+/// Facts about a loaded model, for logs, reports and cache keys.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// Short display name (file or folder name).
+    pub name: String,
+    pub source: ModelSource,
+    pub arch: Architecture,
+    pub format: WeightFormat,
+    pub dtype: DType,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+    /// Total bytes of weights read per decoded token (for bandwidth rooflines).
+    pub weight_bytes: u64,
+    /// Identifies the weights: sha256 over file sizes and sampled content.
+    pub weights_fingerprint: String,
+}
+
+/// A model ready to generate: network, tokenizer, facts.
+pub struct Model {
+    pub lm: Box<dyn CausalLm>,
+    pub tokenizer: ModelTokenizer,
+    pub info: ModelInfo,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("info", &self.info).finish()
+    }
+}
+
+impl Model {
+    /// Loads a model from a spec: folder, `.gguf`, or `hf:ORG/NAME[@REV][/FILE.gguf]`.
+    pub fn load(spec: &str, opts: &LoadOptions) -> Result<Self> {
+        let source = ModelSource::resolve(spec)?;
+        Self::load_resolved(source, opts)
+    }
+
+    pub fn load_resolved(source: ModelSource, opts: &LoadOptions) -> Result<Self> {
+        match &source {
+            ModelSource::Gguf(path) => load_gguf(path, source.clone(), opts),
+            ModelSource::Folder(dir) => load_folder(dir, source.clone(), opts),
+            ModelSource::TokenizerFile(p) => Err(Error::BadSource {
+                spec: p.display().to_string(),
+                reason: "a tokenizer.json has no weights; pass a model folder or a .gguf file"
+                    .into(),
+            }),
+        }
+    }
+}
+
+fn read_gguf(path: &Path) -> Result<gguf_file::Content> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let content = gguf_file::Content::read(&mut f).map_err(|e| Error::BadGguf {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    // Content::read only parses the header; a truncated download is caught here.
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let end = content
+        .tensor_infos
+        .values()
+        .map(|t| {
+            let elems: usize = t.shape.elem_count();
+            let bytes = elems / t.ggml_dtype.block_size() * t.ggml_dtype.type_size();
+            content.tensor_data_offset + t.offset + bytes as u64
+        })
+        .max()
+        .unwrap_or(0);
+    if end > len {
+        return Err(Error::BadGguf {
+            path: path.to_path_buf(),
+            reason: format!("tensor data ends at byte {end} but the file has {len} bytes"),
+        });
+    }
+    Ok(content)
+}
+
+fn load_gguf(path: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Model> {
+    let content = read_gguf(path)?;
+    let tokenizer = ModelTokenizer::from_gguf(path, &content.metadata)?;
+    let embd = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .ok_or_else(|| Error::BadGguf {
+            path: path.to_path_buf(),
+            reason: "no token_embd.weight tensor".into(),
+        })?;
+    let vocab_rows = embd.shape.dims()[0];
+    let has_output = content.tensor_infos.contains_key("output.weight");
+    let cfg = TransformerConfig::from_gguf(&content.metadata, opts.arch, vocab_rows, has_output)
+        .map_err(|reason| {
+            if reason.contains("unsupported architecture") {
+                Error::UnknownArchitecture {
+                    found: content
+                        .metadata
+                        .get("general.architecture")
+                        .and_then(|v| v.to_string().ok())
+                        .cloned()
+                        .unwrap_or_default(),
+                    supported: Architecture::supported_list(),
+                }
+            } else {
+                Error::BadGguf {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            }
+        })?;
+    let weight_bytes: u64 = content
+        .tensor_infos
+        .iter()
+        .filter(|(name, _)| *name != "token_embd.weight" || !has_output)
+        .map(|(_, t)| {
+            (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64
+        })
+        .sum();
+    let mut weights = weights::Weights::from_gguf(path, content, &opts.device)?;
+    weights.arch_name = cfg.arch.name().into();
+    let info = ModelInfo {
+        name: source.display_name(),
+        arch: cfg.arch,
+        format: WeightFormat::Gguf,
+        dtype: DType::F32,
+        num_layers: cfg.num_layers,
+        hidden_size: cfg.hidden_size,
+        vocab_size: cfg.vocab_size,
+        weight_bytes,
+        weights_fingerprint: fingerprint(&[path.to_path_buf()])?,
+        source,
+    };
+    let lm = Transformer::load(&weights, cfg, WeightFormat::Gguf)?;
+    Ok(Model {
+        lm: Box::new(lm),
+        tokenizer,
+        info,
+    })
+}
+
+fn load_folder(dir: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Model> {
+    let cfg = TransformerConfig::from_hf_file(&dir.join("config.json"), opts.arch)?;
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<PathBuf> = if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        source::shard_files(&text)
+            .map_err(|reason| Error::BadSource {
+                spec: dir.display().to_string(),
+                reason,
+            })?
+            .into_iter()
+            .map(|f| dir.join(f))
+            .collect()
+    } else {
+        let all = source::list_with_ext(dir, "safetensors");
+        if all.is_empty() {
+            return Err(Error::BadSource {
+                spec: dir.display().to_string(),
+                reason: "no *.safetensors weights in the folder".into(),
+            });
+        }
+        all
+    };
+    let dtype = opts.dtype.unwrap_or_else(|| default_dtype(&opts.device));
+    let tokenizer = ModelTokenizer::from_hf_folder(dir)?;
+    let mut weights = weights::Weights::from_safetensors(&files, &opts.device, dtype)?;
+    weights.arch_name = cfg.arch.name().into();
+    let weight_bytes = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let info = ModelInfo {
+        name: source.display_name(),
+        arch: cfg.arch,
+        format: WeightFormat::HuggingFace,
+        dtype,
+        num_layers: cfg.num_layers,
+        hidden_size: cfg.hidden_size,
+        vocab_size: cfg.vocab_size,
+        weight_bytes,
+        weights_fingerprint: fingerprint(&files)?,
+        source,
+    };
+    let lm = Transformer::load(&weights, cfg, WeightFormat::HuggingFace)?;
+    Ok(Model {
+        lm: Box::new(lm),
+        tokenizer,
+        info,
+    })
+}
+
+/// sha256 over each file's length and 64 KiB samples at its start, middle and end:
+/// cheap on multi-GB checkpoints and changes whenever a file is replaced.
+pub fn fingerprint(files: &[PathBuf]) -> Result<String> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    for path in files {
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        h.update(len.to_le_bytes());
+        for at in [0, len / 2, len.saturating_sub(buf.len() as u64)] {
+            f.seek(SeekFrom::Start(at))
+                .map_err(|e| Error::io(path, e))?;
+            let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(tokenizer::hex(&h.finalize()))
+}
+
+/// The candle version this crate was built against (for `tutti info`).
+pub const CANDLE_VERSION: &str = "0.11.1";

@@ -1,0 +1,546 @@
+//! A model's tokenizer with the facts generation needs around it: BOS/EOS ids, whether
+//! to add BOS, the chat template, and a content hash that identifies the vocabulary.
+//!
+//! From an HF folder it reads `tokenizer.json` (+ `tokenizer_config.json`,
+//! `generation_config.json`, `config.json`); from a GGUF file it rebuilds an equivalent
+//! `tokenizer.json` from the `tokenizer.ggml.*` metadata, so every later stage sees one
+//! `tokenizers::Tokenizer` regardless of where the model came from.
+
+use crate::source::ModelSource;
+use crate::{Error, Result};
+use candle_core::quantized::gguf_file;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Token texts that end a turn or a document in the families we support; counted as
+/// EOS when they exist in the vocabulary as special tokens (llama.cpp does the same).
+const END_TOKENS: &[&str] = &[
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|eom_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "<eos>",
+    "</s>",
+];
+
+#[derive(Clone)]
+pub struct ModelTokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: Option<u32>,
+    eos: Vec<u32>,
+    add_bos: bool,
+    bos_text: Option<String>,
+    eos_text: Option<String>,
+    chat_template: Option<String>,
+    content_hash: String,
+}
+
+impl std::fmt::Debug for ModelTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelTokenizer")
+            .field("vocab", &self.inner.get_vocab_size(true))
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos", &self.add_bos)
+            .field("has_chat_template", &self.chat_template.is_some())
+            .finish()
+    }
+}
+
+fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(format!("{}: {e}", path.display()))
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| tok_err(path, format!("not valid JSON: {e}")))
+}
+
+/// `eos_token_id` may be an int or a list.
+fn ids_of(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// `bos_token` in tokenizer_config.json may be a string or an AddedToken object.
+fn token_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        _ => None,
+    }
+}
+
+impl ModelTokenizer {
+    /// Loads the tokenizer of any model spec (see [`ModelSource::resolve`]).
+    pub fn from_source(spec: &str) -> Result<Self> {
+        Self::from_resolved(&ModelSource::resolve(spec)?)
+    }
+
+    pub fn from_resolved(source: &ModelSource) -> Result<Self> {
+        match source {
+            ModelSource::Folder(dir) => Self::from_hf_folder(dir),
+            ModelSource::TokenizerFile(path) => Self::from_tokenizer_json(path, None, None, None),
+            ModelSource::Gguf(path) => {
+                let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+                let content = gguf_file::Content::read(&mut f).map_err(|e| Error::BadGguf {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                Self::from_gguf(path, &content.metadata)
+            }
+        }
+    }
+
+    pub fn from_hf_folder(dir: &Path) -> Result<Self> {
+        let tok = dir.join("tokenizer.json");
+        if !tok.exists() {
+            return Err(Error::Tokenizer(format!(
+                "{}: no tokenizer.json in the model folder",
+                dir.display()
+            )));
+        }
+        let tcfg = read_json(&dir.join("tokenizer_config.json"))?;
+        let gen = read_json(&dir.join("generation_config.json"))?;
+        let cfg = read_json(&dir.join("config.json")).ok().flatten();
+        Self::from_tokenizer_json(&tok, tcfg.as_ref(), gen.as_ref(), cfg.as_ref())
+    }
+
+    /// A `tokenizer.json` with optional `tokenizer_config.json`, `generation_config.json`
+    /// and `config.json` values next to it.
+    pub fn from_tokenizer_json(
+        path: &Path,
+        tcfg: Option<&Value>,
+        gen: Option<&Value>,
+        cfg: Option<&Value>,
+    ) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            tok_err(
+                path,
+                format!("not valid JSON ({e}); expected a tokenizer.json"),
+            )
+        })?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| tok_err(path, e))?;
+        let content_hash = hex(&Sha256::digest(&bytes));
+        // A tokenizer_config.json beside a bare tokenizer.json is used too.
+        let side = if tcfg.is_none() {
+            path.parent()
+                .map(|d| read_json(&d.join("tokenizer_config.json")))
+                .transpose()?
+                .flatten()
+        } else {
+            None
+        };
+        let tcfg = tcfg.or(side.as_ref());
+        let id_of = |text: &Option<String>| text.as_deref().and_then(|t| inner.token_to_id(t));
+        let bos_text = tcfg.and_then(|c| token_text(c.get("bos_token")));
+        let eos_text = tcfg.and_then(|c| token_text(c.get("eos_token")));
+        let mut bos = id_of(&bos_text)
+            .or_else(|| {
+                ids_of(gen.and_then(|g| g.get("bos_token_id")))
+                    .first()
+                    .copied()
+            })
+            .or_else(|| {
+                ids_of(cfg.and_then(|g| g.get("bos_token_id")))
+                    .first()
+                    .copied()
+            });
+        // Does the tokenizer's own post-processor add a BOS? Then honour that.
+        let adds_bos_itself = match (inner.encode("a", true), inner.encode("a", false)) {
+            (Ok(with), Ok(without)) => {
+                let w = with.get_ids();
+                w.len() > without.get_ids().len()
+                    && Some(w[0]) != without.get_ids().first().copied()
+            }
+            _ => false,
+        };
+        if bos.is_none() && adds_bos_itself {
+            bos = inner
+                .encode("a", true)
+                .ok()
+                .and_then(|e| e.get_ids().first().copied());
+        }
+        let add_bos = tcfg
+            .and_then(|c| c.get("add_bos_token"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(adds_bos_itself)
+            && bos.is_some();
+        let mut eos: Vec<u32> = ids_of(gen.and_then(|g| g.get("eos_token_id")));
+        eos.extend(ids_of(cfg.and_then(|g| g.get("eos_token_id"))));
+        eos.extend(id_of(&eos_text));
+        let specials: Vec<(u32, String)> = value
+            .get("added_tokens")
+            .and_then(|a| a.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter(|t| t.get("special").and_then(|s| s.as_bool()).unwrap_or(false))
+                    .filter_map(|t| {
+                        Some((
+                            t.get("id")?.as_u64()? as u32,
+                            t.get("content")?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        eos.extend(
+            specials
+                .iter()
+                .filter(|(_, c)| END_TOKENS.contains(&c.as_str()))
+                .map(|(id, _)| *id),
+        );
+        eos.sort_unstable();
+        eos.dedup();
+        let chat_template = tcfg.and_then(|c| chat_template_of(c.get("chat_template")));
+        Ok(Self {
+            bos_text: bos.and_then(|b| inner.id_to_token(b)),
+            eos_text: eos_text.or_else(|| eos.first().and_then(|&e| inner.id_to_token(e))),
+            inner,
+            bos,
+            eos,
+            add_bos,
+            chat_template,
+            content_hash,
+        })
+    }
+
+    /// Rebuilds the tokenizer from GGUF `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(path: &Path, md: &HashMap<String, gguf_file::Value>) -> Result<Self> {
+        let rebuilt = gguf_tokenizer_json(md)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let text = serde_json::to_string(&rebuilt.json)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes()).map_err(|e| {
+            Error::Tokenizer(format!(
+                "{}: rebuilt tokenizer is invalid: {e}",
+                path.display()
+            ))
+        })?;
+        let content_hash = hex(&Sha256::digest(text.as_bytes()));
+        let get_u32 = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
+        let bos = get_u32("tokenizer.ggml.bos_token_id");
+        let mut eos: Vec<u32> = [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ]
+        .iter()
+        .filter_map(|k| get_u32(k))
+        .collect();
+        eos.extend(
+            rebuilt
+                .control
+                .iter()
+                .filter(|(_, c)| END_TOKENS.contains(&c.as_str()))
+                .map(|(id, _)| *id),
+        );
+        eos.sort_unstable();
+        eos.dedup();
+        let add_bos = md
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(rebuilt.spm)
+            && bos.is_some();
+        let chat_template = md
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
+        Ok(Self {
+            bos_text: bos.and_then(|b| inner.id_to_token(b)),
+            eos_text: get_u32("tokenizer.ggml.eos_token_id").and_then(|e| inner.id_to_token(e)),
+            inner,
+            bos,
+            eos,
+            add_bos,
+            chat_template,
+            content_hash,
+        })
+    }
+
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
+    pub fn is_eos(&self, id: u32) -> bool {
+        self.eos.contains(&id)
+    }
+
+    /// Whether raw prompts get a BOS prepended (the model's own setting).
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// Hex sha256 identifying the vocabulary and its rules.
+    pub fn content_hash(&self) -> &str {
+        &self.content_hash
+    }
+
+    /// Number of ids the tokenizer knows (added tokens included).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Encodes text; special-token text in it (e.g. `<|im_start|>`) is recognised.
+    /// `add_bos` prepends BOS unless the text already starts with it.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if let (true, Some(b)) = (add_bos, self.bos) {
+            if enc.get_ids().first() != Some(&b) {
+                ids.push(b);
+            }
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Encodes a raw prompt the way the model expects (BOS per the model's setting).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode(text, self.add_bos)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// Renders `messages` (role, content) through the chat template, ready to encode.
+    /// Errors when the model has no template (then `--raw` is the fix).
+    pub fn apply_chat_template(&self, messages: &[(String, String)]) -> Result<String> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| Error::ChatTemplate("this model has no chat template".into()))?;
+        crate::chat::render(
+            template,
+            messages,
+            self.bos_text.as_deref().unwrap_or(""),
+            self.eos_text.as_deref().unwrap_or(""),
+        )
+    }
+}
+
+fn chat_template_of(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        // A list of named templates: take `default`.
+        Value::Array(a) => a
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .or_else(|| a.first())
+            .and_then(|t| t.get("template").and_then(|s| s.as_str()).map(String::from)),
+        _ => None,
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct RebuiltTokenizer {
+    json: Value,
+    /// Control tokens (id, text).
+    control: Vec<(u32, String)>,
+    /// SentencePiece-style vocabulary.
+    spm: bool,
+}
+
+const GPT2_REGEX: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn byte_level_pre(regex: Option<&str>) -> Value {
+    match regex {
+        None => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+        }
+        Some(r) => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]}),
+    }
+}
+
+/// Builds a `tokenizer.json` value equivalent to llama.cpp's reading of the metadata.
+fn gguf_tokenizer_json(
+    md: &HashMap<String, gguf_file::Value>,
+) -> std::result::Result<RebuiltTokenizer, String> {
+    let model = md
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .ok_or("the GGUF file has no vocabulary (tokenizer.ggml.model missing); pass a tokenizer.json instead")?;
+    let tokens: Vec<String> = md
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.to_vec().ok())
+        .ok_or("the GGUF file has no tokenizer.ggml.tokens")?
+        .iter()
+        .map(|t| t.to_string().cloned().unwrap_or_default())
+        .collect();
+    let types: Vec<i32> = md
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
+        .unwrap_or_else(|| vec![1; tokens.len()]);
+    let get_u32 = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
+    let mut added = Vec::new();
+    let mut control = Vec::new();
+    for (id, (text, &ty)) in tokens.iter().zip(types.iter()).enumerate() {
+        // 3 = control, 4 = user-defined: matched as whole units before the model runs.
+        if ty == 3 || ty == 4 {
+            added.push(
+                json!({"id": id, "content": text, "single_word": false, "lstrip": false,
+                              "rstrip": false, "normalized": false, "special": ty == 3}),
+            );
+            if ty == 3 {
+                control.push((id as u32, text.clone()));
+            }
+        }
+    }
+    let mut vocab = Map::new();
+    for (id, t) in tokens.iter().enumerate() {
+        // Duplicate texts keep their first id, as llama.cpp's text→id map does.
+        vocab.entry(t.clone()).or_insert(json!(id));
+    }
+    match model.as_str() {
+        "gpt2" => {
+            let merges: Vec<Value> = md
+                .get("tokenizer.ggml.merges")
+                .and_then(|v| v.to_vec().ok())
+                .ok_or("BPE vocabulary without tokenizer.ggml.merges")?
+                .iter()
+                .filter_map(|m| m.to_string().ok())
+                .filter_map(|m| m.split_once(' ').map(|(a, b)| json!([a, b])))
+                .collect();
+            let pre = md
+                .get("tokenizer.ggml.pre")
+                .and_then(|v| v.to_string().ok())
+                .map(|s| s.as_str())
+                .unwrap_or("default");
+            let pre_tokenizer = match pre {
+                "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" => byte_level_pre(Some(LLAMA3_REGEX)),
+                "qwen2" | "deepseek-r1-qwen" => byte_level_pre(Some(QWEN2_REGEX)),
+                "default" | "gpt-2" | "gpt2" | "smollm" => byte_level_pre(None),
+                other => {
+                    eprintln!("tutti: unknown GGUF pre-tokenizer `{other}`; using the GPT-2 split rules");
+                    byte_level_pre(Some(GPT2_REGEX))
+                }
+            };
+            let json = json!({
+                "version": "1.0", "truncation": null, "padding": null,
+                "added_tokens": added, "normalizer": null,
+                "pre_tokenizer": pre_tokenizer, "post_processor": null,
+                "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                          "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                          "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                          "vocab": vocab, "merges": merges}
+            });
+            Ok(RebuiltTokenizer { json, control, spm: false })
+        }
+        "llama" => {
+            let scores: Vec<f32> = md
+                .get("tokenizer.ggml.scores")
+                .and_then(|v| v.to_vec().ok())
+                .map(|v| v.iter().map(|s| s.to_f32().unwrap_or(0.0)).collect())
+                .unwrap_or_else(|| vec![0.0; tokens.len()]);
+            let merges = spm_merges(&tokens, &types, &scores);
+            let add_space_prefix = md
+                .get("tokenizer.ggml.add_space_prefix")
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(true);
+            let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+            let normalizer = if add_space_prefix {
+                json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace]})
+            } else {
+                replace
+            };
+            let mut decoders = vec![
+                json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+                json!({"type": "ByteFallback"}),
+                json!({"type": "Fuse"}),
+            ];
+            if add_space_prefix {
+                decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+            }
+            let unk = get_u32("tokenizer.ggml.unknown_token_id")
+                .and_then(|id| tokens.get(id as usize).cloned())
+                .or_else(|| types.iter().position(|&t| t == 2).map(|i| tokens[i].clone()));
+            let json = json!({
+                "version": "1.0", "truncation": null, "padding": null,
+                "added_tokens": added, "normalizer": normalizer,
+                "pre_tokenizer": null, "post_processor": null,
+                "decoder": {"type": "Sequence", "decoders": decoders},
+                "model": {"type": "BPE", "dropout": null, "unk_token": unk,
+                          "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                          "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                          "vocab": vocab, "merges": merges}
+            });
+            Ok(RebuiltTokenizer { json, control, spm: true })
+        }
+        other => Err(format!(
+            "unsupported GGUF tokenizer model `{other}` (supported: gpt2, llama); pass a tokenizer.json instead"
+        )),
+    }
+}
+
+/// SentencePiece BPE merges from scores: every split `a + b` of a normal token into two
+/// vocabulary pieces is a merge, ranked by the merged token's score (higher first).
+/// This is the order in which llama.cpp's SPM tokenizer merges bigrams.
+fn spm_merges(tokens: &[String], types: &[i32], scores: &[f32]) -> Vec<Value> {
+    let index: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(types.get(*i), Some(1) | None))
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new();
+    for (&t, &id) in index.iter() {
+        for (split, _) in t.char_indices().skip(1) {
+            let (a, b) = t.split_at(split);
+            if let (Some(&ia), Some(&ib)) = (index.get(a), index.get(b)) {
+                merges.push((scores.get(id).copied().unwrap_or(0.0), id, ia, ib));
+            }
+        }
+    }
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    merges
+        .into_iter()
+        .map(|(_, _, a, b)| json!([tokens[a], tokens[b]]))
+        .collect()
+}

@@ -1,0 +1,733 @@
+//! The decoder shared by every family: embeddings → blocks (attention + MLP, with the
+//! family's norm placement) → final norm → output projection.
+//!
+//! Family differences are switches in [`TransformerConfig`]; tensor names differ between
+//! HF checkpoints and GGUF files and are resolved by [`TensorNames`].
+
+use crate::config::{
+    Activation, Architecture, RopeConfig, RopeScaling, RopeStyle, TransformerConfig,
+};
+use crate::kv_cache::KvCache;
+use crate::weights::{Embedding, Linear, Weights};
+use crate::{CausalLm, Error, Result};
+use candle_core::{DType, Device, Tensor, D};
+
+/// Where a family's tensors live in a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    HuggingFace,
+    Gguf,
+}
+
+/// Resolves the tensor names of one layer (or of the model) for a format.
+pub struct TensorNames {
+    format: WeightFormat,
+    arch: Architecture,
+}
+
+impl TensorNames {
+    pub fn new(format: WeightFormat, arch: Architecture) -> Self {
+        Self { format, arch }
+    }
+
+    fn gemma(&self) -> bool {
+        matches!(self.arch, Architecture::Gemma2 | Architecture::Gemma3)
+    }
+
+    pub fn embed(&self) -> &'static str {
+        match self.format {
+            WeightFormat::HuggingFace => "model.embed_tokens.weight",
+            WeightFormat::Gguf => "token_embd.weight",
+        }
+    }
+
+    pub fn final_norm(&self) -> &'static str {
+        match self.format {
+            WeightFormat::HuggingFace => "model.norm.weight",
+            WeightFormat::Gguf => "output_norm.weight",
+        }
+    }
+
+    pub fn lm_head(&self) -> &'static str {
+        match self.format {
+            WeightFormat::HuggingFace => "lm_head.weight",
+            WeightFormat::Gguf => "output.weight",
+        }
+    }
+
+    /// Name of a per-layer tensor given its role.
+    pub fn layer(&self, i: usize, role: Role) -> String {
+        let (hf, gguf) = match role {
+            Role::AttnNorm => ("input_layernorm", "attn_norm"),
+            Role::Q => ("self_attn.q_proj", "attn_q"),
+            Role::K => ("self_attn.k_proj", "attn_k"),
+            Role::V => ("self_attn.v_proj", "attn_v"),
+            Role::Qkv => ("self_attn.qkv_proj", "attn_qkv"),
+            Role::O => ("self_attn.o_proj", "attn_output"),
+            Role::QNorm => ("self_attn.q_norm", "attn_q_norm"),
+            Role::KNorm => ("self_attn.k_norm", "attn_k_norm"),
+            Role::PostAttnNorm => ("post_attention_layernorm", "post_attention_norm"),
+            // In Llama-style HF checkpoints the pre-MLP norm is the one called
+            // `post_attention_layernorm`; Gemma calls it `pre_feedforward_layernorm`.
+            Role::FfnNorm if self.gemma() => ("pre_feedforward_layernorm", "ffn_norm"),
+            Role::FfnNorm => ("post_attention_layernorm", "ffn_norm"),
+            Role::PostFfnNorm => ("post_feedforward_layernorm", "post_ffw_norm"),
+            Role::Gate => ("mlp.gate_proj", "ffn_gate"),
+            Role::Up => ("mlp.up_proj", "ffn_up"),
+            Role::GateUp => ("mlp.gate_up_proj", "ffn_up"),
+            Role::Down => ("mlp.down_proj", "ffn_down"),
+        };
+        match self.format {
+            WeightFormat::HuggingFace => format!("model.layers.{i}.{hf}"),
+            WeightFormat::Gguf => format!("blk.{i}.{gguf}"),
+        }
+    }
+}
+
+/// The role of a per-layer tensor.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    AttnNorm,
+    Q,
+    K,
+    V,
+    Qkv,
+    O,
+    QNorm,
+    KNorm,
+    PostAttnNorm,
+    FfnNorm,
+    PostFfnNorm,
+    Gate,
+    Up,
+    GateUp,
+    Down,
+}
+
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    w: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn load(w: &Weights, name: &str, cfg: &TransformerConfig) -> Result<Self> {
+        Ok(Self {
+            w: w.norm(&format!("{name}.weight"), cfg.norm_plus_one)?,
+            eps: cfg.rms_norm_eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 && self.w.dtype() == DType::F32 {
+            return rms_norm_f32(x, &self.w, self.eps);
+        }
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.w, self.eps)
+    }
+}
+
+/// RMS norm on the CPU in f32, computed like ggml (`ggml_compute_forward_rms_norm_f32`):
+/// the sum of squares accumulated in f64, `scale = 1 / sqrt(mean + eps)` in f32 and
+/// `y = (x * scale) * w`. Quantized matmuls round their inputs to 8 bits, so the last bit
+/// of the norm decides some roundings; matching ggml's arithmetic keeps them identical.
+fn rms_norm_f32(x: &Tensor, w: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let n = *dims.last().unwrap_or(&1);
+    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let ws: Vec<f32> = w.flatten_all()?.to_vec1()?;
+    if ws.len() != n {
+        candle_core::bail!("rms_norm: weight has {} elements, rows have {n}", ws.len());
+    }
+    let mut out = vec![0f32; xs.len()];
+    for (xr, yr) in xs.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
+        let mean = (sum / n as f64) as f32;
+        let scale = 1.0f32 / (mean + eps).sqrt();
+        for ((y, &v), &g) in yr.iter_mut().zip(xr).zip(&ws) {
+            *y = v * scale * g;
+        }
+    }
+    Tensor::from_vec(out, dims, x.device())
+}
+
+enum QkvProj {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+struct Attention {
+    qkv: QkvProj,
+    o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
+    /// Sliding window for this layer, if it is a local layer.
+    window: Option<usize>,
+    rope_style: RopeStyle,
+    cache: KvCache,
+    /// Round q, k, v and the attention probabilities to f16 like llama.cpp's default
+    /// attention (f16 KV cache, `mul_mat` converting its f32 operand to the cache's f16).
+    f16_attn: bool,
+}
+
+/// Rounds an f32 tensor to the nearest f16 values, keeping f32 storage.
+fn round_f16(t: &Tensor) -> candle_core::Result<Tensor> {
+    if t.dtype() == DType::F32 {
+        t.to_dtype(DType::F16)?.to_dtype(DType::F32)
+    } else {
+        Ok(t.clone())
+    }
+}
+
+fn dbg(name: &str, layer: usize, t: &Tensor) {
+    if let Ok(dir) = std::env::var("TUTTI_DUMP_DIR") {
+        let v: Vec<f32> = t
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let dims: Vec<String> = t.dims().iter().map(|d| d.to_string()).collect();
+        std::fs::write(
+            format!("{dir}/{name}-{layer}__{}.f32", dims.join("x")),
+            bytes,
+        )
+        .unwrap();
+    }
+}
+static DBG_LAYER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+fn dl() -> usize {
+    DBG_LAYER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Rotary tables for the positions of one forward call.
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Attention {
+    fn forward(&mut self, x: &Tensor, pos0: usize, rot: &Rotary) -> candle_core::Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (q, k, v) = match &self.qkv {
+            QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            QkvProj::Fused(qkv) => {
+                let t = qkv.forward(x)?;
+                (
+                    t.narrow(D::Minus1, 0, nh * hd)?,
+                    t.narrow(D::Minus1, nh * hd, nkv * hd)?,
+                    t.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?,
+                )
+            }
+        };
+        let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
+            t.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous()
+        };
+        dbg("q", dl(), &q);
+        dbg("k", dl(), &k);
+        dbg("v", dl(), &v);
+        let mut q = heads(q, nh)?;
+        let mut k = heads(k, nkv)?;
+        let v = heads(v, nkv)?;
+        if let Some(n) = &self.q_norm {
+            q = n.forward(&q)?;
+        }
+        if let Some(n) = &self.k_norm {
+            k = n.forward(&k)?;
+        }
+        let rope = match self.rope_style {
+            RopeStyle::Halves => candle_nn::rotary_emb::rope,
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i,
+        };
+        let mut q = rope(&q, &rot.cos, &rot.sin)?;
+        let mut k = rope(&k, &rot.cos, &rot.sin)?;
+        let mut v = v;
+        if self.f16_attn {
+            q = round_f16(&q)?;
+            k = round_f16(&k)?;
+            v = round_f16(&v)?;
+        }
+        dbg("qrope", dl(), &q);
+        dbg("krope", dl(), &k);
+        let (k_all, v_all) = self.cache.append(&k, &v)?;
+
+        // Keys older than the first query's window are invisible to every query.
+        let first_key = match self.window {
+            Some(w) => (pos0 + 1).saturating_sub(w),
+            None => 0,
+        };
+        let total = k_all.dim(2)?;
+        let (k_all, v_all) = if first_key > 0 {
+            (
+                k_all.narrow(2, first_key, total - first_key)?,
+                v_all.narrow(2, first_key, total - first_key)?,
+            )
+        } else {
+            (k_all, v_all)
+        };
+        let t = total - first_key;
+        if self.f16_attn && b == 1 && self.softcap.is_none() && x.device().is_cpu() && q.dtype() == DType::F32 {
+            let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
+            let kv: Vec<f32> = k_all.contiguous()?.flatten_all()?.to_vec1()?;
+            let vv: Vec<f32> = v_all.contiguous()?.flatten_all()?.to_vec1()?;
+            let window = self.window;
+            let visible = |i: usize, j: usize| {
+                let (qp, kp) = (pos0 + i, first_key + j);
+                kp <= qp && window.is_none_or(|w| qp - kp < w)
+            };
+            let out = crate::ggml::attention(&qv, &kv, &vv, nh, nkv, s, t, hd, self.scale as f32, visible);
+            let out = Tensor::from_vec(out, (b, s, nh * hd), x.device())?;
+            dbg("kqv_out", dl(), &out);
+            return self.o.forward(&out);
+        }
+        let n_rep = nh / nkv;
+        // Grouped-query attention without copying keys: fold the query heads that share
+        // a kv head into the row dimension.
+        let q = q.reshape((b, nkv, n_rep * s, hd))?;
+        let mut att = (q.matmul(&k_all.contiguous()?.t()?)? * self.scale)?;
+        if let Some(cap) = self.softcap {
+            att = ((att / cap)?.tanh()? * cap)?;
+        }
+        let att = att.to_dtype(DType::F32)?;
+        let att = if s > 1 {
+            let mask = causal_mask(s, pos0, first_key, t, self.window, x.device())?;
+            att.reshape((b, nkv, n_rep, s, t))?
+                .broadcast_add(&mask)?
+                .reshape((b, nkv, n_rep * s, t))?
+        } else {
+            att
+        };
+        let mut p = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(v_all.dtype())?;
+        if self.f16_attn {
+            p = round_f16(&p)?;
+        }
+        let out = p.matmul(&v_all.contiguous()?)?;
+        let out = out
+            .reshape((b, nh, s, hd))?
+            .transpose(1, 2)?
+            .reshape((b, s, nh * hd))?;
+        dbg("kqv_out", dl(), &out);
+        self.o.forward(&out)
+    }
+}
+
+/// Additive mask `[s, t]`: query `i` sits at absolute position `pos0 + i`, key `j` at
+/// `first_key + j`.
+fn causal_mask(
+    s: usize,
+    pos0: usize,
+    first_key: usize,
+    t: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let mut m = vec![0f32; s * t];
+    for i in 0..s {
+        let qp = pos0 + i;
+        for j in 0..t {
+            let kp = first_key + j;
+            let visible = kp <= qp && window.is_none_or(|w| qp - kp < w);
+            if !visible {
+                m[i * t + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Tensor::from_vec(m, (s, t), device)
+}
+
+enum Mlp {
+    Separate {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+    Fused {
+        gate_up: Linear,
+        down: Linear,
+        ff: usize,
+    },
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor, act: Activation, ggml: bool) -> candle_core::Result<Tensor> {
+        if ggml && x.device().is_cpu() && x.dtype() == DType::F32 {
+            let (g, u, down) = match self {
+                Mlp::Separate { gate, up, down } => (gate.forward(x)?, up.forward(x)?, down),
+                Mlp::Fused { gate_up, down, ff } => {
+                    let gu = gate_up.forward(x)?;
+                    (gu.narrow(D::Minus1, 0, *ff)?, gu.narrow(D::Minus1, *ff, *ff)?, down)
+                }
+            };
+            dbg("ffn_gate", dl(), &g); dbg("ffn_up", dl(), &u);
+            let dims = g.dims().to_vec();
+            let mut gv: Vec<f32> = g.contiguous()?.flatten_all()?.to_vec1()?;
+            let uv: Vec<f32> = u.contiguous()?.flatten_all()?.to_vec1()?;
+            match act {
+                Activation::Silu => crate::ggml::swiglu(&mut gv, &uv),
+                Activation::GeluTanh => crate::ggml::geglu(&mut gv, &uv),
+            }
+            let h = Tensor::from_vec(gv, dims, x.device())?;
+            dbg("ffn_swiglu", dl(), &h);
+            return down.forward(&h);
+        }
+        let apply = |t: &Tensor| match act {
+            Activation::Silu => candle_nn::ops::silu(t),
+            Activation::GeluTanh => t.gelu(),
+        };
+        match self {
+            Mlp::Separate { gate, up, down } => {
+                let g = gate.forward(x)?;
+                let u = up.forward(x)?;
+                dbg("ffn_gate", dl(), &g);
+                dbg("ffn_up", dl(), &u);
+                let h = (apply(&g)? * u)?;
+                dbg("ffn_swiglu", dl(), &h);
+                down.forward(&h)
+            }
+            Mlp::Fused { gate_up, down, ff } => {
+                let gu = gate_up.forward(x)?;
+                let g = gu.narrow(D::Minus1, 0, *ff)?;
+                let u = gu.narrow(D::Minus1, *ff, *ff)?;
+                down.forward(&(apply(&g)? * u)?)
+            }
+        }
+    }
+}
+
+struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    post_attn_norm: Option<RmsNorm>,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+    post_ffn_norm: Option<RmsNorm>,
+    sliding: bool,
+}
+
+impl Block {
+    fn forward(
+        &mut self,
+        x: &Tensor,
+        pos0: usize,
+        rot: &Rotary,
+        act: Activation,
+    ) -> candle_core::Result<Tensor> {
+        let an = self.attn_norm.forward(x)?;
+        dbg("attn_norm", dl(), &an);
+        let mut h = self.attn.forward(&an, pos0, rot)?;
+        dbg("attn_out", dl(), &h);
+        if let Some(n) = &self.post_attn_norm {
+            h = n.forward(&h)?;
+        }
+        let x = (x + h)?;
+        dbg("ffn_inp", dl(), &x);
+        let fnx = self.ffn_norm.forward(&x)?;
+        dbg("ffn_norm", dl(), &fnx);
+        let mut h = self.mlp.forward(&fnx, act, self.attn.f16_attn)?;
+        dbg("ffn_out", dl(), &h);
+        if let Some(n) = &self.post_ffn_norm {
+            h = n.forward(&h)?;
+        }
+        x + h
+    }
+}
+
+/// Inverse frequencies of one rotary configuration.
+fn inv_freqs(head_dim: usize, rope: &RopeConfig, freq_factors: Option<&[f32]>) -> Vec<f64> {
+    let half = head_dim / 2;
+    (0..half)
+        .map(|i| {
+            let mut f = 1.0 / rope.theta.powf((2 * i) as f64 / head_dim as f64);
+            match rope.scaling {
+                RopeScaling::None => {}
+                RopeScaling::Linear { factor } => f /= factor,
+                RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position_embeddings: orig,
+                } => {
+                    let low_wavelen = orig / low_freq_factor;
+                    let high_wavelen = orig / high_freq_factor;
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen > low_wavelen {
+                        f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (orig / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        f = (1.0 - smooth) * f / factor + smooth * f;
+                    }
+                }
+            }
+            if let Some(ff) = freq_factors {
+                f /= ff.get(i).copied().unwrap_or(1.0) as f64;
+            }
+            f
+        })
+        .collect()
+}
+
+/// A loaded decoder with its KV caches.
+pub struct Transformer {
+    cfg: TransformerConfig,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    untied_head: bool,
+    inv_freq_global: Vec<f64>,
+    inv_freq_local: Vec<f64>,
+    dtype: DType,
+    device: Device,
+    position: usize,
+}
+
+impl Transformer {
+    pub fn load(w: &Weights, cfg: TransformerConfig, format: WeightFormat) -> Result<Self> {
+        let names = TensorNames::new(format, cfg.arch);
+        let embed = w.embedding(names.embed())?;
+        let hd = cfg.head_dim;
+        let h = cfg.hidden_size;
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let n = |r: Role| names.layer(i, r);
+            let wname = |r: Role| format!("{}.weight", n(r));
+            let bname = |r: Role| format!("{}.bias", n(r));
+            let qkv = if w.has(&wname(Role::Qkv)) {
+                QkvProj::Fused(w.linear(&wname(Role::Qkv), Some(&bname(Role::Qkv)), h)?)
+            } else {
+                QkvProj::Separate {
+                    q: w.linear(&wname(Role::Q), Some(&bname(Role::Q)), h)?,
+                    k: w.linear(&wname(Role::K), Some(&bname(Role::K)), h)?,
+                    v: w.linear(&wname(Role::V), Some(&bname(Role::V)), h)?,
+                }
+            };
+            let sliding = cfg.layer_is_sliding.get(i).copied().unwrap_or(false);
+            let attn = Attention {
+                qkv,
+                o: w.linear(&wname(Role::O), None, cfg.num_heads * hd)?,
+                q_norm: if cfg.qk_norm {
+                    Some(RmsNorm::load(w, &n(Role::QNorm), &cfg)?)
+                } else {
+                    None
+                },
+                k_norm: if cfg.qk_norm {
+                    Some(RmsNorm::load(w, &n(Role::KNorm), &cfg)?)
+                } else {
+                    None
+                },
+                num_heads: cfg.num_heads,
+                num_kv_heads: cfg.num_kv_heads,
+                head_dim: hd,
+                scale: cfg.attn_scale,
+                softcap: cfg.attn_softcap,
+                window: if sliding { cfg.sliding_window } else { None },
+                rope_style: cfg.rope_style,
+                cache: KvCache::new(),
+                f16_attn: format == WeightFormat::Gguf && std::env::var("TUTTI_F32_KV").is_err(),
+            };
+            let mlp = if format == WeightFormat::HuggingFace && w.has(&wname(Role::GateUp))
+                || format == WeightFormat::Gguf && !w.has(&wname(Role::Gate))
+            {
+                let gate_up = w.linear(&wname(Role::GateUp), None, h)?;
+                let ff = gate_up.out_features() / 2;
+                Mlp::Fused {
+                    gate_up,
+                    down: w.linear(&wname(Role::Down), None, ff)?,
+                    ff,
+                }
+            } else {
+                Mlp::Separate {
+                    gate: w.linear(&wname(Role::Gate), None, h)?,
+                    up: w.linear(&wname(Role::Up), None, h)?,
+                    down: w.linear(&wname(Role::Down), None, cfg.intermediate_size)?,
+                }
+            };
+            let sandwich = |r: Role| -> Result<Option<RmsNorm>> {
+                if cfg.sandwich_norms {
+                    Ok(Some(RmsNorm::load(w, &n(r), &cfg)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            blocks.push(Block {
+                attn_norm: RmsNorm::load(w, &n(Role::AttnNorm), &cfg)?,
+                attn,
+                post_attn_norm: sandwich(Role::PostAttnNorm)?,
+                ffn_norm: RmsNorm::load(w, &n(Role::FfnNorm), &cfg)?,
+                mlp,
+                post_ffn_norm: sandwich(Role::PostFfnNorm)?,
+                sliding,
+            });
+        }
+        let norm = RmsNorm {
+            w: w.norm(names.final_norm(), cfg.norm_plus_one)?,
+            eps: cfg.rms_norm_eps as f32,
+        };
+        let untied_head = !cfg.tie_word_embeddings && w.has(names.lm_head());
+        let lm_head = if untied_head {
+            w.linear(names.lm_head(), None, h)?
+        } else {
+            embed.as_linear()?
+        };
+        // llama.cpp stores Llama 3.1 frequency factors as a tensor.
+        let freq_factors = match w.tensor_opt("rope_freqs.weight", DType::F32)? {
+            Some(t) => Some(t.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let inv_freq_global = inv_freqs(hd, &cfg.rope_global, freq_factors.as_deref());
+        let inv_freq_local = inv_freqs(hd, &cfg.rope_local, freq_factors.as_deref());
+        Ok(Self {
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            untied_head,
+            inv_freq_global,
+            inv_freq_local,
+            dtype: w.dtype(),
+            device: w.device().clone(),
+            position: 0,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.cfg
+    }
+
+    fn rotary(&self, inv_freq: &[f64], pos0: usize, s: usize) -> candle_core::Result<Rotary> {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(s * half);
+        let mut sin = Vec::with_capacity(s * half);
+        for p in pos0..pos0 + s {
+            for f in inv_freq {
+                // Angles in f32 like the reference implementations.
+                let a = (p as f32) * (*f as f32);
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (s, half), &self.device)?.to_dtype(self.dtype)?;
+        let sin = Tensor::from_vec(sin, (s, half), &self.device)?.to_dtype(self.dtype)?;
+        Ok(Rotary { cos, sin })
+    }
+
+    fn forward_impl(&mut self, ids: &[u32]) -> Result<Tensor> {
+        if ids.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        let rows = self.embed.rows();
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= rows) {
+            return Err(Error::TokenOutOfRange { id, vocab: rows });
+        }
+        let s = ids.len();
+        let pos0 = self.position;
+        if pos0 + s > self.cfg.max_position_embeddings {
+            return Err(Error::ContextOverflow {
+                needed: pos0 + s,
+                max: self.cfg.max_position_embeddings,
+            });
+        }
+        let ids_t = Tensor::new(ids, &self.device)?;
+        let mut x = self.embed.forward(&ids_t, self.dtype)?.unsqueeze(0)?;
+        if let Some(scale) = self.cfg.embed_scale {
+            x = (x * scale)?;
+        }
+        let rot_global = self.rotary(&self.inv_freq_global, pos0, s)?;
+        let has_local =
+            self.blocks.iter().any(|b| b.sliding) && self.inv_freq_local != self.inv_freq_global;
+        let rot_local = if has_local {
+            Some(self.rotary(&self.inv_freq_local, pos0, s)?)
+        } else {
+            None
+        };
+        let act = self.cfg.activation;
+        let result: candle_core::Result<Tensor> = (|| {
+            dbg("embd", 0, &x);
+            for (li, block) in self.blocks.iter_mut().enumerate() {
+                DBG_LAYER.store(li, std::sync::atomic::Ordering::Relaxed);
+                let rot = match (&rot_local, block.sliding) {
+                    (Some(r), true) => r,
+                    _ => &rot_global,
+                };
+                x = block.forward(&x, pos0, rot, act)?;
+                dbg("l_out", li, &x);
+            }
+            let last = x.narrow(1, s - 1, 1)?;
+            let h = self.norm.forward(&last)?;
+            dbg("result_norm", 0, &h);
+            let mut logits = self.lm_head.forward(&h)?.to_dtype(DType::F32)?;
+            if let Some(cap) = self.cfg.final_softcap {
+                logits = ((logits / cap)?.tanh()? * cap)?;
+            }
+            logits.flatten_all()
+        })();
+        match result {
+            Ok(l) => {
+                self.position = pos0 + s;
+                Ok(l)
+            }
+            Err(e) => {
+                // Leave the caches consistent with `position` after a failed step.
+                self.truncate(pos0);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl CausalLm for Transformer {
+    fn forward(&mut self, ids: &[u32]) -> Result<Tensor> {
+        self.forward_impl(ids)
+    }
+
+    fn position(&self) -> usize {
+        self.position
+    }
+
+    fn truncate(&mut self, len: usize) {
+        for b in self.blocks.iter_mut() {
+            b.attn.cache.truncate(len);
+        }
+        self.position = self.position.min(len);
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.lm_head.out_features()
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn input_embeddings(&self) -> candle_core::Result<Tensor> {
+        self.embed.matrix()
+    }
+
+    fn output_embeddings(&self) -> candle_core::Result<Option<Tensor>> {
+        if !self.untied_head {
+            return Ok(None);
+        }
+        // Recover the dense matrix by projecting the identity would be wasteful; the
+        // head is dense for safetensors and dequantizable for GGUF.
+        Ok(Some(self.lm_head_matrix()?))
+    }
+}
+
+impl Transformer {
+    fn lm_head_matrix(&self) -> candle_core::Result<Tensor> {
+        self.lm_head.dense_matrix()
+    }
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The project's test command (the README's second quick-start command; CI runs it).
+#
+# Fetches what the tests need (the two demo GGUF models and the real tokenizers, both
+# idempotent), checks formatting, then runs every test of the workspace. Nothing is
+# skipped: a test whose asset is missing fails and names the script that fetches it.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+echo "[test] fetching demo models and tokenizers"
+scripts/fetch-models.sh
+scripts/fetch-tokenizers.sh
+
+echo "[test] cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "[test] cargo test --workspace"
+cargo test --workspace --all-targets "$@"

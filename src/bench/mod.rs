@@ -1,0 +1,3 @@
+//! Benchmark harnesses that run every member alone and the ensemble on the same items.
+
+pub mod qa;

@@ -1,0 +1,8 @@
+//! Subcommands of the `tutti` binary. Each module owns its clap arguments and a `run`.
+
+pub mod align;
+pub mod bench;
+pub mod common;
+pub mod generate;
+pub mod info;
+pub mod logits;

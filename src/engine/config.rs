@@ -1,0 +1,117 @@
+//! The ensemble TOML file (`tutti generate --ensemble FILE.toml`).
+//!
+//! ```toml
+//! align = "min-ed"          # exact | min-ed | relrep
+//! top_k = 10
+//! gate = "always"           # or "uncertain:0.5"
+//! max_tokens = 256
+//! stop = ["\n\n"]
+//! # temperature = 0.7       # sampling; absent = greedy
+//! # top_p = 0.9
+//! # seed = 1
+//!
+//! [[member]]
+//! model = "models-cache/SmolLM2-135M-Instruct.Q4_1.gguf"
+//! weight = 1.0
+//! device = "cpu"
+//!
+//! [[member]]
+//! model = "models-cache/gemma-3-270m-q4_k_m.gguf"
+//! weight = 0.5
+//! ```
+//!
+//! Unknown keys are errors, so a misspelt setting never silently does nothing.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::ensemble::MemberSpec;
+use super::error::{EngineError, Result};
+
+/// Top level of the file; every setting is optional (command-line flags override).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleFile {
+    pub align: Option<String>,
+    pub top_k: Option<usize>,
+    pub gate: Option<String>,
+    pub max_tokens: Option<usize>,
+    pub stop: Option<Vec<String>>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    #[serde(default, rename = "member")]
+    pub members: Vec<MemberEntry>,
+}
+
+/// One `[[member]]` table.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberEntry {
+    pub model: String,
+    pub weight: Option<f32>,
+    pub device: Option<String>,
+    pub dtype: Option<String>,
+    pub arch: Option<String>,
+}
+
+impl MemberEntry {
+    /// The member spec, with the file's device/dtype or the given defaults.
+    pub fn to_spec(&self, device: &str, dtype: &str) -> MemberSpec {
+        MemberSpec::new(self.model.clone())
+            .weight(self.weight.unwrap_or(1.0))
+            .device(self.device.clone().unwrap_or_else(|| device.to_string()))
+            .dtype(self.dtype.clone().unwrap_or_else(|| dtype.to_string()))
+            .arch(self.arch.clone())
+    }
+}
+
+impl EnsembleFile {
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<EnsembleFile> {
+        toml::from_str(text).map_err(|e| EngineError::Config {
+            path: origin.to_string(),
+            reason: e.to_string().trim().to_string(),
+        })
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<EnsembleFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::Config {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_members_and_settings() {
+        let f = EnsembleFile::parse(
+            "top_k = 5\ngate = \"uncertain:0.4\"\n[[member]]\nmodel = \"a.gguf\"\nweight = 2.0\n[[member]]\nmodel = \"b\"\ndevice = \"cpu\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(f.top_k, Some(5));
+        assert_eq!(f.members.len(), 2);
+        assert_eq!(f.members[0].to_spec("auto", "auto").weight, 2.0);
+        assert_eq!(f.members[1].to_spec("auto", "auto").device, "cpu");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = EnsembleFile::parse("topk = 5\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("t.toml") && err.contains("topk"), "{err}");
+        let err = EnsembleFile::parse("[[member]]\nmodel = \"a\"\nwieght = 1\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wieght"), "{err}");
+    }
+}

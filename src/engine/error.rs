@@ -1,0 +1,59 @@
+//! Errors of the generation engine. Each variant says what was wrong and, where there
+//! is one, what the user can change.
+
+use crate::align::AlignError;
+
+/// Errors of building an [`crate::engine::Ensemble`] and of generating with it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A member could not be loaded or failed while running.
+    #[error("member `{member}`: {source}")]
+    Model {
+        member: String,
+        #[source]
+        source: tutti_models::Error,
+    },
+    /// Vocabulary surfaces or a vocabulary map could not be built.
+    #[error("member `{member}`: {source}")]
+    Align {
+        member: String,
+        #[source]
+        source: AlignError,
+    },
+    /// A tensor operation outside the models failed.
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+    /// An ensemble needs at least one member.
+    #[error("no members: pass at least one model (-m MODEL or [[member]] in the ensemble file)")]
+    NoMembers,
+    /// Weights must be finite, non-negative and not all zero.
+    #[error("invalid weights {weights:?}: {reason}")]
+    BadWeights { weights: Vec<f32>, reason: String },
+    /// `top_k` must be at least 1.
+    #[error("top-k must be at least 1 (got {0})")]
+    BadTopK(usize),
+    /// A sampling parameter out of range.
+    #[error("invalid sampling setting: {0}")]
+    BadSampling(String),
+    /// A gate spec that is neither `always` nor `uncertain:T` with 0 ≤ T ≤ 1.
+    #[error("invalid gate `{0}`: expected `always` or `uncertain:T` with T between 0 and 1")]
+    BadGate(String),
+    /// A model spec with a malformed `:w=WEIGHT` suffix.
+    #[error("invalid model spec `{spec}`: {reason}")]
+    BadSpec { spec: String, reason: String },
+    /// The ensemble TOML file could not be read or parsed.
+    #[error("ensemble file {path}: {reason}")]
+    Config { path: String, reason: String },
+    /// Generation needs a non-empty prompt.
+    #[error("the prompt is empty; pass a prompt argument or pipe text on stdin")]
+    EmptyPrompt,
+    /// The chosen bytes cannot be written with a member's tokens (no byte tokens).
+    #[error("member `{member}` has no tokens for the bytes {bytes:?}")]
+    Untokenizable { member: String, bytes: Vec<u8> },
+    /// A member index outside the ensemble.
+    #[error("no member #{index}: the ensemble has {len} members")]
+    NoSuchMember { index: usize, len: usize },
+}
+
+/// Result alias of the engine.
+pub type Result<T> = std::result::Result<T, EngineError>;

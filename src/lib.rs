@@ -1,0 +1,7 @@
+//! placeholder
+
+pub mod align;
+pub mod bench;
+pub mod engine;
+pub mod vocab;
+pub use engine::{Ensemble, EnsembleBuilder, Generation, MemberSpec};

@@ -1,0 +1,47 @@
+//! The `tutti` command line: generation, logits inspection, vocabulary alignment,
+//! benchmarks and build information.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tutti",
+    version,
+    about = "Token-level ensemble decoding of language models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text with one model or an ensemble of models.
+    Generate(cli::generate::GenerateArgs),
+    /// Print the top-N next-token ids and logits at the last prompt position.
+    Logits(cli::logits::LogitsArgs),
+    /// Build (or load from cache) a vocabulary map between two models and print stats.
+    Align(cli::align::AlignArgs),
+    /// Run members alone and as an ensemble on a benchmark, side by side.
+    Bench(cli::bench::BenchArgs),
+    /// Print compiled features, available devices and versions.
+    Info,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => cli::generate::run(args),
+        Command::Logits(args) => cli::logits::run(args),
+        Command::Align(args) => cli::align::run(args),
+        Command::Bench(args) => cli::bench::run(args),
+        Command::Info => cli::info::run(),
+    };
+    if let Err(err) = result {
+        // One line, causes joined with ": ", no backtrace: errors here are for the user.
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
