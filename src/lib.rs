@@ -1,7 +1,26 @@
-//! placeholder
+//! tutti: token-level ensemble decoding of heterogeneous language models.
+//!
+//! Several causal language models with different tokenizers decode one text in
+//! lockstep. The path of one token through the engine:
+//!
+//! 1. every member forwards its pending ids ([`tutti_models::CausalLm`]);
+//! 2. softmax with temperature and top-k per member ([`engine::step`]);
+//! 3. the union of the candidates, keyed by their exact bytes ([`vocab::Vocab`]);
+//! 4. each member's probability of each candidate: its own id, else through a
+//!    vocabulary map ([`align`]);
+//! 5. the weighted average, renormalised over the union, and the choice (greedy or
+//!    seeded sampling);
+//! 6. feedback: the chosen bytes are appended to every member in its own tokenization,
+//!    rolling its KV cache back where re-tokenization changed its tail
+//!    ([`engine::Member`]).
+//!
+//! [`Ensemble`] is the entry point; a single model is a one-member ensemble. The
+//! `bench` module scores members and ensembles side by side.
 
 pub mod align;
 pub mod bench;
 pub mod engine;
 pub mod vocab;
+
 pub use engine::{Ensemble, EnsembleBuilder, Generation, MemberSpec};
+pub use tutti_models as models;

@@ -3,10 +3,13 @@
 //! map to their identical counterpart (the B token with the same bytes).
 //!
 //! The acceptance target is ≥ 95% identity. relrep-v3 (whitened relative
-//! representations over 16,384 anchors, CSLS) measures about 89-90% Gemma 3 → SmolLM2
-//! on 500 held-out shared tokens (relrep-v2 measured 9%); the remaining gap to 95% is
-//! documented in `src/align/relrep.rs`. This test guards the measured level with a small
-//! margin, not the target.
+//! representations over 16,384 anchors, CSLS k = 3) measures 464/500 = 92.8%
+//! Gemma 3 → SmolLM2 and 470/500 = 94.0% SmolLM2 → Gemma 3 on 500 held-out shared
+//! tokens (relrep-v2 measured 9% / 3%); the remaining gap to 95% is documented in
+//! `src/align/relrep.rs` (a least-squares map fitted on the anchors does no better).
+//! This test guards 90%, the measured level less a small margin, not the target. The
+//! SmolLM2 → Gemma 3 direction (94.0%) scores every SmolLM2 token against Gemma's 262k
+//! targets, minutes on a 2-core CPU, so it is measured with `tutti align` instead of here.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -75,22 +78,5 @@ fn relrep_maps_held_out_shared_tokens_gemma3_to_smollm2() {
         "relrep Gemma 3 -> SmolLM2 identity on held-out shared tokens: {right}/{n} ({:.1}s)",
         t.elapsed().as_secs_f64()
     );
-    assert!(right * 100 >= n * 85, "{right}/{n}");
-}
-
-/// The other direction: every SmolLM2 token is scored against Gemma 3's 262k targets,
-/// so set-up takes longer; run with `--ignored`.
-#[test]
-#[ignore]
-fn relrep_maps_held_out_shared_tokens_smollm2_to_gemma3() {
-    let (va, ea) = model("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let (vb, eb) = model("gemma-3-270m-q4_k_m.gguf");
-    let t = std::time::Instant::now();
-    let rr = RelRep::new(&va, &ea, &vb, &eb, &RelRepConfig::default()).unwrap();
-    let (right, n) = held_out_identity(&rr, &va, ea.dims()[0], &vb);
-    eprintln!(
-        "relrep SmolLM2 -> Gemma 3 identity on held-out shared tokens: {right}/{n} ({:.1}s)",
-        t.elapsed().as_secs_f64()
-    );
-    assert!(right * 100 >= n * 85, "{right}/{n}");
+    assert!(right * 100 >= n * 90, "{right}/{n}");
 }

@@ -25,7 +25,10 @@ pub fn v_expf(x: f32) -> f32 {
     if n.abs() > 192.0 || n.is_nan() {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
-    let b = (-n).mul_add(f32::from_bits(0x35bf_be8e), (-n).mul_add(f32::from_bits(0x3f31_7200), x));
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e),
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x),
+    );
     let u = b * b;
     let c5 = f32::from_bits(0x3c07_2010); // 0x1.0e4020p-7
     let c4 = f32::from_bits(0x3d2b_9f17); // 0x1.573e2ep-5
@@ -48,11 +51,55 @@ pub fn swiglu(x: &mut [f32], g: &[f32]) {
     }
 }
 
-/// ggml's tanh-approximation GELU in f32 (`ggml_gelu_f32`).
+/// ggml's tanh-approximation GELU in f32 (`ggml_gelu_f32`, with the FMA contraction GCC
+/// applies to `1 + a*x*x`).
 fn gelu_f32(x: f32) -> f32 {
     const GELU_COEF_A: f32 = 0.044715;
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (GELU_COEF_A * x).mul_add(x, 1.0)).tanh())
+}
+
+/// Rotary cos/sin table of ggml (`ggml_rope_cache_init`): the angle of pair `i` at
+/// position `p` is `p * theta_scale^i` built by repeated f32 multiplication, with
+/// `theta_scale = powf(base, -2 / n_dims)`; returns `[s][half][cos, sin]`.
+pub fn rope_table(base: f32, freq_scale: f32, n_dims: usize, pos0: usize, s: usize) -> Vec<f32> {
+    let half = n_dims / 2;
+    let theta_scale = base.powf(-2.0f32 / n_dims as f32);
+    let mut out = Vec::with_capacity(s * half * 2);
+    for p in pos0..pos0 + s {
+        let mut theta = p as f32;
+        for _ in 0..half {
+            let t = freq_scale * theta;
+            out.push(t.cos());
+            out.push(t.sin());
+            theta *= theta_scale;
+        }
+    }
+    out
+}
+
+/// Applies rotary embeddings in place to `[heads, s, hd]` like ggml's `rotate_pairs`
+/// (GCC contracts `x0*c - x1*s` into `fma(x0, c, -(x1*s))`). `interleaved`: pairs
+/// `(2i, 2i+1)` (ggml's NORMAL mode), otherwise `(i, i + hd/2)` (NEOX).
+pub fn rope(x: &mut [f32], heads: usize, s: usize, hd: usize, table: &[f32], interleaved: bool) {
+    let half = hd / 2;
+    for h in 0..heads {
+        for i in 0..s {
+            let row = &mut x[(h * s + i) * hd..(h * s + i + 1) * hd];
+            let cs = &table[i * half * 2..(i + 1) * half * 2];
+            for p in 0..half {
+                let (c, sn) = (cs[2 * p], cs[2 * p + 1]);
+                let (a, b) = if interleaved {
+                    (2 * p, 2 * p + 1)
+                } else {
+                    (p, p + half)
+                };
+                let (x0, x1) = (row[a], row[b]);
+                row[a] = x0.mul_add(c, -(x1 * sn));
+                row[b] = x0.mul_add(sn, x1 * c);
+            }
+        }
+    }
 }
 
 fn gelu_table() -> &'static [f32] {
@@ -118,7 +165,6 @@ fn dot_tinyblas(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 fn dot_vec_f16(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [[0f32; 16]; 4];
-    let n = a.len();
     for (e, (&x, &y)) in a.iter().zip(b).enumerate() {
         let j = (e / 16) % 4;
         let l = e % 16;
@@ -185,8 +231,16 @@ pub fn attention(
             let qi = &q[(h * s + i) * hd..(h * s + i + 1) * hd];
             for j in 0..t {
                 let kj = &kh[j * hd..(j + 1) * hd];
-                let d = if several { dot_tinyblas(kj, qi) } else { dot_vec_f16(kj, qi) };
-                w[j] = if visible(i, j) { d * scale } else { f32::NEG_INFINITY };
+                let d = if several {
+                    dot_tinyblas(kj, qi)
+                } else {
+                    dot_vec_f16(kj, qi)
+                };
+                w[j] = if visible(i, j) {
+                    d * scale
+                } else {
+                    f32::NEG_INFINITY
+                };
             }
             softmax_row(&mut w);
             for p in w.iter_mut() {
@@ -197,7 +251,11 @@ pub fn attention(
                 for j in 0..t {
                     vt[j] = vh[j * hd + dd];
                 }
-                *od = if several { dot_tinyblas(&vt, &w) } else { dot_vec_f16(&vt, &w) };
+                *od = if several {
+                    dot_tinyblas(&vt, &w)
+                } else {
+                    dot_vec_f16(&vt, &w)
+                };
             }
         }
     }

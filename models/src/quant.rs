@@ -243,6 +243,61 @@ fn run<T: GgmlType>(
         }
         // SAFETY: every byte was written with the `#[repr(C)]` layout of `T::VecDotType`
         // (size checked above); all bit patterns of its fields are valid.
+        match T::DTYPE {
+            GgmlDType::Q4_1 => {
+                dot_all_rows(data, bytes, m, k, n, 20, 36, dst, simd::dot_q4_1);
+                return Ok(());
+            }
+            GgmlDType::Q4_0 => {
+                dot_all_rows(data, bytes, m, k, n, 18, 34, dst, |w, a| {
+                    simd::dot_q0(w, a, 18, unpack_q4_0)
+                });
+                return Ok(());
+            }
+            GgmlDType::Q5_0 => {
+                dot_all_rows(data, bytes, m, k, n, 22, 34, dst, |w, a| {
+                    simd::dot_q0(w, a, 22, unpack_q5_0)
+                });
+                return Ok(());
+            }
+            GgmlDType::Q8_0 => {
+                dot_all_rows(data, bytes, m, k, n, 34, 34, dst, |w, a| {
+                    simd::dot_q0(w, a, 34, unpack_q8_0)
+                });
+                return Ok(());
+            }
+            // llama.cpp repacks Q4_K weights with 8 | rows into its 8x8 layout on AVX2.
+            GgmlDType::Q4K if n % 8 == 0 => {
+                // Rows in whole groups of 4 go through the gemm kernel, the rest through gemv.
+                let gemm_rows = m - m % 4;
+                dot_all_rows_k(data, bytes, m, k, n, 144, dst, |w, a, r| {
+                    dot_q4k_repacked(w, a, r < gemm_rows)
+                });
+                return Ok(());
+            }
+            // Batches of 8 rows or more go through ggml's tiled K-quant matmul.
+            GgmlDType::Q4K if m >= 8 => {
+                dot_all_rows_k(data, bytes, m, k, n, 144, dst, |w, a, _| {
+                    dot_q4k_tiled(w, a)
+                });
+                return Ok(());
+            }
+            GgmlDType::Q4K => {
+                dot_all_rows_k(data, bytes, m, k, n, 144, dst, |w, a, _| dot_q4k(w, a));
+                return Ok(());
+            }
+            GgmlDType::Q6K if m >= 8 => {
+                dot_all_rows_k(data, bytes, m, k, n, 210, dst, |w, a, _| {
+                    dot_q6k_tiled(w, a)
+                });
+                return Ok(());
+            }
+            GgmlDType::Q6K => {
+                dot_all_rows_k(data, bytes, m, k, n, 210, dst, |w, a, _| dot_q6k(w, a));
+                return Ok(());
+            }
+            _ => {}
+        }
         let act: &[T::VecDotType] =
             unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T::VecDotType, m * akb) };
         dot_all(w, act, m, k, n, kb, dst);
@@ -299,4 +354,608 @@ fn dot_all<T: GgmlType>(
             write(r, c, T::vec_dot(k, col(c), row(r)));
         }
     }
+}
+
+#[inline]
+fn f16_at(b: &[u8], off: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[off], b[off + 1]])).to_f32()
+}
+
+/// `ggml_vec_dot_q4_1_q8_1` (x86 AVX2/AVX-512 build) bit for bit: per block the products
+/// of 4 consecutive values are summed exactly into 8 lanes and accumulated with
+/// `fma(d_w * d_a, lane, acc)`; the `m * s` terms are summed separately in f32; at the end
+/// the 8 lanes are reduced pairwise (`hsum_float_8`) and the `m * s` sum is added.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn dot_q4_1(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    for (wb, ab) in w.chunks_exact(20).zip(a.chunks_exact(36)) {
+        let d0 = f16_at(wb, 0);
+        let m0 = f16_at(wb, 2);
+        let d1 = f16_at(ab, 0);
+        let s1 = f16_at(ab, 2);
+        summs += m0 * s1;
+        let d0d1 = d0 * d1;
+        let qs = &wb[4..20];
+        let qy = &ab[4..36];
+        let mut xy = [0i32; 8];
+        for (l, x) in xy.iter_mut().enumerate() {
+            let mut t = 0i32;
+            for e in 4 * l..4 * l + 4 {
+                let q4 = if e < 16 {
+                    qs[e] & 0x0f
+                } else {
+                    qs[e - 16] >> 4
+                } as i32;
+                t += q4 * (qy[e] as i8 as i32);
+            }
+            *x = t;
+        }
+        for l in 0..8 {
+            acc[l] = d0d1.mul_add(xy[l] as f32, acc[l]);
+        }
+    }
+    hsum8(&acc) + summs
+}
+
+/// `hsum_float_8`: lanes l and l+4 added, then (0+2) + (1+3).
+#[inline]
+fn hsum8(v: &[f32; 8]) -> f32 {
+    let r = [v[4] + v[0], v[5] + v[1], v[6] + v[2], v[7] + v[3]];
+    (r[0] + r[2]) + (r[1] + r[3])
+}
+
+/// Runs `dot(weight row, activation row)` for every (row, column) on candle's thread pool.
+#[allow(clippy::too_many_arguments)]
+fn dot_all_rows(
+    w: &[u8],
+    act: &[u8],
+    m: usize,
+    k: usize,
+    n: usize,
+    wblock: usize,
+    ablock: usize,
+    dst: &mut [f32],
+    dot: impl Fn(&[u8], &[u8]) -> f32 + Sync,
+) {
+    let wrow = k / 32 * wblock;
+    let arow = k / 32 * ablock;
+    let dst_ptr = dst.as_mut_ptr() as usize;
+    let pool = candle_core::utils::barrier_pool();
+    const COLS: usize = 8;
+    let groups = n.div_ceil(COLS);
+    pool.execute_chunked(groups * m, |range| {
+        for it in range {
+            let r = it / groups;
+            let c0 = (it % groups) * COLS;
+            let a = &act[r * arow..(r + 1) * arow];
+            for c in c0..n.min(c0 + COLS) {
+                let v = dot(&w[c * wrow..(c + 1) * wrow], a);
+                // SAFETY: each (r, c) is written by exactly one work item.
+                unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
+            }
+        }
+    });
+}
+
+fn unpack_q4_0(b: &[u8], q: &mut [i8; 32]) {
+    for j in 0..16 {
+        q[j] = (b[2 + j] & 0x0f) as i8 - 8;
+        q[j + 16] = (b[2 + j] >> 4) as i8 - 8;
+    }
+}
+
+fn unpack_q5_0(b: &[u8], q: &mut [i8; 32]) {
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    for j in 0..16 {
+        let lo = (b[6 + j] & 0x0f) | ((((qh >> j) & 1) as u8) << 4);
+        let hi = (b[6 + j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+        q[j] = lo as i8 - 16;
+        q[j + 16] = hi as i8 - 16;
+    }
+}
+
+fn unpack_q8_0(b: &[u8], q: &mut [i8; 32]) {
+    for j in 0..32 {
+        q[j] = b[2 + j] as i8;
+    }
+}
+
+/// The 32-value formats with Q8_0 activations (`ggml_vec_dot_q{4,5,8}_0_q8_0` on x86 and
+/// tinyBLAS's `tinyBLAS_Q0_AVX`, which agree): per block the products of 4 consecutive
+/// values are summed exactly into 8 lanes, accumulated with `fma(d_w * d_a, lane, acc)`,
+/// and the lanes reduced by `hsum_float_8`.
+#[inline]
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn dot_q0(w: &[u8], a: &[u8], wblock: usize, unpack: fn(&[u8], &mut [i8; 32])) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut q = [0i8; 32];
+    for (wb, ab) in w.chunks_exact(wblock).zip(a.chunks_exact(34)) {
+        let dd = f16_at(wb, 0) * f16_at(ab, 0);
+        unpack(wb, &mut q);
+        let qy = &ab[2..34];
+        for l in 0..8 {
+            let mut t = 0i32;
+            for e in 4 * l..4 * l + 4 {
+                t += q[e] as i32 * (qy[e] as i8 as i32);
+            }
+            acc[l] = dd.mul_add(t as f32, acc[l]);
+        }
+    }
+    hsum8(&acc)
+}
+
+/// [`dot_all_rows`] for 256-value super-blocks with Q8_K activations.
+fn dot_all_rows_k(
+    w: &[u8],
+    act: &[u8],
+    m: usize,
+    k: usize,
+    n: usize,
+    wblock: usize,
+    dst: &mut [f32],
+    dot: impl Fn(&[u8], &[u8], usize) -> f32 + Sync,
+) {
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let wrow = k / QK_K * wblock;
+    let arow = k / QK_K * ab;
+    let dst_ptr = dst.as_mut_ptr() as usize;
+    let pool = candle_core::utils::barrier_pool();
+    const COLS: usize = 8;
+    let groups = n.div_ceil(COLS);
+    pool.execute_chunked(groups * m, |range| {
+        for it in range {
+            let r = it / groups;
+            let c0 = (it % groups) * COLS;
+            let a = &act[r * arow..(r + 1) * arow];
+            for c in c0..n.min(c0 + COLS) {
+                let v = dot(&w[c * wrow..(c + 1) * wrow], a, r);
+                // SAFETY: each (r, c) is written by exactly one work item.
+                unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
+            }
+        }
+    });
+}
+
+/// `ggml_vec_dot_q6_K_q8_K` (x86 AVX2) bit for bit. Per super-block the integer dot
+/// product is split into 8 int32 lanes (lane `l` holds the values `e` with
+/// `(e % 32) / 4 == l`, minus its share `32 * Σ scale * bsum` of the two 16-value groups
+/// `2l`, `2l+1`), each lane accumulated with `fma(d_a * d_w, lane, acc)`; `hsum_float_8`
+/// at the end.
+fn dot_q6k(w: &[u8], a: &[u8]) -> f32 {
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let mut acc = [0f32; 8];
+    for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(ab)) {
+        let ql = &x[0..128];
+        let qh = &x[128..192];
+        let sc = &x[192..208];
+        let dx = f16_at(x, 208);
+        let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        let q8 = &y[4..4 + QK_K];
+        let bs = &y[4 + QK_K..];
+        let d = dy * dx;
+        let mut lanes = [0i32; 8];
+        for half in 0..2 {
+            let ql = &ql[64 * half..];
+            let qh = &qh[32 * half..];
+            for l in 0..32 {
+                let h = qh[l] as i32;
+                let vals = [
+                    (ql[l] & 0x0f) as i32 | ((h & 3) << 4),
+                    (ql[l + 32] & 0x0f) as i32 | (((h >> 2) & 3) << 4),
+                    (ql[l] >> 4) as i32 | (((h >> 4) & 3) << 4),
+                    (ql[l + 32] >> 4) as i32 | (((h >> 6) & 3) << 4),
+                ];
+                for (v, &q) in vals.iter().enumerate() {
+                    let e = 128 * half + 32 * v + l;
+                    let scale = sc[e / 16] as i8 as i32;
+                    lanes[l / 4] += scale * q * (q8[e] as i8 as i32);
+                }
+            }
+        }
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            let mut sub = 0i32;
+            for g in [2 * l, 2 * l + 1] {
+                let bsum = i16::from_le_bytes([bs[2 * g], bs[2 * g + 1]]) as i32;
+                sub += bsum * (sc[g] as i8 as i32);
+            }
+            *lane -= sub << 5;
+        }
+        for l in 0..8 {
+            acc[l] = d.mul_add(lanes[l] as f32, acc[l]);
+        }
+    }
+    hsum8(&acc)
+}
+
+/// Q4_K as llama.cpp's repacked x86 kernels compute it. Per super-block and 64-value pair
+/// of sub-blocks the exact integer sums `Σ scale Σ q4 q8` and `Σ min bsum` are formed;
+/// `ggml_gemv_q4_K_8x8_q8_K` (rows past the last group of 4) accumulates them per
+/// super-block with `fma(sum, d_w * d_a, acc)`, `ggml_gemm_q4_K_8x8_q8_K` (rows in groups
+/// of 4) per sub-block pair; the result is `acc - acc_min`.
+fn dot_q4k_repacked(w: &[u8], a: &[u8], gemm: bool) -> f32 {
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let mut acc = 0f32;
+    let mut acc_min = 0f32;
+    for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(ab)) {
+        let d = f16_at(x, 0);
+        let dmin = f16_at(x, 2);
+        let sc = &x[4..16];
+        let qs = &x[16..144];
+        let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        let q8 = &y[4..4 + QK_K];
+        let bs = &y[4 + QK_K..];
+        let bsum = |g: usize| i16::from_le_bytes([bs[2 * g], bs[2 * g + 1]]) as i32;
+        let (dd, dm) = (d * dy, dmin * dy);
+        let mut isum = 0i32;
+        let mut imin = 0i32;
+        for pair in 0..4 {
+            let mut psum = 0i32;
+            let mut pmin = 0i32;
+            for j in [2 * pair, 2 * pair + 1] {
+                let (scale, min) = if j < 4 {
+                    ((sc[j] & 63) as i32, (sc[j + 4] & 63) as i32)
+                } else {
+                    (
+                        ((sc[j + 4] & 0x0f) | ((sc[j - 4] >> 6) << 4)) as i32,
+                        ((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)) as i32,
+                    )
+                };
+                let q = &qs[32 * pair..32 * pair + 32];
+                let mut t = 0i32;
+                for l in 0..32 {
+                    let v = if j % 2 == 0 { q[l] & 0x0f } else { q[l] >> 4 } as i32;
+                    t += v * (q8[32 * j + l] as i8 as i32);
+                }
+                psum += scale * t;
+                pmin += min * (bsum(2 * j) + bsum(2 * j + 1));
+            }
+            if gemm {
+                acc = (psum as f32).mul_add(dd, acc);
+                acc_min = (pmin as f32).mul_add(dm, acc_min);
+            } else {
+                isum += psum;
+                imin += pmin;
+            }
+        }
+        if !gemm {
+            acc = (isum as f32).mul_add(dd, acc);
+            acc_min = (imin as f32).mul_add(dm, acc_min);
+        }
+    }
+    acc - acc_min
+}
+
+/// `ggml_vec_dot_q4_K_q8_K` (x86 AVX2) bit for bit.
+fn dot_q4k(w: &[u8], a: &[u8]) -> f32 {
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let mut acc = [0f32; 8];
+    let mut acc_m = [0f32; 4];
+    for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(ab)) {
+        let dx = f16_at(x, 0);
+        let dminx = f16_at(x, 2);
+        let sc = &x[4..16];
+        let qs = &x[16..144];
+        let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        let q8 = &y[4..4 + QK_K];
+        let bs = &y[4 + QK_K..];
+        let bsum = |g: usize| i16::from_le_bytes([bs[2 * g], bs[2 * g + 1]]) as i32;
+        let d = dy * dx;
+        let dmin = -dy * dminx;
+        let mut scales = [0i32; 8];
+        let mut mins = [0i32; 8];
+        for j in 0..8 {
+            let (s, m) = if j < 4 {
+                ((sc[j] & 63) as i32, (sc[j + 4] & 63) as i32)
+            } else {
+                (
+                    ((sc[j + 4] & 0x0f) | ((sc[j - 4] >> 6) << 4)) as i32,
+                    ((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)) as i32,
+                )
+            };
+            scales[j] = s;
+            mins[j] = m;
+        }
+        for i in 0..4 {
+            let prod = mins[2 * i] * (bsum(4 * i) + bsum(4 * i + 1))
+                + mins[2 * i + 1] * (bsum(4 * i + 2) + bsum(4 * i + 3));
+            acc_m[i] = dmin.mul_add(prod as f32, acc_m[i]);
+        }
+        let mut lanes = [0i32; 8];
+        for j in 0..4 {
+            let q = &qs[32 * j..32 * j + 32];
+            for b in 0..32 {
+                let lo = (q[b] & 0x0f) as i32 * (q8[64 * j + b] as i8 as i32);
+                let hi = (q[b] >> 4) as i32 * (q8[64 * j + 32 + b] as i8 as i32);
+                lanes[b / 4] += scales[2 * j] * lo + scales[2 * j + 1] * hi;
+            }
+        }
+        for l in 0..8 {
+            acc[l] = d.mul_add(lanes[l] as f32, acc[l]);
+        }
+    }
+    let m = (acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]);
+    hsum8(&acc) + m
+}
+
+/// AVX2 versions of the dot products above with the same lane structure and float
+/// operations (so the same results); the scalar code is the fallback.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod simd {
+    use super::f16_at;
+    use std::arch::x86_64::*;
+
+    #[inline]
+    unsafe fn hsum_float_8(x: __m256) -> f32 {
+        let mut res = _mm256_extractf128_ps(x, 1);
+        res = _mm_add_ps(res, _mm256_castps256_ps128(x));
+        res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+        res = _mm_add_ss(res, _mm_movehdup_ps(res));
+        _mm_cvtss_f32(res)
+    }
+
+    /// Unsigned × signed bytes, 4 consecutive products summed into 8 int32 lanes, as f32.
+    #[inline]
+    unsafe fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
+        let dot = _mm256_maddubs_epi16(ax, sy);
+        let summed = _mm256_madd_epi16(_mm256_set1_epi16(1), dot);
+        _mm256_cvtepi32_ps(summed)
+    }
+
+    #[inline]
+    unsafe fn mul_sum_i8_pairs_float(x: __m256i, y: __m256i) -> __m256 {
+        let ax = _mm256_sign_epi8(x, x);
+        let sy = _mm256_sign_epi8(y, x);
+        mul_sum_us8_pairs_float(ax, sy)
+    }
+
+    pub fn dot_q4_1(w: &[u8], a: &[u8]) -> f32 {
+        // SAFETY: compiled only with AVX2 and FMA enabled; loads stay inside the blocks.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            let mut summs = 0f32;
+            let low = _mm256_set1_epi8(0x0f);
+            for (wb, ab) in w.chunks_exact(20).zip(a.chunks_exact(36)) {
+                let d0 = f16_at(wb, 0);
+                let d1 = f16_at(ab, 0);
+                summs += f16_at(wb, 2) * f16_at(ab, 2);
+                let d0d1 = _mm256_set1_ps(d0 * d1);
+                let tmp = _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i);
+                let qx = _mm256_and_si256(
+                    _mm256_insertf128_si256(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4), 1),
+                    low,
+                );
+                let qy = _mm256_loadu_si256(ab.as_ptr().add(4) as *const __m256i);
+                let xy = mul_sum_us8_pairs_float(qx, qy);
+                acc = _mm256_fmadd_ps(d0d1, xy, acc);
+            }
+            hsum_float_8(acc) + summs
+        }
+    }
+
+    pub fn dot_q0(w: &[u8], a: &[u8], wblock: usize, unpack: fn(&[u8], &mut [i8; 32])) -> f32 {
+        // SAFETY: as above.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            let mut q = [0i8; 32];
+            for (wb, ab) in w.chunks_exact(wblock).zip(a.chunks_exact(34)) {
+                let dd = _mm256_set1_ps(f16_at(wb, 0) * f16_at(ab, 0));
+                let qx = if wblock == 34 {
+                    _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i)
+                } else if wblock == 22 {
+                    // Q5_0: ggml's bytes_from_nibbles_32 | (bit ? 0 : 0xF0), i.e. q - 16.
+                    let tmp = _mm_loadu_si128(wb.as_ptr().add(6) as *const __m128i);
+                    let nib = _mm256_and_si256(
+                        _mm256_insertf128_si256(
+                            _mm256_castsi128_si256(tmp),
+                            _mm_srli_epi16(tmp, 4),
+                            1,
+                        ),
+                        _mm256_set1_epi8(0x0f),
+                    );
+                    let x32 = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]) as i32;
+                    let shuf = _mm256_set_epi64x(
+                        0x0303030303030303,
+                        0x0202020202020202,
+                        0x0101010101010101,
+                        0,
+                    );
+                    let mut bits = _mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuf);
+                    bits = _mm256_or_si256(bits, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+                    let bits = _mm256_cmpeq_epi8(bits, _mm256_set1_epi64x(-1));
+                    let hi = _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8));
+                    _mm256_or_si256(nib, hi)
+                } else {
+                    unpack(wb, &mut q);
+                    _mm256_loadu_si256(q.as_ptr() as *const __m256i)
+                };
+                let qy = _mm256_loadu_si256(ab.as_ptr().add(2) as *const __m256i);
+                acc = _mm256_fmadd_ps(dd, mul_sum_i8_pairs_float(qx, qy), acc);
+            }
+            hsum_float_8(acc)
+        }
+    }
+}
+
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+mod simd {
+    pub use super::{dot_q0, dot_q4_1};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (no extra dependency).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) as u32
+        }
+        fn f(&mut self) -> f32 {
+            self.next() as f32 / u32::MAX as f32 * 2.0 - 1.0
+        }
+    }
+
+    fn random_blocks(rng: &mut Lcg, n: usize, block: usize, d_off: &[usize]) -> Vec<u8> {
+        let mut v: Vec<u8> = (0..n * block).map(|_| rng.next() as u8).collect();
+        for b in 0..n {
+            for &o in d_off {
+                let d = f16::from_f32(rng.f() * 0.01).to_bits().to_le_bytes();
+                v[b * block + o..b * block + o + 2].copy_from_slice(&d);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn simd_dots_equal_scalar_dots() {
+        let mut rng = Lcg(7);
+        let k = 512;
+        let xs: Vec<f32> = (0..k).map(|_| rng.f() * 3.0).collect();
+        let mut a1 = vec![0u8; k / 32 * 36];
+        quantize_q8_0_or_1(&xs, &mut a1, true);
+        let mut a0 = vec![0u8; k / 32 * 34];
+        quantize_q8_0_or_1(&xs, &mut a0, false);
+        for _ in 0..20 {
+            let w = random_blocks(&mut rng, k / 32, 20, &[0, 2]);
+            assert_eq!(
+                simd::dot_q4_1(&w, &a1).to_bits(),
+                dot_q4_1(&w, &a1).to_bits()
+            );
+            let w = random_blocks(&mut rng, k / 32, 22, &[0]);
+            assert_eq!(
+                simd::dot_q0(&w, &a0, 22, unpack_q5_0).to_bits(),
+                dot_q0(&w, &a0, 22, unpack_q5_0).to_bits()
+            );
+            let w = random_blocks(&mut rng, k / 32, 34, &[0]);
+            assert_eq!(
+                simd::dot_q0(&w, &a0, 34, unpack_q8_0).to_bits(),
+                dot_q0(&w, &a0, 34, unpack_q8_0).to_bits()
+            );
+            let w = random_blocks(&mut rng, k / 32, 18, &[0]);
+            assert_eq!(
+                simd::dot_q0(&w, &a0, 18, unpack_q4_0).to_bits(),
+                dot_q0(&w, &a0, 18, unpack_q4_0).to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn q8_1_matches_ggml_rounding() {
+        // 127 / amax scaling, ties to even, s = f16(d * Σq).
+        let mut xs = vec![0f32; 32];
+        xs[0] = 127.0;
+        xs[1] = 2.5;
+        xs[2] = -3.5;
+        xs[3] = 1.0;
+        let mut out = vec![0u8; 36];
+        quantize_q8_0_or_1(&xs, &mut out, true);
+        assert_eq!(out[4] as i8, 127);
+        assert_eq!(out[5] as i8, 2);
+        assert_eq!(out[6] as i8, -4);
+        assert_eq!(f16_at(&out, 2), 127.0 + 2.0 - 4.0 + 1.0);
+    }
+}
+
+/// Q4_K / Q6_K through ggml's tiled K-quant matmul (`ggml-cpu/tiled`, AVX-512 VNNI
+/// micro-kernel), which llama.cpp uses for batches of at least 8 rows when the weight is
+/// not repacked: per super-block the exact integer sums `s1 = Σ scale Σ q q8` (and
+/// `s2 = Σ min bsum`) give `r = s1 * d_w` (`r = fnmadd(dmin_w, s2, r)` with mins), and
+/// `acc += r * d_a`.
+fn dot_q6k_tiled(w: &[u8], a: &[u8]) -> f32 {
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let mut acc = 0f32;
+    for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(ab)) {
+        let ql = &x[0..128];
+        let qh = &x[128..192];
+        let sc = &x[192..208];
+        let dx = f16_at(x, 208);
+        let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        let q8 = &y[4..4 + QK_K];
+        let mut s1 = 0i32;
+        for half in 0..2 {
+            let ql = &ql[64 * half..];
+            let qh = &qh[32 * half..];
+            for l in 0..32 {
+                let h = qh[l] as i32;
+                let vals = [
+                    (ql[l] & 0x0f) as i32 | ((h & 3) << 4),
+                    (ql[l + 32] & 0x0f) as i32 | (((h >> 2) & 3) << 4),
+                    (ql[l] >> 4) as i32 | (((h >> 4) & 3) << 4),
+                    (ql[l + 32] >> 4) as i32 | (((h >> 6) & 3) << 4),
+                ];
+                for (v, &q) in vals.iter().enumerate() {
+                    let e = 128 * half + 32 * v + l;
+                    s1 += (sc[e / 16] as i8 as i32) * (q - 32) * (q8[e] as i8 as i32);
+                }
+            }
+        }
+        let r = s1 as f32 * dx;
+        acc = r.mul_add(dy, acc);
+    }
+    acc
+}
+
+fn dot_q4k_tiled(w: &[u8], a: &[u8]) -> f32 {
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let mut acc = 0f32;
+    for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(ab)) {
+        let d = f16_at(x, 0);
+        let dmin = f16_at(x, 2);
+        let sc = &x[4..16];
+        let qs = &x[16..144];
+        let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        let q8 = &y[4..4 + QK_K];
+        let bs = &y[4 + QK_K..];
+        let bsum = |g: usize| i16::from_le_bytes([bs[2 * g], bs[2 * g + 1]]) as i32;
+        let (mut s1, mut s2) = (0i32, 0i32);
+        for j in 0..8 {
+            let (scale, min) = if j < 4 {
+                ((sc[j] & 63) as i32, (sc[j + 4] & 63) as i32)
+            } else {
+                (
+                    ((sc[j + 4] & 0x0f) | ((sc[j - 4] >> 6) << 4)) as i32,
+                    ((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)) as i32,
+                )
+            };
+            let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let mut t = 0i32;
+            for l in 0..32 {
+                let v = if j % 2 == 0 { q[l] & 0x0f } else { q[l] >> 4 } as i32;
+                t += v * (q8[32 * j + l] as i8 as i32);
+            }
+            s1 += scale * t;
+            s2 += min * (bsum(2 * j) + bsum(2 * j + 1));
+        }
+        let r = (-dmin).mul_add(s2 as f32, s1 as f32 * d);
+        acc = r.mul_add(dy, acc);
+    }
+    acc
 }

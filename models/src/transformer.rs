@@ -169,9 +169,11 @@ struct Attention {
     window: Option<usize>,
     rope_style: RopeStyle,
     cache: KvCache,
-    /// Round q, k, v and the attention probabilities to f16 like llama.cpp's default
-    /// attention (f16 KV cache, `mul_mat` converting its f32 operand to the cache's f16).
-    f16_attn: bool,
+    /// Follow llama.cpp's CPU arithmetic (see `ggml.rs`): q, k, v and the attention
+    /// probabilities rounded to f16 like its default attention (f16 KV cache, `mul_mat`
+    /// converting its f32 operand to the cache's f16), ggml's rope, softmax and MLP
+    /// activations.
+    ggml_compat: bool,
 }
 
 /// Rounds an f32 tensor to the nearest f16 values, keeping f32 storage.
@@ -183,33 +185,12 @@ fn round_f16(t: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-fn dbg(name: &str, layer: usize, t: &Tensor) {
-    if let Ok(dir) = std::env::var("TUTTI_DUMP_DIR") {
-        let v: Vec<f32> = t
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let dims: Vec<String> = t.dims().iter().map(|d| d.to_string()).collect();
-        std::fs::write(
-            format!("{dir}/{name}-{layer}__{}.f32", dims.join("x")),
-            bytes,
-        )
-        .unwrap();
-    }
-}
-static DBG_LAYER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-fn dl() -> usize {
-    DBG_LAYER.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// Rotary tables for the positions of one forward call.
 struct Rotary {
     cos: Tensor,
     sin: Tensor,
+    /// ggml's own cos/sin table (`[s][half][cos, sin]`) when following llama.cpp.
+    ggml: Option<Vec<f32>>,
 }
 
 impl Attention {
@@ -230,9 +211,6 @@ impl Attention {
         let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
             t.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous()
         };
-        dbg("q", dl(), &q);
-        dbg("k", dl(), &k);
-        dbg("v", dl(), &v);
         let mut q = heads(q, nh)?;
         let mut k = heads(k, nkv)?;
         let v = heads(v, nkv)?;
@@ -246,16 +224,26 @@ impl Attention {
             RopeStyle::Halves => candle_nn::rotary_emb::rope,
             RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i,
         };
-        let mut q = rope(&q, &rot.cos, &rot.sin)?;
-        let mut k = rope(&k, &rot.cos, &rot.sin)?;
+        let (mut q, mut k) = match &rot.ggml {
+            Some(table) if b == 1 && q.dtype() == DType::F32 && q.device().is_cpu() => {
+                let il = self.rope_style == RopeStyle::Interleaved;
+                let mut qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
+                let mut kv: Vec<f32> = k.flatten_all()?.to_vec1()?;
+                crate::ggml::rope(&mut qv, nh, s, hd, table, il);
+                crate::ggml::rope(&mut kv, nkv, s, hd, table, il);
+                (
+                    Tensor::from_vec(qv, q.shape(), q.device())?,
+                    Tensor::from_vec(kv, k.shape(), k.device())?,
+                )
+            }
+            _ => (rope(&q, &rot.cos, &rot.sin)?, rope(&k, &rot.cos, &rot.sin)?),
+        };
         let mut v = v;
-        if self.f16_attn {
+        if self.ggml_compat {
             q = round_f16(&q)?;
             k = round_f16(&k)?;
             v = round_f16(&v)?;
         }
-        dbg("qrope", dl(), &q);
-        dbg("krope", dl(), &k);
         let (k_all, v_all) = self.cache.append(&k, &v)?;
 
         // Keys older than the first query's window are invisible to every query.
@@ -273,7 +261,12 @@ impl Attention {
             (k_all, v_all)
         };
         let t = total - first_key;
-        if self.f16_attn && b == 1 && self.softcap.is_none() && x.device().is_cpu() && q.dtype() == DType::F32 {
+        if self.ggml_compat
+            && b == 1
+            && self.softcap.is_none()
+            && x.device().is_cpu()
+            && q.dtype() == DType::F32
+        {
             let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
             let kv: Vec<f32> = k_all.contiguous()?.flatten_all()?.to_vec1()?;
             let vv: Vec<f32> = v_all.contiguous()?.flatten_all()?.to_vec1()?;
@@ -282,9 +275,19 @@ impl Attention {
                 let (qp, kp) = (pos0 + i, first_key + j);
                 kp <= qp && window.is_none_or(|w| qp - kp < w)
             };
-            let out = crate::ggml::attention(&qv, &kv, &vv, nh, nkv, s, t, hd, self.scale as f32, visible);
+            let out = crate::ggml::attention(
+                &qv,
+                &kv,
+                &vv,
+                nh,
+                nkv,
+                s,
+                t,
+                hd,
+                self.scale as f32,
+                visible,
+            );
             let out = Tensor::from_vec(out, (b, s, nh * hd), x.device())?;
-            dbg("kqv_out", dl(), &out);
             return self.o.forward(&out);
         }
         let n_rep = nh / nkv;
@@ -305,7 +308,7 @@ impl Attention {
             att
         };
         let mut p = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(v_all.dtype())?;
-        if self.f16_attn {
+        if self.ggml_compat {
             p = round_f16(&p)?;
         }
         let out = p.matmul(&v_all.contiguous()?)?;
@@ -313,7 +316,6 @@ impl Attention {
             .reshape((b, nh, s, hd))?
             .transpose(1, 2)?
             .reshape((b, s, nh * hd))?;
-        dbg("kqv_out", dl(), &out);
         self.o.forward(&out)
     }
 }
@@ -362,10 +364,13 @@ impl Mlp {
                 Mlp::Separate { gate, up, down } => (gate.forward(x)?, up.forward(x)?, down),
                 Mlp::Fused { gate_up, down, ff } => {
                     let gu = gate_up.forward(x)?;
-                    (gu.narrow(D::Minus1, 0, *ff)?, gu.narrow(D::Minus1, *ff, *ff)?, down)
+                    (
+                        gu.narrow(D::Minus1, 0, *ff)?,
+                        gu.narrow(D::Minus1, *ff, *ff)?,
+                        down,
+                    )
                 }
             };
-            dbg("ffn_gate", dl(), &g); dbg("ffn_up", dl(), &u);
             let dims = g.dims().to_vec();
             let mut gv: Vec<f32> = g.contiguous()?.flatten_all()?.to_vec1()?;
             let uv: Vec<f32> = u.contiguous()?.flatten_all()?.to_vec1()?;
@@ -374,7 +379,6 @@ impl Mlp {
                 Activation::GeluTanh => crate::ggml::geglu(&mut gv, &uv),
             }
             let h = Tensor::from_vec(gv, dims, x.device())?;
-            dbg("ffn_swiglu", dl(), &h);
             return down.forward(&h);
         }
         let apply = |t: &Tensor| match act {
@@ -385,10 +389,7 @@ impl Mlp {
             Mlp::Separate { gate, up, down } => {
                 let g = gate.forward(x)?;
                 let u = up.forward(x)?;
-                dbg("ffn_gate", dl(), &g);
-                dbg("ffn_up", dl(), &u);
                 let h = (apply(&g)? * u)?;
-                dbg("ffn_swiglu", dl(), &h);
                 down.forward(&h)
             }
             Mlp::Fused { gate_up, down, ff } => {
@@ -418,25 +419,37 @@ impl Block {
         pos0: usize,
         rot: &Rotary,
         act: Activation,
+        last_only: bool,
     ) -> candle_core::Result<Tensor> {
-        let an = self.attn_norm.forward(x)?;
-        dbg("attn_norm", dl(), &an);
-        let mut h = self.attn.forward(&an, pos0, rot)?;
-        dbg("attn_out", dl(), &h);
+        let mut h = self.attn.forward(&self.attn_norm.forward(x)?, pos0, rot)?;
         if let Some(n) = &self.post_attn_norm {
             h = n.forward(&h)?;
         }
-        let x = (x + h)?;
-        dbg("ffn_inp", dl(), &x);
-        let fnx = self.ffn_norm.forward(&x)?;
-        dbg("ffn_norm", dl(), &fnx);
-        let mut h = self.mlp.forward(&fnx, act, self.attn.f16_attn)?;
-        dbg("ffn_out", dl(), &h);
+        let mut x = (x + h)?;
+        if last_only {
+            // Only the last position feeds the logits: like llama.cpp (which drops the
+            // other rows after the last attention), skip their MLP. Besides saving work
+            // this keeps the MLP's batch size, which selects llama.cpp's kernels, equal.
+            let s = x.dim(1)?;
+            x = x.narrow(1, s - 1, 1)?;
+        }
+        let mut h = self
+            .mlp
+            .forward(&self.ffn_norm.forward(&x)?, act, self.attn.ggml_compat)?;
         if let Some(n) = &self.post_ffn_norm {
             h = n.forward(&h)?;
         }
         x + h
     }
+}
+
+/// Whether to follow llama.cpp's CPU arithmetic: GGUF weights, computed on the CPU in f32
+/// (`TUTTI_NO_GGML_COMPAT` turns it off, e.g. to compare with the plain candle path).
+fn ggml_mode(format: WeightFormat, w: &Weights) -> bool {
+    format == WeightFormat::Gguf
+        && w.device().is_cpu()
+        && w.dtype() == DType::F32
+        && std::env::var_os("TUTTI_NO_GGML_COMPAT").is_none()
 }
 
 /// Inverse frequencies of one rotary configuration.
@@ -487,6 +500,9 @@ pub struct Transformer {
     dtype: DType,
     device: Device,
     position: usize,
+    /// Follow llama.cpp's CPU arithmetic (GGUF weights on the CPU in f32, see `ggml.rs`).
+    ggml: bool,
+    has_freq_factors: bool,
 }
 
 impl Transformer {
@@ -531,7 +547,7 @@ impl Transformer {
                 window: if sliding { cfg.sliding_window } else { None },
                 rope_style: cfg.rope_style,
                 cache: KvCache::new(),
-                f16_attn: format == WeightFormat::Gguf && std::env::var("TUTTI_F32_KV").is_err(),
+                ggml_compat: false,
             };
             let mlp = if format == WeightFormat::HuggingFace && w.has(&wname(Role::GateUp))
                 || format == WeightFormat::Gguf && !w.has(&wname(Role::Gate))
@@ -582,6 +598,11 @@ impl Transformer {
             Some(t) => Some(t.flatten_all()?.to_vec1::<f32>()?),
             None => None,
         };
+        let has_freq_factors = freq_factors.is_some();
+        let ggml = ggml_mode(format, w);
+        for b in blocks.iter_mut() {
+            b.attn.ggml_compat = ggml;
+        }
         let inv_freq_global = inv_freqs(hd, &cfg.rope_global, freq_factors.as_deref());
         let inv_freq_local = inv_freqs(hd, &cfg.rope_local, freq_factors.as_deref());
         Ok(Self {
@@ -595,6 +616,8 @@ impl Transformer {
             dtype: w.dtype(),
             device: w.device().clone(),
             position: 0,
+            ggml,
+            has_freq_factors,
             cfg,
         })
     }
@@ -603,7 +626,28 @@ impl Transformer {
         &self.cfg
     }
 
-    fn rotary(&self, inv_freq: &[f64], pos0: usize, s: usize) -> candle_core::Result<Rotary> {
+    fn rotary(
+        &self,
+        inv_freq: &[f64],
+        rope: &RopeConfig,
+        pos0: usize,
+        s: usize,
+    ) -> candle_core::Result<Rotary> {
+        let freq_scale = match rope.scaling {
+            RopeScaling::None => Some(1.0f32),
+            RopeScaling::Linear { factor } => Some((1.0 / factor) as f32),
+            RopeScaling::Llama3 { .. } => None,
+        };
+        let ggml = match freq_scale {
+            Some(fs) if self.ggml && !self.has_freq_factors => Some(crate::ggml::rope_table(
+                rope.theta as f32,
+                fs,
+                self.cfg.head_dim,
+                pos0,
+                s,
+            )),
+            _ => None,
+        };
         let half = inv_freq.len();
         let mut cos = Vec::with_capacity(s * half);
         let mut sin = Vec::with_capacity(s * half);
@@ -617,7 +661,7 @@ impl Transformer {
         }
         let cos = Tensor::from_vec(cos, (s, half), &self.device)?.to_dtype(self.dtype)?;
         let sin = Tensor::from_vec(sin, (s, half), &self.device)?.to_dtype(self.dtype)?;
-        Ok(Rotary { cos, sin })
+        Ok(Rotary { cos, sin, ggml })
     }
 
     fn forward_impl(&mut self, ids: &[u32]) -> Result<Tensor> {
@@ -641,29 +685,26 @@ impl Transformer {
         if let Some(scale) = self.cfg.embed_scale {
             x = (x * scale)?;
         }
-        let rot_global = self.rotary(&self.inv_freq_global, pos0, s)?;
+        let rot_global = self.rotary(&self.inv_freq_global, &self.cfg.rope_global, pos0, s)?;
         let has_local =
             self.blocks.iter().any(|b| b.sliding) && self.inv_freq_local != self.inv_freq_global;
         let rot_local = if has_local {
-            Some(self.rotary(&self.inv_freq_local, pos0, s)?)
+            Some(self.rotary(&self.inv_freq_local, &self.cfg.rope_local, pos0, s)?)
         } else {
             None
         };
         let act = self.cfg.activation;
         let result: candle_core::Result<Tensor> = (|| {
-            dbg("embd", 0, &x);
-            for (li, block) in self.blocks.iter_mut().enumerate() {
-                DBG_LAYER.store(li, std::sync::atomic::Ordering::Relaxed);
+            let n_blocks = self.blocks.len();
+            for (i, block) in self.blocks.iter_mut().enumerate() {
                 let rot = match (&rot_local, block.sliding) {
                     (Some(r), true) => r,
                     _ => &rot_global,
                 };
-                x = block.forward(&x, pos0, rot, act)?;
-                dbg("l_out", li, &x);
+                x = block.forward(&x, pos0, rot, act, i + 1 == n_blocks)?;
             }
-            let last = x.narrow(1, s - 1, 1)?;
+            let last = x.narrow(1, x.dim(1)? - 1, 1)?;
             let h = self.norm.forward(&last)?;
-            dbg("result_norm", 0, &h);
             let mut logits = self.lm_head.forward(&h)?.to_dtype(DType::F32)?;
             if let Some(cap) = self.cfg.final_softcap {
                 logits = ((logits / cap)?.tanh()? * cap)?;

@@ -1,25 +1,58 @@
 //! Relative-representation maps: tokens of two models are compared through their
 //! similarity profiles over anchor tokens that both vocabularies share.
 //!
-//! Embedding spaces of two models are unrelated, but the cosine similarity of a token's
-//! embedding row to a fixed set of anchor tokens (the same surfaces in both models) is
-//! comparable across models. Each token's *relative vector* is those cosines over the
-//! anchors, computed in its own model; a token of A maps to the B token whose relative
-//! vector has the highest cosine with A's.
+//! Each token's *relative vector* is the cosine similarity of its (input = tied output)
+//! embedding row with the anchors' rows, computed in its own model; a token of A maps
+//! to the B token whose relative vector has the highest cosine with A's (with CSLS
+//! hubness correction, below).
 //!
 //! Anchors: surfaces that are canonical candidates in both vocabularies (EOS and
-//! byte-fallback tokens excluded), ranked by the larger of their two ids, and
-//! [`RelRepConfig::anchors`] of them taken at even spacing over that ranking. BPE
-//! vocabularies number their tokens in merge order, which follows corpus frequency, so
-//! the ranking runs from "common in both" to "rare in one"; spacing covers frequent and
-//! content tokens alike.
+//! byte-fallback tokens excluded), ranked by the larger of their two ids (BPE merge order
+//! ≈ corpus frequency), and [`RelRepConfig::anchors`] of them (default 16,384) taken at
+//! even spacing over that ranking, so frequent and content tokens are both covered.
 //!
-//! Embedding rows are mean-centred (over the candidate rows) before the cosines when
-//! [`RelRepConfig::center`] is set: token embeddings share a large common direction that
-//! otherwise makes every cosine similar. B's relative vectors are materialised once
-//! (`B candidates × anchors` floats); A's are computed per chunk, and the score matrix is
-//! computed in blocks bounded by [`RelRepConfig::block_elems`], all on the embeddings'
-//! device. [`RelRep::lookup`] maps single candidates lazily and memoises them.
+//! Per-model preprocessing before the cosines (each side uses only its own rows):
+//! mean-centring over its candidates and *whitening* with its own candidate covariance
+//! (`W = L⁻ᵀ`, Cholesky, tiny ridge), then unit length. Without whitening a few
+//! high-variance directions dominate every cosine and the profiles of two unrelated
+//! models do not line up.
+//!
+//! Computation: relative vectors are never materialised. With preprocessed rows `x` and
+//! anchor matrices `Aₐ`, `A_b`, `rel(x)·rel(y) = x (Aₐᵀ A_b) yᵀ / (|xAₐᵀ| |yA_bᵀ|)` and
+//! `|xAᵀ|² = x (AᵀA) xᵀ`, so set-up needs `hidden × hidden` products only, memory does
+//! not grow with the number of anchors, and scores are `hidden`-wide matmuls, chunked by
+//! [`RelRepConfig::block_elems`] on the embeddings' device. [`RelRep::lookup`] maps
+//! single candidates lazily and memoises them; [`RelRep::full_map`] maps every candidate.
+//!
+//! Hubness: a few B tokens are nearest to very many queries. CSLS picks
+//! `argmax_y 2·cos(x, y) − r(y)`, `r(y)` = mean of `y`'s [`RelRepConfig::csls_k`] highest
+//! cosines with an evenly spaced sample of [`RelRepConfig::csls_sample`] A candidates
+//! (precomputed once per target). The reported score is the plain cosine.
+//!
+//! Measurements (500 random shared tokens that are not anchors; identity = mapped to the
+//! B token with the same bytes; SmolLM2-135M Q4_1 and Gemma-3-270M Q4_K_M; CPU, 2 cores):
+//!
+//! | variant                                            | Gemma→SmolLM2 | SmolLM2→Gemma |
+//! |----------------------------------------------------|------|------|
+//! | v2: centred, feature-standardised, 1,024 anchors   | 6.6% | 2.0% |
+//! | v2 with 4,096 / 16,384 anchors                      | 11% / 14% | – |
+//! | most frequent anchors instead of even spacing       | 0.2–2% | – |
+//! | centred only, all ~45k anchors (+CSLS)             | 6.6% (8.2%) | – |
+//! | whitened (anchor-row covariance), 4,096, +CSLS k=10 | 79% | – |
+//! | whitened (candidate covariance), 4,096, plain / CSLS k=10 | 81% / 87% | – |
+//! | same, 16,384 anchors, plain                        | 83.4% | – |
+//! | 16,384, CSLS sample 4,096, k = 3 / 10 / 30         | 89.6 / 88.4 / 87.4% | – |
+//! | 16,384, CSLS sample 16,384, k = 3 / 10 / 30 (default k=3) | **91.4–92.8%** / 90.6 / 88.8% | **94.0%** |
+//! | 32,768 anchors, CSLS sample 4,096, k = 3           | 90.0% | – |
+//! | reference, not relrep: least-squares linear map fitted on all anchors, + CSLS | 90% | 92% |
+//! | reference: orthogonal Procrustes on all anchors    | 77% | 85% |
+//!
+//! (91.4% is numpy on one held-out draw, 92.8% this code on the test's draw.) The
+//! default reaches ~93–94%, just short of the 95% target; a linear map fitted
+//! directly on the anchors does no better, so the remaining errors look inherent to
+//! these two small models' embeddings rather than to relrep. Set-up time for the
+//! default: ≈30 s Gemma→SmolLM2 and a few minutes SmolLM2→Gemma (262k targets × 16k
+//! CSLS sample) on 2 CPU cores, most of it the CSLS pass; seconds on a GPU.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use rand::Rng;
 
+use tutti_kernels::LogNorm;
+
 use crate::vocab::Vocab;
 
 /// What a candidate stands for: end of sequence (matched by role across members) or a
@@ -17,123 +19,54 @@ pub enum CandidateKey {
     Bytes(Vec<u8>),
 }
 
-/// One member's next-token distribution at this step, over its logits.
+/// One member's next-token distribution at this step, over its logits. A thin view on
+/// the hot path in `tutti_kernels` (normaliser, top-k, gather), so the CPU engine and the
+/// device kernels share one definition of these numbers.
 pub struct Distribution<'a> {
     logits: &'a [f32],
-    max: f32,
-    inv_t: f32,
-    inv_z: f32,
+    /// `None` when the logits hold no distribution (empty, NaN or +inf): every
+    /// probability is 0 and there are no candidates.
+    norm: Option<LogNorm>,
 }
 
 impl<'a> Distribution<'a> {
-    /// Softmax of `logits / temperature` (temperature 1 for greedy decoding).
+    /// Softmax of `logits / temperature` (temperature 1 for greedy decoding; 0 is the
+    /// argmax limit).
     ///
-    /// Only the normaliser is computed over the whole vocabulary, with a vectorisable
-    /// exponential accurate to ~1e-6 relative: the hot path of every step runs over up to
-    /// 262k logits per member. Probabilities of single ids use the exact `exp`.
+    /// Only the normaliser is computed over the whole vocabulary (one vectorised pass, see
+    /// `tutti_kernels::cpu`): the hot path of every step runs over up to 262k logits per
+    /// member.
     pub fn new(logits: &'a [f32], temperature: f32) -> Distribution<'a> {
-        let max = lane_max(logits);
-        let inv_t = 1.0 / temperature;
-        let z = lane_sum_exp(logits, max, inv_t);
         Distribution {
             logits,
-            max,
-            inv_t,
-            inv_z: 1.0 / z,
+            norm: tutti_kernels::log_norm(logits, temperature).ok(),
         }
     }
 
     /// Probability of `id` (0 for ids past the logits).
     #[inline]
     pub fn prob(&self, id: u32) -> f32 {
-        match self.logits.get(id as usize) {
-            Some(&l) => ((l - self.max) * self.inv_t).exp() * self.inv_z,
-            None => 0.0,
+        match (self.logits.get(id as usize), &self.norm) {
+            (Some(&l), Some(norm)) => norm.prob(l),
+            _ => 0.0,
         }
     }
 
     /// The `k` most probable candidate ids of `vocab` (non-candidates such as control
     /// tokens and logit padding are skipped), most probable first, ties by lower id.
     pub fn top_k(&self, vocab: &Vocab, k: usize) -> Vec<(u32, f32)> {
-        // One pass with a small sorted buffer: k is tiny next to the vocabulary.
-        let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
-        let mut floor = f32::NEG_INFINITY;
-        for (i, &l) in self.logits.iter().enumerate() {
-            if best.len() == k && l <= floor {
-                continue;
-            }
-            let id = i as u32;
-            if !vocab.is_candidate(id) {
-                continue;
-            }
-            let at = best.partition_point(|&(bl, _)| bl >= l);
-            best.insert(at, (l, id));
-            if best.len() > k {
-                best.pop();
-            }
-            if best.len() == k {
-                floor = best[k - 1].0;
-            }
-        }
-        best.into_iter()
-            .map(|(_, id)| (id, self.prob(id)))
-            .collect()
+        let Some(norm) = &self.norm else {
+            return Vec::new();
+        };
+        // Only k = 0 is refused, and it selects nothing.
+        tutti_kernels::select_topk_by(self.logits, norm, k, |id| vocab.is_candidate(id))
+            .map(|top| top.iter().collect())
+            .unwrap_or_default()
     }
 }
 
-const LANES: usize = 8;
-
-/// Maximum, in independent lanes so the compiler can vectorise it.
-fn lane_max(v: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let chunks = v.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for j in 0..LANES {
-            acc[j] = acc[j].max(c[j]);
-        }
-    }
-    rest.iter()
-        .chain(acc.iter())
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max)
-}
-
-/// `Σ exp((v - max) * inv_t)`, in independent lanes with [`exp_nonpositive`].
-fn lane_sum_exp(v: &[f32], max: f32, inv_t: f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let chunks = v.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for j in 0..LANES {
-            acc[j] += exp_nonpositive((c[j] - max) * inv_t);
-        }
-    }
-    let tail: f32 = rest
-        .iter()
-        .map(|&x| exp_nonpositive((x - max) * inv_t))
-        .sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `e^x` for `x ≤ 0` (relative error below 4e-6 + |x|·2e-7; 0 below -87): `2^n · 2^f` with `n`
-/// from truncation and a degree-7 polynomial for `2^f`, `f ∈ (-1, 0]`. Branch-free so
-/// the loops above vectorise.
-#[inline(always)]
-pub fn exp_nonpositive(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 0.0);
-    let t = x * std::f32::consts::LOG2_E;
-    let n = t as i32; // toward zero: n = ceil(t) for t ≤ 0
-    let y = (t - n as f32) * std::f32::consts::LN_2; // y ∈ (-ln 2, 0]
-    let p = 1.0
-        + y * (1.0
-            + y * (0.5
-                + y * (1.0 / 6.0
-                    + y * (1.0 / 24.0
-                        + y * (1.0 / 120.0 + y * (1.0 / 720.0 + y * (1.0 / 5040.0)))))));
-    let scale = f32::from_bits(((n + 127) as u32) << 23);
-    p * scale
-}
+/// `e^x` for `x ≤ 0` (vectorisable, ~3e-7 relative), shared with the kernels crate.
+pub use tutti_kernels::exp_nonpositive;
 
 /// The key of `id` in `vocab`.
 pub fn key_of(vocab: &Vocab, id: u32) -> Option<CandidateKey> {
@@ -323,11 +256,6 @@ mod tests {
         }
         let floor = (-87.0f32).exp();
         assert!((exp_nonpositive(-200.0) - floor).abs() < 1e-4 * floor);
-        let v: Vec<f32> = (0..1003).map(|i| (i as f32 * 0.37).sin() * 9.0).collect();
-        assert_eq!(
-            lane_max(&v),
-            v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
-        );
     }
 
     #[test]
