@@ -488,18 +488,20 @@ fn dot_q0(w: &[u8], a: &[u8], wblock: usize, unpack: fn(&[u8], &mut [i8; 32])) -
         let dd = f16_at(wb, 0) * f16_at(ab, 0);
         unpack(wb, &mut q);
         let qy = &ab[2..34];
-        for l in 0..8 {
+        for (l, lane) in acc.iter_mut().enumerate() {
             let mut t = 0i32;
             for e in 4 * l..4 * l + 4 {
                 t += q[e] as i32 * (qy[e] as i8 as i32);
             }
-            acc[l] = dd.mul_add(t as f32, acc[l]);
+            *lane = dd.mul_add(t as f32, *lane);
         }
     }
     hsum8(&acc)
 }
 
 /// [`dot_all_rows`] for 256-value super-blocks with Q8_K activations.
+// The matmul's shape and buffers, spelled out like ggml's kernels take them.
+#[allow(clippy::too_many_arguments)]
 fn dot_all_rows_k(
     w: &[u8],
     act: &[u8],
@@ -804,6 +806,82 @@ mod simd {
     pub use super::{dot_q0, dot_q4_1};
 }
 
+/// Q4_K / Q6_K through ggml's tiled K-quant matmul (`ggml-cpu/tiled`, AVX-512 VNNI
+/// micro-kernel), which llama.cpp uses for batches of at least 8 rows when the weight is
+/// not repacked: per super-block the exact integer sums `s1 = Σ scale Σ q q8` (and
+/// `s2 = Σ min bsum`) give `r = s1 * d_w` (`r = fnmadd(dmin_w, s2, r)` with mins), and
+/// `acc += r * d_a`.
+fn dot_q6k_tiled(w: &[u8], a: &[u8]) -> f32 {
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let mut acc = 0f32;
+    for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(ab)) {
+        let ql = &x[0..128];
+        let qh = &x[128..192];
+        let sc = &x[192..208];
+        let dx = f16_at(x, 208);
+        let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        let q8 = &y[4..4 + QK_K];
+        let mut s1 = 0i32;
+        for half in 0..2 {
+            let ql = &ql[64 * half..];
+            let qh = &qh[32 * half..];
+            for l in 0..32 {
+                let h = qh[l] as i32;
+                let vals = [
+                    (ql[l] & 0x0f) as i32 | ((h & 3) << 4),
+                    (ql[l + 32] & 0x0f) as i32 | (((h >> 2) & 3) << 4),
+                    (ql[l] >> 4) as i32 | (((h >> 4) & 3) << 4),
+                    (ql[l + 32] >> 4) as i32 | (((h >> 6) & 3) << 4),
+                ];
+                for (v, &q) in vals.iter().enumerate() {
+                    let e = 128 * half + 32 * v + l;
+                    s1 += (sc[e / 16] as i8 as i32) * (q - 32) * (q8[e] as i8 as i32);
+                }
+            }
+        }
+        let r = s1 as f32 * dx;
+        acc = r.mul_add(dy, acc);
+    }
+    acc
+}
+
+fn dot_q4k_tiled(w: &[u8], a: &[u8]) -> f32 {
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let mut acc = 0f32;
+    for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(ab)) {
+        let d = f16_at(x, 0);
+        let dmin = f16_at(x, 2);
+        let sc = &x[4..16];
+        let qs = &x[16..144];
+        let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        let q8 = &y[4..4 + QK_K];
+        let bs = &y[4 + QK_K..];
+        let bsum = |g: usize| i16::from_le_bytes([bs[2 * g], bs[2 * g + 1]]) as i32;
+        let (mut s1, mut s2) = (0i32, 0i32);
+        for j in 0..8 {
+            let (scale, min) = if j < 4 {
+                ((sc[j] & 63) as i32, (sc[j + 4] & 63) as i32)
+            } else {
+                (
+                    ((sc[j + 4] & 0x0f) | ((sc[j - 4] >> 6) << 4)) as i32,
+                    ((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)) as i32,
+                )
+            };
+            let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let mut t = 0i32;
+            for l in 0..32 {
+                let v = if j % 2 == 0 { q[l] & 0x0f } else { q[l] >> 4 } as i32;
+                t += v * (q8[32 * j + l] as i8 as i32);
+            }
+            s1 += scale * t;
+            s2 += min * (bsum(2 * j) + bsum(2 * j + 1));
+        }
+        let r = (-dmin).mul_add(s2 as f32, s1 as f32 * d);
+        acc = r.mul_add(dy, acc);
+    }
+    acc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -882,80 +960,4 @@ mod tests {
         assert_eq!(out[6] as i8, -4);
         assert_eq!(f16_at(&out, 2), 127.0 + 2.0 - 4.0 + 1.0);
     }
-}
-
-/// Q4_K / Q6_K through ggml's tiled K-quant matmul (`ggml-cpu/tiled`, AVX-512 VNNI
-/// micro-kernel), which llama.cpp uses for batches of at least 8 rows when the weight is
-/// not repacked: per super-block the exact integer sums `s1 = Σ scale Σ q q8` (and
-/// `s2 = Σ min bsum`) give `r = s1 * d_w` (`r = fnmadd(dmin_w, s2, r)` with mins), and
-/// `acc += r * d_a`.
-fn dot_q6k_tiled(w: &[u8], a: &[u8]) -> f32 {
-    let ab = act_block_bytes(ActFormat::Q8K);
-    let mut acc = 0f32;
-    for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(ab)) {
-        let ql = &x[0..128];
-        let qh = &x[128..192];
-        let sc = &x[192..208];
-        let dx = f16_at(x, 208);
-        let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
-        let q8 = &y[4..4 + QK_K];
-        let mut s1 = 0i32;
-        for half in 0..2 {
-            let ql = &ql[64 * half..];
-            let qh = &qh[32 * half..];
-            for l in 0..32 {
-                let h = qh[l] as i32;
-                let vals = [
-                    (ql[l] & 0x0f) as i32 | ((h & 3) << 4),
-                    (ql[l + 32] & 0x0f) as i32 | (((h >> 2) & 3) << 4),
-                    (ql[l] >> 4) as i32 | (((h >> 4) & 3) << 4),
-                    (ql[l + 32] >> 4) as i32 | (((h >> 6) & 3) << 4),
-                ];
-                for (v, &q) in vals.iter().enumerate() {
-                    let e = 128 * half + 32 * v + l;
-                    s1 += (sc[e / 16] as i8 as i32) * (q - 32) * (q8[e] as i8 as i32);
-                }
-            }
-        }
-        let r = s1 as f32 * dx;
-        acc = r.mul_add(dy, acc);
-    }
-    acc
-}
-
-fn dot_q4k_tiled(w: &[u8], a: &[u8]) -> f32 {
-    let ab = act_block_bytes(ActFormat::Q8K);
-    let mut acc = 0f32;
-    for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(ab)) {
-        let d = f16_at(x, 0);
-        let dmin = f16_at(x, 2);
-        let sc = &x[4..16];
-        let qs = &x[16..144];
-        let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
-        let q8 = &y[4..4 + QK_K];
-        let bs = &y[4 + QK_K..];
-        let bsum = |g: usize| i16::from_le_bytes([bs[2 * g], bs[2 * g + 1]]) as i32;
-        let (mut s1, mut s2) = (0i32, 0i32);
-        for j in 0..8 {
-            let (scale, min) = if j < 4 {
-                ((sc[j] & 63) as i32, (sc[j + 4] & 63) as i32)
-            } else {
-                (
-                    ((sc[j + 4] & 0x0f) | ((sc[j - 4] >> 6) << 4)) as i32,
-                    ((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)) as i32,
-                )
-            };
-            let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
-            let mut t = 0i32;
-            for l in 0..32 {
-                let v = if j % 2 == 0 { q[l] & 0x0f } else { q[l] >> 4 } as i32;
-                t += v * (q8[32 * j + l] as i8 as i32);
-            }
-            s1 += scale * t;
-            s2 += min * (bsum(2 * j) + bsum(2 * j + 1));
-        }
-        let r = (-dmin).mul_add(s2 as f32, s1 as f32 * d);
-        acc = r.mul_add(dy, acc);
-    }
-    acc
 }
