@@ -120,12 +120,13 @@ pub fn softmax_topk(
     k: usize,
     allowed: Option<&[bool]>,
 ) -> Result<TopK> {
-    match allowed {
-        None => softmax_topk_by(logits, temperature, k, |_| true),
-        Some(mask) => softmax_topk_by(logits, temperature, k, |id| {
-            mask.get(id as usize).copied().unwrap_or(false)
-        }),
-    }
+    softmax_topk_by(logits, temperature, k, mask_predicate(allowed))
+}
+
+/// A boolean mask as a predicate: `None` allows every id, ids past the mask's end are
+/// not allowed.
+fn mask_predicate(mask: Option<&[bool]>) -> impl FnMut(u32) -> bool + '_ {
+    move |id| mask.is_none_or(|m| m.get(id as usize).copied().unwrap_or(false))
 }
 
 /// [`softmax_topk`] with the mask as a predicate on ids. It is only asked about ids that
@@ -158,12 +159,7 @@ pub fn select_topk(
     k: usize,
     allowed: Option<&[bool]>,
 ) -> Result<TopK> {
-    match allowed {
-        None => select_topk_by(logits, norm, k, |_| true),
-        Some(mask) => select_topk_by(logits, norm, k, |id| {
-            mask.get(id as usize).copied().unwrap_or(false)
-        }),
-    }
+    select_topk_by(logits, norm, k, mask_predicate(allowed))
 }
 
 /// [`select_topk`] with the mask as a predicate on ids.

@@ -555,13 +555,7 @@ fn dot_q6k(w: &[u8], a: &[u8]) -> f32 {
             let ql = &ql[64 * half..];
             let qh = &qh[32 * half..];
             for l in 0..32 {
-                let h = qh[l] as i32;
-                let vals = [
-                    (ql[l] & 0x0f) as i32 | ((h & 3) << 4),
-                    (ql[l + 32] & 0x0f) as i32 | (((h >> 2) & 3) << 4),
-                    (ql[l] >> 4) as i32 | (((h >> 4) & 3) << 4),
-                    (ql[l + 32] >> 4) as i32 | (((h >> 6) & 3) << 4),
-                ];
+                let vals = q6k_quads(ql, qh, l);
                 for (v, &q) in vals.iter().enumerate() {
                     let e = 128 * half + 32 * v + l;
                     let scale = sc[e / 16] as i8 as i32;
@@ -826,13 +820,7 @@ fn dot_q6k_tiled(w: &[u8], a: &[u8]) -> f32 {
             let ql = &ql[64 * half..];
             let qh = &qh[32 * half..];
             for l in 0..32 {
-                let h = qh[l] as i32;
-                let vals = [
-                    (ql[l] & 0x0f) as i32 | ((h & 3) << 4),
-                    (ql[l + 32] & 0x0f) as i32 | (((h >> 2) & 3) << 4),
-                    (ql[l] >> 4) as i32 | (((h >> 4) & 3) << 4),
-                    (ql[l + 32] >> 4) as i32 | (((h >> 6) & 3) << 4),
-                ];
+                let vals = q6k_quads(ql, qh, l);
                 for (v, &q) in vals.iter().enumerate() {
                     let e = 128 * half + 32 * v + l;
                     s1 += (sc[e / 16] as i8 as i32) * (q - 32) * (q8[e] as i8 as i32);
@@ -880,6 +868,19 @@ fn dot_q4k_tiled(w: &[u8], a: &[u8]) -> f32 {
         acc = r.mul_add(dy, acc);
     }
     acc
+}
+
+/// The four unsigned 6-bit Q6_K values (0..64) at position `l` of a 128-value half
+/// block: from `ql[l]`, `ql[l + 32]` (low and high nibbles) and the bit pairs of `qh[l]`.
+#[inline(always)]
+fn q6k_quads(ql: &[u8], qh: &[u8], l: usize) -> [i32; 4] {
+    let h = qh[l] as i32;
+    [
+        (ql[l] & 0x0f) as i32 | ((h & 3) << 4),
+        (ql[l + 32] & 0x0f) as i32 | (((h >> 2) & 3) << 4),
+        (ql[l] >> 4) as i32 | (((h >> 4) & 3) << 4),
+        (ql[l + 32] >> 4) as i32 | (((h >> 6) & 3) << 4),
+    ]
 }
 
 #[cfg(test)]
