@@ -88,7 +88,7 @@ impl TopK {
     /// Reads a packed buffer (as written by [`TopK::to_packed`] or a device kernel).
     pub fn from_packed(bytes: &[u8]) -> Result<TopK> {
         let bad = |why: String| Err(KernelError::BadPacked(why));
-        if bytes.len() < HEADER_BYTES || bytes.len() % 4 != 0 {
+        if bytes.len() < HEADER_BYTES || !bytes.len().is_multiple_of(4) {
             return bad(format!("length {}", bytes.len()));
         }
         let word = |i: usize| u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());

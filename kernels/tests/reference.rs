@@ -25,7 +25,11 @@ impl Rng {
     /// Roughly logit-shaped: a normal body (sum of uniforms) and a few large outliers.
     fn logit(&mut self) -> f32 {
         let body: f64 = (0..4).map(|_| self.unit()).sum::<f64>() - 2.0;
-        let spike = if self.next() % 5000 == 0 { 12.0 } else { 0.0 };
+        let spike = if self.next().is_multiple_of(5000) {
+            12.0
+        } else {
+            0.0
+        };
         (body * 4.0 + spike) as f32
     }
 }
@@ -166,7 +170,9 @@ fn masked_vocabulary() {
     let logits = random_logits(42);
     let mut r = Rng(99);
     // About half the ids allowed, and the mask shorter than the logits (padding rows).
-    let mask: Vec<bool> = (0..VOCAB - 1000).map(|_| r.next() % 2 == 0).collect();
+    let mask: Vec<bool> = (0..VOCAB - 1000)
+        .map(|_| r.next().is_multiple_of(2))
+        .collect();
     for t in TEMPERATURES {
         for k in KS {
             check(&logits, t, k, Some(&mask), "masked");

@@ -23,7 +23,7 @@ pub mod weights;
 pub use config::{Architecture, TransformerConfig};
 pub use device::{default_dtype, device_name, parse_device, parse_dtype};
 pub use error::{Error, Result};
-pub use source::ModelSource;
+pub use source::{fetch_dataset_file, ModelSource};
 pub use tokenizer::ModelTokenizer;
 pub use transformer::{Transformer, WeightFormat};
 

@@ -50,7 +50,7 @@ impl QuantLinear {
             return false;
         }
         let k = w.shape().dims()[1];
-        act_format(w.dtype()).is_some() && k % w.dtype().block_size() == 0
+        act_format(w.dtype()).is_some() && k.is_multiple_of(w.dtype().block_size())
     }
 
     pub fn new(w: Arc<QTensor>) -> Self {
@@ -200,7 +200,7 @@ fn run<T: GgmlType>(
             n * kb * wsize
         );
     }
-    if data.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
+    if !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
         candle_core::bail!("quantized matmul: misaligned weight storage");
     }
     // SAFETY: `data` is the storage of a QTensor of format `T`: `n * kb` consecutive `T`
@@ -267,7 +267,7 @@ fn run<T: GgmlType>(
                 return Ok(());
             }
             // llama.cpp repacks Q4_K weights with 8 | rows into its 8x8 layout on AVX2.
-            GgmlDType::Q4K if n % 8 == 0 => {
+            GgmlDType::Q4K if n.is_multiple_of(8) => {
                 // Rows in whole groups of 4 go through the gemm kernel, the rest through gemv.
                 let gemm_rows = m - m % 4;
                 dot_all_rows_k(data, bytes, m, k, n, 144, dst, |w, a, r| {

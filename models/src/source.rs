@@ -111,6 +111,8 @@ struct HubSpec {
     repo: String,
     revision: Option<String>,
     file: Option<String>,
+    /// A dataset repository (bench data) rather than a model.
+    dataset: bool,
 }
 
 impl HubSpec {
@@ -139,16 +141,18 @@ impl HubSpec {
             repo: format!("{org}/{name}"),
             revision,
             file,
+            dataset: false,
         })
     }
 
     fn repo(&self) -> hf_hub::Repo {
-        match &self.revision {
-            Some(r) => {
-                hf_hub::Repo::with_revision(self.repo.clone(), hf_hub::RepoType::Model, r.clone())
-            }
-            None => hf_hub::Repo::model(self.repo.clone()),
-        }
+        let kind = if self.dataset {
+            hf_hub::RepoType::Dataset
+        } else {
+            hf_hub::RepoType::Model
+        };
+        let revision = self.revision.clone().unwrap_or_else(|| "main".into());
+        hf_hub::Repo::with_revision(self.repo.clone(), kind, revision)
     }
 
     fn offline() -> bool {
@@ -216,6 +220,21 @@ impl HubSpec {
         let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(ModelSource::Folder(dir))
     }
+}
+
+/// Fetches one file of a Hugging Face dataset repository (`ORG/NAME`) into the HF
+/// cache, or finds it there when `HF_HUB_OFFLINE` is set.
+pub fn fetch_dataset_file(repo: &str, revision: Option<&str>, file: &str) -> Result<PathBuf> {
+    let spec = HubSpec {
+        spec: format!("hf:{repo}"),
+        repo: repo.to_string(),
+        revision: revision.map(String::from),
+        file: Some(file.to_string()),
+        dataset: true,
+    };
+    spec.get(file, true)?.ok_or_else(|| Error::NotCached {
+        spec: format!("hf:{repo} ({file})"),
+    })
 }
 
 /// Shard file names listed by a `model.safetensors.index.json`, deduplicated, sorted.

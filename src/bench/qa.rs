@@ -1,77 +1,121 @@
-//! Short-answer QA: a JSONL file of `{"question": ..., "answers": [aliases...]}` rows,
-//! a fixed 5-shot `Q:/A:` prompt (raw, no chat template), greedy decoding stopped at the
-//! end of the first line, scored by normalised exact match against any alias
-//! (lowercase, punctuation and articles removed, spaces collapsed).
+//! Short-answer open QA in the TriviaQA / Natural Questions style: a few-shot
+//! `Q: ... / A: ...` prompt (raw, no chat template), greedy, stopped at the end of the
+//! first line, scored by normalised exact match against any accepted answer
+//! (lowercase, punctuation and the articles a/an/the removed, spaces collapsed).
+//!
+//! Rows: `{"question": ..., "answers": [aliases...]}` (tutti's own format),
+//! TriviaQA's `{"question", "answer": {"value", "aliases", "normalized_aliases"}}`
+//! (also with capitalised keys, as in the original JSON), or NQ-open's
+//! `{"question", "answer": [...]}`. The shots come from `--shots-file` (same formats),
+//! else from the first rows of the data, which are then not scored.
 
-use std::path::Path;
-use std::time::Instant;
+use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::engine::{EngineError, Ensemble, Generation, PromptMode};
+use super::data::{self, Row};
+use super::{BenchError, BenchItem, Decode, Judge, Judgement, Reference, Task};
+use crate::engine::PromptMode;
 
-/// Errors of the QA harness.
-#[derive(Debug, thiserror::Error)]
-pub enum QaError {
-    #[error("{path}: {reason}")]
-    Data { path: String, reason: String },
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-}
+/// Default number of worked examples.
+pub const DEFAULT_SHOTS: usize = 5;
+/// Longest answer in tokens; answers are a few words.
+pub const MAX_ANSWER_TOKENS: usize = 16;
 
 /// One question with its accepted answers.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct QaItem {
+#[derive(Clone, Debug, PartialEq)]
+pub struct QaRow {
+    pub id: Option<String>,
     pub question: String,
     pub answers: Vec<String>,
 }
 
-/// The worked examples in front of every question (none of them is in the data set).
-pub const SHOTS: [(&str, &str); 5] = [
-    ("What is the capital of Kazakhstan?", "Astana"),
-    ("What is 3 plus 4?", "7"),
-    ("What is the opposite of \"near\"?", "far"),
-    ("How many legs does a dog have?", "4"),
-    ("What color is snow?", "white"),
-];
-
-/// Longest answer in tokens; answers are a few words.
-pub const MAX_ANSWER_TOKENS: usize = 16;
-
-/// Reads a JSONL file (blank lines ignored).
-pub fn load_jsonl(path: &Path) -> Result<Vec<QaItem>, QaError> {
-    let err = |reason: String| QaError::Data {
-        path: path.display().to_string(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let mut items = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let item: QaItem =
-            serde_json::from_str(line).map_err(|e| err(format!("line {}: {e}", n + 1)))?;
-        if item.question.trim().is_empty() || item.answers.is_empty() {
-            return Err(err(format!(
-                "line {}: needs a question and at least one answer",
-                n + 1
-            )));
-        }
-        items.push(item);
-    }
-    if items.is_empty() {
-        return Err(err("no items".into()));
-    }
-    Ok(items)
+/// Options of a QA run.
+#[derive(Clone, Debug)]
+pub struct QaOptions {
+    pub data: String,
+    pub shots_file: Option<String>,
+    pub shots: usize,
+    pub seed: u64,
+    pub shuffle: bool,
 }
 
-/// The 5-shot prompt for `question`; the model continues after `A:`.
-pub fn prompt(question: &str) -> String {
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(xs) => xs.iter().flat_map(strings).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Reads one row in any of the accepted layouts.
+pub fn parse_row(row: &Row, n: usize) -> Result<QaRow, String> {
+    let question = data::text_field(row, &["question", "Question"], n)?;
+    let mut answers = Vec::new();
+    if let Some(a) = row.get("answers") {
+        answers = strings(a);
+    } else if let Some(a) = row.get("answer").or_else(|| row.get("Answer")) {
+        match a {
+            Value::Object(m) => {
+                for key in [
+                    "value",
+                    "Value",
+                    "aliases",
+                    "Aliases",
+                    "normalized_aliases",
+                    "NormalizedAliases",
+                ] {
+                    if let Some(v) = m.get(key) {
+                        answers.extend(strings(v));
+                    }
+                }
+            }
+            other => answers = strings(other),
+        }
+    }
+    answers.retain(|a| !a.trim().is_empty());
+    answers.dedup();
+    if question.trim().is_empty() || answers.is_empty() {
+        return Err(format!(
+            "row {}: needs a question and at least one answer (`answers`, `answer` or TriviaQA's `answer.aliases`)",
+            n + 1
+        ));
+    }
+    let id = ["id", "question_id", "QuestionId"]
+        .iter()
+        .find_map(|k| row.get(*k))
+        .map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+    Ok(QaRow {
+        id,
+        question: question.trim().to_string(),
+        answers,
+    })
+}
+
+/// Reads every row of a QA file.
+pub fn load(spec: &str) -> Result<Vec<QaRow>, BenchError> {
+    let path = data::resolve(spec, "validation")?;
+    let shown = path.display().to_string();
+    data::read_rows(&path)?
+        .iter()
+        .enumerate()
+        .map(|(n, r)| {
+            parse_row(r, n).map_err(|reason| BenchError::Data {
+                path: shown.clone(),
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// The few-shot prompt for `question`; the model continues after `A:`.
+pub fn prompt(shots: &[QaRow], question: &str) -> String {
     let mut p = String::new();
-    for (q, a) in SHOTS {
-        p += &format!("Q: {q}\nA: {a}\n\n");
+    for s in shots {
+        p += &format!("Q: {}\nA: {}\n\n", s.question, s.answers[0]);
     }
     p += &format!("Q: {}\nA:", question.trim());
     p
@@ -103,118 +147,71 @@ pub fn is_correct(prediction: &str, answers: &[String]) -> bool {
     !p.is_empty() && answers.iter().any(|a| normalize(a) == p)
 }
 
-/// Which members answer: one alone, or all together.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Runner {
-    Solo(usize),
-    Ensemble,
-}
+struct QaJudge;
 
-/// Scores and speed of one runner over the items.
-#[derive(Clone, Debug, Serialize)]
-pub struct QaScore {
-    pub name: String,
-    pub correct: usize,
-    pub total: usize,
-    pub accuracy: f64,
-    /// Generated tokens per second, each answer's first token excluded.
-    pub tokens_per_s: f64,
-    pub ms_per_token: f64,
-    /// Share of steps where more than one member was consulted.
-    pub ensembled_share: f64,
-    pub rollbacks: usize,
-    /// Mean time share of alignment + combination + feedback in a step.
-    pub overhead_share: f64,
-    pub wall_s: f64,
-    /// Per item: the answer given and whether it was right.
-    pub predictions: Vec<(String, bool)>,
-}
-
-/// Runs `runner` over `items` (greedy, stop at the end of the line); the ensemble's
-/// other settings (alignment, top-k, gate, weights) are used as they are.
-pub fn run(
-    ens: &mut Ensemble,
-    runner: Runner,
-    items: &[QaItem],
-    progress: &mut dyn FnMut(usize),
-) -> Result<QaScore, QaError> {
-    let saved = ens.settings().clone();
-    let mut s = saved.clone();
-    s.sampling = crate::engine::Sampling::Greedy;
-    s.stop.max_tokens = MAX_ANSWER_TOKENS;
-    s.stop.stop_strings = vec!["\n".into()];
-    ens.set_settings(s)?;
-    let result = run_items(ens, runner, items, progress);
-    ens.set_settings(saved)?;
-    result
-}
-
-fn run_items(
-    ens: &mut Ensemble,
-    runner: Runner,
-    items: &[QaItem],
-    progress: &mut dyn FnMut(usize),
-) -> Result<QaScore, QaError> {
-    let name = match runner {
-        Runner::Solo(i) => ens.members()[i].name().to_string(),
-        Runner::Ensemble => "ensemble".to_string(),
-    };
-    let t0 = Instant::now();
-    let (mut correct, mut rest_tokens, mut rest_ms) = (0usize, 0usize, 0.0f64);
-    let (mut steps, mut ensembled, mut rollbacks) = (0usize, 0usize, 0usize);
-    let (mut overhead_ms, mut step_ms) = (0.0f64, 0.0f64);
-    let mut predictions = Vec::with_capacity(items.len());
-    for (n, item) in items.iter().enumerate() {
-        let p = prompt(&item.question);
-        let out: Generation = match runner {
-            Runner::Solo(i) => ens.generate_solo(i, &p, PromptMode::Raw, &mut |_| {})?,
-            Runner::Ensemble => ens.generate(&p, PromptMode::Raw, &mut |_| {})?,
-        };
-        let answer = out.text.trim().to_string();
-        let ok = is_correct(&answer, &item.answers);
-        correct += usize::from(ok);
-        predictions.push((answer, ok));
-        let rest = out.steps.len().saturating_sub(1);
-        rest_tokens += rest;
-        rest_ms += out.timing.ms_per_token * rest as f64;
-        steps += out.steps.len();
-        ensembled += out.ensembled_steps;
-        rollbacks += out.rollbacks();
-        for st in out.steps.iter().skip(1) {
-            overhead_ms += st.align_combine_ms + st.feedback_ms;
-            step_ms += st.total_ms;
-        }
-        progress(n + 1);
+impl Judge for QaJudge {
+    fn metric_names(&self) -> Vec<String> {
+        Vec::new()
     }
-    let total = items.len();
-    Ok(QaScore {
-        name,
-        correct,
-        total,
-        accuracy: correct as f64 / total.max(1) as f64,
-        tokens_per_s: if rest_ms > 0.0 {
-            rest_tokens as f64 * 1e3 / rest_ms
-        } else {
-            0.0
+
+    fn judge(&mut self, item: &BenchItem, output: &str) -> Result<Judgement, BenchError> {
+        let extracted = output.trim().to_string();
+        let correct = match &item.reference {
+            Reference::Aliases(a) => is_correct(&extracted, a),
+            _ => false,
+        };
+        Ok(Judgement {
+            extracted,
+            correct: Some(correct),
+            metrics: BTreeMap::new(),
+        })
+    }
+}
+
+/// Builds the task: shots from the shots file or the first rows, the rest scored.
+pub fn task(opts: &QaOptions) -> Result<Task, BenchError> {
+    let mut rows = load(&opts.data)?;
+    let shots: Vec<QaRow> = match &opts.shots_file {
+        Some(f) => {
+            let mut s = load(f)?;
+            s.truncate(opts.shots);
+            s
+        }
+        None => {
+            let n = opts.shots.min(rows.len().saturating_sub(1));
+            rows.drain(..n).collect()
+        }
+    };
+    let offset = if opts.shots_file.is_some() {
+        0
+    } else {
+        shots.len()
+    };
+    let mut items: Vec<BenchItem> = rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| BenchItem {
+            id: r.id.unwrap_or_else(|| (i + offset).to_string()),
+            prompt: prompt(&shots, &r.question),
+            reference: Reference::Aliases(r.answers),
+        })
+        .collect();
+    if opts.shuffle {
+        super::shuffle(&mut items, opts.seed);
+    }
+    Ok(Task {
+        name: "qa".into(),
+        items,
+        decode: Decode {
+            mode: PromptMode::Raw,
+            max_tokens: MAX_ANSWER_TOKENS,
+            stop: vec!["\n".into()],
         },
-        ms_per_token: if rest_tokens > 0 {
-            rest_ms / rest_tokens as f64
-        } else {
-            0.0
-        },
-        ensembled_share: if steps > 0 {
-            ensembled as f64 / steps as f64
-        } else {
-            0.0
-        },
-        rollbacks,
-        overhead_share: if step_ms > 0.0 {
-            overhead_ms / step_ms
-        } else {
-            0.0
-        },
-        wall_s: t0.elapsed().as_secs_f64(),
-        predictions,
+        config: format!(
+            "data={} shots_file={:?} shots={}",
+            opts.data, opts.shots_file, opts.shots
+        ),
+        judge: Box::new(QaJudge),
     })
 }
 
@@ -222,19 +219,56 @@ fn run_items(
 mod tests {
     use super::*;
 
+    fn row(json: &str) -> Row {
+        serde_json::from_str(json).unwrap()
+    }
+
     #[test]
     fn normalisation_and_matching() {
         assert_eq!(normalize("  The Pacific-Ocean. "), "pacific ocean");
+        assert_eq!(normalize("An  apple, a PEAR!"), "apple pear");
+        assert_eq!(normalize("Théâtre"), "théâtre");
         assert!(is_correct("the Nile.", &["Nile".into()]));
         assert!(is_correct("Seven", &["7".into(), "seven".into()]));
         assert!(!is_correct("Paris, France", &["Paris".into()]));
         assert!(!is_correct("", &["".into()]));
+        assert!(!is_correct("The", &["a".into()]));
+    }
+
+    #[test]
+    fn accepts_triviaqa_and_nq_layouts() {
+        let ours = parse_row(&row(r#"{"question": "Q?", "answers": ["x", "y"]}"#), 0).unwrap();
+        assert_eq!(ours.answers, vec!["x", "y"]);
+        let tqa = parse_row(
+            &row(r#"{"question": "Q?", "question_id": "tc_1", "answer": {"value": "Paris", "aliases": ["Paris", "Paree"], "normalized_aliases": ["paris"]}}"#),
+            0,
+        )
+        .unwrap();
+        assert_eq!(tqa.id.as_deref(), Some("tc_1"));
+        assert!(tqa.answers.contains(&"Paree".to_string()));
+        let orig = parse_row(
+            &row(r#"{"Question": "Q?", "QuestionId": "q9", "Answer": {"Value": "V", "Aliases": ["V", "W"]}}"#),
+            0,
+        )
+        .unwrap();
+        assert_eq!(orig.answers[0], "V");
+        let nq = parse_row(&row(r#"{"question": "Q?", "answer": ["a1", "a2"]}"#), 0).unwrap();
+        assert_eq!(nq.answers, vec!["a1", "a2"]);
+        let err = parse_row(&row(r#"{"question": "Q?", "answers": []}"#), 4).unwrap_err();
+        assert!(err.contains("row 5"));
     }
 
     #[test]
     fn prompt_ends_with_the_question() {
-        let p = prompt("What is 2 plus 2?");
-        assert!(p.ends_with("Q: What is 2 plus 2?\nA:"));
-        assert_eq!(p.matches("Q: ").count(), 6);
+        let shots = vec![QaRow {
+            id: None,
+            question: "What color is snow?".into(),
+            answers: vec!["white".into()],
+        }];
+        let p = prompt(&shots, "What is 2 plus 2?");
+        assert_eq!(
+            p,
+            "Q: What color is snow?\nA: white\n\nQ: What is 2 plus 2?\nA:"
+        );
     }
 }

@@ -1,10 +1,16 @@
 //! `tutti bench`: run every member alone and the ensemble on the same items and print
-//! them side by side.
+//! them side by side (see `tutti::bench`).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Instant;
 
-use anyhow::Result;
-use tutti::bench::qa::{self, QaScore, Runner};
+use anyhow::{bail, Result};
+use tutti::bench::bert::{BertScorer, Encoder, DEFAULT_LAYER, DEFAULT_MODEL};
+use tutti::bench::report::{self, SystemSummary};
+use tutti::bench::runner::{self, ResultsFile, System};
+use tutti::bench::{gsm8k, mixinstruct, qa, Task};
+use tutti::engine::{Ensemble, PromptMode};
 
 use super::generate::{build_ensemble, ensemble_plan, EnsembleArgs};
 
@@ -16,100 +22,333 @@ pub struct BenchArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchTask {
-    /// Short-answer QA (JSONL rows {"question", "answers": [...]}), 5-shot, greedy,
-    /// normalised exact match.
+    /// GSM8K math word problems: few-shot chain of thought, exact match of the final number.
+    Gsm8k(Gsm8kArgs),
+    /// MixInstruct instructions: ROUGE-L and BERTScore against the reference output.
+    Mixinstruct(MixArgs),
+    /// Short-answer open QA (TriviaQA / NQ style): few-shot, normalised exact match.
     Qa(QaArgs),
 }
 
+/// Options every task shares.
 #[derive(clap::Args, Debug)]
-pub struct QaArgs {
-    /// JSONL file of {"question": ..., "answers": [...]} rows.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Use only the first N items.
+pub struct RunArgs {
+    /// Score only the first N items (after --shuffle).
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Also run every member alone on the same items.
+    /// Shuffle the items with --seed before --limit.
+    #[arg(long)]
+    pub shuffle: bool,
+    /// Also run every member alone on the same items (a single -m always runs alone).
     #[arg(long)]
     pub members_too: bool,
-    /// Also write one JSON object with all scores and predictions to this file.
+    /// Append one JSON row per item and system to this file; rerunning with the same
+    /// file skips what it already holds (resume).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Members and ensemble settings, as for `tutti generate`.
+    /// Write a Markdown report with the table and an SVG plot (same name, .svg).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Members and ensemble settings, as for `tutti generate` (decoding is greedy;
+    /// --seed seeds the shot draw and --shuffle).
     #[command(flatten)]
     pub ens: EnsembleArgs,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct Gsm8kArgs {
+    /// A JSONL/Parquet file of {"question", "answer": "... #### N"} rows, or hf:openai/gsm8k.
+    #[arg(long)]
+    pub data: String,
+    /// Split to read from a hub dataset (and the id prefix).
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Train rows for the worked examples [default: train.jsonl beside --data, or the
+    /// hub dataset's train split].
+    #[arg(long)]
+    pub train: Option<String>,
+    /// Worked examples in front of every question.
+    #[arg(long, default_value_t = gsm8k::DEFAULT_SHOTS)]
+    pub shots: usize,
+    /// Give every member the prompt raw, even chat models.
+    #[arg(long)]
+    pub raw: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MixArgs {
+    /// A JSONL file in MixInstruct's format, or hf:llm-blender/mix-instruct.
+    #[arg(long)]
+    pub data: String,
+    /// Split to read from the hub dataset (train, val, test).
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// BERTScore encoder: a folder (config.json, model.safetensors, tokenizer.json) or
+    /// hf:ORG/NAME; offline it must be a local folder.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub bertscore_model: String,
+    /// Encoder layer whose token states are compared.
+    #[arg(long, default_value_t = DEFAULT_LAYER)]
+    pub bertscore_layer: usize,
+    /// Score with ROUGE-L only.
+    #[arg(long)]
+    pub no_bertscore: bool,
+    /// Give every member the prompt raw, even chat models.
+    #[arg(long)]
+    pub raw: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QaArgs {
+    /// JSONL/JSON/Parquet rows: {"question", "answers": [...]}, TriviaQA or NQ-open fields.
+    #[arg(long)]
+    pub data: String,
+    /// Worked examples from this file instead of the first rows of --data.
+    #[arg(long)]
+    pub shots_file: Option<String>,
+    /// Number of worked examples.
+    #[arg(long, default_value_t = qa::DEFAULT_SHOTS)]
+    pub shots: usize,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.task {
-        BenchTask::Qa(a) => run_qa(a),
+        BenchTask::Gsm8k(a) => {
+            check(&a.run)?;
+            let task = gsm8k::task(&gsm8k::Gsm8kOptions {
+                data: a.data.clone(),
+                split: a.split.clone(),
+                train: a.train.clone(),
+                shots: a.shots,
+                seed: seed(&a.run),
+                shuffle: a.run.shuffle,
+                max_tokens: a.run.ens.max_tokens.unwrap_or(gsm8k::DEFAULT_MAX_TOKENS),
+                mode: mode(a.raw),
+            })?;
+            run_task(task, &a.run, &a.data)
+        }
+        BenchTask::Mixinstruct(a) => {
+            check(&a.run)?;
+            let scorer = if a.no_bertscore {
+                None
+            } else {
+                eprintln!("tutti: loading BERTScore encoder {}", a.bertscore_model);
+                let enc = Encoder::load(&a.bertscore_model, &candle_core::Device::Cpu)?;
+                Some(BertScorer::new(enc, a.bertscore_layer)?)
+            };
+            let task = mixinstruct::task(
+                &mixinstruct::MixOptions {
+                    data: a.data.clone(),
+                    split: a.split.clone(),
+                    max_tokens: a.run.ens.max_tokens.unwrap_or(256),
+                    seed: seed(&a.run),
+                    shuffle: a.run.shuffle,
+                    mode: mode(a.raw),
+                },
+                scorer,
+            )?;
+            run_task(task, &a.run, &a.data)
+        }
+        BenchTask::Qa(a) => {
+            check(&a.run)?;
+            if a.run.ens.max_tokens.is_some() {
+                bail!("bench qa stops at the end of the answer line ({} tokens at most); drop --max-tokens", qa::MAX_ANSWER_TOKENS);
+            }
+            let task = qa::task(&qa::QaOptions {
+                data: a.data.clone(),
+                shots_file: a.shots_file.clone(),
+                shots: a.shots,
+                seed: seed(&a.run),
+                shuffle: a.run.shuffle,
+            })?;
+            run_task(task, &a.run, &a.data)
+        }
     }
 }
 
-fn run_qa(args: QaArgs) -> Result<()> {
-    let mut items = qa::load_jsonl(&args.data)?;
-    if let Some(n) = args.limit {
-        items.truncate(n);
+fn check(run: &RunArgs) -> Result<()> {
+    if run.ens.temperature.is_some_and(|t| t != 0.0) || run.ens.top_p.is_some() {
+        bail!("bench decodes greedily so that systems are compared on the same footing; drop --temperature/--top-p");
     }
-    let (specs, settings) = ensemble_plan(&args.ens)?;
+    if !run.ens.stop.is_empty() {
+        bail!("bench sets its own stop rules per task; drop --stop");
+    }
+    Ok(())
+}
+
+fn seed(run: &RunArgs) -> u64 {
+    run.ens.seed.unwrap_or(1234)
+}
+
+fn mode(raw: bool) -> PromptMode {
+    if raw {
+        PromptMode::Raw
+    } else {
+        PromptMode::Chat
+    }
+}
+
+fn systems(ens: &Ensemble, members_too: bool) -> Vec<System> {
+    let n = ens.members().len();
+    let mut s = Vec::new();
+    if members_too || n == 1 {
+        s.extend((0..n).map(System::Member));
+    }
+    if n > 1 {
+        s.push(System::Ensemble);
+    }
+    s
+}
+
+/// Progress on stderr: a bar with ETA and the running score on a terminal, a line per
+/// tenth of the items otherwise (logs).
+struct Reporter {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+}
+
+impl Reporter {
+    fn new(system: &str, total: usize) -> Reporter {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(total as u64);
+            let style = indicatif::ProgressStyle::with_template(
+                "{prefix:>24} [{bar:30}] {pos}/{len} {elapsed_precise} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            b.set_style(style);
+            b.set_prefix(system.to_string());
+            b
+        });
+        Reporter {
+            bar,
+            started: Instant::now(),
+        }
+    }
+
+    fn update(&self, p: &runner::Progress, score_name: &str) {
+        let msg = format!("{score_name} {:.3}", p.running);
+        match &self.bar {
+            Some(b) => {
+                b.set_position(p.done as u64);
+                b.set_message(msg);
+            }
+            None => {
+                let step = (p.total / 10).max(1);
+                if p.done.is_multiple_of(step) || p.done == p.total {
+                    let el = self.started.elapsed().as_secs_f64();
+                    let fresh = p.done - p.reused;
+                    let eta = if fresh > 0 {
+                        el / fresh as f64 * (p.total - p.done) as f64
+                    } else {
+                        0.0
+                    };
+                    eprintln!(
+                        "tutti: {}: {}/{} ({} resumed), {msg}, {el:.0} s, ETA {eta:.0} s",
+                        p.system, p.done, p.total, p.reused
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish();
+        }
+    }
+}
+
+fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
+    task.limit(run.limit);
+    if task.items.is_empty() {
+        bail!("no items to score (check --data and --limit)");
+    }
+    let t0 = Instant::now();
+    let (specs, settings) = ensemble_plan(&run.ens)?;
     let mut ens = build_ensemble(specs, settings)?;
-    let n_members = ens.members().len();
-    let mut runners = Vec::new();
-    if args.members_too || n_members == 1 {
-        runners.extend((0..n_members).map(Runner::Solo));
+    for note in ens.prompt_notes(task.decode.mode) {
+        eprintln!("tutti: {note}");
     }
-    if n_members > 1 {
-        runners.push(Runner::Ensemble);
-    }
+    let mut results = match &run.out {
+        Some(p) => {
+            let f = ResultsFile::open(p)?;
+            if f.existing() > 0 {
+                eprintln!(
+                    "tutti: {}: {} rows already there, resuming",
+                    p.display(),
+                    f.existing()
+                );
+            }
+            Some(f)
+        }
+        None => None,
+    };
     let s = ens.settings();
     eprintln!(
-        "tutti: {} items; align {}, top-k {}, gate {}, weights {:?}",
-        items.len(),
+        "tutti: {} on {} items; align {}, top-k {}, gate {}, weights {:?}",
+        task.name,
+        task.items.len(),
         s.align,
         s.top_k,
         s.gate,
         ens.members().iter().map(|m| m.weight()).collect::<Vec<_>>()
     );
-    let mut scores: Vec<QaScore> = Vec::new();
-    for r in runners {
-        let total = items.len();
-        let score = qa::run(&mut ens, r, &items, &mut |done| {
-            if done % 25 == 0 || done == total {
-                eprintln!("tutti: {r:?}: {done}/{total}");
-            }
+    let metric_names = task.judge.metric_names();
+    let score_name = metric_names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "accuracy".into());
+    let mut summaries = Vec::new();
+    for system in systems(&ens, run.members_too) {
+        let name = runner::system_name(&ens, system);
+        let reporter = Reporter::new(&name, task.items.len());
+        let rows = runner::run_system(&mut ens, &mut task, system, results.as_mut(), &mut |p| {
+            reporter.update(p, &score_name)
         })?;
-        scores.push(score);
+        reporter.finish();
+        summaries.push(SystemSummary::from_rows(&name, &rows, &metric_names));
     }
-    println!(
-        "{:<36} {:>9} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9}",
-        "runner", "accuracy", "correct", "tokens/s", "ms/token", "gate%", "rollbacks", "overhead%"
-    );
-    for s in &scores {
-        println!(
-            "{:<36} {:>9.3} {:>8} {:>9.1} {:>9.2} {:>7.1} {:>9} {:>9.2}",
-            s.name,
-            s.accuracy,
-            format!("{}/{}", s.correct, s.total),
-            s.tokens_per_s,
-            s.ms_per_token,
-            100.0 * s.ensembled_share,
-            s.rollbacks,
-            100.0 * s.overhead_share
-        );
-    }
-    if let Some(path) = &args.out {
-        let v = serde_json::json!({
-            "data": args.data,
-            "items": items.len(),
-            "settings": {
-                "align": ens.settings().align.name(),
-                "top_k": ens.settings().top_k,
-                "gate": ens.settings().gate.to_string(),
-                "weights": ens.members().iter().map(|m| m.weight()).collect::<Vec<_>>(),
-            },
-            "scores": scores,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&v)?)?;
+    let wall = t0.elapsed().as_secs_f64();
+    print!("{}", report::text_table(&summaries));
+    eprintln!("tutti: wall time {wall:.1} s");
+    if let Some(path) = &run.report {
+        let s = ens.settings();
+        let facts = vec![
+            ("task".to_string(), task.name.clone()),
+            ("data".to_string(), data.to_string()),
+            ("items".to_string(), task.items.len().to_string()),
+            (
+                "members".to_string(),
+                ens.members()
+                    .iter()
+                    .map(|m| format!("{} (weight {})", m.name(), m.weight()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            (
+                "ensemble".to_string(),
+                format!(
+                    "align {}, top-k {}, gate {}, greedy",
+                    s.align, s.top_k, s.gate
+                ),
+            ),
+            ("settings".to_string(), task.config.clone()),
+            ("wall time".to_string(), format!("{wall:.1} s")),
+        ];
+        report::write_report(
+            path,
+            &format!("tutti bench {}", task.name),
+            &facts,
+            &summaries,
+        )?;
+        eprintln!("tutti: report written to {}", path.display());
     }
     Ok(())
 }

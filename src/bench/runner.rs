@@ -1,0 +1,372 @@
+//! The bench loop: every item of a task, for one system (a member alone or the
+//! ensemble), greedy, one JSONL row per item appended and flushed as soon as it is
+//! scored. Rows already in the results file for the same system, item and
+//! configuration are reused, so an interrupted run resumes where it stopped and ends
+//! with the same numbers as an uninterrupted one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{BenchError, Task};
+use crate::engine::{Ensemble, Generation, Sampling, StopRules};
+
+/// Who answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum System {
+    /// Member `i` alone.
+    Member(usize),
+    /// Every member together.
+    Ensemble,
+}
+
+/// One scored output: a line of the results file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ItemRow {
+    pub task: String,
+    pub id: String,
+    /// A member's name, or `ensemble`.
+    pub system: String,
+    /// Hash of everything that shapes the output (task settings, members, weights,
+    /// alignment, gate...): rows of another configuration are never mixed in.
+    pub config: String,
+    /// sha256 of the prompt text (first 16 hex digits).
+    pub prompt_hash: String,
+    pub output: String,
+    pub extracted: String,
+    #[serde(default)]
+    pub correct: Option<bool>,
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    /// Generated tokens.
+    pub tokens: usize,
+    /// Wall time of the generation (prompt processing included), ms.
+    pub time_ms: f64,
+    /// Time of the tokens after the first (pure decoding), ms, and their count.
+    pub decode_ms: f64,
+    pub decode_tokens: usize,
+    pub steps: usize,
+    /// Steps where more than one member was consulted (0 for a member alone).
+    pub ensembled_steps: usize,
+    pub rollbacks: usize,
+}
+
+/// Progress of one system's pass.
+#[derive(Clone, Debug)]
+pub struct Progress<'a> {
+    pub system: &'a str,
+    pub done: usize,
+    pub total: usize,
+    /// Rows that came from the results file instead of being generated.
+    pub reused: usize,
+    pub row: &'a ItemRow,
+    /// Running exact-match accuracy (or mean of the first metric) over `done` items.
+    pub running: f64,
+}
+
+/// The results file: rows found at start, and an appender.
+pub struct ResultsFile {
+    path: PathBuf,
+    rows: HashMap<(String, String), ItemRow>,
+    file: std::fs::File,
+}
+
+impl ResultsFile {
+    /// Opens (or creates) `path`; an unfinished last line (a run killed while writing)
+    /// is cut off, any other unreadable line is an error.
+    pub fn open(path: &Path) -> Result<ResultsFile, BenchError> {
+        let err = |reason: String| BenchError::Out {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut rows = HashMap::new();
+        if path.exists() {
+            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            let mut keep = text.len();
+            if !text.is_empty() && !text.ends_with('\n') {
+                keep = text.rfind('\n').map_or(0, |i| i + 1);
+                eprintln!(
+                    "tutti: {}: dropping an unfinished last line (interrupted run)",
+                    path.display()
+                );
+            }
+            for (n, line) in text[..keep].lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let row: ItemRow = serde_json::from_str(line).map_err(|e| {
+                    err(format!(
+                        "line {}: {e}; not a tutti results file? pass another --out",
+                        n + 1
+                    ))
+                })?;
+                rows.insert((row.system.clone(), row.id.clone()), row);
+            }
+            if keep < text.len() {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| err(e.to_string()))?;
+                f.set_len(keep as u64).map_err(|e| err(e.to_string()))?;
+            }
+        } else if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| err(e.to_string()))?;
+        Ok(ResultsFile {
+            path: path.to_path_buf(),
+            rows,
+            file,
+        })
+    }
+
+    /// Rows found when the file was opened.
+    pub fn existing(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn find(&self, system: &str, id: &str, config: &str) -> Result<Option<ItemRow>, BenchError> {
+        match self.rows.get(&(system.to_string(), id.to_string())) {
+            Some(r) if r.config == config => Ok(Some(r.clone())),
+            Some(_) => Err(BenchError::Out {
+                path: self.path.display().to_string(),
+                reason: format!(
+                    "holds results of `{system}` with other settings (item {id}); \
+                     resume with the same flags or pass another --out"
+                ),
+            }),
+            None => Ok(None),
+        }
+    }
+
+    fn append(&mut self, row: &ItemRow) -> Result<(), BenchError> {
+        let err = |e: std::io::Error| BenchError::Out {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let mut line = serde_json::to_string(row).map_err(|e| BenchError::Out {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        line.push('\n');
+        // One write per row, then flush: a kill leaves at most one partial line.
+        self.file.write_all(line.as_bytes()).map_err(err)?;
+        self.file.flush().map_err(err)
+    }
+}
+
+/// The display name of a system.
+pub fn system_name(ens: &Ensemble, system: System) -> String {
+    match system {
+        System::Member(i) => ens
+            .members()
+            .get(i)
+            .map_or_else(|| format!("member {i}"), |m| m.name().to_string()),
+        System::Ensemble => "ensemble".to_string(),
+    }
+}
+
+/// Hash of the configuration that shapes `system`'s outputs on `task`.
+pub fn config_hash(ens: &Ensemble, task: &Task, system: System) -> String {
+    let mut h = Sha256::new();
+    h.update(task.name.as_bytes());
+    h.update(b"\0");
+    h.update(task.config.as_bytes());
+    h.update(format!("\0{:?}\0", task.decode).as_bytes());
+    let slots: Vec<usize> = match system {
+        System::Member(i) => vec![i],
+        System::Ensemble => (0..ens.members().len()).collect(),
+    };
+    for i in slots {
+        if let Some(m) = ens.members().get(i) {
+            let info = &m.model().info;
+            h.update(format!(
+                "{}\0{}\0{:?}\0",
+                info.name, info.weights_fingerprint, info.dtype
+            ));
+            if system == System::Ensemble {
+                h.update(format!("w={}\0", m.weight()));
+            }
+        }
+    }
+    if system == System::Ensemble {
+        let s = ens.settings();
+        h.update(format!("{}\0{}\0{}", s.align.name(), s.top_k, s.gate).as_bytes());
+    }
+    hex16(&h.finalize())
+}
+
+fn hex16(bytes: &[u8]) -> String {
+    bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of a prompt, 16 hex digits.
+pub fn prompt_hash(prompt: &str) -> String {
+    hex16(&Sha256::digest(prompt.as_bytes()))
+}
+
+/// Runs `system` over every item of `task`; returns one row per item, in item order.
+pub fn run_system(
+    ens: &mut Ensemble,
+    task: &mut Task,
+    system: System,
+    mut results: Option<&mut ResultsFile>,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<Vec<ItemRow>, BenchError> {
+    let saved = ens.settings().clone();
+    let mut s = saved.clone();
+    s.sampling = Sampling::Greedy;
+    s.stop = StopRules {
+        max_tokens: task.decode.max_tokens,
+        stop_strings: task.decode.stop.clone(),
+    };
+    ens.set_settings(s)?;
+    let result = run_items(ens, task, system, &mut results, on_progress);
+    ens.set_settings(saved)?;
+    result
+}
+
+fn run_items(
+    ens: &mut Ensemble,
+    task: &mut Task,
+    system: System,
+    results: &mut Option<&mut ResultsFile>,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<Vec<ItemRow>, BenchError> {
+    let name = system_name(ens, system);
+    let config = config_hash(ens, task, system);
+    let first_metric = task.judge.metric_names().into_iter().next();
+    let total = task.items.len();
+    let mut rows = Vec::with_capacity(total);
+    let (mut reused, mut running_sum) = (0usize, 0.0f64);
+    for n in 0..total {
+        let item = &task.items[n];
+        let known = match results.as_deref() {
+            Some(r) => r.find(&name, &item.id, &config)?,
+            None => None,
+        };
+        let row = match known {
+            Some(row) => {
+                reused += 1;
+                row
+            }
+            None => {
+                let out: Generation = match system {
+                    System::Member(i) => {
+                        ens.generate_solo(i, &item.prompt, task.decode.mode, &mut |_| {})?
+                    }
+                    System::Ensemble => {
+                        ens.generate(&item.prompt, task.decode.mode, &mut |_| {})?
+                    }
+                };
+                let verdict = task.judge.judge(item, &out.text)?;
+                let decode_tokens = out.steps.len().saturating_sub(1);
+                let row = ItemRow {
+                    task: task.name.clone(),
+                    id: item.id.clone(),
+                    system: name.clone(),
+                    config: config.clone(),
+                    prompt_hash: prompt_hash(&item.prompt),
+                    output: out.text.clone(),
+                    extracted: verdict.extracted,
+                    correct: verdict.correct,
+                    metrics: verdict.metrics,
+                    tokens: out.tokens,
+                    time_ms: out.timing.total_ms,
+                    decode_ms: out.timing.ms_per_token * decode_tokens as f64,
+                    decode_tokens,
+                    steps: out.steps.len(),
+                    ensembled_steps: if system == System::Ensemble {
+                        out.ensembled_steps
+                    } else {
+                        0
+                    },
+                    rollbacks: out.rollbacks(),
+                };
+                if let Some(r) = results.as_deref_mut() {
+                    r.append(&row)?;
+                }
+                row
+            }
+        };
+        running_sum += match (&first_metric, row.correct) {
+            (None, Some(ok)) => f64::from(u8::from(ok)),
+            (Some(m), _) => row.metrics.get(m).copied().unwrap_or(0.0),
+            (None, None) => 0.0,
+        };
+        rows.push(row);
+        on_progress(&Progress {
+            system: &name,
+            done: n + 1,
+            total,
+            reused,
+            row: rows.last().expect("just pushed"),
+            running: running_sum / (n + 1) as f64,
+        });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(system: &str, id: &str, config: &str) -> ItemRow {
+        ItemRow {
+            task: "qa".into(),
+            id: id.into(),
+            system: system.into(),
+            config: config.into(),
+            prompt_hash: prompt_hash("p"),
+            output: "out".into(),
+            extracted: "out".into(),
+            correct: Some(true),
+            metrics: BTreeMap::new(),
+            tokens: 3,
+            time_ms: 10.0,
+            decode_ms: 4.0,
+            decode_tokens: 2,
+            steps: 3,
+            ensembled_steps: 0,
+            rollbacks: 0,
+        }
+    }
+
+    #[test]
+    fn results_file_resumes_and_cuts_a_partial_line() {
+        let dir = std::env::temp_dir().join(format!("tutti-results-{}", std::process::id()));
+        let path = dir.join("sub").join("r.jsonl");
+        {
+            let mut f = ResultsFile::open(&path).unwrap();
+            f.append(&row("a", "1", "c")).unwrap();
+            f.append(&row("a", "2", "c")).unwrap();
+        }
+        // A kill in the middle of a write.
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text += "{\"task\": \"qa\", \"id\"";
+        std::fs::write(&path, &text).unwrap();
+        let mut f = ResultsFile::open(&path).unwrap();
+        assert_eq!(f.existing(), 2);
+        assert_eq!(f.find("a", "2", "c").unwrap(), Some(row("a", "2", "c")));
+        assert_eq!(f.find("a", "3", "c").unwrap(), None);
+        assert!(f
+            .find("a", "1", "other")
+            .unwrap_err()
+            .to_string()
+            .contains("other settings"));
+        f.append(&row("b", "1", "c")).unwrap();
+        drop(f);
+        let f = ResultsFile::open(&path).unwrap();
+        assert_eq!(f.existing(), 3);
+        std::fs::write(&path, "garbage\n").unwrap();
+        assert!(ResultsFile::open(&path).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
