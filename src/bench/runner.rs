@@ -199,6 +199,10 @@ pub fn config_hash(ens: &Ensemble, task: &Task, system: System) -> String {
     if system == System::Ensemble {
         let s = ens.settings();
         h.update(format!("{}\0{}\0{}", s.align.name(), s.top_k, s.gate).as_bytes());
+        // Only a non-default rule enters the hash, so older results files stay valid.
+        if s.combine != crate::engine::Combine::Mean {
+            h.update(format!("\0combine={}", s.combine).as_bytes());
+        }
     }
     hex16(&h.finalize())
 }

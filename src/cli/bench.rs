@@ -292,12 +292,13 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
     };
     let s = ens.settings();
     eprintln!(
-        "tutti: {} on {} items; align {}, top-k {}, gate {}, weights {:?}",
+        "tutti: {} on {} items; align {}, top-k {}, gate {}, combine {}, weights {:?}",
         task.name,
         task.items.len(),
         s.align,
         s.top_k,
         s.gate,
+        s.combine,
         ens.members().iter().map(|m| m.weight()).collect::<Vec<_>>()
     );
     let metric_names = task.judge.metric_names();

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use tutti::align::AlignMethod;
 use tutti::engine::{
-    Ensemble, EnsembleFile, Gate, Generation, MemberSpec, PromptMode, Sampling, Settings, StopRules,
+    Combine, Ensemble, EnsembleFile, Gate, Generation, MemberSpec, PromptMode, Sampling, Settings, StopRules,
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -72,6 +72,10 @@ pub struct EnsembleArgs {
     /// probability is below T) [default: always].
     #[arg(long)]
     pub gate: Option<String>,
+    /// mean (weights only) or confidence (each member's weight times its top
+    /// probability at the step) [default: mean].
+    #[arg(long)]
+    pub combine: Option<String>,
     /// Stop when the text contains this string (repeatable; `\n` and `\t` are escapes).
     #[arg(long)]
     pub stop: Vec<String>,
@@ -162,6 +166,9 @@ pub fn ensemble_plan(args: &EnsembleArgs) -> Result<(Vec<MemberSpec>, Settings)>
     }
     if let Some(g) = args.gate.as_deref().or(file.gate.as_deref()) {
         settings.gate = g.parse::<Gate>()?;
+    }
+    if let Some(c) = args.combine.as_deref().or(file.combine.as_deref()) {
+        settings.combine = c.parse::<Combine>()?;
     }
     let temperature = if args.greedy {
         None
@@ -306,6 +313,7 @@ pub fn json_report(ens: &Ensemble, out: &Generation) -> serde_json::Value {
             "align": ens.settings().align.name(),
             "top_k": ens.settings().top_k,
             "gate": ens.settings().gate.to_string(),
+            "combine": ens.settings().combine.to_string(),
             "sampling": format!("{:?}", ens.settings().sampling),
         },
         "members": out.members,

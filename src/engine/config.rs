@@ -4,6 +4,7 @@
 //! align = "min-ed"          # exact | min-ed | relrep
 //! top_k = 10
 //! gate = "always"           # or "uncertain:0.5"
+//! combine = "mean"          # or "confidence"
 //! max_tokens = 256
 //! stop = ["\n\n"]
 //! # temperature = 0.7       # sampling; absent = greedy
@@ -36,6 +37,7 @@ pub struct EnsembleFile {
     pub align: Option<String>,
     pub top_k: Option<usize>,
     pub gate: Option<String>,
+    pub combine: Option<String>,
     pub max_tokens: Option<usize>,
     pub stop: Option<Vec<String>>,
     pub temperature: Option<f32>,

@@ -168,12 +168,43 @@ impl MemberSpec {
     }
 }
 
+/// How the consulted members' distributions are averaged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combine {
+    /// Weighted by the members' weights.
+    Mean,
+    /// Each member's weight is multiplied, at every step, by its own top probability:
+    /// a member that is unsure at this step counts less than one that is sure.
+    Confidence,
+}
+
+impl FromStr for Combine {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Combine> {
+        match s.trim() {
+            "mean" => Ok(Combine::Mean),
+            "confidence" => Ok(Combine::Confidence),
+            other => Err(EngineError::BadCombine(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Combine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Combine::Mean => "mean",
+            Combine::Confidence => "confidence",
+        })
+    }
+}
+
 /// Decoding settings shared by all members.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     pub align: AlignMethod,
     pub top_k: usize,
     pub gate: Gate,
+    pub combine: Combine,
     pub sampling: Sampling,
     pub stop: StopRules,
 }
@@ -184,6 +215,7 @@ impl Default for Settings {
             align: AlignMethod::MinEd,
             top_k: 10,
             gate: Gate::Always,
+            combine: Combine::Mean,
             sampling: Sampling::Greedy,
             stop: StopRules::default(),
         }
@@ -751,10 +783,14 @@ impl Ensemble {
             })
             .collect();
         let mut union = Union::default();
+        // Each member's top candidate probability (its confidence at this step).
+        let mut top_prob = vec![0.0f32; active.len()];
         for (i, d) in dists.iter().enumerate() {
             if let Some(d) = d {
                 let m = &members[active[i]];
-                union.add(i, m.vocab(), &d.top_k(m.vocab(), settings.top_k));
+                let top = d.top_k(m.vocab(), settings.top_k);
+                top_prob[i] = top.first().map_or(0.0, |&(_, p)| p);
+                union.add(i, m.vocab(), &top);
             }
         }
         if union.is_empty() {
@@ -782,7 +818,10 @@ impl Ensemble {
                 row.push(p);
             }
             probs.push(row);
-            used_weights.push(weights[i]);
+            used_weights.push(match settings.combine {
+                Combine::Mean => weights[i],
+                Combine::Confidence => weights[i] * top_prob[i],
+            });
         }
         if used_weights.iter().all(|&w| w == 0.0) {
             used_weights.iter_mut().for_each(|w| *w = 1.0);

@@ -38,6 +38,9 @@ pub enum EngineError {
     /// A gate spec that is neither `always` nor `uncertain:T` with 0 ≤ T ≤ 1.
     #[error("invalid gate `{0}`: expected `always` or `uncertain:T` with T between 0 and 1")]
     BadGate(String),
+    /// A combination rule other than `mean` or `confidence`.
+    #[error("invalid combine rule `{0}`: expected `mean` or `confidence`")]
+    BadCombine(String),
     /// A model spec with a malformed `:w=WEIGHT` suffix.
     #[error("invalid model spec `{spec}`: {reason}")]
     BadSpec { spec: String, reason: String },

@@ -32,7 +32,7 @@ pub mod step;
 
 pub use config::EnsembleFile;
 pub use ensemble::{
-    validate_weights, Ensemble, EnsembleBuilder, Gate, Generation, MemberReport, MemberSpec,
+    validate_weights, Combine, Ensemble, EnsembleBuilder, Gate, Generation, MemberReport, MemberSpec,
     PromptMode, Settings, StepTime, StopReason, StopRules, Timing,
 };
 pub use error::{EngineError, Result};
