@@ -6,7 +6,9 @@ mod ensemble_support;
 
 use ensemble_support::{demo, load, max_diff, plain_greedy, GEMMA, SMOL};
 use tutti::align::AlignMethod;
-use tutti::engine::{EngineError, Ensemble, EnsembleFile, Gate, MemberSpec, PromptMode, Sampling};
+use tutti::engine::{
+    Combine, EngineError, Ensemble, EnsembleFile, Gate, MemberSpec, PromptMode, Sampling,
+};
 
 const PROMPT: &str = "The capital of France is";
 const N: usize = 16;
@@ -36,16 +38,24 @@ fn same_model_twice_gives_its_greedy_ids() {
 fn weights_one_zero_give_the_first_members_greedy_ids_across_tokenizers() {
     for (a, b) in [(SMOL, GEMMA), (GEMMA, SMOL)] {
         let expected = greedy_of(a);
-        for align in [AlignMethod::MinEd, AlignMethod::Exact] {
+        for (align, combine) in [
+            (AlignMethod::MinEd, Combine::Mean),
+            (AlignMethod::Exact, Combine::Mean),
+            (AlignMethod::MinEd, Combine::Confidence),
+        ] {
             let mut ens = Ensemble::builder()
                 .model(load(a), 1.0)
                 .model(load(b), 0.0)
                 .align(align)
+                .combine(combine)
                 .max_tokens(N)
                 .build()
                 .unwrap();
             let out = ens.generate(PROMPT, PromptMode::Raw, &mut |_| {}).unwrap();
-            assert_eq!(out.members[0].ids, expected, "{a} + {b}:0 with {align}");
+            assert_eq!(
+                out.members[0].ids, expected,
+                "{a} + {b}:0 with {align}, {combine}"
+            );
             // The zero-weight member still followed the text in its own tokens.
             let text_b = ens.members()[1].vocab().decode_bytes(&out.members[1].ids);
             assert_eq!(String::from_utf8_lossy(&text_b), out.text);

@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use tutti::align::AlignMethod;
 use tutti::engine::{
-    Combine, Ensemble, EnsembleFile, Gate, Generation, MemberSpec, PromptMode, Sampling, Settings, StopRules,
+    Combine, Ensemble, EnsembleFile, Gate, Generation, MemberSpec, PromptMode, Sampling, Settings,
+    StopRules,
 };
 
 #[derive(clap::Args, Debug, Clone)]

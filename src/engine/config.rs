@@ -107,6 +107,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
+        let f = EnsembleFile::parse("combine = \"confidence\"\n", "t.toml").unwrap();
+        assert_eq!(f.combine.as_deref(), Some("confidence"));
+        assert!("median".parse::<crate::engine::Combine>().is_err());
         let err = EnsembleFile::parse("topk = 5\n", "t.toml")
             .unwrap_err()
             .to_string();

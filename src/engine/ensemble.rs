@@ -310,6 +310,11 @@ impl EnsembleBuilder {
         self
     }
 
+    pub fn combine(mut self, combine: Combine) -> Self {
+        self.settings.combine = combine;
+        self
+    }
+
     pub fn sampling(mut self, sampling: Sampling) -> Self {
         self.settings.sampling = sampling;
         self

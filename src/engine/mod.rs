@@ -32,8 +32,8 @@ pub mod step;
 
 pub use config::EnsembleFile;
 pub use ensemble::{
-    validate_weights, Combine, Ensemble, EnsembleBuilder, Gate, Generation, MemberReport, MemberSpec,
-    PromptMode, Settings, StepTime, StopReason, StopRules, Timing,
+    validate_weights, Combine, Ensemble, EnsembleBuilder, Gate, Generation, MemberReport,
+    MemberSpec, PromptMode, Settings, StepTime, StopReason, StopRules, Timing,
 };
 pub use error::{EngineError, Result};
 pub use member::Member;
