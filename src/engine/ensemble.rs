@@ -13,7 +13,7 @@ use super::error::{EngineError, Result};
 use super::mapper::Mapper;
 use super::member::Member;
 use super::output::TextStream;
-use super::step::{choose, combine, CandidateKey, Distribution, Sampling, Union};
+use super::step::{choose, combine, CandidateKey, Sampling, StepDist, Union};
 use crate::align::AlignMethod;
 
 /// When the other members are consulted.
@@ -713,9 +713,10 @@ impl Ensemble {
         first[0] = true;
         forward_parallel(&mut self.members, active, &first, &mut forward_ms)?;
         let primary = &self.members[active[0]];
-        let logits = primary.logits().unwrap_or_default();
-        let top =
-            Distribution::new(logits, settings.sampling.temperature()).top_k(primary.vocab(), 1);
+        let top = primary
+            .step_distribution(settings.sampling.temperature(), 1)?
+            .map(|d| d.top_k(primary.vocab(), 1))
+            .unwrap_or_default();
         let confident = top.first().is_some_and(|&(_, p)| p >= threshold);
         // A zero-weight primary must not decide alone.
         if confident && weights[0] > 0.0 {
@@ -738,18 +739,14 @@ impl Ensemble {
     ) -> Result<Pick> {
         let temperature = settings.sampling.temperature();
         let members = &self.members;
-        let dists: Vec<Option<Distribution>> = active
-            .iter()
-            .zip(consulted)
-            .map(|(&slot, &c)| {
-                c.then(|| {
-                    members[slot]
-                        .logits()
-                        .map(|l| Distribution::new(l, temperature))
-                })
-                .flatten()
-            })
-            .collect();
+        let mut dists: Vec<Option<StepDist>> = Vec::with_capacity(active.len());
+        for (&slot, &c) in active.iter().zip(consulted) {
+            dists.push(if c {
+                members[slot].step_distribution(temperature, settings.top_k)?
+            } else {
+                None
+            });
+        }
         let mut union = Union::default();
         for (i, d) in dists.iter().enumerate() {
             if let Some(d) = d {
@@ -767,6 +764,31 @@ impl Ensemble {
         for (i, d) in dists.iter().enumerate() {
             let Some(d) = d else { continue };
             let m = &members[active[i]];
+            let d = match d {
+                StepDist::Host(d) => d,
+                StepDist::Tensor(d) => {
+                    // The same lookups as below, gathered in one batch on the device.
+                    let mut ids = Vec::new();
+                    let mut spans = Vec::with_capacity(union.len());
+                    for cand in &union.candidates {
+                        let start = ids.len();
+                        match (&cand.key, cand.proposed_by(i)) {
+                            (_, Some(id)) => ids.push(id),
+                            (CandidateKey::Eos, None) => ids.extend_from_slice(m.vocab().eos_ids()),
+                            (CandidateKey::Bytes(_), None) => {
+                                if let Some(mapper) = self.mappers.get_mut(active[i]) {
+                                    ids.extend(mapper.lookup(m, cand)?);
+                                }
+                            }
+                        }
+                        spans.push(start..ids.len());
+                    }
+                    let p = d.probs(&ids)?;
+                    probs.push(spans.into_iter().map(|r| p[r].iter().sum()).collect());
+                    used_weights.push(weights[i]);
+                    continue;
+                }
+            };
             let mut row = Vec::with_capacity(union.len());
             for cand in &union.candidates {
                 let p = match (&cand.key, cand.proposed_by(i)) {
