@@ -19,6 +19,8 @@ pub enum BenchTask {
     /// Short-answer QA (JSONL rows {"question", "answers": [...]}), 5-shot, greedy,
     /// normalised exact match.
     Qa(QaArgs),
+    /// Prefill/decode speed of members alone and as an ensemble (real or random weights).
+    Speed(super::bench_speed::SpeedArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -43,6 +45,7 @@ pub struct QaArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.task {
         BenchTask::Qa(a) => run_qa(a),
+        BenchTask::Speed(a) => super::bench_speed::run(a),
     }
 }
 
