@@ -28,6 +28,7 @@
 #   DIST/run.sh          runs a DIST binary with LD_LIBRARY_PATH pointing at the CUDA
 #                        libraries it finds (DIST/lib, a CUDA toolkit, pip's nvidia/cu13)
 #   DIST/MANIFEST.txt    toolkit, sizes, the shared libraries each binary needs
+#   DIST/smollm2-tokenizer.json  default tokenizer of `bench speed`'s random members
 #   ARCHIVE = $CARGO_TARGET_DIR/carry/tutti-cuda-dist.tar.xz: DIST compressed (the
 #                        binaries are mostly GPU code and compress ~7x), for moving
 #                        to a GPU machine; unpack at the repository root with
@@ -197,6 +198,13 @@ if [ "$BUNDLE_LIBS" = 1 ]; then
     [ "$l" = libcublas.so.13 ] && cp -L "$CUDA_LIBDIR/libcublasLt.so.13" "$DIST/lib/"
   done
 fi
+
+# SmolLM2's tokenizer: the default shared tokenizer of `bench speed`'s random members
+# (found there by the binaries when run from the repository root).
+for t in "$ROOT/models-cache/tokenizers/smollm2/tokenizer.json" \
+    "$ROOT/../shared/assets/tokenizers/smollm2/tokenizer.json"; do
+  if [ -f "$t" ]; then cp "$t" "$DIST/smollm2-tokenizer.json"; break; fi
+done
 
 cat >"$DIST/run.sh" <<'EOF'
 #!/usr/bin/env bash

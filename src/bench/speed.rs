@@ -667,11 +667,13 @@ pub fn format_table(r: &SpeedReport) -> String {
     s
 }
 
-/// Default shared tokenizer for random members: SmolLM2's, from the usual places.
+/// Default shared tokenizer for random members: SmolLM2's, from the usual places (the
+/// last one is the copy scripts/build-cuda.sh puts next to the CUDA binaries).
 pub fn default_tokenizer(root: &Path) -> Option<PathBuf> {
     [
         "models-cache/tokenizers/smollm2/tokenizer.json",
         "../shared/assets/tokenizers/smollm2/tokenizer.json",
+        "target/cuda/dist/smollm2-tokenizer.json",
     ]
     .iter()
     .map(|p| root.join(p))
