@@ -2,7 +2,7 @@
 //! standard `exp`, then a full sort) on a 262,144-entry vocabulary.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use tutti_kernels::{gather_probs, log_norm, select_topk, softmax_topk};
+use tutti_kernels::{gather_probs, log_norm, select_topk, softmax_topk, softmax_topk_tensor};
 
 const VOCAB: usize = 262_144;
 
@@ -56,6 +56,18 @@ fn bench(c: &mut Criterion) {
     g.bench_function("gather_192", |b| {
         b.iter(|| gather_probs(black_box(&l), &t.norm, &union))
     });
+    // The device dispatch on a CPU tensor: one copy of the row out of the tensor, then
+    // the fused pass (what `tutti bench speed` reports as the CPU "tensor" path).
+    let dev = candle_core::Device::Cpu;
+    for dtype in [candle_core::DType::F32, candle_core::DType::BF16] {
+        let t = candle_core::Tensor::from_vec(l.clone(), l.len(), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        g.bench_function(format!("tensor_{dtype:?}_k64").to_lowercase(), |b| {
+            b.iter(|| softmax_topk_tensor(black_box(&t), 1.0, 64, None).unwrap())
+        });
+    }
     g.finish();
 }
 

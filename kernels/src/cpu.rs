@@ -188,7 +188,7 @@ pub fn gather_probs(logits: &[f32], norm: &LogNorm, ids: &[u32]) -> Vec<f32> {
 }
 
 /// Checks the temperature; 0 stands for the greedy limit.
-fn effective_temperature(t: f32) -> Result<f32> {
+pub(crate) fn effective_temperature(t: f32) -> Result<f32> {
     if !t.is_finite() || t < 0.0 {
         return Err(KernelError::BadTemperature(t));
     }

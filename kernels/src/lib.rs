@@ -14,16 +14,23 @@
 //! a rescaled partial sum and (when it can beat the current k-th best) a selection update.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod device;
+#[cfg(all(feature = "metal", target_os = "macos"))]
+pub mod metal;
 pub mod wire;
 
 pub use cpu::{
     exp_nonpositive, gather_probs, log_norm, select_topk, select_topk_by, softmax_topk,
     softmax_topk_by, LogNorm, TopK, BLOCK,
 };
+pub use device::{gather_probs_tensor, softmax_topk_tensor, DEVICE_MAX_K};
 pub use wire::{packed_len, PackedHeader, HEADER_BYTES, MAGIC};
 
 /// Why a hot-path call was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KernelError {
     #[error("top-k needs k >= 1")]
     ZeroK,
@@ -35,6 +42,14 @@ pub enum KernelError {
     NonFinite,
     #[error("bad packed top-k buffer: {0}")]
     BadPacked(String),
+    #[error("the device kernel selects at most {max} entries (asked for {k})")]
+    KTooLarge { k: usize, max: usize },
+    #[error("{0} entries do not fit a 32-bit index")]
+    TooLong(usize),
+    #[error("logits of dtype {0} are not supported (f32, bf16, f16)")]
+    UnsupportedDType(String),
+    #[error("device error: {0}")]
+    Device(String),
 }
 
 pub type Result<T> = std::result::Result<T, KernelError>;

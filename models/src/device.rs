@@ -34,7 +34,8 @@ fn auto_device() -> Device {
         match Device::new_cuda(0) {
             Ok(d) => return d,
             Err(e) => eprintln!(
-                "tutti: CUDA is compiled in but no GPU could be opened ({e}); using the CPU"
+                "tutti: CUDA is compiled in but no GPU could be opened ({}); using the CPU",
+                first_line(&e)
             ),
         }
     }
@@ -42,7 +43,8 @@ fn auto_device() -> Device {
         match Device::new_metal(0) {
             Ok(d) => return d,
             Err(e) => eprintln!(
-                "tutti: Metal is compiled in but could not be opened ({e}); using the CPU"
+                "tutti: Metal is compiled in but could not be opened ({}); using the CPU",
+                first_line(&e)
             ),
         }
     }
@@ -58,7 +60,7 @@ fn open_cuda(spec: &str, ordinal: usize) -> Result<Device> {
     }
     Device::new_cuda(ordinal).map_err(|e| Error::Device {
         spec: spec.to_string(),
-        reason: format!("cannot open CUDA device {ordinal}: {e}"),
+        reason: format!("cannot open CUDA device {ordinal}: {}", first_line(&e)),
     })
 }
 
@@ -71,8 +73,15 @@ fn open_metal(spec: &str) -> Result<Device> {
     }
     Device::new_metal(0).map_err(|e| Error::Device {
         spec: spec.to_string(),
-        reason: format!("cannot open the Metal device: {e}"),
+        reason: format!("cannot open the Metal device: {}", first_line(&e)),
     })
+}
+
+/// The first line of an error: candle appends a backtrace to device errors when
+/// `RUST_BACKTRACE` is set, which does not belong in a one-line message.
+pub fn first_line(e: &dyn std::fmt::Display) -> String {
+    let s = e.to_string();
+    s.lines().next().unwrap_or_default().trim().to_string()
 }
 
 /// Parses a dtype; `None` means auto: F32 on the CPU (candle's CPU bf16 matmul is slow),

@@ -15,6 +15,7 @@ mod error;
 mod ggml;
 pub mod kv_cache;
 mod quant;
+pub mod random;
 pub mod source;
 pub mod tokenizer;
 pub mod transformer;

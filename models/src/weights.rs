@@ -88,6 +88,8 @@ impl Embedding {
 
 enum Backend {
     Safetensors(candle_core::safetensors::MmapedSafetensors),
+    /// Tensors already in memory (random-weight models, tests), by HF name.
+    Map(std::collections::HashMap<String, Tensor>),
     Gguf {
         content: gguf_file::Content,
         file: std::sync::Mutex<File>,
@@ -147,6 +149,23 @@ impl Weights {
         })
     }
 
+    /// Tensors already on `device`, named as in an HF checkpoint; dense weights are used
+    /// in `dtype`.
+    pub fn from_tensors(
+        tensors: std::collections::HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+        desc: impl Into<String>,
+    ) -> Self {
+        Self {
+            backend: Backend::Map(tensors),
+            device: device.clone(),
+            dtype,
+            desc: desc.into(),
+            arch_name: String::new(),
+        }
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -158,6 +177,7 @@ impl Weights {
     pub fn has(&self, name: &str) -> bool {
         match &self.backend {
             Backend::Safetensors(st) => st.get(name).is_ok(),
+            Backend::Map(m) => m.contains_key(name),
             Backend::Gguf { content, .. } => content.tensor_infos.contains_key(name),
         }
     }
@@ -187,7 +207,7 @@ impl Weights {
                         reason: format!("tensor `{name}`: {e}"),
                     })
             }
-            Backend::Safetensors(_) => Err(self.missing(name)),
+            Backend::Safetensors(_) | Backend::Map(_) => Err(self.missing(name)),
         }
     }
 
@@ -200,6 +220,10 @@ impl Weights {
                     .map_err(|_| self.missing(name))?;
                 Ok(t.to_dtype(dtype)?)
             }
+            Backend::Map(m) => Ok(m
+                .get(name)
+                .ok_or_else(|| self.missing(name))?
+                .to_dtype(dtype)?),
             Backend::Gguf { .. } => Ok(self
                 .qtensor(name)?
                 .dequantize(&self.device)?
@@ -218,7 +242,7 @@ impl Weights {
     /// A projection weight `[out, in]` with an optional bias, checked against `in_features`.
     pub fn linear(&self, weight: &str, bias: Option<&str>, in_features: usize) -> Result<Linear> {
         let (w, q, dims) = match &self.backend {
-            Backend::Safetensors(_) => {
+            Backend::Safetensors(_) | Backend::Map(_) => {
                 let t = self.tensor(weight, self.dtype)?;
                 let dims = t.dims().to_vec();
                 (QMatMul::Tensor(t), None, dims)
@@ -251,7 +275,9 @@ impl Weights {
 
     pub fn embedding(&self, name: &str) -> Result<Embedding> {
         match &self.backend {
-            Backend::Safetensors(_) => Ok(Embedding::Dense(self.tensor(name, self.dtype)?)),
+            Backend::Safetensors(_) | Backend::Map(_) => {
+                Ok(Embedding::Dense(self.tensor(name, self.dtype)?))
+            }
             Backend::Gguf { .. } => {
                 let q = self.qtensor(name)?;
                 // Quantized lookup needs whole blocks per row; otherwise keep it dense.

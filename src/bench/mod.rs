@@ -23,6 +23,7 @@ pub mod mixinstruct;
 pub mod qa;
 pub mod report;
 pub mod runner;
+pub mod speed;
 
 /// Errors of the bench harness.
 #[derive(Debug, thiserror::Error)]

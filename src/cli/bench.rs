@@ -28,6 +28,8 @@ pub enum BenchTask {
     Mixinstruct(MixArgs),
     /// Short-answer open QA (TriviaQA / NQ style): few-shot, normalised exact match.
     Qa(QaArgs),
+    /// Prefill/decode speed of members alone and as an ensemble (real or random weights).
+    Speed(super::bench_speed::SpeedArgs),
 }
 
 /// Options every task shares.
@@ -119,6 +121,7 @@ pub struct QaArgs {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.task {
+        BenchTask::Speed(a) => super::bench_speed::run(a),
         BenchTask::Gsm8k(a) => {
             check(&a.run)?;
             let task = gsm8k::task(&gsm8k::Gsm8kOptions {

@@ -32,8 +32,14 @@ pub fn run() -> Result<()> {
     );
     let cuda = if candle_core::utils::cuda_is_available() {
         match candle_core::Device::new_cuda(0) {
-            Ok(_) => "available (device 0 opened)".to_string(),
-            Err(e) => format!("compiled in, but no device could be opened: {e}"),
+            Ok(d) => format!(
+                "available (device 0 opened: {})",
+                tutti::bench::speed::device_name(&d)
+            ),
+            Err(e) => format!(
+                "compiled in, but no device could be opened: {}",
+                tutti_models::device::first_line(&e)
+            ),
         }
     } else {
         "not compiled in (build with --features cuda)".to_string()

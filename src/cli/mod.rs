@@ -2,6 +2,7 @@
 
 pub mod align;
 pub mod bench;
+pub mod bench_speed;
 pub mod common;
 pub mod generate;
 pub mod info;

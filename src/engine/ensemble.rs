@@ -13,7 +13,7 @@ use super::error::{EngineError, Result};
 use super::mapper::Mapper;
 use super::member::Member;
 use super::output::TextStream;
-use super::step::{choose, combine, CandidateKey, Distribution, Sampling, Union};
+use super::step::{choose, combine, CandidateKey, Sampling, StepDist, Union};
 use crate::align::AlignMethod;
 
 /// When the other members are consulted.
@@ -169,9 +169,10 @@ impl MemberSpec {
 }
 
 /// How the consulted members' distributions are averaged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Combine {
     /// Weighted by the members' weights.
+    #[default]
     Mean,
     /// Each member's weight is multiplied, at every step, by its own top probability:
     /// a member that is unsure at this step counts less than one that is sure.
@@ -750,9 +751,10 @@ impl Ensemble {
         first[0] = true;
         forward_parallel(&mut self.members, active, &first, &mut forward_ms)?;
         let primary = &self.members[active[0]];
-        let logits = primary.logits().unwrap_or_default();
-        let top =
-            Distribution::new(logits, settings.sampling.temperature()).top_k(primary.vocab(), 1);
+        let top = primary
+            .step_distribution(settings.sampling.temperature(), 1)?
+            .map(|d| d.top_k(primary.vocab(), 1))
+            .unwrap_or_default();
         let confident = top.first().is_some_and(|&(_, p)| p >= threshold);
         // A zero-weight primary must not decide alone.
         if confident && weights[0] > 0.0 {
@@ -775,18 +777,14 @@ impl Ensemble {
     ) -> Result<Pick> {
         let temperature = settings.sampling.temperature();
         let members = &self.members;
-        let dists: Vec<Option<Distribution>> = active
-            .iter()
-            .zip(consulted)
-            .map(|(&slot, &c)| {
-                c.then(|| {
-                    members[slot]
-                        .logits()
-                        .map(|l| Distribution::new(l, temperature))
-                })
-                .flatten()
-            })
-            .collect();
+        let mut dists: Vec<Option<StepDist>> = Vec::with_capacity(active.len());
+        for (&slot, &c) in active.iter().zip(consulted) {
+            dists.push(if c {
+                members[slot].step_distribution(temperature, settings.top_k)?
+            } else {
+                None
+            });
+        }
         let mut union = Union::default();
         // Each member's top candidate probability (its confidence at this step).
         let mut top_prob = vec![0.0f32; active.len()];
@@ -808,21 +806,29 @@ impl Ensemble {
         for (i, d) in dists.iter().enumerate() {
             let Some(d) = d else { continue };
             let m = &members[active[i]];
-            let mut row = Vec::with_capacity(union.len());
+            // Which of the member's ids stand for each candidate: its own proposal, its
+            // EOS ids, or the aligned token; their probabilities are summed.
+            let mut ids = Vec::new();
+            let mut spans = Vec::with_capacity(union.len());
             for cand in &union.candidates {
-                let p = match (&cand.key, cand.proposed_by(i)) {
-                    (_, Some(id)) => d.prob(id),
-                    (CandidateKey::Eos, None) => {
-                        m.vocab().eos_ids().iter().map(|&e| d.prob(e)).sum()
+                let start = ids.len();
+                match (&cand.key, cand.proposed_by(i)) {
+                    (_, Some(id)) => ids.push(id),
+                    (CandidateKey::Eos, None) => ids.extend_from_slice(m.vocab().eos_ids()),
+                    (CandidateKey::Bytes(_), None) => {
+                        if let Some(mapper) = self.mappers.get_mut(active[i]) {
+                            ids.extend(mapper.lookup(m, cand)?);
+                        }
                     }
-                    (CandidateKey::Bytes(_), None) => match self.mappers.get_mut(active[i]) {
-                        Some(mapper) => mapper.lookup(m, cand)?.map_or(0.0, |id| d.prob(id)),
-                        None => 0.0,
-                    },
-                };
-                row.push(p);
+                }
+                spans.push(start..ids.len());
             }
-            probs.push(row);
+            let p: Vec<f32> = match d {
+                StepDist::Host(d) => ids.iter().map(|&id| d.prob(id)).collect(),
+                // One batched gather on the device instead of a lookup per id.
+                StepDist::Tensor(d) => d.probs(&ids)?,
+            };
+            probs.push(spans.into_iter().map(|r| p[r].iter().sum()).collect());
             used_weights.push(match settings.combine {
                 Combine::Mean => weights[i],
                 Combine::Confidence => weights[i] * top_prob[i],

@@ -23,6 +23,9 @@ pub enum EngineError {
     /// A tensor operation outside the models failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
+
+    #[error("top-k kernel failed: {0}")]
+    Kernel(#[from] tutti_kernels::KernelError),
     /// An ensemble needs at least one member.
     #[error("no members: pass at least one model (-m MODEL or [[member]] in the ensemble file)")]
     NoMembers,

@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use candle_core::Tensor;
 use tutti_models::Model;
 
 use super::error::{EngineError, Result};
@@ -39,6 +40,14 @@ pub struct Member {
     kv_len: usize,
     /// Logits after `committed[..kv_len]`, valid while nothing is pending.
     logits: Option<Vec<f32>>,
+    /// The same logits left where the model computed them, when `device_topk` is on.
+    logits_tensor: Option<Tensor>,
+    /// Top-k and gathers run on the logits tensor (`tutti_kernels`' device dispatch)
+    /// instead of on a host copy of the row. On by default for members off the CPU.
+    device_topk: bool,
+    /// `vocab.is_candidate(id)` for every logit id: the device top-k's mask (empty while
+    /// `device_topk` is off).
+    candidate_mask: Vec<bool>,
     rollbacks: usize,
     rolled_back_tokens: usize,
 }
@@ -67,7 +76,8 @@ impl Member {
             member: name.clone(),
             source,
         })?;
-        Ok(Member {
+        let device_topk = !model.lm.device().is_cpu();
+        let mut m = Member {
             model,
             vocab,
             name,
@@ -76,9 +86,40 @@ impl Member {
             prompt_len: 0,
             kv_len: 0,
             logits: None,
+            logits_tensor: None,
+            device_topk: false,
+            candidate_mask: Vec::new(),
             rollbacks: 0,
             rolled_back_tokens: 0,
-        })
+        };
+        m.set_device_topk(device_topk);
+        Ok(m)
+    }
+
+    /// Runs top-k and gathers on the logits tensor where the model computed them (on,
+    /// by default, for GPU members: only the packed top-k and the gathered
+    /// probabilities cross to the host) or on a host copy of the row (off; the default
+    /// on the CPU). On the CPU both give the same numbers bit for bit. Takes effect at
+    /// the next forward.
+    pub fn set_device_topk(&mut self, on: bool) {
+        self.device_topk = on;
+        self.candidate_mask = if on {
+            (0..self.model.lm.vocab_size() as u32)
+                .map(|id| self.vocab.is_candidate(id))
+                .collect()
+        } else {
+            Vec::new()
+        };
+    }
+
+    /// Whether top-k runs on the logits tensor ([`Member::set_device_topk`]).
+    pub fn device_topk(&self) -> bool {
+        self.device_topk
+    }
+
+    /// The device top-k's mask: `vocab.is_candidate` per logit id.
+    pub(crate) fn candidate_mask(&self) -> &[bool] {
+        &self.candidate_mask
     }
 
     pub fn name(&self) -> &str {
@@ -143,6 +184,7 @@ impl Member {
         self.committed = prompt_ids;
         self.kv_len = 0;
         self.logits = None;
+        self.logits_tensor = None;
         self.rollbacks = 0;
         self.rolled_back_tokens = 0;
     }
@@ -155,10 +197,13 @@ impl Member {
     }
 
     /// Feeds every pending id in one forward and returns the next-token logits (the
-    /// cached ones when nothing is pending). Also returns the forward's duration.
+    /// cached ones when nothing is pending; empty when they stay on the device, see
+    /// [`Member::set_device_topk`] and [`Member::logits_tensor`]). Also returns the
+    /// forward's duration.
     pub fn forward_pending(&mut self) -> Result<(&[f32], f64)> {
         let t0 = Instant::now();
-        if self.kv_len < self.committed.len() || self.logits.is_none() {
+        let have = self.logits.is_some() || self.logits_tensor.is_some();
+        if self.kv_len < self.committed.len() || !have {
             if self.kv_len == self.committed.len() {
                 // Logits lost (e.g. after `start` with an empty prompt is impossible, but a
                 // truncate to the full length can get here): recompute the last position.
@@ -173,20 +218,61 @@ impl Member {
                 .lm
                 .forward(&self.committed[self.kv_len..])
                 .map_err(|e| self.model_err(e))?;
-            let v: Vec<f32> = out.to_vec1()?;
+            if self.device_topk {
+                // Wait for the device so the forward's time is the forward's.
+                out.device().synchronize()?;
+                self.logits = None;
+                self.logits_tensor = Some(out);
+            } else {
+                let v: Vec<f32> = out.to_vec1()?;
+                self.logits = Some(v);
+                self.logits_tensor = None;
+            }
             self.kv_len = self.committed.len();
-            self.logits = Some(v);
         }
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok((self.logits.as_deref().unwrap_or_default(), ms))
     }
 
-    /// The logits of the last forward, when nothing is pending since.
+    /// The logits of the last forward, when nothing is pending since (and they were
+    /// copied to the host: not under [`Member::set_device_topk`]).
     pub fn logits(&self) -> Option<&[f32]> {
         if self.kv_len == self.committed.len() {
             self.logits.as_deref()
         } else {
             None
+        }
+    }
+
+    /// The logits of the last forward as the model returned them, when nothing is
+    /// pending since and [`Member::set_device_topk`] is on.
+    pub fn logits_tensor(&self) -> Option<&Tensor> {
+        if self.kv_len == self.committed.len() {
+            self.logits_tensor.as_ref()
+        } else {
+            None
+        }
+    }
+
+    /// This step's distribution over the member's logits, wherever they are; `k` is the
+    /// most candidates that will be asked of it (the device top-k runs once, here).
+    pub fn step_distribution(
+        &self,
+        temperature: f32,
+        k: usize,
+    ) -> Result<Option<super::step::StepDist<'_>>> {
+        use super::step::{Distribution, StepDist, TensorDist};
+        if let Some(l) = self.logits() {
+            return Ok(Some(StepDist::Host(Distribution::new(l, temperature))));
+        }
+        match self.logits_tensor() {
+            Some(t) => Ok(Some(StepDist::Tensor(TensorDist::new(
+                t,
+                temperature,
+                k,
+                self.candidate_mask(),
+            )?))),
+            None => Ok(None),
         }
     }
 

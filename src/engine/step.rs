@@ -65,6 +65,78 @@ impl<'a> Distribution<'a> {
     }
 }
 
+/// One member's distribution at a step: over a host copy of its logits, or over the
+/// logits tensor on the member's device ([`crate::engine::Member::set_device_topk`]).
+pub enum StepDist<'a> {
+    Host(Distribution<'a>),
+    Tensor(TensorDist),
+}
+
+impl StepDist<'_> {
+    /// The `k` most probable candidate ids (see [`Distribution::top_k`]).
+    pub fn top_k(&self, vocab: &Vocab, k: usize) -> Vec<(u32, f32)> {
+        match self {
+            StepDist::Host(d) => d.top_k(vocab, k),
+            StepDist::Tensor(d) => d.top_k(k),
+        }
+    }
+}
+
+/// A distribution over a logits tensor: the fused softmax + top-k kernel of
+/// `tutti_kernels` runs once when it is made (on the tensor's device), and probabilities
+/// of other ids are gathered there in one batch ([`TensorDist::probs`]). Ids, order and
+/// probabilities are those of [`Distribution`] over the same logits (bit for bit on the
+/// CPU; to float rounding of the normaliser on a GPU).
+pub struct TensorDist {
+    logits: candle_core::Tensor,
+    /// `None` when the logits hold no distribution (as [`Distribution`]'s `norm`).
+    top: Option<tutti_kernels::TopK>,
+}
+
+impl TensorDist {
+    /// Softmax of `logits / temperature` and its `k` most probable ids among those
+    /// `candidates` marks.
+    pub fn new(
+        logits: &candle_core::Tensor,
+        temperature: f32,
+        k: usize,
+        candidates: &[bool],
+    ) -> std::result::Result<TensorDist, tutti_kernels::KernelError> {
+        use tutti_kernels::KernelError;
+        let top = match tutti_kernels::softmax_topk_tensor(
+            logits,
+            temperature,
+            k.max(1),
+            Some(candidates),
+        ) {
+            Ok(t) => Some(t),
+            Err(KernelError::NonFinite | KernelError::EmptyLogits) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(TensorDist {
+            logits: logits.clone(),
+            top,
+        })
+    }
+
+    /// The first `k` of the selected candidates.
+    pub fn top_k(&self, k: usize) -> Vec<(u32, f32)> {
+        self.top
+            .as_ref()
+            .map(|t| t.iter().take(k).collect())
+            .unwrap_or_default()
+    }
+
+    /// Probabilities of `ids` (0 past the logits, and everywhere when there is no
+    /// distribution), in one gather on the device.
+    pub fn probs(&self, ids: &[u32]) -> std::result::Result<Vec<f32>, tutti_kernels::KernelError> {
+        match &self.top {
+            Some(t) => tutti_kernels::gather_probs_tensor(&self.logits, &t.norm, ids),
+            None => Ok(vec![0.0; ids.len()]),
+        }
+    }
+}
+
 /// `e^x` for `x ≤ 0` (vectorisable, ~3e-7 relative), shared with the kernels crate.
 pub use tutti_kernels::exp_nonpositive;
 
