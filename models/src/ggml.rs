@@ -218,46 +218,49 @@ pub fn attention(
     scale: f32,
     visible: impl Fn(usize, usize) -> bool + Sync,
 ) -> Vec<f32> {
+    use rayon::prelude::*;
     let n_rep = nh / nkv;
     let several = s >= 2;
     let mut out = vec![0f32; s * nh * hd];
-    let mut w = vec![0f32; t];
-    let mut vt = vec![0f32; t];
-    for h in 0..nh {
-        let kvh = h / n_rep;
-        let kh = &k[kvh * t * hd..(kvh + 1) * t * hd];
-        let vh = &v[kvh * t * hd..(kvh + 1) * t * hd];
-        for i in 0..s {
+    // Every (query, head) pair is independent: spread them over the cores. Each pair
+    // still sums in ggml's order, so the result does not depend on the thread count.
+    out.par_chunks_mut(hd).enumerate().for_each_init(
+        || (vec![0f32; t], vec![0f32; t]),
+        |(w, vt), (c, o)| {
+            let (i, h) = (c / nh, c % nh);
+            let kvh = h / n_rep;
+            let kh = &k[kvh * t * hd..(kvh + 1) * t * hd];
+            let vh = &v[kvh * t * hd..(kvh + 1) * t * hd];
             let qi = &q[(h * s + i) * hd..(h * s + i + 1) * hd];
             for j in 0..t {
-                let kj = &kh[j * hd..(j + 1) * hd];
-                let d = if several {
-                    dot_tinyblas(kj, qi)
-                } else {
-                    dot_vec_f16(kj, qi)
-                };
+                // A masked key's score is not needed (its weight is exactly 0).
                 w[j] = if visible(i, j) {
+                    let kj = &kh[j * hd..(j + 1) * hd];
+                    let d = if several {
+                        dot_tinyblas(kj, qi)
+                    } else {
+                        dot_vec_f16(kj, qi)
+                    };
                     d * scale
                 } else {
                     f32::NEG_INFINITY
                 };
             }
-            softmax_row(&mut w);
+            softmax_row(w);
             for p in w.iter_mut() {
                 *p = f16::from_f32(*p).to_f32();
             }
-            let o = &mut out[(i * nh + h) * hd..(i * nh + h + 1) * hd];
             for (dd, od) in o.iter_mut().enumerate() {
                 for j in 0..t {
                     vt[j] = vh[j * hd + dd];
                 }
                 *od = if several {
-                    dot_tinyblas(&vt, &w)
+                    dot_tinyblas(vt, w)
                 } else {
-                    dot_vec_f16(&vt, &w)
+                    dot_vec_f16(vt, w)
                 };
             }
-        }
-    }
+        },
+    );
     out
 }
