@@ -339,8 +339,8 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
             (
                 "ensemble".to_string(),
                 format!(
-                    "align {}, top-k {}, gate {}, greedy",
-                    s.align, s.top_k, s.gate
+                    "align {}, top-k {}, gate {}, combine {}, greedy",
+                    s.align, s.top_k, s.gate, s.combine
                 ),
             ),
             ("settings".to_string(), task.config.clone()),
