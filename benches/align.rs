@@ -2,8 +2,7 @@
 //! real tokens (the full maps are timed with `tutti align --no-cache`), the brute-force
 //! reference on a smaller sample for the ratio, and per-candidate lookups.
 //!
-//! Tokenizers come from `../shared/assets/tokenizers/` or `models-cache/tokenizers/`
-//! (`scripts/fetch-tokenizers.sh`).
+//! Tokenizers come from `models-cache/tokenizers/` (`scripts/fetch-tokenizers.sh`).
 
 use std::path::PathBuf;
 
@@ -15,17 +14,13 @@ use tutti::vocab::Vocab;
 
 fn vocab(name: &str, width: usize) -> Vocab {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let path = [
-        root.join("../shared/assets/tokenizers")
-            .join(name)
-            .join("tokenizer.json"),
-        root.join("models-cache/tokenizers")
-            .join(name)
-            .join("tokenizer.json"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .unwrap_or_else(|| panic!("tokenizer {name} not found; run scripts/fetch-tokenizers.sh"));
+    let path = root
+        .join("models-cache/tokenizers")
+        .join(name)
+        .join("tokenizer.json");
+    if !path.is_file() {
+        panic!("tokenizer {name} not found; run scripts/fetch-tokenizers.sh");
+    }
     let tok = Tokenizer::from_file(&path).expect("tokenizer");
     Vocab::from_tokenizer(&tok, &[], Some(width)).expect("vocab")
 }

@@ -201,10 +201,9 @@ fi
 
 # SmolLM2's tokenizer: the default shared tokenizer of `bench speed`'s random members
 # (found there by the binaries when run from the repository root).
-for t in "$ROOT/models-cache/tokenizers/smollm2/tokenizer.json" \
-    "$ROOT/../shared/assets/tokenizers/smollm2/tokenizer.json"; do
-  if [ -f "$t" ]; then cp "$t" "$DIST/smollm2-tokenizer.json"; break; fi
-done
+t="$ROOT/models-cache/tokenizers/smollm2/tokenizer.json"
+[ -f "$t" ] || "$ROOT/scripts/fetch-tokenizers.sh" >&2
+cp "$t" "$DIST/smollm2-tokenizer.json"
 
 cat >"$DIST/run.sh" <<'EOF'
 #!/usr/bin/env bash

@@ -8,8 +8,7 @@
 # triton): `import torch` refuses to start without them even on a CPU-only machine, so they
 # are installed too. Measured: ~3.0 GB downloaded, ~5.6 GB on disk, ~2 min. The fixtures
 # themselves need only the CPU.
-# Tokenizers come from ../shared/assets/tokenizers or models-cache/tokenizers
-# (scripts/fetch-tokenizers.sh).
+# Tokenizers come from models-cache/tokenizers (scripts/fetch-tokenizers.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,8 +37,7 @@ else
   log "torch/transformers already installed in $VENV ($have)"
 fi
 
-if [ ! -f "$ROOT/../shared/assets/tokenizers/llama3/tokenizer.json" ] &&
-   [ ! -f "$ROOT/models-cache/tokenizers/llama3/tokenizer.json" ]; then
+if [ ! -f "$ROOT/models-cache/tokenizers/llama3/tokenizer.json" ]; then
   "$ROOT/scripts/fetch-tokenizers.sh"
 fi
 

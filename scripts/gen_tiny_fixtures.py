@@ -272,10 +272,7 @@ def main():
     args = ap.parse_args()
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    tok_dirs = [Path(d) for d in args.tokenizers_dir] + [
-        ROOT.parent / "shared" / "assets" / "tokenizers",
-        ROOT / "models-cache" / "tokenizers",
-    ]
+    tok_dirs = [Path(d) for d in args.tokenizers_dir] + [ROOT / "models-cache" / "tokenizers"]
     out_root = Path(args.out_dir)
     specs = family_specs()
     families = args.only or list(specs)

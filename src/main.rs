@@ -26,6 +26,8 @@ enum Command {
     Align(cli::align::AlignArgs),
     /// Run members alone and as an ensemble on a benchmark, side by side.
     Bench(cli::bench::BenchArgs),
+    /// Token ids of a text, or export a model's tokenizer as tokenizer.json.
+    Tokenize(cli::tokenize::TokenizeArgs),
     /// Print compiled features, available devices and versions.
     Info,
 }
@@ -37,6 +39,7 @@ fn main() {
         Command::Logits(args) => cli::logits::run(args),
         Command::Align(args) => cli::align::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Tokenize(args) => cli::tokenize::run(args),
         Command::Info => cli::info::run(),
     };
     if let Err(err) = result {

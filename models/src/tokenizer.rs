@@ -275,6 +275,38 @@ impl ModelTokenizer {
         })
     }
 
+    /// Writes the tokenizer as an HF tokenizer folder: `tokenizer.json`,
+    /// `tokenizer_config.json` (BOS/EOS texts, `add_bos_token`, chat template) and
+    /// `generation_config.json` (BOS/EOS ids). A model known only as a GGUF file can
+    /// then be tokenized by tools that read HF folders, and loading the folder back
+    /// gives the same ids, EOS set, BOS rule and template. Each file is written under
+    /// a temporary name and renamed, so an interrupted export leaves no half file.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let tokenizer = self
+            .inner
+            .to_string(true)
+            .map_err(|e| Error::Tokenizer(format!("cannot serialise the tokenizer: {e}")))?;
+        let mut config = Map::new();
+        config.insert("bos_token".into(), json!(self.bos_text));
+        config.insert("eos_token".into(), json!(self.eos_text));
+        config.insert("add_bos_token".into(), json!(self.add_bos));
+        if let Some(t) = &self.chat_template {
+            config.insert("chat_template".into(), json!(t));
+        }
+        let generation = json!({"bos_token_id": self.bos, "eos_token_id": self.eos});
+        let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+        write_atomic(&dir.join("tokenizer.json"), tokenizer.as_bytes())?;
+        write_atomic(
+            &dir.join("tokenizer_config.json"),
+            pretty(&Value::Object(config)).as_bytes(),
+        )?;
+        write_atomic(
+            &dir.join("generation_config.json"),
+            pretty(&generation).as_bytes(),
+        )
+    }
+
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
@@ -352,6 +384,13 @@ impl ModelTokenizer {
             self.eos_text.as_deref().unwrap_or(""),
         )
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("json.partial");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 fn chat_template_of(v: Option<&Value>) -> Option<String> {

@@ -673,7 +673,6 @@ pub fn format_table(r: &SpeedReport) -> String {
 pub fn default_tokenizer(root: &Path) -> Option<PathBuf> {
     [
         "models-cache/tokenizers/smollm2/tokenizer.json",
-        "../shared/assets/tokenizers/smollm2/tokenizer.json",
         "target/cuda/dist/smollm2-tokenizer.json",
     ]
     .iter()

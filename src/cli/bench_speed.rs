@@ -20,7 +20,7 @@ pub struct SpeedArgs {
     #[arg(long)]
     pub config: Vec<PathBuf>,
     /// tokenizer.json shared by random members [default: SmolLM2's, from
-    /// models-cache/tokenizers/ or ../shared/assets/tokenizers/].
+    /// models-cache/tokenizers/ (scripts/fetch-tokenizers.sh)].
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// auto, cpu, cuda:N or metal (all members on one device).

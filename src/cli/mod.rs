@@ -7,3 +7,4 @@ pub mod common;
 pub mod generate;
 pub mod info;
 pub mod logits;
+pub mod tokenize;

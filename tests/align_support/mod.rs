@@ -19,29 +19,21 @@ pub const KNOWN: &[(&str, &[&str], usize)] = &[
     ("gpt2", &["<|endoftext|>"], 50_257),
 ];
 
-/// Path of tokenizer `name`: `../shared/assets/tokenizers/NAME/tokenizer.json` or
-/// `models-cache/tokenizers/NAME/tokenizer.json` relative to the repository root.
-/// Panics with instructions when neither exists: these tests are never skipped.
+/// Path of tokenizer `name`: `models-cache/tokenizers/NAME/tokenizer.json` relative to
+/// the repository root. Panics with instructions when it is missing: these tests are
+/// never skipped.
 pub fn tokenizer_path(name: &str) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        root.join("../shared/assets/tokenizers")
-            .join(name)
-            .join("tokenizer.json"),
-        root.join("models-cache/tokenizers")
-            .join(name)
-            .join("tokenizer.json"),
-    ];
-    for c in &candidates {
-        if c.is_file() {
-            return c.clone();
-        }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models-cache/tokenizers")
+        .join(name)
+        .join("tokenizer.json");
+    if !path.is_file() {
+        panic!(
+            "tokenizer {name:?} not found at {}; run scripts/fetch-tokenizers.sh",
+            path.display()
+        );
     }
-    panic!(
-        "tokenizer {name:?} not found (looked in {} and {}); run scripts/fetch-tokenizers.sh",
-        candidates[0].display(),
-        candidates[1].display()
-    );
+    path
 }
 
 /// Loads tokenizer `name` and its vocabulary.
