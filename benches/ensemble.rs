@@ -9,7 +9,8 @@
 
 use std::path::Path;
 
-use tutti::engine::{Ensemble, Gate, Generation, MemberSpec, PromptMode, Settings, StopRules};
+use tutti::engine::{Ensemble, Gate, Generation, MemberSpec, Request};
+use tutti_models::DeviceSpec;
 
 const PROMPTS: [&str; 3] = [
     "The history of the city of Rome begins",
@@ -43,21 +44,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("{m} is missing: run scripts/fetch-models.sh first").into());
         }
     }
-    let settings = Settings {
-        gate: Gate::Always,
-        stop: StopRules {
-            max_tokens: TOKENS,
-            stop_strings: Vec::new(),
-        },
-        ..Settings::default()
-    };
     let mut ens = Ensemble::builder()
-        .member(MemberSpec::new(models[0]).device("cpu"))
-        .member(MemberSpec::new(models[1]).device("cpu"))
-        .settings(settings)
+        .member(MemberSpec::new(models[0]).device(DeviceSpec::Cpu))
+        .member(MemberSpec::new(models[1]).device(DeviceSpec::Cpu))
         .build()?;
+    let request = |p: &str| Request::raw(p).gate(Gate::Always).max_tokens(TOKENS);
     // Warm-up: first forwards allocate buffers.
-    ens.generate(PROMPTS[0], PromptMode::Raw, &mut |_| {})?;
+    ens.generate_quiet(&request(PROMPTS[0]))?;
     let new = || Totals {
         tokens: 0,
         step_ms: 0.0,
@@ -67,9 +60,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rollbacks = 0;
     for p in PROMPTS {
         for (i, t) in solo.iter_mut().enumerate() {
-            add(t, &ens.generate_solo(i, p, PromptMode::Raw, &mut |_| {})?);
+            add(t, &ens.generate_quiet(&request(p).solo(i))?);
         }
-        let out = ens.generate(p, PromptMode::Raw, &mut |_| {})?;
+        let out = ens.generate_quiet(&request(p))?;
         rollbacks += out.rollbacks();
         add(&mut pair, &out);
     }

@@ -1,9 +1,9 @@
-//! Two heterogeneous models (SmolLM2, llama tokenizer; Gemma 3, SentencePiece) decoding
+//! Two heterogeneous models (SmolLM2, byte-level BPE; Gemma 3, SentencePiece) decoding
 //! one text in lockstep, from the library.
 //!
 //! `cargo run --release --example ensemble_pair -- "The capital of France is"`
 
-use tutti::engine::{Ensemble, MemberSpec, PromptMode};
+use tutti::engine::{Ensemble, MemberSpec, Request};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompt = std::env::args()
@@ -14,10 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "models-cache/SmolLM2-135M-Instruct.Q4_1.gguf",
         ))
         .member(MemberSpec::new("models-cache/gemma-3-270m-q4_k_m.gguf"))
-        .max_tokens(48)
-        .stop_string("\n\n")
         .build()?;
-    let out = ens.generate(&prompt, PromptMode::Raw, &mut |_| {})?;
+    let request = Request::raw(prompt.as_str()).max_tokens(48).stop("\n\n");
+    let out = ens.generate_quiet(&request)?;
     println!("{prompt}{}", out.text);
     for m in &out.members {
         println!("{}: {} ids, {} rollbacks", m.name, m.ids.len(), m.rollbacks);

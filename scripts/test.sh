@@ -2,8 +2,9 @@
 # The project's test command (the README's second quick-start command; CI runs it).
 #
 # Fetches what the tests need (the two demo GGUF models and the real tokenizers, both
-# idempotent), checks formatting, then runs every test of the workspace. Nothing is
-# skipped: a test whose asset is missing fails and names the script that fetches it.
+# idempotent), checks formatting, lints, docs and the engine-only build, then runs every
+# test of the workspace. Nothing is skipped: a test whose asset is missing fails and
+# names the script that fetches it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -14,6 +15,15 @@ scripts/fetch-tokenizers.sh
 
 echo "[test] cargo fmt --check"
 cargo fmt --all -- --check
+
+echo "[test] cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "[test] cargo doc --no-deps (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+echo "[test] the engine alone builds (no command line, no bench harness)"
+cargo check --lib --no-default-features --quiet
 
 echo "[test] cargo test --workspace"
 cargo test --workspace --all-targets "$@"

@@ -14,13 +14,15 @@
 //!    rolling its KV cache back where re-tokenization changed its tail
 //!    ([`engine::Member`]).
 //!
-//! [`Ensemble`] is the entry point; a single model is a one-member ensemble. The
-//! `bench` module scores members and ensembles side by side.
+//! [`Ensemble`] is the entry point; settings travel with each [`Request`]; a single model
+//! is a one-member ensemble. The `bench` module (cargo feature `bench`, on by default)
+//! scores members and ensembles side by side.
 
 pub mod align;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod engine;
 pub mod vocab;
 
-pub use engine::{Ensemble, EnsembleBuilder, Generation, MemberSpec};
+pub use engine::{Ensemble, EnsembleBuilder, Event, Flow, Generation, MemberSpec, Request};
 pub use tutti_models as models;

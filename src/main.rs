@@ -1,5 +1,5 @@
-//! The `tutti` command line: generation, logits inspection, vocabulary alignment,
-//! benchmarks and build information.
+//! The `tutti` command line: generation, logits inspection, tokenization, vocabulary
+//! alignment, benchmarks and build information.
 
 mod cli;
 
@@ -12,6 +12,12 @@ use clap::{Parser, Subcommand};
     about = "Token-level ensemble decoding of language models"
 )]
 struct Cli {
+    /// More log lines on stderr (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,29 +28,30 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Print the top-N next-token ids and logits at the last prompt position.
     Logits(cli::logits::LogitsArgs),
+    /// Token ids of a text, or export a model's tokenizer as tokenizer.json.
+    Tokenize(cli::tokenize::TokenizeArgs),
     /// Build (or load from cache) a vocabulary map between two models and print stats.
     Align(cli::align::AlignArgs),
     /// Run members alone and as an ensemble on a benchmark, side by side.
     Bench(cli::bench::BenchArgs),
-    /// Token ids of a text, or export a model's tokenizer as tokenizer.json.
-    Tokenize(cli::tokenize::TokenizeArgs),
     /// Print compiled features, available devices and versions.
     Info,
 }
 
 fn main() {
     let cli = Cli::parse();
+    cli::log::init(cli.verbose, cli.quiet);
     let result = match cli.command {
         Command::Generate(args) => cli::generate::run(args),
         Command::Logits(args) => cli::logits::run(args),
+        Command::Tokenize(args) => cli::tokenize::run(args),
         Command::Align(args) => cli::align::run(args),
         Command::Bench(args) => cli::bench::run(args),
-        Command::Tokenize(args) => cli::tokenize::run(args),
         Command::Info => cli::info::run(),
     };
     if let Err(err) = result {
-        // One line, causes joined with ": ", no backtrace: errors here are for the user.
-        eprintln!("error: {err:#}");
+        // One line, each cause once, no backtrace: errors here are for the user.
+        eprintln!("error: {}", cli::log::error_line(&err));
         std::process::exit(1);
     }
 }

@@ -28,7 +28,30 @@ use sha2::{Digest, Sha256};
 use tokenizers::models::ModelWrapper;
 use tokenizers::Tokenizer;
 
-use crate::align::AlignError;
+/// Errors of reading a tokenizer's vocabulary.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VocabError {
+    /// The tokenizer's shape is not one whose surfaces can be recovered.
+    #[error("unsupported tokenizer: {0}")]
+    UnsupportedTokenizer(String),
+    /// A model piece could not be converted under the detected scheme.
+    #[error("token {id} ({piece:?}) is not a valid {scheme} piece")]
+    BadPiece {
+        id: u32,
+        piece: String,
+        scheme: &'static str,
+    },
+    /// The tokenizer has no tokens at all.
+    #[error("the tokenizer has an empty vocabulary")]
+    EmptyVocabulary,
+    /// An EOS id outside the vocabulary.
+    #[error("EOS id {id} is outside the vocabulary of {len} ids")]
+    InvalidEos { id: u32, len: usize },
+    /// A tokenizer file that cannot be read or parsed.
+    #[error("cannot load tokenizer {path}: {reason}")]
+    TokenizerLoad { path: String, reason: String },
+}
 
 /// How a tokenizer's pieces turn into bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -106,7 +129,7 @@ impl Vocab {
         tokenizer: &Tokenizer,
         eos_ids: &[u32],
         logit_width: Option<usize>,
-    ) -> Result<Vocab, AlignError> {
+    ) -> Result<Vocab, VocabError> {
         let model_kind = match tokenizer.get_model() {
             ModelWrapper::BPE(_) => "bpe",
             ModelWrapper::Unigram(_) => "unigram",
@@ -114,7 +137,7 @@ impl Vocab {
             ModelWrapper::WordPiece(_) => {
                 // WordPiece surfaces depend on the `##` continuation convention and on
                 // the decoder's cleanup; bytes cannot be recovered token by token.
-                return Err(AlignError::UnsupportedTokenizer(
+                return Err(VocabError::UnsupportedTokenizer(
                     "WordPiece vocabularies have no per-token byte surface".into(),
                 ));
             }
@@ -154,16 +177,16 @@ impl Vocab {
         let logit_width = logit_width.unwrap_or(tokenizer_size);
         let n = tokenizer_size.max(logit_width);
         if n == 0 {
-            return Err(AlignError::EmptyVocabulary);
+            return Err(VocabError::EmptyVocabulary);
         }
         if n > u32::MAX as usize - 1 {
-            return Err(AlignError::UnsupportedTokenizer(format!(
+            return Err(VocabError::UnsupportedTokenizer(format!(
                 "{n} ids do not fit the u32 id space"
             )));
         }
         for &e in eos_ids {
             if e as usize >= n {
-                return Err(AlignError::InvalidEos { id: e, len: n });
+                return Err(VocabError::InvalidEos { id: e, len: n });
             }
         }
 
@@ -188,7 +211,7 @@ impl Vocab {
                     if tok.in_model {
                         *f |= F_IN_MODEL;
                         let fallback = piece_bytes(scheme, &tok.piece, &byte_map, &mut data)
-                            .map_err(|piece| AlignError::BadPiece {
+                            .map_err(|piece| VocabError::BadPiece {
                                 id: id as u32,
                                 piece,
                                 scheme: scheme.name(),
@@ -204,7 +227,7 @@ impl Vocab {
                 }
             }
             let end = u32::try_from(data.len()).map_err(|_| {
-                AlignError::UnsupportedTokenizer("vocabulary surfaces exceed 4 GiB".into())
+                VocabError::UnsupportedTokenizer("vocabulary surfaces exceed 4 GiB".into())
             })?;
             offsets.push(end);
         }
@@ -427,8 +450,8 @@ impl Vocab {
 }
 
 /// Reads a `tokenizer.json` file (or the only `tokenizer.json` in a folder).
-pub fn load_tokenizer_file(path: &std::path::Path) -> Result<Tokenizer, AlignError> {
-    let fail = |reason: String| AlignError::TokenizerLoad {
+pub fn load_tokenizer_file(path: &std::path::Path) -> Result<Tokenizer, VocabError> {
+    let fail = |reason: String| VocabError::TokenizerLoad {
         path: path.display().to_string(),
         reason,
     };
@@ -459,11 +482,11 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn json_of<T: serde::Serialize>(x: Option<&T>) -> Result<Value, AlignError> {
+fn json_of<T: serde::Serialize>(x: Option<&T>) -> Result<Value, VocabError> {
     match x {
         None => Ok(Value::Null),
         Some(x) => serde_json::to_value(x).map_err(|e| {
-            AlignError::UnsupportedTokenizer(format!("cannot inspect tokenizer: {e}"))
+            VocabError::UnsupportedTokenizer(format!("cannot inspect tokenizer: {e}"))
         }),
     }
 }
@@ -675,7 +698,7 @@ mod tests {
     fn eos_out_of_range_is_an_error() {
         let err = Vocab::from_tokenizer(&tok(BYTE_LEVEL), &[70], None).unwrap_err();
         assert!(
-            matches!(err, AlignError::InvalidEos { id: 70, .. }),
+            matches!(err, VocabError::InvalidEos { id: 70, .. }),
             "{err}"
         );
     }

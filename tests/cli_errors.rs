@@ -62,6 +62,11 @@ fn truncated_gguf() {
     std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
     let e = fails(&["logits", "-m", p.to_str().unwrap(), "--top", "3", "hi"]);
     assert!(e.contains("truncated or corrupt"), "{e}");
+    // Through the engine the member is named, and each cause appears once.
+    let e = fails(&["generate", "-m", p.to_str().unwrap(), "hi"]);
+    assert!(e.contains("member `truncated.gguf`"), "{e}");
+    assert_eq!(e.matches("truncated or corrupt").count(), 1, "{e}");
+    assert_eq!(e.matches("not a valid GGUF").count(), 1, "{e}");
     // A file that is not GGUF at all.
     let q = tmpdir("garbage").join("garbage.gguf");
     std::fs::write(&q, b"definitely not a gguf file").unwrap();

@@ -7,7 +7,7 @@ mod ensemble_support;
 use ensemble_support::{demo, load, max_diff, plain_greedy, GEMMA, SMOL};
 use tutti::align::AlignMethod;
 use tutti::engine::{
-    Combine, EngineError, Ensemble, EnsembleFile, Gate, MemberSpec, PromptMode, Sampling,
+    Combine, EngineError, Ensemble, EnsembleFile, Gate, MemberSpec, Prompt, Request, Sampling,
 };
 
 const PROMPT: &str = "The capital of France is";
@@ -19,16 +19,19 @@ fn greedy_of(name: &str) -> Vec<u32> {
     plain_greedy(&mut m, &prompt, N)
 }
 
+fn raw() -> Request {
+    Request::raw(PROMPT).max_tokens(N)
+}
+
 #[test]
 fn same_model_twice_gives_its_greedy_ids() {
     let expected = greedy_of(SMOL);
     let mut ens = Ensemble::builder()
         .model(load(SMOL), 1.0)
         .model(load(SMOL), 1.0)
-        .max_tokens(N)
         .build()
         .unwrap();
-    let out = ens.generate(PROMPT, PromptMode::Raw, &mut |_| {}).unwrap();
+    let out = ens.generate_quiet(&raw()).unwrap();
     assert_eq!(out.members[0].ids, expected);
     assert_eq!(out.members[1].ids, expected);
     assert_eq!(out.ensembled_share, 1.0);
@@ -47,11 +50,9 @@ fn weights_one_zero_give_the_first_members_greedy_ids_across_tokenizers() {
                 .model(load(a), 1.0)
                 .model(load(b), 0.0)
                 .align(align)
-                .combine(combine)
-                .max_tokens(N)
                 .build()
                 .unwrap();
-            let out = ens.generate(PROMPT, PromptMode::Raw, &mut |_| {}).unwrap();
+            let out = ens.generate_quiet(&raw().combine(combine)).unwrap();
             assert_eq!(
                 out.members[0].ids, expected,
                 "{a} + {b}:0 with {align}, {combine}"
@@ -63,15 +64,13 @@ fn weights_one_zero_give_the_first_members_greedy_ids_across_tokenizers() {
     }
 }
 
-fn pair(settings: impl FnOnce(tutti::EnsembleBuilder) -> tutti::EnsembleBuilder) -> Ensemble {
-    settings(
-        Ensemble::builder()
-            .model(load(SMOL), 1.0)
-            .model(load(GEMMA), 1.0),
-    )
-    .max_tokens(N)
-    .build()
-    .unwrap()
+fn pair(align: AlignMethod) -> Ensemble {
+    Ensemble::builder()
+        .model(load(SMOL), 1.0)
+        .model(load(GEMMA), 1.0)
+        .align(align)
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -81,9 +80,9 @@ fn seeded_ensemble_sampling_is_reproducible() {
         top_p: 0.9,
         seed: 5,
     };
-    let mut ens = pair(|b| b.sampling(sampling));
-    let a = ens.generate(PROMPT, PromptMode::Raw, &mut |_| {}).unwrap();
-    let b = ens.generate(PROMPT, PromptMode::Raw, &mut |_| {}).unwrap();
+    let mut ens = pair(AlignMethod::MinEd);
+    let a = ens.generate_quiet(&raw().sampling(sampling)).unwrap();
+    let b = ens.generate_quiet(&raw().sampling(sampling)).unwrap();
     assert_eq!(a.text, b.text);
     assert_eq!(a.members[0].ids, b.members[0].ids);
     assert_eq!(a.members[1].ids, b.members[1].ids);
@@ -105,19 +104,15 @@ fn tensor_topk_path_matches_the_host_path() {
         (Gate::Always, true, AlignMethod::MinEd),
     ] {
         let run = |device_topk: bool| {
-            let mut ens = pair(|b| {
-                let b = b.gate(gate).align(align);
-                if sampled {
-                    b.sampling(sampling)
-                } else {
-                    b
-                }
-            });
+            let mut ens = pair(align);
             for m in ens.members_mut() {
-                m.set_device_topk(device_topk);
-                assert_eq!(m.device_topk(), device_topk);
+                assert!(m.set_device_topk(device_topk));
             }
-            let out = ens.generate(PROMPT, PromptMode::Raw, &mut |_| {}).unwrap();
+            let mut request = raw().gate(gate);
+            if sampled {
+                request = request.sampling(sampling);
+            }
+            let out = ens.generate_quiet(&request).unwrap();
             let ids: Vec<Vec<u32>> = out.members.iter().map(|m| m.ids.clone()).collect();
             (out.text, ids, out.ensembled_steps)
         };
@@ -139,10 +134,10 @@ fn probs(l: &[f32]) -> Vec<f32> {
 /// prefill of the committed ids minus the last one must fail that check.
 fn assert_kv_matches_fresh_prefill(ens: &mut Ensemble) {
     for m in ens.members_mut() {
-        let (cached, _) = m.forward_pending().unwrap();
-        let cached = probs(cached);
+        m.forward_pending().unwrap();
+        let cached = probs(&m.host_logits().unwrap().unwrap());
         let committed = m.committed().to_vec();
-        let lm = &mut m.model_mut().lm;
+        let lm = &mut m.model_mut().unwrap().lm;
         lm.reset();
         let fresh = probs(&lm.forward(&committed).unwrap().to_vec1::<f32>().unwrap());
         lm.reset();
@@ -175,12 +170,12 @@ fn assert_kv_matches_fresh_prefill(ens: &mut Ensemble) {
 
 #[test]
 fn rollback_keeps_kv_equal_to_fresh_prefill_during_generation() {
-    let mut ens = pair(|b| b.gate(Gate::Uncertain(0.6)));
+    let mut ens = pair(AlignMethod::MinEd);
     let out = ens
-        .generate(
-            "Write one sentence about a café in Zürich:",
-            PromptMode::Raw,
-            &mut |_| {},
+        .generate_quiet(
+            &Request::raw("Write one sentence about a café in Zürich:")
+                .max_tokens(N)
+                .gate(Gate::Uncertain(0.6)),
         )
         .unwrap();
     assert!(out.tokens > 0);
@@ -196,9 +191,9 @@ fn rollback_on_split_words_and_characters() {
     ];
     for name in [SMOL, GEMMA] {
         let mut ens = Ensemble::builder().model(load(name), 1.0).build().unwrap();
-        let prompt = ens.prompt_ids(0, "Hello", PromptMode::Raw).unwrap();
+        let prompt = ens.prompt_ids(0, &Prompt::Raw("Hello".into())).unwrap();
         let m = &mut ens.members_mut()[0];
-        m.start(prompt);
+        m.start(prompt).unwrap();
         for p in pieces {
             m.forward_pending().unwrap();
             m.commit(p, None).unwrap();
@@ -207,13 +202,73 @@ fn rollback_on_split_words_and_characters() {
         let text = m.vocab().decode_bytes(m.generated());
         assert_eq!(text, " Zürich is a city of".as_bytes(), "{name}");
         // The committed ids are the member's own encoding of the text.
-        let own = m
-            .model()
-            .tokenizer
-            .encode(" Zürich is a city of", false)
-            .unwrap();
+        let own = m.tokenizer().encode(" Zürich is a city of", false).unwrap();
         assert_eq!(m.generated(), &own[..], "{name}");
         assert_kv_matches_fresh_prefill(&mut ens);
+    }
+}
+
+/// Vocabulary maps shared by the tests of this workspace (relrep maps take minutes to
+/// build on two cores; later tests and reruns load them).
+fn test_maps() -> tutti::align::cache::MapCache {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("tutti-test-maps");
+    tutti::align::cache::MapCache::new(dir)
+}
+
+/// Everything a generation shows: the text, every member's ids, and per step the
+/// combined probabilities of the whole union and each member's probability of the
+/// choice. Wrong vocabulary maps change the probabilities even when the text survives.
+fn trace(ens: &mut Ensemble, request: &Request) -> (String, Vec<Vec<u32>>, Vec<String>) {
+    let mut steps = Vec::new();
+    let out = ens
+        .generate(request, &mut |e: &tutti::Event| {
+            if let tutti::Event::Step(s) = e {
+                steps.push(format!(
+                    "{:?} {:?}",
+                    s.alternatives,
+                    s.members.iter().map(|m| m.prob).collect::<Vec<_>>()
+                ));
+            }
+            tutti::Flow::Continue
+        })
+        .unwrap();
+    let ids = out.members.iter().map(|m| m.ids.clone()).collect();
+    (out.text, ids, steps)
+}
+
+/// A request's member subset, in any order, decodes exactly like an ensemble built of
+/// those members in that order, for every alignment method: each member scores the
+/// others' candidates through the map from the member that proposed them.
+#[test]
+fn every_alignment_through_the_engine_in_any_order_and_on_subsets() {
+    let request = Request::raw("Write one sentence about a café in Zürich:")
+        .max_tokens(24)
+        .alternatives(20);
+    for align in [AlignMethod::Exact, AlignMethod::MinEd, AlignMethod::RelRep] {
+        let build = |names: &[&str]| {
+            let mut b = Ensemble::builder().align(align).map_cache(test_maps());
+            for n in names {
+                b = b.model(load(n), 1.0);
+            }
+            b.build().unwrap()
+        };
+        let mut big = build(&[GEMMA, SMOL, GEMMA]);
+        for (slots, names) in [
+            (vec![1, 0], [SMOL, GEMMA]),
+            (vec![1, 2], [SMOL, GEMMA]),
+            (vec![0, 1], [GEMMA, SMOL]),
+            (vec![2, 1], [GEMMA, SMOL]),
+        ] {
+            let got = trace(&mut big, &request.clone().members(slots.clone()));
+            let expected = trace(&mut build(&names), &request);
+            assert_eq!(
+                got, expected,
+                "{align}: members {slots:?} of [gemma, smol, gemma]"
+            );
+        }
     }
 }
 
@@ -227,7 +282,7 @@ fn bad_input_is_a_clear_error() {
         let err = build(
             Ensemble::builder()
                 .member(MemberSpec::new(&smol))
-                .member(MemberSpec::new(&smol).device("cuda:0")),
+                .member(MemberSpec::new(&smol).device(tutti_models::DeviceSpec::Cuda(0))),
         );
         assert!(err.to_string().contains("--features cuda"), "{err}");
     }
@@ -243,8 +298,10 @@ fn bad_input_is_a_clear_error() {
             .member(MemberSpec::new(&smol).weight(-0.5)),
     );
     assert!(err.to_string().contains("negative"), "{err}");
-    let err = build(Ensemble::builder().member(MemberSpec::new(&smol)).top_k(0));
-    assert!(matches!(err, EngineError::BadTopK(0)), "{err}");
+    assert!(matches!(
+        Request::raw("x").top_k(0).validate(),
+        Err(EngineError::BadTopK(0))
+    ));
     assert!(matches!(build(Ensemble::builder()), EngineError::NoMembers));
     assert!(MemberSpec::parse("a.gguf:w=heavy").is_err());
     assert_eq!(MemberSpec::parse("a.gguf:w=0.25").unwrap().weight, 0.25);

@@ -6,20 +6,22 @@ mod ensemble_support;
 use std::process::Command;
 
 use ensemble_support::{demo, load, plain_greedy, GEMMA, SMOL};
-use tutti::engine::{Ensemble, PromptMode, Sampling};
+use tutti::engine::{EngineError, Ensemble, Event, Flow, Message, Prompt, Request, StopReason};
 
 const PROMPT: &str = "The capital of France is";
+
+fn solo(name: &str) -> Ensemble {
+    Ensemble::builder().model(load(name), 1.0).build().unwrap()
+}
 
 fn solo_ids(name: &str, max: usize) -> (Vec<u32>, Vec<u32>) {
     let mut reference = load(name);
     let prompt = reference.tokenizer.encode_prompt(PROMPT).unwrap();
     let expected = plain_greedy(&mut reference, &prompt, max);
-    let mut ens = Ensemble::builder()
-        .model(reference, 1.0)
-        .max_tokens(max)
-        .build()
+    let mut ens = Ensemble::builder().model(reference, 1.0).build().unwrap();
+    let out = ens
+        .generate_quiet(&Request::raw(PROMPT).max_tokens(max))
         .unwrap();
-    let out = ens.generate(PROMPT, PromptMode::Raw, &mut |_| {}).unwrap();
     assert_eq!(out.members[0].prompt_tokens, prompt.len());
     (out.members[0].ids.clone(), expected)
 }
@@ -40,57 +42,201 @@ fn one_member_matches_plain_greedy_gemma3() {
 
 #[test]
 fn seeded_sampling_is_reproducible() {
-    let mut ens = Ensemble::builder()
-        .model(load(SMOL), 1.0)
-        .max_tokens(16)
-        .sampling(Sampling::Sample {
-            temperature: 1.2,
-            top_p: 0.95,
-            seed: 11,
-        })
-        .build()
-        .unwrap();
-    let a = ens.generate(PROMPT, PromptMode::Raw, &mut |_| {}).unwrap();
-    let b = ens.generate(PROMPT, PromptMode::Raw, &mut |_| {}).unwrap();
+    let mut ens = solo(SMOL);
+    let request = |seed| Request::raw(PROMPT).max_tokens(16).sample(1.2, 0.95, seed);
+    let a = ens.generate_quiet(&request(11)).unwrap();
+    let b = ens.generate_quiet(&request(11)).unwrap();
     assert_eq!(a.members[0].ids, b.members[0].ids);
     assert_eq!(a.text, b.text);
-    let mut s = ens.settings().clone();
-    s.sampling = Sampling::Sample {
-        temperature: 1.2,
-        top_p: 0.95,
-        seed: 12,
-    };
-    ens.set_settings(s).unwrap();
-    let c = ens.generate(PROMPT, PromptMode::Raw, &mut |_| {}).unwrap();
+    let c = ens.generate_quiet(&request(12)).unwrap();
     assert_ne!(
         a.members[0].ids, c.members[0].ids,
         "another seed gives another text"
     );
 }
 
+/// Collects the events of a generation.
+fn events(ens: &mut Ensemble, request: &Request) -> (Vec<Event>, tutti::Generation) {
+    let mut seen = Vec::new();
+    let out = ens
+        .generate(request, &mut |e: &Event| {
+            seen.push(e.clone());
+            Flow::Continue
+        })
+        .unwrap();
+    (seen, out)
+}
+
+fn text_of(events: &[Event]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn streamed_text_equals_the_result_and_stop_strings_cut() {
-    let mut ens = Ensemble::builder()
-        .model(load(SMOL), 1.0)
-        .max_tokens(24)
-        .build()
-        .unwrap();
-    let mut streamed = String::new();
-    let full = ens
-        .generate(PROMPT, PromptMode::Raw, &mut |t| streamed.push_str(t))
-        .unwrap();
-    assert_eq!(streamed, full.text);
+    let mut ens = solo(SMOL);
+    let (seen, full) = events(&mut ens, &Request::raw(PROMPT).max_tokens(24));
+    assert_eq!(text_of(&seen), full.text);
     assert!(full.text.contains('.'), "{:?}", full.text);
-    let mut s = ens.settings().clone();
-    s.stop.stop_strings = vec![".".into()];
-    ens.set_settings(s).unwrap();
-    let mut streamed = String::new();
-    let cut = ens
-        .generate(PROMPT, PromptMode::Raw, &mut |t| streamed.push_str(t))
-        .unwrap();
-    assert_eq!(cut.stop_reason, tutti::engine::StopReason::StopString);
+    let (seen, cut) = events(&mut ens, &Request::raw(PROMPT).max_tokens(24).stop("."));
+    assert_eq!(cut.stop_reason, StopReason::StopString);
     assert_eq!(cut.text, full.text[..full.text.find('.').unwrap()]);
-    assert_eq!(streamed, cut.text);
+    assert_eq!(text_of(&seen), cut.text);
+}
+
+#[test]
+fn step_events_carry_the_choice_its_probability_and_alternatives() {
+    let mut ens = solo(SMOL);
+    let request = Request::raw(PROMPT).max_tokens(6).alternatives(4);
+    let (seen, out) = events(&mut ens, &request);
+    let steps: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps.len(), out.steps.len());
+    let mut bytes = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        assert_eq!(s.index, i);
+        assert_eq!(s.alternatives.len(), 4);
+        // Greedy: the choice is the most probable alternative, probabilities descend.
+        assert_eq!(s.alternatives[0], s.chosen);
+        assert!(s.alternatives.windows(2).all(|w| w[0].prob >= w[1].prob));
+        assert!(s.chosen.prob > 0.0 && s.chosen.prob <= 1.0);
+        // One member: its own id and probability of the chosen token.
+        assert_eq!(s.members.len(), 1);
+        assert!(s.members[0].consulted);
+        assert_eq!(s.members[0].prob, Some(s.chosen.prob));
+        bytes.extend_from_slice(&s.chosen.bytes);
+    }
+    assert_eq!(String::from_utf8(bytes).unwrap(), out.text);
+    // A one-member step's probability is the model's own softmax probability.
+    let mut m = load(SMOL);
+    let ids = m.tokenizer.encode_prompt(PROMPT).unwrap();
+    let logits: Vec<f32> = m.lm.forward(&ids).unwrap().to_vec1().unwrap();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let top = f64::from(logits[out.members[0].ids[0] as usize] - max).exp() / z;
+    assert!(
+        (f64::from(steps[0].chosen.prob) - top).abs() < 1e-4,
+        "{} vs {top}",
+        steps[0].chosen.prob
+    );
+    match seen.last() {
+        Some(Event::Finish(f)) => {
+            assert_eq!(f.reason, out.stop_reason);
+            assert_eq!(f.usage.completion_tokens, out.tokens);
+            assert_eq!(f.usage.prompt_tokens, ids.len());
+        }
+        other => panic!("last event {other:?}"),
+    }
+}
+
+#[test]
+fn a_sink_can_stop_and_the_iterator_gives_the_same_events() {
+    let mut ens = solo(SMOL);
+    let request = Request::raw(PROMPT).max_tokens(12);
+    let (all, full) = events(&mut ens, &request);
+    // Stop after the third step.
+    let mut steps = 0;
+    let out = ens
+        .generate(&request, &mut |e: &Event| {
+            if matches!(e, Event::Step(_)) {
+                steps += 1;
+            }
+            if steps == 3 {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        })
+        .unwrap();
+    assert_eq!(out.stop_reason, StopReason::Cancelled);
+    assert_eq!(out.steps.len(), 3);
+    assert!(full.text.starts_with(&out.text));
+    // The iterator yields exactly the sink's events.
+    let streamed: Vec<Event> = ens.stream(&request).unwrap().map(Result::unwrap).collect();
+    let strip = |v: &[Event]| -> Vec<String> {
+        v.iter()
+            .map(|e| match e {
+                Event::Step(s) => format!("step {} {:?}", s.index, s.chosen),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(strip(&streamed), strip(&all));
+}
+
+#[test]
+fn chat_requests_use_the_template_with_every_role() {
+    let mut ens = solo(SMOL);
+    let messages = vec![
+        Message::system("You answer in one word."),
+        Message::user("Capital of France?"),
+        Message::assistant("Paris."),
+        Message::user("Capital of Italy?"),
+    ];
+    let prompt = Prompt::Chat(messages.clone());
+    let ids = ens.prompt_ids(0, &prompt).unwrap();
+    let text = ens.members()[0].tokenizer().decode(&ids, false).unwrap();
+    for m in &messages {
+        assert!(text.contains(&m.content), "{text}");
+    }
+    assert!(text.contains("<|im_start|>system") && text.ends_with("<|im_start|>assistant\n"));
+    let out = ens
+        .generate_quiet(&Request::chat(messages).max_tokens(4))
+        .unwrap();
+    assert!(out.tokens > 0);
+    // Gemma 3 (base model, no template) gets the contents as raw text.
+    let g = solo(GEMMA);
+    assert_eq!(g.prompt_notes(&prompt).len(), 1);
+    let ids = g.prompt_ids(0, &prompt).unwrap();
+    let text = g.members()[0].tokenizer().decode(&ids, true).unwrap();
+    assert_eq!(
+        text,
+        "You answer in one word.\n\nCapital of France?\n\nParis.\n\nCapital of Italy?"
+    );
+}
+
+#[test]
+fn bad_requests_are_clear_errors() {
+    fn ens_err(ens: &mut Ensemble, r: Request) -> EngineError {
+        ens.generate_quiet(&r).unwrap_err()
+    }
+    let mut ens = solo(SMOL);
+    assert!(matches!(
+        ens_err(&mut ens, Request::raw(PROMPT).solo(3)),
+        EngineError::NoSuchMember { index: 3, len: 1 }
+    ));
+    assert!(matches!(
+        ens_err(&mut ens, Request::raw(PROMPT).weights(vec![1.0, 1.0])),
+        EngineError::BadWeights { .. }
+    ));
+    let msg = ens_err(&mut ens, Request::ids(vec![vec![1, 2, 999_999]])).to_string();
+    assert!(msg.contains("999999") && msg.contains("outside"), "{msg}");
+    assert!(matches!(
+        ens_err(&mut ens, Request::raw("   ")),
+        EngineError::EmptyPrompt
+    ));
+    // A prompt longer than the model's context (SmolLM2: 8,192 tokens).
+    let long = "word ".repeat(9000);
+    let msg = ens_err(&mut ens, Request::raw(long)).to_string();
+    assert!(
+        msg.contains("shorten the prompt") && msg.contains("8192"),
+        "{msg}"
+    );
+    // The ensemble is unharmed by the failures.
+    let out = ens
+        .generate_quiet(&Request::raw(PROMPT).max_tokens(2))
+        .unwrap();
+    assert_eq!(out.tokens, 2);
 }
 
 fn tutti(args: &[&str]) -> std::process::Output {

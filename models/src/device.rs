@@ -1,40 +1,80 @@
-//! Device and dtype selection from user strings (`auto`, `cpu`, `cuda:N`, `metal`).
+//! Device and dtype selection: typed specs ([`DeviceSpec`], [`DTypeSpec`]) parsed from
+//! the strings users write (`auto`, `cpu`, `cuda:N`, `metal`; `f32`, `bf16`, ...).
 
 use crate::{Error, Result};
 use candle_core::{DType, Device};
 
-/// Parses a device spec. `auto` picks CUDA, then Metal, then the CPU; a GPU that is
-/// compiled in but cannot be opened (no driver, stub libcuda) falls back to the CPU
-/// with a log line rather than failing.
-pub fn parse_device(spec: &str) -> Result<Device> {
-    let spec_l = spec.trim().to_ascii_lowercase();
-    match spec_l.as_str() {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(auto_device()),
-        "metal" => open_metal(spec),
-        "cuda" => open_cuda(spec, 0),
-        s if s.starts_with("cuda:") => {
-            let ordinal = s["cuda:".len()..]
-                .parse::<usize>()
-                .map_err(|_| Error::Device {
+/// Where a model runs, as a user names it: `auto`, `cpu`, `cuda`, `cuda:N` or `metal`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DeviceSpec {
+    /// CUDA, then Metal, then the CPU; a GPU that is compiled in but cannot be opened
+    /// (no driver, stub libcuda) falls back to the CPU with a log line.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+    Metal,
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(spec: &str) -> Result<DeviceSpec> {
+        let s = spec.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "metal" => Ok(DeviceSpec::Metal),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => match s.strip_prefix("cuda:") {
+                Some(n) => n.parse().map(DeviceSpec::Cuda).map_err(|_| Error::Device {
                     spec: spec.to_string(),
                     reason: "expected cuda:N with N a GPU index".into(),
-                })?;
-            open_cuda(spec, ordinal)
+                }),
+                None => Err(Error::Device {
+                    spec: spec.to_string(),
+                    reason: "expected auto, cpu, cuda, cuda:N or metal".into(),
+                }),
+            },
         }
-        _ => Err(Error::Device {
-            spec: spec.to_string(),
-            reason: "expected auto, cpu, cuda, cuda:N or metal".into(),
-        }),
     }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceSpec::Metal => f.write_str("metal"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device; a missing backend or GPU is an error naming the fix (except
+    /// under `auto`).
+    pub fn open(self) -> Result<Device> {
+        let spec = self.to_string();
+        match self {
+            DeviceSpec::Auto => Ok(auto_device()),
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(n) => open_cuda(&spec, n),
+            DeviceSpec::Metal => open_metal(&spec),
+        }
+    }
+}
+
+/// Parses and opens a device spec (see [`DeviceSpec`]).
+pub fn parse_device(spec: &str) -> Result<Device> {
+    spec.parse::<DeviceSpec>()?.open()
 }
 
 fn auto_device() -> Device {
     if candle_core::utils::cuda_is_available() {
         match Device::new_cuda(0) {
             Ok(d) => return d,
-            Err(e) => eprintln!(
-                "tutti: CUDA is compiled in but no GPU could be opened ({}); using the CPU",
+            Err(e) => tracing::warn!(
+                "CUDA is compiled in but no GPU could be opened ({}); using the CPU",
                 first_line(&e)
             ),
         }
@@ -42,8 +82,8 @@ fn auto_device() -> Device {
     if candle_core::utils::metal_is_available() {
         match Device::new_metal(0) {
             Ok(d) => return d,
-            Err(e) => eprintln!(
-                "tutti: Metal is compiled in but could not be opened ({}); using the CPU",
+            Err(e) => tracing::warn!(
+                "Metal is compiled in but could not be opened ({}); using the CPU",
                 first_line(&e)
             ),
         }
@@ -84,16 +124,56 @@ pub fn first_line(e: &dyn std::fmt::Display) -> String {
     s.lines().next().unwrap_or_default().trim().to_string()
 }
 
-/// Parses a dtype; `None` means auto: F32 on the CPU (candle's CPU bf16 matmul is slow),
-/// BF16 on GPUs.
-pub fn parse_dtype(spec: &str) -> Result<Option<DType>> {
-    match spec.trim().to_ascii_lowercase().as_str() {
-        "auto" => Ok(None),
-        "f32" | "float32" => Ok(Some(DType::F32)),
-        "f16" | "float16" | "half" => Ok(Some(DType::F16)),
-        "bf16" | "bfloat16" => Ok(Some(DType::BF16)),
-        other => Err(Error::BadDType(other.to_string())),
+/// Activation dtype of dense checkpoints as a user names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DTypeSpec {
+    /// F32 on the CPU (candle's CPU bf16 matmul is slow), BF16 on GPUs.
+    #[default]
+    Auto,
+    F32,
+    F16,
+    BF16,
+}
+
+impl std::str::FromStr for DTypeSpec {
+    type Err = Error;
+    fn from_str(spec: &str) -> Result<DTypeSpec> {
+        match spec.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DTypeSpec::Auto),
+            "f32" | "float32" => Ok(DTypeSpec::F32),
+            "f16" | "float16" | "half" => Ok(DTypeSpec::F16),
+            "bf16" | "bfloat16" => Ok(DTypeSpec::BF16),
+            other => Err(Error::BadDType(other.to_string())),
+        }
     }
+}
+
+impl std::fmt::Display for DTypeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DTypeSpec::Auto => "auto",
+            DTypeSpec::F32 => "f32",
+            DTypeSpec::F16 => "f16",
+            DTypeSpec::BF16 => "bf16",
+        })
+    }
+}
+
+impl DTypeSpec {
+    /// The dtype, `None` for auto (see [`default_dtype`]).
+    pub fn dtype(self) -> Option<DType> {
+        match self {
+            DTypeSpec::Auto => None,
+            DTypeSpec::F32 => Some(DType::F32),
+            DTypeSpec::F16 => Some(DType::F16),
+            DTypeSpec::BF16 => Some(DType::BF16),
+        }
+    }
+}
+
+/// Parses a dtype; `None` means auto.
+pub fn parse_dtype(spec: &str) -> Result<Option<DType>> {
+    Ok(spec.parse::<DTypeSpec>()?.dtype())
 }
 
 /// The activation dtype used when the user did not choose one.

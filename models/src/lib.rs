@@ -22,7 +22,7 @@ pub mod transformer;
 pub mod weights;
 
 pub use config::{Architecture, TransformerConfig};
-pub use device::{default_dtype, device_name, parse_device, parse_dtype};
+pub use device::{default_dtype, device_name, parse_device, parse_dtype, DTypeSpec, DeviceSpec};
 pub use error::{Error, Result};
 pub use source::{fetch_dataset_file, ModelSource};
 pub use tokenizer::ModelTokenizer;
@@ -91,6 +91,8 @@ pub struct ModelInfo {
     pub num_layers: usize,
     pub hidden_size: usize,
     pub vocab_size: usize,
+    /// Longest context (prompt plus generated tokens) the model accepts.
+    pub context_length: usize,
     /// Total bytes of weights read per decoded token (for bandwidth rooflines).
     pub weight_bytes: u64,
     /// Identifies the weights: sha256 over file sizes and sampled content.
@@ -206,6 +208,7 @@ fn load_gguf(path: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Mod
         num_layers: cfg.num_layers,
         hidden_size: cfg.hidden_size,
         vocab_size: cfg.vocab_size,
+        context_length: cfg.max_position_embeddings,
         weight_bytes,
         weights_fingerprint: fingerprint(&[path.to_path_buf()])?,
         source,
@@ -257,6 +260,7 @@ fn load_folder(dir: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Mo
         num_layers: cfg.num_layers,
         hidden_size: cfg.hidden_size,
         vocab_size: cfg.vocab_size,
+        context_length: cfg.max_position_embeddings,
         weight_bytes,
         weights_fingerprint: fingerprint(&files)?,
         source,

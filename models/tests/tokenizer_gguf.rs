@@ -124,9 +124,11 @@ fn exported_smollm2_tokenizer_matches_llamacpp_and_the_gguf() {
         );
     }
     assert!(
-        !std::fs::read_dir(&dir)
+        !std::fs::read_dir(&dir).unwrap().any(|e| e
             .unwrap()
-            .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".partial")),
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".partial")),
         "temporary files left behind"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -15,36 +15,22 @@
 //! [`cache::MapCache`].
 
 pub mod cache;
+pub mod lookup;
 pub mod min_ed;
 pub mod relrep;
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::vocab::Vocab;
+use crate::vocab::{Vocab, VocabError};
 
-/// Errors of vocabulary reading, map building and the map cache.
+/// Errors of map building and the map cache.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AlignError {
-    /// The tokenizer's shape is not one whose surfaces can be recovered.
-    #[error("unsupported tokenizer: {0}")]
-    UnsupportedTokenizer(String),
-    /// A model piece could not be converted under the detected scheme.
-    #[error("token {id} ({piece:?}) is not a valid {scheme} piece")]
-    BadPiece {
-        id: u32,
-        piece: String,
-        scheme: &'static str,
-    },
-    /// The tokenizer has no tokens at all.
-    #[error("the tokenizer has an empty vocabulary")]
-    EmptyVocabulary,
-    /// An EOS id outside the vocabulary.
-    #[error("EOS id {id} is outside the vocabulary of {len} ids")]
-    InvalidEos { id: u32, len: usize },
-    /// A tokenizer file that cannot be read or parsed.
-    #[error("cannot load tokenizer {path}: {reason}")]
-    TokenizerLoad { path: String, reason: String },
+    /// A vocabulary could not be read.
+    #[error(transparent)]
+    Vocab(#[from] VocabError),
     /// Unknown method name.
     #[error("unknown alignment method {0:?} (expected exact, min-ed or relrep)")]
     UnknownMethod(String),

@@ -23,8 +23,8 @@
 use std::collections::BTreeMap;
 
 use super::data::{self, Row};
+use super::PromptMode;
 use super::{BenchError, BenchItem, Decode, Judge, Judgement, Reference, Task};
-use crate::engine::PromptMode;
 
 /// Default number of worked examples.
 pub const DEFAULT_SHOTS: usize = 5;

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use super::bert::BertScorer;
 use super::data;
 use super::metrics::rouge_l;
+use super::PromptMode;
 use super::{BenchError, BenchItem, Decode, Judge, Judgement, Reference, Task};
-use crate::engine::PromptMode;
 
 /// Options of a MixInstruct run.
 #[derive(Clone, Debug)]

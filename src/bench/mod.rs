@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::engine::{EngineError, PromptMode};
+use crate::engine::{EngineError, Message, Prompt};
 
 pub mod bert;
 pub mod data;
@@ -27,6 +27,7 @@ pub mod speed;
 
 /// Errors of the bench harness.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BenchError {
     #[error("{path}: {reason}")]
     Data { path: String, reason: String },
@@ -57,6 +58,25 @@ pub enum Reference {
     Aliases(Vec<String>),
     /// A reference text (MixInstruct).
     Text(String),
+}
+
+/// Whether prompts go through each member's chat template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromptMode {
+    /// The member's chat template when it has one, else the raw text.
+    Chat,
+    /// The text as is, with the member's BOS rule.
+    Raw,
+}
+
+impl PromptMode {
+    /// The engine prompt for `text`.
+    pub fn prompt(self, text: &str) -> Prompt {
+        match self {
+            PromptMode::Chat => Prompt::Chat(vec![Message::user(text)]),
+            PromptMode::Raw => Prompt::Raw(text.to_string()),
+        }
+    }
 }
 
 /// How each item is decoded (always greedy: benches compare systems, not samples).

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{BenchError, Task};
-use crate::engine::{Ensemble, Generation, Sampling, StopRules};
+use crate::engine::{Combine, Ensemble, Generation, Request, Sampling};
 
 /// Who answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,8 +88,8 @@ impl ResultsFile {
             let mut keep = text.len();
             if !text.is_empty() && !text.ends_with('\n') {
                 keep = text.rfind('\n').map_or(0, |i| i + 1);
-                eprintln!(
-                    "tutti: {}: dropping an unfinished last line (interrupted run)",
+                tracing::warn!(
+                    "{}: dropping an unfinished last line (interrupted run)",
                     path.display()
                 );
             }
@@ -173,8 +173,9 @@ pub fn system_name(ens: &Ensemble, system: System) -> String {
     }
 }
 
-/// Hash of the configuration that shapes `system`'s outputs on `task`.
-pub fn config_hash(ens: &Ensemble, task: &Task, system: System) -> String {
+/// Hash of the configuration that shapes `system`'s outputs on `task` under the
+/// settings of `base`.
+pub fn config_hash(ens: &Ensemble, base: &Request, task: &Task, system: System) -> String {
     let mut h = Sha256::new();
     h.update(task.name.as_bytes());
     h.update(b"\0");
@@ -184,24 +185,26 @@ pub fn config_hash(ens: &Ensemble, task: &Task, system: System) -> String {
         System::Member(i) => vec![i],
         System::Ensemble => (0..ens.members().len()).collect(),
     };
-    for i in slots {
+    for (n, i) in slots.into_iter().enumerate() {
         if let Some(m) = ens.members().get(i) {
-            let info = &m.model().info;
-            h.update(format!(
-                "{}\0{}\0{:?}\0",
-                info.name, info.weights_fingerprint, info.dtype
-            ));
+            match m.model() {
+                Some(model) => h.update(format!(
+                    "{}\0{}\0{:?}\0",
+                    model.info.name, model.info.weights_fingerprint, model.info.dtype
+                )),
+                None => h.update(format!("{}\0", m.name())),
+            }
             if system == System::Ensemble {
-                h.update(format!("w={}\0", m.weight()));
+                let w = base.weights.as_ref().map_or(m.weight(), |w| w[n]);
+                h.update(format!("w={w}\0"));
             }
         }
     }
     if system == System::Ensemble {
-        let s = ens.settings();
-        h.update(format!("{}\0{}\0{}", s.align.name(), s.top_k, s.gate).as_bytes());
+        h.update(format!("{}\0{}\0{}", ens.align().name(), base.top_k, base.gate).as_bytes());
         // Only a non-default rule enters the hash, so older results files stay valid.
-        if s.combine != crate::engine::Combine::Mean {
-            h.update(format!("\0combine={}", s.combine).as_bytes());
+        if base.combine != Combine::Mean {
+            h.update(format!("\0combine={}", base.combine).as_bytes());
         }
     }
     hex16(&h.finalize())
@@ -216,36 +219,19 @@ pub fn prompt_hash(prompt: &str) -> String {
     hex16(&Sha256::digest(prompt.as_bytes()))
 }
 
-/// Runs `system` over every item of `task`; returns one row per item, in item order.
+/// Runs `system` over every item of `task` with the ensemble settings of `base`
+/// (decoding is greedy, with the task's token budget and stop strings); returns one
+/// row per item, in item order.
 pub fn run_system(
     ens: &mut Ensemble,
+    base: &Request,
     task: &mut Task,
     system: System,
     mut results: Option<&mut ResultsFile>,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<ItemRow>, BenchError> {
-    let saved = ens.settings().clone();
-    let mut s = saved.clone();
-    s.sampling = Sampling::Greedy;
-    s.stop = StopRules {
-        max_tokens: task.decode.max_tokens,
-        stop_strings: task.decode.stop.clone(),
-    };
-    ens.set_settings(s)?;
-    let result = run_items(ens, task, system, &mut results, on_progress);
-    ens.set_settings(saved)?;
-    result
-}
-
-fn run_items(
-    ens: &mut Ensemble,
-    task: &mut Task,
-    system: System,
-    results: &mut Option<&mut ResultsFile>,
-    on_progress: &mut dyn FnMut(&Progress),
-) -> Result<Vec<ItemRow>, BenchError> {
     let name = system_name(ens, system);
-    let config = config_hash(ens, task, system);
+    let config = config_hash(ens, base, task, system);
     let first_metric = task.judge.metric_names().into_iter().next();
     let total = task.items.len();
     let mut rows = Vec::with_capacity(total);
@@ -262,14 +248,16 @@ fn run_items(
                 row
             }
             None => {
-                let out: Generation = match system {
-                    System::Member(i) => {
-                        ens.generate_solo(i, &item.prompt, task.decode.mode, &mut |_| {})?
-                    }
-                    System::Ensemble => {
-                        ens.generate(&item.prompt, task.decode.mode, &mut |_| {})?
-                    }
-                };
+                let mut request = base.clone();
+                request.prompt = task.decode.mode.prompt(&item.prompt);
+                request.sampling = Sampling::Greedy;
+                request.max_tokens = task.decode.max_tokens;
+                request.stop = task.decode.stop.clone();
+                if let System::Member(i) = system {
+                    request.members = Some(vec![i]);
+                    request.weights = None;
+                }
+                let out: Generation = ens.generate_quiet(&request)?;
                 let verdict = task.judge.judge(item, &out.text)?;
                 let decode_tokens = out.steps.len().saturating_sub(1);
                 let row = ItemRow {

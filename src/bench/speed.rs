@@ -5,8 +5,8 @@
 //! ([`tutti_models::random`]), so a GPU can be measured without a download. Random
 //! members need a tokenizer for the engine's feedback (re-encoding the chosen bytes): they
 //! share one `tokenizer.json`, whose size must not exceed the shape's vocabulary. Every
-//! row runs through the engine ([`Ensemble::generate_from_ids`]), greedy, with the same
-//! synthetic prompt: one row per member alone (`active = [slot]`), then one for all of
+//! row runs through the engine ([`Ensemble::generate`] with token-id prompts), greedy, with
+//! the same synthetic prompt: one row per member alone (`members = [slot]`), then one for all of
 //! them. The first step of a run is the prefill (the prompt's forward and the first
 //! token); the decode figures are the means over the following steps.
 //!
@@ -15,7 +15,7 @@
 //! members. `roofline_fraction = roofline_ms / measured ms per token` (1 = bandwidth
 //! bound, every other cost gone).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,10 +26,11 @@ use tutti_models::random::{random_transformer, shape_config, weight_bytes};
 use tutti_models::{LoadOptions, Model, ModelInfo, ModelSource, ModelTokenizer, WeightFormat};
 
 use crate::align::AlignMethod;
-use crate::engine::{Ensemble, Gate, Generation, Sampling, Settings, StopRules};
+use crate::engine::{Ensemble, Gate, Generation, Request, Sampling};
 
 /// Why a speed run failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpeedError {
     #[error("no members: give -m MODEL, --shape NAME or --config FILE")]
     NoMembers,
@@ -242,6 +243,7 @@ fn load_member(src: &MemberSource, cfg: &SpeedConfig, dtype: DType) -> Result<(M
         num_layers: tcfg.num_layers,
         hidden_size: tcfg.hidden_size,
         vocab_size: tcfg.vocab_size,
+        context_length: tcfg.max_position_embeddings,
         weight_bytes: bytes,
         weights_fingerprint: format!("random-{:x}", cfg.seed),
     };
@@ -281,23 +283,20 @@ pub fn run(cfg: &SpeedConfig, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
         builder = builder.model(model, 1.0);
     }
     let mem_after_load = mem0.current();
-    let settings = Settings {
-        align: cfg.align,
-        top_k: cfg.top_k,
-        gate: Gate::Always,
-        combine: Default::default(),
-        sampling: Sampling::Greedy,
-        stop: StopRules {
-            max_tokens: cfg.decode_tokens + 1,
-            stop_strings: Vec::new(),
-        },
-    };
-    let mut ens = builder.settings(settings.clone()).build()?;
+    let mut ens = builder.align(cfg.align).build()?;
     let prompts: Vec<Vec<u32>> = ens
         .members()
         .iter()
-        .map(|m| synthetic_prompt(&m.model().tokenizer, cfg.prompt_tokens))
+        .map(|m| synthetic_prompt(m.tokenizer(), cfg.prompt_tokens))
         .collect::<Result<_>>()?;
+    let request = |members: &[usize], prompts: Vec<Vec<u32>>, tokens: usize| {
+        Request::ids(prompts)
+            .members(members.to_vec())
+            .max_tokens(tokens)
+            .top_k(cfg.top_k)
+            .gate(Gate::Always)
+            .sampling(Sampling::Greedy)
+    };
 
     let (bandwidth_gbs, bandwidth_source) = match cfg.bandwidth_gbs {
         Some(b) if b > 0.0 => (b, "flag".to_string()),
@@ -333,16 +332,12 @@ pub fn run(cfg: &SpeedConfig, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
         progress(&format!("measuring {label}"));
         let ps: Vec<Vec<u32>> = active.iter().map(|&i| prompts[i].clone()).collect();
         if cfg.warmup > 0 {
-            let mut s = settings.clone();
-            s.stop.max_tokens = cfg.warmup + 1;
-            ens.set_settings(s)?;
             let short: Vec<Vec<u32>> = ps.iter().map(|p| p[..p.len().min(16)].to_vec()).collect();
-            ens.generate_from_ids(&active, short, &mut |_| {})?;
-            ens.set_settings(settings.clone())?;
+            ens.generate_quiet(&request(&active, short, cfg.warmup + 1))?;
         }
         let probe = MemProbe::new(&cfg.device);
         let sampler = probe.start_sampling();
-        let gen = ens.generate_from_ids(&active, ps, &mut |_| {})?;
+        let gen = ens.generate_quiet(&request(&active, ps, cfg.decode_tokens + 1))?;
         let peak = sampler.stop();
         let wb: u64 = active.iter().map(|&i| bytes[i]).sum();
         rows.push(row_from(
@@ -361,7 +356,7 @@ pub fn run(cfg: &SpeedConfig, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
     let mut vocabs: Vec<usize> = ens
         .members()
         .iter()
-        .map(|m| m.model().lm.vocab_size())
+        .map(|m| m.backend().logit_width())
         .collect();
     vocabs.dedup();
     for v in vocabs {
@@ -666,16 +661,4 @@ pub fn format_table(r: &SpeedReport) -> String {
         );
     }
     s
-}
-
-/// Default shared tokenizer for random members: SmolLM2's, from the usual places (the
-/// last one is the copy scripts/build-cuda.sh puts next to the CUDA binaries).
-pub fn default_tokenizer(root: &Path) -> Option<PathBuf> {
-    [
-        "models-cache/tokenizers/smollm2/tokenizer.json",
-        "target/cuda/dist/smollm2-tokenizer.json",
-    ]
-    .iter()
-    .map(|p| root.join(p))
-    .find(|p| p.is_file())
 }

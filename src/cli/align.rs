@@ -13,10 +13,11 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::json;
 
-use tutti::align::cache::{MapCache, MapKey, Source};
+use tutti::align::cache::{MapCache, Source};
+use tutti::align::lookup::{self, EmbeddingTable, MapSide, RelRepSettings};
 use tutti::align::min_ed::{self, MinEdIndex};
-use tutti::align::relrep::{RelRep, RelRepConfig};
-use tutti::align::{exact_map, AlignMethod, MapStats, TokenMap};
+use tutti::align::relrep::RelRepConfig;
+use tutti::align::{AlignError, AlignMethod, MapStats};
 use tutti::vocab::Vocab;
 
 /// Which embedding table relrep compares.
@@ -157,46 +158,54 @@ pub fn run(args: AlignArgs) -> Result<()> {
         )
     };
 
-    let cfg = RelRepConfig {
-        anchors: args.anchors,
-        ..RelRepConfig::default()
+    let relrep = RelRepSettings {
+        config: RelRepConfig {
+            anchors: args.anchors,
+            ..RelRepConfig::default()
+        },
+        table: match args.embeddings {
+            EmbeddingChoice::Input => EmbeddingTable::Input,
+            EmbeddingChoice::Output => EmbeddingTable::Output,
+        },
     };
-    let embed_tag = format!("embeddings={:?}", args.embeddings);
-    let extra: Vec<String> = match method {
-        AlignMethod::Exact => vec![],
-        // Bump when the algorithm's output changes.
-        AlignMethod::MinEd => vec!["min-ed-v1".into()],
-        AlignMethod::RelRep => vec![
-            cfg.key_string(),
-            embed_tag,
-            a.weights.clone().unwrap_or_default(),
-            b.weights.clone().unwrap_or_default(),
-        ],
+    let embeddings = |m: &Member| -> Result<candle_core::Tensor, AlignError> {
+        m.embeddings.clone().ok_or_else(|| {
+            AlignError::BadEmbeddings(format!("{}: no embedding table loaded", m.spec))
+        })
     };
-    let extra_refs: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let key = MapKey::new(method, &a.vocab, &b.vocab, &extra_refs);
+    let (ea, eb) = (|| embeddings(&a), || embeddings(&b));
+    let (wa, wb) = (
+        a.weights.clone().unwrap_or_default(),
+        b.weights.clone().unwrap_or_default(),
+    );
+    let side_a = MapSide {
+        name: &a.spec,
+        vocab: &a.vocab,
+        weights: &wa,
+        embeddings: &ea,
+    };
+    let side_b = MapSide {
+        name: &b.spec,
+        vocab: &b.vocab,
+        weights: &wb,
+        embeddings: &eb,
+    };
+    let key = lookup::map_key(method, &side_a, &side_b, &relrep);
     let cache = MapCache::from_env()?;
 
     let n_cands = a.vocab.candidates().count() as u64;
     let pb = progress_bar(n_cands, args.json);
     pb.set_message(format!("{method} {} → {}", a.spec, b.spec));
     let started = Instant::now();
-    let (map, source) = cache.get_or_build(
-        &key,
+    let inc = |n: u64| pb.inc(n);
+    let (map, source) = lookup::load_or_build(
+        method,
+        &side_a,
+        &side_b,
+        &relrep,
+        Some(&cache),
         args.no_cache,
-        || -> Result<TokenMap, tutti::align::AlignError> {
-            let inc = |n: u64| pb.inc(n);
-            match method {
-                AlignMethod::Exact => Ok(exact_map(&a.vocab, &b.vocab)),
-                AlignMethod::MinEd => Ok(min_ed::min_ed_map(&a.vocab, &b.vocab, &inc)),
-                AlignMethod::RelRep => {
-                    let (Some(ea), Some(eb)) = (&a.embeddings, &b.embeddings) else {
-                        unreachable!("relrep members are loaded with embeddings")
-                    };
-                    RelRep::new(&a.vocab, ea, &b.vocab, eb, &cfg)?.full_map(&inc)
-                }
-            }
-        },
+        &inc,
     )?;
     let seconds = started.elapsed().as_secs_f64();
     pb.finish_and_clear();

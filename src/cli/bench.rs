@@ -9,10 +9,10 @@ use anyhow::{bail, Result};
 use tutti::bench::bert::{BertScorer, Encoder, DEFAULT_LAYER, DEFAULT_MODEL};
 use tutti::bench::report::{self, SystemSummary};
 use tutti::bench::runner::{self, ResultsFile, System};
-use tutti::bench::{gsm8k, mixinstruct, qa, Task};
-use tutti::engine::{Ensemble, PromptMode};
+use tutti::bench::{gsm8k, mixinstruct, qa, PromptMode, Task};
+use tutti::engine::{Ensemble, Request};
 
-use super::generate::{build_ensemble, ensemble_plan, EnsembleArgs};
+use super::ensemble_args::{self, EnsembleArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -141,7 +141,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let scorer = if a.no_bertscore {
                 None
             } else {
-                eprintln!("tutti: loading BERTScore encoder {}", a.bertscore_model);
+                tracing::info!("loading BERTScore encoder {}", a.bertscore_model);
                 let enc = Encoder::load(&a.bertscore_model, &candle_core::Device::Cpu)?;
                 Some(BertScorer::new(enc, a.bertscore_layer)?)
             };
@@ -195,6 +195,13 @@ fn mode(raw: bool) -> PromptMode {
     } else {
         PromptMode::Chat
     }
+}
+
+/// The ensemble's weights under `base`.
+fn weights(ens: &Ensemble, base: &Request) -> Vec<f32> {
+    base.weights
+        .clone()
+        .unwrap_or_else(|| ens.members().iter().map(|m| m.weight()).collect())
 }
 
 fn systems(ens: &Ensemble, members_too: bool) -> Vec<System> {
@@ -252,9 +259,12 @@ impl Reporter {
                     } else {
                         0.0
                     };
-                    eprintln!(
-                        "tutti: {}: {}/{} ({} resumed), {msg}, {el:.0} s, ETA {eta:.0} s",
-                        p.system, p.done, p.total, p.reused
+                    tracing::info!(
+                        "{}: {}/{} ({} resumed), {msg}, {el:.0} s, ETA {eta:.0} s",
+                        p.system,
+                        p.done,
+                        p.total,
+                        p.reused
                     );
                 }
             }
@@ -274,17 +284,17 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
         bail!("no items to score (check --data and --limit)");
     }
     let t0 = Instant::now();
-    let (specs, settings) = ensemble_plan(&run.ens)?;
-    let mut ens = build_ensemble(specs, settings)?;
-    for note in ens.prompt_notes(task.decode.mode) {
-        eprintln!("tutti: {note}");
+    let plan = ensemble_args::plan(&run.ens)?;
+    let mut ens = ensemble_args::build(&plan)?;
+    for note in ens.prompt_notes(&task.decode.mode.prompt("x")) {
+        tracing::info!("{note}");
     }
     let mut results = match &run.out {
         Some(p) => {
             let f = ResultsFile::open(p)?;
             if f.existing() > 0 {
-                eprintln!(
-                    "tutti: {}: {} rows already there, resuming",
+                tracing::info!(
+                    "{}: {} rows already there, resuming",
                     p.display(),
                     f.existing()
                 );
@@ -293,16 +303,16 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
         }
         None => None,
     };
-    let s = ens.settings();
-    eprintln!(
-        "tutti: {} on {} items; align {}, top-k {}, gate {}, combine {}, weights {:?}",
+    let base = &plan.request;
+    tracing::info!(
+        "{} on {} items; align {}, top-k {}, gate {}, combine {}, weights {:?}",
         task.name,
         task.items.len(),
-        s.align,
-        s.top_k,
-        s.gate,
-        s.combine,
-        ens.members().iter().map(|m| m.weight()).collect::<Vec<_>>()
+        ens.align(),
+        base.top_k,
+        base.gate,
+        base.combine,
+        weights(&ens, base)
     );
     let metric_names = task.judge.metric_names();
     let score_name = metric_names
@@ -313,17 +323,21 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
     for system in systems(&ens, run.members_too) {
         let name = runner::system_name(&ens, system);
         let reporter = Reporter::new(&name, task.items.len());
-        let rows = runner::run_system(&mut ens, &mut task, system, results.as_mut(), &mut |p| {
-            reporter.update(p, &score_name)
-        })?;
+        let rows = runner::run_system(
+            &mut ens,
+            base,
+            &mut task,
+            system,
+            results.as_mut(),
+            &mut |p| reporter.update(p, &score_name),
+        )?;
         reporter.finish();
         summaries.push(SystemSummary::from_rows(&name, &rows, &metric_names));
     }
     let wall = t0.elapsed().as_secs_f64();
     print!("{}", report::text_table(&summaries));
-    eprintln!("tutti: wall time {wall:.1} s");
+    tracing::info!("wall time {wall:.1} s");
     if let Some(path) = &run.report {
-        let s = ens.settings();
         let facts = vec![
             ("task".to_string(), task.name.clone()),
             ("data".to_string(), data.to_string()),
@@ -332,7 +346,8 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
                 "members".to_string(),
                 ens.members()
                     .iter()
-                    .map(|m| format!("{} (weight {})", m.name(), m.weight()))
+                    .zip(weights(&ens, base))
+                    .map(|(m, w)| format!("{} (weight {w})", m.name()))
                     .collect::<Vec<_>>()
                     .join(", "),
             ),
@@ -340,7 +355,10 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
                 "ensemble".to_string(),
                 format!(
                     "align {}, top-k {}, gate {}, combine {}, greedy",
-                    s.align, s.top_k, s.gate, s.combine
+                    ens.align(),
+                    base.top_k,
+                    base.gate,
+                    base.combine
                 ),
             ),
             ("settings".to_string(), task.config.clone()),
@@ -352,7 +370,7 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
             &facts,
             &summaries,
         )?;
-        eprintln!("tutti: report written to {}", path.display());
+        tracing::info!("report written to {}", path.display());
     }
     Ok(())
 }

@@ -73,7 +73,7 @@ pub fn run(args: SpeedArgs) -> Result<()> {
     cfg.dtype = tutti::models::parse_dtype(&args.dtype)?;
     cfg.tokenizer = match args.tokenizer {
         Some(p) => Some(p),
-        None => speed::default_tokenizer(&std::env::current_dir()?),
+        None => default_tokenizer(&std::env::current_dir()?),
     };
     cfg.prompt_tokens = args.prompt_tokens;
     cfg.decode_tokens = args.decode_tokens;
@@ -85,12 +85,24 @@ pub fn run(args: SpeedArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("--align: {e}"))?;
     cfg.bandwidth_gbs = args.bandwidth_gbs;
     cfg.seed = args.seed;
-    let report =
-        speed::run(&cfg, &mut |msg| eprintln!("tutti: {msg}")).context("speed benchmark")?;
+    let report = speed::run(&cfg, &mut |msg| tracing::info!("{msg}")).context("speed benchmark")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", speed::format_table(&report));
     }
     Ok(())
+}
+
+/// Default shared tokenizer for random members: SmolLM2's, as scripts/fetch-tokenizers.sh
+/// puts it, or the copy scripts/build-cuda.sh leaves beside the CUDA binaries.
+fn default_tokenizer(root: &std::path::Path) -> Option<PathBuf> {
+    [
+        "models-cache/tokenizers/smollm2/tokenizer.json",
+        "target/cuda/dist/smollm2-tokenizer.json",
+        "smollm2-tokenizer.json",
+    ]
+    .iter()
+    .map(|p| root.join(p))
+    .find(|p| p.is_file())
 }

@@ -21,8 +21,8 @@ pub struct ModelArgs {
 }
 
 pub fn load_model(args: &ModelArgs) -> Result<Model> {
-    let device = tutti_models::parse_device(&args.device)?;
-    let dtype = tutti_models::parse_dtype(&args.dtype)?;
+    let device = args.device.parse::<tutti_models::DeviceSpec>()?.open()?;
+    let dtype = args.dtype.parse::<tutti_models::DTypeSpec>()?.dtype();
     let arch = args
         .arch
         .as_deref()

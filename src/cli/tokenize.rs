@@ -65,7 +65,10 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
         .map(|&id| tok.inner().id_to_token(id).unwrap_or_default())
         .collect();
     if args.json {
-        println!("{}", json!({"model": args.model, "ids": ids, "tokens": pieces}));
+        println!(
+            "{}",
+            json!({"model": args.model, "ids": ids, "tokens": pieces})
+        );
     } else {
         for (id, piece) in ids.iter().zip(&pieces) {
             println!("{id:>8}  {piece:?}");

@@ -27,8 +27,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use tutti_models::{Architecture, DTypeSpec, DeviceSpec};
+
 use super::ensemble::MemberSpec;
 use super::error::{EngineError, Result};
+use super::request::{Request, Sampling};
 
 /// Top level of the file; every setting is optional (command-line flags override).
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -60,12 +63,35 @@ pub struct MemberEntry {
 
 impl MemberEntry {
     /// The member spec, with the file's device/dtype or the given defaults.
-    pub fn to_spec(&self, device: &str, dtype: &str) -> MemberSpec {
-        MemberSpec::new(self.model.clone())
+    pub fn to_spec(
+        &self,
+        device: DeviceSpec,
+        dtype: DTypeSpec,
+        origin: &str,
+    ) -> Result<MemberSpec> {
+        let bad = |what: &str, e: tutti_models::Error| EngineError::Config {
+            path: origin.to_string(),
+            reason: format!("member `{}`: {what}: {e}", self.model),
+        };
+        let device = match &self.device {
+            Some(d) => d.parse().map_err(|e| bad("device", e))?,
+            None => device,
+        };
+        let dtype = match &self.dtype {
+            Some(d) => d.parse().map_err(|e| bad("dtype", e))?,
+            None => dtype,
+        };
+        let arch = self
+            .arch
+            .as_deref()
+            .map(Architecture::parse)
+            .transpose()
+            .map_err(|e| bad("arch", e))?;
+        Ok(MemberSpec::new(self.model.clone())
             .weight(self.weight.unwrap_or(1.0))
-            .device(self.device.clone().unwrap_or_else(|| device.to_string()))
-            .dtype(self.dtype.clone().unwrap_or_else(|| dtype.to_string()))
-            .arch(self.arch.clone())
+            .device(device)
+            .dtype(dtype)
+            .arch(arch))
     }
 }
 
@@ -76,6 +102,38 @@ impl EnsembleFile {
             path: origin.to_string(),
             reason: e.to_string().trim().to_string(),
         })
+    }
+
+    /// `request` with the settings the file gives (command-line flags, applied after
+    /// this, override them).
+    pub fn apply(&self, mut request: Request, origin: &str) -> Result<Request> {
+        let bad = |e: EngineError| EngineError::Config {
+            path: origin.to_string(),
+            reason: e.to_string(),
+        };
+        if let Some(k) = self.top_k {
+            request.top_k = k;
+        }
+        if let Some(g) = &self.gate {
+            request.gate = g.parse().map_err(bad)?;
+        }
+        if let Some(c) = &self.combine {
+            request.combine = c.parse().map_err(bad)?;
+        }
+        if let Some(n) = self.max_tokens {
+            request.max_tokens = n;
+        }
+        if let Some(stop) = &self.stop {
+            request.stop.extend(stop.iter().cloned());
+        }
+        if let Some(t) = self.temperature.filter(|&t| t != 0.0) {
+            request.sampling = Sampling::Sample {
+                temperature: t,
+                top_p: self.top_p.unwrap_or(1.0),
+                seed: self.seed.unwrap_or(0),
+            };
+        }
+        Ok(request)
     }
 
     /// Reads and parses a file.
@@ -101,8 +159,22 @@ mod tests {
         .unwrap();
         assert_eq!(f.top_k, Some(5));
         assert_eq!(f.members.len(), 2);
-        assert_eq!(f.members[0].to_spec("auto", "auto").weight, 2.0);
-        assert_eq!(f.members[1].to_spec("auto", "auto").device, "cpu");
+        let spec = |i: usize| {
+            f.members[i]
+                .to_spec(DeviceSpec::Auto, DTypeSpec::Auto, "t.toml")
+                .unwrap()
+        };
+        assert_eq!(spec(0).weight, 2.0);
+        assert_eq!(spec(1).device, DeviceSpec::Cpu);
+        let r = f.apply(Request::raw("x"), "t.toml").unwrap();
+        assert_eq!((r.top_k, r.gate), (5, crate::engine::Gate::Uncertain(0.4)));
+        let bad =
+            EnsembleFile::parse("[[member]]\nmodel = \"a\"\ndevice = \"tpu\"\n", "t.toml").unwrap();
+        let err = bad.members[0]
+            .to_spec(DeviceSpec::Auto, DTypeSpec::Auto, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("t.toml") && err.contains("tpu"), "{err}");
     }
 
     #[test]

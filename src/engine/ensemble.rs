@@ -1,94 +1,43 @@
-//! [`Ensemble`]: members, settings and the one generation loop (a single model is a
-//! one-member ensemble and goes through the same loop).
+//! [`Ensemble`]: members and their vocabulary maps, built by [`EnsembleBuilder`], and
+//! the one generation loop every request goes through (a single model is a one-member
+//! ensemble). One step of the loop, top to bottom: the members forward their pending ids
+//! ([`Member::forward_pending`], through their [`Backend`]) → each consulted member's
+//! distribution and top-k ([`Member::distribution`]) → the union of candidates and every
+//! member's probability of each ([`Step`], with [`TargetLookup`] for candidates a member
+//! did not propose) → [`combine`] → [`choose`] → feedback ([`Member::commit`]).
 
-use std::str::FromStr;
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde::Serialize;
-use tutti_models::{LoadOptions, Model};
+use tutti_models::{Architecture, DTypeSpec, DeviceSpec, LoadOptions, Model};
 
+use super::backend::{Backend, LocalModel};
 use super::error::{EngineError, Result};
-use super::mapper::Mapper;
+use super::events::{
+    Choice, Discard, Event, Finish, Flow, Generation, MemberReport, MemberStep, Sink, StepEvent,
+    StepTime, StopReason, Timing,
+};
 use super::member::Member;
 use super::output::TextStream;
-use super::step::{choose, combine, CandidateKey, Sampling, StepDist, Union};
-use crate::align::AlignMethod;
-
-/// When the other members are consulted.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Gate {
-    /// Every step combines every member.
-    Always,
-    /// When the primary (first) member's top candidate has probability ≥ T, its choice
-    /// is taken without running the others; they catch up in one forward later.
-    Uncertain(f32),
-}
-
-impl FromStr for Gate {
-    type Err = EngineError;
-    fn from_str(s: &str) -> Result<Gate> {
-        let s = s.trim();
-        if s == "always" {
-            return Ok(Gate::Always);
-        }
-        let t = s
-            .strip_prefix("uncertain:")
-            .and_then(|t| t.parse::<f32>().ok())
-            .filter(|t| (0.0..=1.0).contains(t))
-            .ok_or_else(|| EngineError::BadGate(s.to_string()))?;
-        Ok(Gate::Uncertain(t))
-    }
-}
-
-impl std::fmt::Display for Gate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Gate::Always => f.write_str("always"),
-            Gate::Uncertain(t) => write!(f, "uncertain:{t}"),
-        }
-    }
-}
-
-/// Whether prompts go through each member's chat template.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PromptMode {
-    /// The member's chat template when it has one, else the raw text (with a note).
-    Chat,
-    /// The text as is, with the member's BOS rule.
-    Raw,
-}
-
-/// When generation ends (besides a winning EOS candidate, which always ends it).
-#[derive(Clone, Debug, PartialEq)]
-pub struct StopRules {
-    pub max_tokens: usize,
-    /// Generation ends when the text contains one of these; the text is cut before it.
-    pub stop_strings: Vec<String>,
-}
-
-impl Default for StopRules {
-    fn default() -> Self {
-        StopRules {
-            max_tokens: 256,
-            stop_strings: Vec::new(),
-        }
-    }
-}
+use super::request::{validate_weights, Gate, Prompt, Request};
+use super::step::{choose, combine, step_weights, CandidateKey, Step};
+use crate::align::cache::{MapCache, Source};
+use crate::align::lookup::{load_or_build, map_key, MapSide, RelRepSettings, TargetLookup};
+use crate::align::{AlignError, AlignMethod};
 
 /// How to load one member.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct MemberSpec {
     /// Folder, `.gguf` file or `hf:ORG/NAME[@REV][/FILE.gguf]`.
     pub model: String,
     pub weight: f32,
-    /// `auto`, `cpu`, `cuda:N`, `metal`.
-    pub device: String,
-    /// `auto`, `f32`, `f16`, `bf16`.
-    pub dtype: String,
+    pub device: DeviceSpec,
+    pub dtype: DTypeSpec,
     /// Architecture override.
-    pub arch: Option<String>,
+    pub arch: Option<Architecture>,
 }
 
 impl MemberSpec {
@@ -97,8 +46,8 @@ impl MemberSpec {
         MemberSpec {
             model: model.into(),
             weight: 1.0,
-            device: "auto".into(),
-            dtype: "auto".into(),
+            device: DeviceSpec::Auto,
+            dtype: DTypeSpec::Auto,
             arch: None,
         }
     }
@@ -128,352 +77,369 @@ impl MemberSpec {
         self
     }
 
-    pub fn device(mut self, d: impl Into<String>) -> MemberSpec {
-        self.device = d.into();
+    pub fn device(mut self, d: DeviceSpec) -> MemberSpec {
+        self.device = d;
         self
     }
 
-    pub fn dtype(mut self, d: impl Into<String>) -> MemberSpec {
-        self.dtype = d.into();
+    pub fn dtype(mut self, d: DTypeSpec) -> MemberSpec {
+        self.dtype = d;
         self
     }
 
-    pub fn arch(mut self, a: Option<String>) -> MemberSpec {
+    pub fn arch(mut self, a: Option<Architecture>) -> MemberSpec {
         self.arch = a;
         self
     }
 
-    fn load(&self) -> Result<Model> {
-        let err = |source| EngineError::Model {
+    fn err(&self, source: tutti_models::Error) -> EngineError {
+        EngineError::Model {
             member: self.model.clone(),
             source,
+        }
+    }
+
+    /// Loads the member's backend.
+    pub fn load(&self) -> Result<Box<dyn Backend>> {
+        let device = self.device.open().map_err(|e| self.err(e))?;
+        let opts = LoadOptions {
+            device,
+            dtype: self.dtype.dtype(),
+            arch: self.arch,
         };
-        let device = tutti_models::parse_device(&self.device).map_err(err)?;
-        let dtype = tutti_models::parse_dtype(&self.dtype).map_err(err)?;
-        let arch = self
-            .arch
-            .as_deref()
-            .map(tutti_models::Architecture::parse)
-            .transpose()
-            .map_err(err)?;
-        Model::load(
-            &self.model,
-            &LoadOptions {
-                device,
-                dtype,
-                arch,
-            },
-        )
-        .map_err(err)
+        let model = Model::load(&self.model, &opts).map_err(|e| self.err(e))?;
+        Ok(Box::new(LocalModel::new(model)))
     }
 }
 
-/// How the consulted members' distributions are averaged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Combine {
-    /// Weighted by the members' weights.
-    #[default]
-    Mean,
-    /// Each member's weight is multiplied, at every step, by its own top probability:
-    /// a member that is unsure at this step counts less than one that is sure.
-    Confidence,
+/// What building an ensemble reports while it works (for progress displays; the
+/// decisions themselves are also logged through `tracing`).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildEvent<'a> {
+    /// A member starts loading.
+    Loading { slot: usize, spec: &'a str },
+    /// A vocabulary map starts being built over `total` candidates of `from`.
+    MapBuilding {
+        from: &'a str,
+        to: &'a str,
+        method: AlignMethod,
+        total: u64,
+    },
+    /// That map advanced by this many candidates (called from worker threads).
+    MapProgress(u64),
+    /// A map is ready.
+    MapReady {
+        from: &'a str,
+        to: &'a str,
+        method: AlignMethod,
+        source: &'a Source,
+        seconds: f64,
+    },
 }
 
-impl FromStr for Combine {
-    type Err = EngineError;
-    fn from_str(s: &str) -> Result<Combine> {
-        match s.trim() {
-            "mean" => Ok(Combine::Mean),
-            "confidence" => Ok(Combine::Confidence),
-            other => Err(EngineError::BadCombine(other.to_string())),
-        }
-    }
-}
+type Progress = Box<dyn Fn(&BuildEvent) + Send + Sync>;
 
-impl std::fmt::Display for Combine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Combine::Mean => "mean",
-            Combine::Confidence => "confidence",
-        })
-    }
-}
-
-/// Decoding settings shared by all members.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
-    pub align: AlignMethod,
-    pub top_k: usize,
-    pub gate: Gate,
-    pub combine: Combine,
-    pub sampling: Sampling,
-    pub stop: StopRules,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            align: AlignMethod::MinEd,
-            top_k: 10,
-            gate: Gate::Always,
-            combine: Combine::Mean,
-            sampling: Sampling::Greedy,
-            stop: StopRules::default(),
-        }
-    }
-}
-
-impl Settings {
-    /// Checks ranges; called by the builder and before each generation.
-    pub fn validate(&self) -> Result<()> {
-        if self.top_k == 0 {
-            return Err(EngineError::BadTopK(0));
-        }
-        if let Gate::Uncertain(t) = self.gate {
-            if !(0.0..=1.0).contains(&t) {
-                return Err(EngineError::BadGate(self.gate.to_string()));
-            }
-        }
-        if let Sampling::Sample {
-            temperature, top_p, ..
-        } = self.sampling
-        {
-            if !(temperature.is_finite() && temperature > 0.0) {
-                return Err(EngineError::BadSampling(format!(
-                    "temperature must be > 0 (got {temperature}); use greedy decoding for 0"
-                )));
-            }
-            if !(top_p > 0.0 && top_p <= 1.0) {
-                return Err(EngineError::BadSampling(format!(
-                    "top-p must be in (0, 1] (got {top_p})"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Checks a weight vector: finite, non-negative, not all zero.
-pub fn validate_weights(weights: &[f32]) -> Result<()> {
-    let bad = |reason: &str| EngineError::BadWeights {
-        weights: weights.to_vec(),
-        reason: reason.to_string(),
-    };
-    if weights.iter().any(|w| !w.is_finite()) {
-        return Err(bad("weights must be finite numbers"));
-    }
-    if weights.iter().any(|&w| w < 0.0) {
-        return Err(bad("weights must not be negative"));
-    }
-    if weights.iter().all(|&w| w == 0.0) {
-        return Err(bad("at least one weight must be positive"));
-    }
-    Ok(())
-}
-
-enum Source {
+enum MemberSource {
     Spec(MemberSpec),
-    Loaded(Box<Model>, f32),
+    Backend(Box<dyn Backend>, f32),
 }
 
-/// Builds an [`Ensemble`]: members (specs to load, or loaded models) and settings.
-#[derive(Default)]
+/// Where full vocabulary maps are kept between runs.
+enum CacheChoice {
+    /// `MapCache::from_env()` (`TUTTI_CACHE`, `XDG_CACHE_HOME`, `~/.cache`).
+    Default,
+    Dir(MapCache),
+    None,
+}
+
+/// Builds an [`Ensemble`]: members (specs to load, or loaded models) and how their
+/// vocabularies are aligned.
 pub struct EnsembleBuilder {
-    sources: Vec<Source>,
-    settings: Settings,
+    sources: Vec<MemberSource>,
+    align: AlignMethod,
+    relrep: RelRepSettings,
+    cache: CacheChoice,
+    progress: Option<Progress>,
+}
+
+impl Default for EnsembleBuilder {
+    fn default() -> Self {
+        EnsembleBuilder {
+            sources: Vec::new(),
+            align: AlignMethod::MinEd,
+            relrep: RelRepSettings::default(),
+            cache: CacheChoice::Default,
+            progress: None,
+        }
+    }
 }
 
 impl EnsembleBuilder {
     /// Adds a member to be loaded by [`EnsembleBuilder::build`].
     pub fn member(mut self, spec: MemberSpec) -> Self {
-        self.sources.push(Source::Spec(spec));
+        self.sources.push(MemberSource::Spec(spec));
         self
     }
 
     /// Adds an already loaded model.
-    pub fn model(mut self, model: Model, weight: f32) -> Self {
-        self.sources.push(Source::Loaded(Box::new(model), weight));
+    pub fn model(self, model: Model, weight: f32) -> Self {
+        self.backend(Box::new(LocalModel::new(model)), weight)
+    }
+
+    /// Adds a member behind any backend.
+    pub fn backend(mut self, backend: Box<dyn Backend>, weight: f32) -> Self {
+        self.sources.push(MemberSource::Backend(backend, weight));
         self
     }
 
+    /// How a member scores candidates it did not propose (default `min-ed`).
     pub fn align(mut self, method: AlignMethod) -> Self {
-        self.settings.align = method;
+        self.align = method;
         self
     }
 
-    pub fn top_k(mut self, k: usize) -> Self {
-        self.settings.top_k = k;
+    /// Parameters of relrep maps.
+    pub fn relrep(mut self, settings: RelRepSettings) -> Self {
+        self.relrep = settings;
         self
     }
 
-    pub fn gate(mut self, gate: Gate) -> Self {
-        self.settings.gate = gate;
+    /// Keeps full vocabulary maps in `cache` (default: the user cache directory).
+    pub fn map_cache(mut self, cache: MapCache) -> Self {
+        self.cache = CacheChoice::Dir(cache);
         self
     }
 
-    pub fn combine(mut self, combine: Combine) -> Self {
-        self.settings.combine = combine;
+    /// Neither reads nor writes cached maps.
+    pub fn no_map_cache(mut self) -> Self {
+        self.cache = CacheChoice::None;
         self
     }
 
-    pub fn sampling(mut self, sampling: Sampling) -> Self {
-        self.settings.sampling = sampling;
+    /// Calls `f` as members load and maps are built.
+    pub fn on_progress(mut self, f: impl Fn(&BuildEvent) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Box::new(f));
         self
     }
 
-    pub fn max_tokens(mut self, n: usize) -> Self {
-        self.settings.stop.max_tokens = n;
-        self
-    }
-
-    pub fn stop_string(mut self, s: impl Into<String>) -> Self {
-        self.settings.stop.stop_strings.push(s.into());
-        self
-    }
-
-    pub fn settings(mut self, settings: Settings) -> Self {
-        self.settings = settings;
-        self
-    }
-
-    /// Validates the settings and weights (before any loading, so bad input fails
-    /// fast), loads the members and prepares the alignment.
+    /// Checks the weights and devices (before any loading, so bad input fails fast),
+    /// loads the members and prepares the alignment.
     pub fn build(self) -> Result<Ensemble> {
-        self.build_with_progress(&mut |_| {})
-    }
-
-    /// Like [`EnsembleBuilder::build`], reporting each member as it starts loading.
-    pub fn build_with_progress(self, progress: &mut dyn FnMut(&str)) -> Result<Ensemble> {
         if self.sources.is_empty() {
             return Err(EngineError::NoMembers);
         }
-        self.settings.validate()?;
         let weights: Vec<f32> = self
             .sources
             .iter()
             .map(|s| match s {
-                Source::Spec(spec) => spec.weight,
-                Source::Loaded(_, w) => *w,
+                MemberSource::Spec(spec) => spec.weight,
+                MemberSource::Backend(_, w) => *w,
             })
             .collect();
         validate_weights(&weights)?;
-        // Open every device before loading any weights: a bad device is a quick error.
         for s in &self.sources {
-            if let Source::Spec(spec) = s {
-                tutti_models::parse_device(&spec.device).map_err(|source| EngineError::Model {
-                    member: spec.model.clone(),
-                    source,
-                })?;
+            if let MemberSource::Spec(spec) = s {
+                spec.device.open().map_err(|e| spec.err(e))?;
             }
         }
+        let progress = |e: &BuildEvent| {
+            if let Some(f) = &self.progress {
+                f(e)
+            }
+        };
         let t0 = Instant::now();
         let mut members = Vec::with_capacity(self.sources.len());
-        for s in self.sources {
-            let (model, w) = match s {
-                Source::Spec(spec) => {
-                    progress(&spec.model);
+        for (slot, s) in self.sources.into_iter().enumerate() {
+            let (backend, w) = match s {
+                MemberSource::Spec(spec) => {
+                    progress(&BuildEvent::Loading {
+                        slot,
+                        spec: &spec.model,
+                    });
                     (spec.load()?, spec.weight)
                 }
-                Source::Loaded(m, w) => (*m, w),
+                MemberSource::Backend(b, w) => (b, w),
             };
-            members.push(Member::new(model, w)?);
+            let member = Member::new(backend, w)?;
+            tracing::info!(
+                "member {slot}: {} on {}, {} ids ({}), weight {w}",
+                member.name(),
+                member.backend().device_name(),
+                member.vocab().len(),
+                member.vocab().scheme().name(),
+            );
+            members.push(member);
         }
-        let mut ens = Ensemble {
-            members,
-            mappers: Vec::new(),
-            settings: self.settings,
-            load_ms: t0.elapsed().as_secs_f64() * 1e3,
+        let cache = match self.cache {
+            CacheChoice::Default => match MapCache::from_env() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!("vocabulary maps will not be cached: {e}");
+                    None
+                }
+            },
+            CacheChoice::Dir(c) => Some(c),
+            CacheChoice::None => None,
         };
-        ens.prepare_mappers()?;
-        ens.load_ms = t0.elapsed().as_secs_f64() * 1e3;
-        Ok(ens)
+        let lookups = prepare_lookups(
+            &members,
+            self.align,
+            &self.relrep,
+            cache.as_ref(),
+            &progress,
+        )?;
+        Ok(Ensemble {
+            members,
+            lookups,
+            align: self.align,
+            load_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
     }
 }
 
-/// Why generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    /// An end-of-sequence candidate won.
-    Eos,
-    /// A stop string appeared in the text.
-    StopString,
-    /// The token budget was used up.
-    MaxTokens,
-}
-
-/// Time split of one step, in milliseconds.
-#[derive(Clone, Debug, Serialize)]
-pub struct StepTime {
-    /// Forward time per member (0 when the member was not run this step).
-    pub forward_ms: Vec<f64>,
-    /// Softmax, top-k, union, cross-member lookups, combination and the choice.
-    pub align_combine_ms: f64,
-    /// Commit of the chosen bytes into every member (re-encoding, rollback).
-    pub feedback_ms: f64,
-    /// Wall time of the whole step.
-    pub total_ms: f64,
-    /// Whether more than one member was consulted.
-    pub ensembled: bool,
-}
-
-/// One member's part of a [`Generation`].
-#[derive(Clone, Debug, Serialize)]
-pub struct MemberReport {
-    pub name: String,
-    pub weight: f32,
-    pub prompt_tokens: usize,
-    /// Generated ids in the member's own tokenization.
-    pub ids: Vec<u32>,
-    pub rollbacks: usize,
-    pub rolled_back_tokens: usize,
-    /// Total forward time of this member.
-    pub forward_ms: f64,
-}
-
-/// Aggregate timings of a [`Generation`], in milliseconds.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Timing {
-    pub load_ms: f64,
-    /// The first step (prompt processing and the first token).
-    pub prefill_ms: f64,
-    pub total_ms: f64,
-    /// Generated tokens per second, the first token excluded.
-    pub tokens_per_s: f64,
-    /// Milliseconds per generated token, the first token excluded.
-    pub ms_per_token: f64,
-    pub align_combine_ms: f64,
-    pub feedback_ms: f64,
-}
-
-/// The result of one generation.
-#[derive(Clone, Debug, Serialize)]
-pub struct Generation {
-    pub text: String,
-    pub stop_reason: StopReason,
-    /// Chosen tokens (steps that produced text; a winning EOS is not counted).
-    pub tokens: usize,
-    /// Steps where more than one member was consulted.
-    pub ensembled_steps: usize,
-    /// `ensembled_steps` / steps.
-    pub ensembled_share: f64,
-    pub members: Vec<MemberReport>,
-    pub timing: Timing,
-    pub steps: Vec<StepTime>,
-}
-
-impl Generation {
-    /// Total rollbacks over all members.
-    pub fn rollbacks(&self) -> usize {
-        self.members.iter().map(|m| m.rollbacks).sum()
+/// One [`TargetLookup`] per member (none for a single member): full maps come from the
+/// cache, or are built for relrep; min-ed without a cached map searches per candidate.
+fn prepare_lookups(
+    members: &[Member],
+    method: AlignMethod,
+    relrep: &RelRepSettings,
+    cache: Option<&MapCache>,
+    progress: &(dyn Fn(&BuildEvent) + Sync),
+) -> Result<Vec<TargetLookup>> {
+    if members.len() < 2 {
+        return Ok(Vec::new());
     }
+    let mut lookups = Vec::with_capacity(members.len());
+    for (bs, b) in members.iter().enumerate() {
+        let mut lookup = TargetLookup::new(method, b.vocab(), members.len());
+        for (a_slot, a) in members.iter().enumerate() {
+            if a_slot == bs {
+                continue;
+            }
+            if a.vocab().fingerprint() == b.vocab().fingerprint() {
+                tracing::info!(
+                    "alignment {} → {}: identical vocabularies, candidates match by bytes",
+                    a.name(),
+                    b.name()
+                );
+                continue;
+            }
+            let align_err = |source: AlignError| EngineError::Align {
+                member: b.name().to_string(),
+                source,
+            };
+            let embeddings = |m: &Member| -> std::result::Result<candle_core::Tensor, AlignError> {
+                match m.backend().input_embeddings() {
+                    Some(Ok(t)) => Ok(t),
+                    Some(Err(e)) => Err(AlignError::BadEmbeddings(e.to_string())),
+                    None => Err(AlignError::BadEmbeddings(format!(
+                        "member `{}` cannot provide its embedding table; use --align min-ed or exact",
+                        m.name()
+                    ))),
+                }
+            };
+            let weights_of = |m: &Member| {
+                m.model()
+                    .map(|x| x.info.weights_fingerprint.clone())
+                    .unwrap_or_default()
+            };
+            let (wa, wb) = (weights_of(a), weights_of(b));
+            let (ea, eb) = (|| embeddings(a), || embeddings(b));
+            let side_a = MapSide {
+                name: a.name(),
+                vocab: a.vocab(),
+                weights: &wa,
+                embeddings: &ea,
+            };
+            let side_b = MapSide {
+                name: b.name(),
+                vocab: b.vocab(),
+                weights: &wb,
+                embeddings: &eb,
+            };
+            match method {
+                AlignMethod::Exact => tracing::info!(
+                    "alignment {} → {}: exact, a candidate without an identical token scores 0",
+                    a.name(),
+                    b.name()
+                ),
+                AlignMethod::MinEd => {
+                    let cached =
+                        cache.map(|c| (c.load(&map_key(method, &side_a, &side_b, relrep)), c));
+                    match cached {
+                        Some((crate::align::cache::Lookup::Hit(map), c)) => {
+                            tracing::info!(
+                                "alignment {} → {}: min-ed, full map from the cache ({})",
+                                a.name(),
+                                b.name(),
+                                c.dir().display()
+                            );
+                            lookup.set_map(a_slot, map);
+                        }
+                        _ => tracing::info!(
+                            "alignment {} → {}: min-ed, nearest surface searched per candidate",
+                            a.name(),
+                            b.name()
+                        ),
+                    }
+                }
+                AlignMethod::RelRep => {
+                    let started = Instant::now();
+                    let key = map_key(method, &side_a, &side_b, relrep);
+                    let hit = cache.is_some_and(|c| {
+                        matches!(c.load(&key), crate::align::cache::Lookup::Hit(_))
+                    });
+                    if !hit {
+                        tracing::info!(
+                            "alignment {} → {}: building the relrep map (once; later runs load it from the cache)",
+                            a.name(),
+                            b.name()
+                        );
+                        progress(&BuildEvent::MapBuilding {
+                            from: a.name(),
+                            to: b.name(),
+                            method,
+                            total: a.vocab().candidates().count() as u64,
+                        });
+                    }
+                    let tick = |n: u64| progress(&BuildEvent::MapProgress(n));
+                    let (map, source) =
+                        load_or_build(method, &side_a, &side_b, relrep, cache, false, &tick)
+                            .map_err(align_err)?;
+                    let seconds = started.elapsed().as_secs_f64();
+                    tracing::info!(
+                        "alignment {} → {}: relrep map {} in {seconds:.1} s",
+                        a.name(),
+                        b.name(),
+                        match &source {
+                            Source::Cached => "loaded from the cache".to_string(),
+                            Source::Built => "built".to_string(),
+                            Source::Rebuilt(why) => format!("rebuilt ({why})"),
+                        }
+                    );
+                    progress(&BuildEvent::MapReady {
+                        from: a.name(),
+                        to: b.name(),
+                        method,
+                        source: &source,
+                        seconds,
+                    });
+                    lookup.set_map(a_slot, map);
+                }
+            }
+        }
+        lookups.push(lookup);
+    }
+    Ok(lookups)
 }
 
-/// Members decoding one text in lockstep.
+/// Members decoding one text in lockstep, with the vocabulary maps between them.
 pub struct Ensemble {
     members: Vec<Member>,
-    mappers: Vec<Mapper>,
-    settings: Settings,
+    /// By target slot: how the others' candidates find that member's tokens.
+    lookups: Vec<TargetLookup>,
+    align: AlignMethod,
     load_ms: f64,
 }
 
@@ -481,7 +447,7 @@ impl std::fmt::Debug for Ensemble {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ensemble")
             .field("members", &self.members)
-            .field("settings", &self.settings)
+            .field("align", &self.align)
             .finish()
     }
 }
@@ -500,90 +466,72 @@ impl Ensemble {
         &mut self.members
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
+    pub fn member(&self, slot: usize) -> Result<&Member> {
+        self.members.get(slot).ok_or(EngineError::NoSuchMember {
+            index: slot,
+            len: self.members.len(),
+        })
     }
 
-    /// Changes settings between generations (a different alignment rebuilds the
-    /// lookups).
-    pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
-        settings.validate()?;
-        let realign = settings.align != self.settings.align;
-        self.settings = settings;
-        if realign {
-            self.prepare_mappers()?;
-        }
-        Ok(())
+    /// The alignment method the maps were prepared for.
+    pub fn align(&self) -> AlignMethod {
+        self.align
     }
 
-    /// Changes the members' weights.
-    pub fn set_weights(&mut self, weights: &[f32]) -> Result<()> {
-        validate_weights(weights)?;
-        if weights.len() != self.members.len() {
-            return Err(EngineError::BadWeights {
-                weights: weights.to_vec(),
-                reason: format!("expected {} weights, one per member", self.members.len()),
-            });
-        }
-        for (m, &w) in self.members.iter_mut().zip(weights) {
-            m.set_weight(w);
-        }
-        Ok(())
-    }
-
-    /// Milliseconds spent loading the members.
+    /// Milliseconds spent loading the members and preparing the maps.
     pub fn load_ms(&self) -> f64 {
         self.load_ms
     }
 
-    fn prepare_mappers(&mut self) -> Result<()> {
-        self.mappers = Vec::new();
-        if self.members.len() > 1 {
-            for slot in 0..self.members.len() {
-                self.mappers
-                    .push(Mapper::new(self.settings.align, &self.members, slot)?);
-            }
-        }
-        Ok(())
-    }
-
-    /// Notes about how `mode` applies to each member (e.g. a member without a chat
-    /// template gets the raw prompt), for the caller to show.
-    pub fn prompt_notes(&self, mode: PromptMode) -> Vec<String> {
-        if mode == PromptMode::Raw {
+    /// Notes about how `prompt` applies to each member (a member without a chat
+    /// template gets the messages as raw text), for the caller to show.
+    pub fn prompt_notes(&self, prompt: &Prompt) -> Vec<String> {
+        if !matches!(prompt, Prompt::Chat(_)) {
             return Vec::new();
         }
         self.members
             .iter()
-            .filter(|m| m.model().tokenizer.chat_template().is_none())
+            .filter(|m| m.tokenizer().chat_template().is_none())
             .map(|m| {
                 format!(
-                    "{} has no chat template; using the raw prompt (pass --raw to silence this)",
+                    "{} has no chat template; it gets the raw text (--raw silences this)",
                     m.name()
                 )
             })
             .collect()
     }
 
-    /// Prompt ids of member `slot` for `text`.
-    pub fn prompt_ids(&self, slot: usize, text: &str, mode: PromptMode) -> Result<Vec<u32>> {
-        if text.trim().is_empty() {
-            return Err(EngineError::EmptyPrompt);
-        }
+    /// Prompt ids of member `slot` for a text or chat prompt.
+    pub fn prompt_ids(&self, slot: usize, prompt: &Prompt) -> Result<Vec<u32>> {
         let m = self.member(slot)?;
-        let tok = &m.model().tokenizer;
+        let tok = m.tokenizer();
         let err = |source| EngineError::Model {
             member: m.name().to_string(),
             source,
         };
-        let ids = match (mode, tok.chat_template().is_some()) {
-            (PromptMode::Chat, true) => {
-                let rendered = tok
-                    .apply_chat_template(&[("user".to_string(), text.to_string())])
-                    .map_err(err)?;
+        let ids = match prompt {
+            Prompt::Raw(text) => tok.encode_prompt(text).map_err(err)?,
+            Prompt::Chat(messages) if tok.chat_template().is_some() => {
+                let pairs: Vec<(String, String)> = messages
+                    .iter()
+                    .map(|m| (m.role.as_str().to_string(), m.content.clone()))
+                    .collect();
+                let rendered = tok.apply_chat_template(&pairs).map_err(err)?;
                 tok.encode(&rendered, true).map_err(err)?
             }
-            _ => tok.encode_prompt(text).map_err(err)?,
+            Prompt::Chat(messages) => {
+                let joined: Vec<&str> = messages
+                    .iter()
+                    .map(|m| m.content.as_str())
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                tok.encode_prompt(&joined.join("\n\n")).map_err(err)?
+            }
+            Prompt::Ids(_) => {
+                return Err(EngineError::BadRequest(
+                    "token-id prompts are given per member, not encoded".into(),
+                ))
+            }
         };
         if ids.is_empty() {
             return Err(EngineError::EmptyPrompt);
@@ -591,280 +539,399 @@ impl Ensemble {
         Ok(ids)
     }
 
-    fn member(&self, slot: usize) -> Result<&Member> {
-        self.members.get(slot).ok_or(EngineError::NoSuchMember {
-            index: slot,
-            len: self.members.len(),
-        })
-    }
-
-    /// Generates from `prompt` with every member; `on_text` receives text as soon as
-    /// it is complete UTF-8 (and cannot be part of a stop string).
-    pub fn generate(
-        &mut self,
-        prompt: &str,
-        mode: PromptMode,
-        on_text: &mut dyn FnMut(&str),
-    ) -> Result<Generation> {
-        let active: Vec<usize> = (0..self.members.len()).collect();
-        self.generate_with(&active, prompt, mode, on_text)
-    }
-
-    /// Generates with member `slot` alone (weight 1), through the same loop.
-    pub fn generate_solo(
-        &mut self,
-        slot: usize,
-        prompt: &str,
-        mode: PromptMode,
-        on_text: &mut dyn FnMut(&str),
-    ) -> Result<Generation> {
-        self.member(slot)?;
-        self.generate_with(&[slot], prompt, mode, on_text)
-    }
-
-    fn generate_with(
-        &mut self,
-        active: &[usize],
-        prompt: &str,
-        mode: PromptMode,
-        on_text: &mut dyn FnMut(&str),
-    ) -> Result<Generation> {
-        let mut prompts = Vec::with_capacity(active.len());
-        for &slot in active {
-            prompts.push(self.prompt_ids(slot, prompt, mode)?);
-        }
-        self.generate_from_ids(active, prompts, on_text)
-    }
-
-    /// Generates from per-member prompt ids (`prompts[i]` for member `active[i]`).
-    pub fn generate_from_ids(
-        &mut self,
-        active: &[usize],
-        prompts: Vec<Vec<u32>>,
-        on_text: &mut dyn FnMut(&str),
-    ) -> Result<Generation> {
-        self.settings.validate()?;
-        if active.is_empty() {
-            return Err(EngineError::NoMembers);
-        }
-        for &slot in active {
-            self.member(slot)?;
-        }
-        if prompts.iter().any(Vec::is_empty) {
-            return Err(EngineError::EmptyPrompt);
-        }
-        let solo = active.len() == 1;
-        let weights: Vec<f32> = if solo {
-            vec![1.0]
-        } else {
-            active.iter().map(|&s| self.members[s].weight()).collect()
-        };
-        validate_weights(&weights)?;
-        for (&slot, ids) in active.iter().zip(prompts) {
-            self.members[slot].start(ids);
-        }
-
-        let settings = self.settings.clone();
-        let mut rng = match settings.sampling {
-            Sampling::Sample { seed, .. } => StdRng::seed_from_u64(seed),
-            Sampling::Greedy => StdRng::seed_from_u64(0),
-        };
-        let mut stream = TextStream::new(&settings.stop.stop_strings);
-        let mut steps: Vec<StepTime> = Vec::new();
-        let mut stop_reason = StopReason::MaxTokens;
-        let t_start = Instant::now();
-
-        while steps.len() < settings.stop.max_tokens {
-            let t_step = Instant::now();
-            // 1. Forward: the members to consult run their pending ids, in parallel.
-            let (consulted, forward_ms) = self.forward_step(active, &weights, &settings)?;
-            let t_fwd = Instant::now();
-            // 2–5. Top-k per member → union → combine → choose.
-            let pick = self.pick(active, &consulted, &weights, &settings, &mut rng)?;
-            let t_pick = Instant::now();
-            let ensembled = consulted.iter().filter(|&&c| c).count() > 1;
-            // 6. Feedback: every member commits the chosen bytes in its own tokens.
-            let done = match &pick.key {
-                CandidateKey::Eos => {
-                    stop_reason = StopReason::Eos;
-                    true
-                }
-                CandidateKey::Bytes(bytes) => {
-                    for (i, &slot) in active.iter().enumerate() {
-                        let own = if consulted[i] { pick.own[i] } else { None };
-                        self.members[slot].commit(bytes, own)?;
-                    }
-                    let hit = stream.push(bytes);
-                    if hit {
-                        stop_reason = StopReason::StopString;
-                    }
-                    hit
-                }
-            };
-            let t_end = Instant::now();
-            steps.push(StepTime {
-                forward_ms,
-                align_combine_ms: (t_pick - t_fwd).as_secs_f64() * 1e3,
-                feedback_ms: (t_end - t_pick).as_secs_f64() * 1e3,
-                total_ms: (t_end - t_step).as_secs_f64() * 1e3,
-                ensembled,
-            });
-            if let Some(text) = stream.take_ready(done) {
-                on_text(&text);
+    /// Generates for `request`, delivering [`Event`]s to `sink` as they happen (the sink
+    /// can end generation early). Returns the whole [`Generation`].
+    pub fn generate(&mut self, request: &Request, sink: &mut dyn Sink) -> Result<Generation> {
+        let mut run = Run::start(self, request)?;
+        let mut events = Vec::new();
+        loop {
+            let done = run.step(self, &mut events)?;
+            // Every event is delivered, even after the sink asked to stop.
+            let mut stop = false;
+            for e in events.drain(..) {
+                stop |= sink.event(&e) == Flow::Stop;
             }
             if done {
                 break;
             }
-        }
-        if let Some(text) = stream.take_ready(true) {
-            on_text(&text);
-        }
-        let total_ms = t_start.elapsed().as_secs_f64() * 1e3;
-        Ok(self.report(
-            active,
-            &weights,
-            stream.text(),
-            stop_reason,
-            steps,
-            total_ms,
-        ))
-    }
-
-    /// Runs the forwards of one step and says which members are consulted. Under
-    /// [`Gate::Uncertain`] the primary runs first and the others only when it is unsure.
-    fn forward_step(
-        &mut self,
-        active: &[usize],
-        weights: &[f32],
-        settings: &Settings,
-    ) -> Result<(Vec<bool>, Vec<f64>)> {
-        let mut forward_ms = vec![0.0; active.len()];
-        let all = vec![true; active.len()];
-        let threshold = match settings.gate {
-            Gate::Uncertain(t) if active.len() > 1 => t,
-            _ => {
-                forward_parallel(&mut self.members, active, &all, &mut forward_ms)?;
-                return Ok((all, forward_ms));
-            }
-        };
-        let mut first = vec![false; active.len()];
-        first[0] = true;
-        forward_parallel(&mut self.members, active, &first, &mut forward_ms)?;
-        let primary = &self.members[active[0]];
-        let top = primary
-            .step_distribution(settings.sampling.temperature(), 1)?
-            .map(|d| d.top_k(primary.vocab(), 1))
-            .unwrap_or_default();
-        let confident = top.first().is_some_and(|&(_, p)| p >= threshold);
-        // A zero-weight primary must not decide alone.
-        if confident && weights[0] > 0.0 {
-            return Ok((first, forward_ms));
-        }
-        let rest: Vec<bool> = (0..active.len()).map(|i| i > 0).collect();
-        forward_parallel(&mut self.members, active, &rest, &mut forward_ms)?;
-        Ok((all, forward_ms))
-    }
-
-    /// Top-k per consulted member → union by bytes → each member's probability of each
-    /// candidate → weighted average → choice.
-    fn pick(
-        &mut self,
-        active: &[usize],
-        consulted: &[bool],
-        weights: &[f32],
-        settings: &Settings,
-        rng: &mut StdRng,
-    ) -> Result<Pick> {
-        let temperature = settings.sampling.temperature();
-        let members = &self.members;
-        let mut dists: Vec<Option<StepDist>> = Vec::with_capacity(active.len());
-        for (&slot, &c) in active.iter().zip(consulted) {
-            dists.push(if c {
-                members[slot].step_distribution(temperature, settings.top_k)?
-            } else {
-                None
-            });
-        }
-        let mut union = Union::default();
-        // Each member's top candidate probability (its confidence at this step).
-        let mut top_prob = vec![0.0f32; active.len()];
-        for (i, d) in dists.iter().enumerate() {
-            if let Some(d) = d {
-                let m = &members[active[i]];
-                let top = d.top_k(m.vocab(), settings.top_k);
-                top_prob[i] = top.first().map_or(0.0, |&(_, p)| p);
-                union.add(i, m.vocab(), &top);
+            if stop {
+                run.cancel(&mut events);
+                for e in events.drain(..) {
+                    sink.event(&e);
+                }
+                break;
             }
         }
-        if union.is_empty() {
-            return Err(EngineError::BadSampling(
-                "no member proposed a candidate token".into(),
-            ));
+        let (generation, finish) = run.finish(self);
+        sink.event(&Event::Finish(finish));
+        Ok(generation)
+    }
+
+    /// [`Ensemble::generate`] without events.
+    pub fn generate_quiet(&mut self, request: &Request) -> Result<Generation> {
+        self.generate(request, &mut Discard)
+    }
+
+    /// The events of a generation as an iterator: each `next` runs at most one step.
+    /// Dropping the iterator abandons the generation.
+    pub fn stream(&mut self, request: &Request) -> Result<Stream<'_>> {
+        let run = Run::start(self, request)?;
+        Ok(Stream {
+            ens: self,
+            run: Some(run),
+            queue: VecDeque::new(),
+            generation: None,
+        })
+    }
+}
+
+/// Iterator form of a generation ([`Ensemble::stream`]).
+pub struct Stream<'e> {
+    ens: &'e mut Ensemble,
+    run: Option<Run>,
+    queue: VecDeque<Event>,
+    generation: Option<Generation>,
+}
+
+impl Stream<'_> {
+    /// The whole generation, once the iterator has yielded [`Event::Finish`].
+    pub fn generation(&self) -> Option<&Generation> {
+        self.generation.as_ref()
+    }
+
+    /// Ends the generation now ([`StopReason::Cancelled`]); the remaining events (held
+    /// text, the finish) are still yielded.
+    pub fn cancel(&mut self) {
+        if let Some(mut run) = self.run.take() {
+            let mut events = Vec::new();
+            run.cancel(&mut events);
+            self.queue.extend(events);
+            let (generation, finish) = run.finish(self.ens);
+            self.queue.push_back(Event::Finish(finish));
+            self.generation = Some(generation);
         }
-        let mut probs: Vec<Vec<f32>> = Vec::with_capacity(active.len());
-        let mut used_weights = Vec::with_capacity(active.len());
-        for (i, d) in dists.iter().enumerate() {
-            let Some(d) = d else { continue };
-            let m = &members[active[i]];
-            // Which of the member's ids stand for each candidate: its own proposal, its
-            // EOS ids, or the aligned token; their probabilities are summed.
-            let mut ids = Vec::new();
-            let mut spans = Vec::with_capacity(union.len());
-            for cand in &union.candidates {
-                let start = ids.len();
-                match (&cand.key, cand.proposed_by(i)) {
-                    (_, Some(id)) => ids.push(id),
-                    (CandidateKey::Eos, None) => ids.extend_from_slice(m.vocab().eos_ids()),
-                    (CandidateKey::Bytes(_), None) => {
-                        if let Some(mapper) = self.mappers.get_mut(active[i]) {
-                            ids.extend(mapper.lookup(m, cand)?);
+    }
+}
+
+impl Iterator for Stream<'_> {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Result<Event>> {
+        loop {
+            if let Some(e) = self.queue.pop_front() {
+                return Some(Ok(e));
+            }
+            let run = self.run.as_mut()?;
+            let mut events = Vec::new();
+            match run.step(self.ens, &mut events) {
+                Ok(done) => {
+                    self.queue.extend(events);
+                    if done {
+                        if let Some(run) = self.run.take() {
+                            let (generation, finish) = run.finish(self.ens);
+                            self.queue.push_back(Event::Finish(finish));
+                            self.generation = Some(generation);
                         }
                     }
                 }
-                spans.push(start..ids.len());
+                Err(e) => {
+                    self.run = None;
+                    return Some(Err(e));
+                }
             }
-            let p: Vec<f32> = match d {
-                StepDist::Host(d) => ids.iter().map(|&id| d.prob(id)).collect(),
-                // One batched gather on the device instead of a lookup per id.
-                StepDist::Tensor(d) => d.probs(&ids)?,
-            };
-            probs.push(spans.into_iter().map(|r| p[r].iter().sum()).collect());
-            used_weights.push(match settings.combine {
-                Combine::Mean => weights[i],
-                Combine::Confidence => weights[i] * top_prob[i],
-            });
         }
-        if used_weights.iter().all(|&w| w == 0.0) {
-            used_weights.iter_mut().for_each(|w| *w = 1.0);
+    }
+}
+
+/// The state of one generation between steps.
+struct Run {
+    request: Request,
+    /// Taking-part member slots, in request order (the first is the gate's primary).
+    slots: Vec<usize>,
+    weights: Vec<f32>,
+    rng: StdRng,
+    text: TextStream,
+    steps: Vec<StepTime>,
+    stop: Option<StopReason>,
+    started: Instant,
+}
+
+impl Run {
+    /// Checks the request against the ensemble and gives every taking-part member its
+    /// prompt.
+    fn start(ens: &mut Ensemble, request: &Request) -> Result<Run> {
+        request.validate()?;
+        let n = ens.members.len();
+        let slots: Vec<usize> = request.members.clone().unwrap_or_else(|| (0..n).collect());
+        if slots.is_empty() {
+            return Err(EngineError::BadRequest("no member takes part".into()));
         }
-        let combined = combine(&probs, &used_weights);
-        let chosen = choose(&combined, &settings.sampling, rng);
-        let cand = &union.candidates[chosen];
-        Ok(Pick {
-            key: cand.key.clone(),
-            own: (0..active.len()).map(|i| cand.proposed_by(i)).collect(),
+        for (i, &s) in slots.iter().enumerate() {
+            ens.member(s)?;
+            if slots[..i].contains(&s) {
+                return Err(EngineError::BadRequest(format!(
+                    "member #{s} is listed twice"
+                )));
+            }
+        }
+        let weights = match (&request.weights, slots.len()) {
+            (Some(w), k) if w.len() != k => {
+                return Err(EngineError::BadWeights {
+                    weights: w.clone(),
+                    reason: format!("expected {k} weights, one per taking-part member"),
+                })
+            }
+            (Some(w), _) => w.clone(),
+            (None, 1) => vec![1.0],
+            (None, _) => slots.iter().map(|&s| ens.members[s].weight()).collect(),
+        };
+        validate_weights(&weights)?;
+        let prompts: Vec<Vec<u32>> = match &request.prompt {
+            Prompt::Ids(ids) => {
+                if ids.len() != slots.len() {
+                    return Err(EngineError::BadRequest(format!(
+                        "{} token-id prompts for {} taking-part members",
+                        ids.len(),
+                        slots.len()
+                    )));
+                }
+                for (p, &s) in ids.iter().zip(&slots) {
+                    let len = ens.members[s].vocab().len();
+                    if let Some(&bad) = p.iter().find(|&&id| id as usize >= len) {
+                        return Err(EngineError::BadRequest(format!(
+                            "token id {bad} is outside the vocabulary of member `{}` ({len} ids)",
+                            ens.members[s].name()
+                        )));
+                    }
+                }
+                ids.clone()
+            }
+            prompt => slots
+                .iter()
+                .map(|&s| ens.prompt_ids(s, prompt))
+                .collect::<Result<_>>()?,
+        };
+        for (&s, ids) in slots.iter().zip(prompts) {
+            ens.members[s].start(ids)?;
+        }
+        let seed = match request.sampling {
+            super::request::Sampling::Sample { seed, .. } => seed,
+            super::request::Sampling::Greedy => 0,
+        };
+        Ok(Run {
+            text: TextStream::new(&request.stop),
+            request: request.clone(),
+            slots,
+            weights,
+            rng: StdRng::seed_from_u64(seed),
+            steps: Vec::new(),
+            stop: None,
+            started: Instant::now(),
         })
     }
 
-    fn report(
-        &self,
-        active: &[usize],
-        weights: &[f32],
-        text: String,
-        stop_reason: StopReason,
-        steps: Vec<StepTime>,
-        total_ms: f64,
-    ) -> Generation {
-        let tokens = steps.len() - usize::from(stop_reason == StopReason::Eos);
+    /// Runs one step and appends its events; returns whether generation has ended.
+    fn step(&mut self, ens: &mut Ensemble, events: &mut Vec<Event>) -> Result<bool> {
+        if self.stop.is_some() {
+            return Ok(true);
+        }
+        if self.steps.len() >= self.request.max_tokens {
+            return Ok(self.end(StopReason::MaxTokens, events));
+        }
+        if self.slots.iter().any(|&s| !ens.members[s].has_room()) {
+            return Ok(self.end(StopReason::ContextLength, events));
+        }
+        let t_step = Instant::now();
+        let req = &self.request;
+        let temperature = req.sampling.temperature();
+        let n = self.slots.len();
+        let mut forward_ms = vec![0.0; n];
+
+        // 1. Forward, and 2. each consulted member's distribution and top-k, once. Under
+        // `uncertain:T` the primary goes first and the others only when it is unsure.
+        let mut step = Step::default();
+        let gated = match req.gate {
+            Gate::Uncertain(t) if n > 1 => Some(t),
+            _ => None,
+        };
+        let first: Vec<usize> = match gated {
+            Some(_) => vec![0],
+            None => (0..n).collect(),
+        };
+        forward(&mut ens.members, &self.slots, &first, &mut forward_ms)?;
+        for &i in &first {
+            add_dist(
+                &mut step,
+                &mut ens.members[self.slots[i]],
+                self.slots[i],
+                temperature,
+                req.top_k,
+            )?;
+        }
+        if let Some(t) = gated {
+            let sure = step.dists.first().is_some_and(|(_, d)| d.top_prob() >= t);
+            // A zero-weight primary must not decide alone.
+            if !(sure && self.weights[0] > 0.0) {
+                let rest: Vec<usize> = (1..n).collect();
+                forward(&mut ens.members, &self.slots, &rest, &mut forward_ms)?;
+                for i in rest {
+                    add_dist(
+                        &mut step,
+                        &mut ens.members[self.slots[i]],
+                        self.slots[i],
+                        temperature,
+                        req.top_k,
+                    )?;
+                }
+            }
+        }
+        let t_fwd = Instant::now();
+        if step.union.is_empty() {
+            return Err(EngineError::BadSampling(
+                "no member proposed a candidate token (non-finite logits?)".into(),
+            ));
+        }
+
+        // 3–4. Every consulted member's probability of every candidate of the union.
+        let mut probs = Vec::with_capacity(step.dists.len());
+        let mut weights = Vec::with_capacity(step.dists.len());
+        let mut tops = Vec::with_capacity(step.dists.len());
+        for (i, &slot) in self.slots.iter().enumerate() {
+            let Some(dist) = step.dist(slot) else {
+                continue;
+            };
+            let (members, lookups) = (&ens.members, &mut ens.lookups);
+            let vocab = members[slot].vocab();
+            let p = step.member_probs(slot, |cand, ids| {
+                match &cand.key {
+                    CandidateKey::Eos => ids.extend_from_slice(vocab.eos_ids()),
+                    CandidateKey::Bytes(bytes) => {
+                        if let Some(id) = lookups
+                            .get_mut(slot)
+                            .and_then(|l| l.find(vocab, bytes, &cand.proposers))
+                        {
+                            ids.push(id);
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            probs.push(p);
+            weights.push(self.weights[i]);
+            tops.push(dist.top_prob());
+        }
+
+        // 5. Combine, and 6. choose.
+        let combined = combine(&probs, &step_weights(req.combine, &weights, &tops));
+        let chosen = choose(&combined.probs, &req.sampling, &mut self.rng);
+        let cand = &step.union.candidates[chosen];
+        let t_pick = Instant::now();
+
+        // 7. Feedback: every taking-part member commits the chosen bytes in its own
+        // tokens (a member the gate skipped re-encodes them).
+        let ended = match &cand.key {
+            CandidateKey::Eos => Some(StopReason::Eos),
+            CandidateKey::Bytes(bytes) => {
+                for &slot in &self.slots {
+                    let own = step.dist(slot).and(cand.proposed_by(slot));
+                    ens.members[slot].commit(bytes, own)?;
+                }
+                self.text.push(bytes).then_some(StopReason::StopString)
+            }
+        };
+        let t_end = Instant::now();
+
+        let time = StepTime {
+            forward_ms,
+            align_combine_ms: (t_pick - t_fwd).as_secs_f64() * 1e3,
+            feedback_ms: (t_end - t_pick).as_secs_f64() * 1e3,
+            total_ms: (t_end - t_step).as_secs_f64() * 1e3,
+            ensembled: step.dists.len() > 1,
+        };
+        let choice = |c: usize| {
+            let key = &step.union.candidates[c].key;
+            Choice {
+                bytes: match key {
+                    CandidateKey::Bytes(b) => b.clone(),
+                    CandidateKey::Eos => Vec::new(),
+                },
+                eos: *key == CandidateKey::Eos,
+                prob: combined.mixture[c],
+            }
+        };
+        let mut order: Vec<usize> = (0..combined.probs.len()).collect();
+        order.sort_by(|&a, &b| combined.probs[b].total_cmp(&combined.probs[a]));
+        let mut consulted = 0;
+        let members = self
+            .slots
+            .iter()
+            .map(|&slot| {
+                let p = step.dist(slot).map(|_| {
+                    consulted += 1;
+                    probs[consulted - 1][chosen]
+                });
+                MemberStep {
+                    slot,
+                    consulted: p.is_some(),
+                    id: p.and(cand.proposed_by(slot)),
+                    prob: p,
+                }
+            })
+            .collect();
+        events.push(Event::Step(StepEvent {
+            index: self.steps.len(),
+            chosen: choice(chosen),
+            alternatives: order
+                .iter()
+                .take(req.alternatives)
+                .map(|&c| choice(c))
+                .collect(),
+            union_size: step.union.len(),
+            members,
+            time: time.clone(),
+        }));
+        self.steps.push(time);
+        match ended {
+            Some(reason) => Ok(self.end(reason, events)),
+            None => {
+                if let Some(text) = self.text.take_ready(false) {
+                    events.push(Event::Text(text));
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Ends with `reason`, releasing the text held back.
+    fn end(&mut self, reason: StopReason, events: &mut Vec<Event>) -> bool {
+        if self.stop.is_none() {
+            self.stop = Some(reason);
+            if let Some(text) = self.text.take_ready(true) {
+                events.push(Event::Text(text));
+            }
+        }
+        true
+    }
+
+    fn cancel(&mut self, events: &mut Vec<Event>) {
+        self.end(StopReason::Cancelled, events);
+    }
+
+    fn finish(self, ens: &Ensemble) -> (Generation, Finish) {
+        let stop_reason = self.stop.unwrap_or(StopReason::Cancelled);
+        let steps = self.steps;
+        let tokens = steps.len() - usize::from(stop_reason == StopReason::Eos && !steps.is_empty());
         let ensembled_steps = steps.iter().filter(|s| s.ensembled).count();
-        let members = active
+        let members: Vec<MemberReport> = self
+            .slots
             .iter()
             .enumerate()
             .map(|(i, &slot)| {
-                let m = &self.members[slot];
+                let m = &ens.members[slot];
                 MemberReport {
+                    slot,
                     name: m.name().to_string(),
-                    weight: weights[i],
+                    weight: self.weights[i],
                     prompt_tokens: m.prompt_len(),
                     ids: m.generated().to_vec(),
                     rollbacks: m.rollbacks(),
@@ -876,8 +943,8 @@ impl Ensemble {
         let prefill_ms = steps.first().map_or(0.0, |s| s.total_ms);
         let rest_ms: f64 = steps.iter().skip(1).map(|s| s.total_ms).sum();
         let rest_n = steps.len().saturating_sub(1);
-        Generation {
-            text,
+        let generation = Generation {
+            text: self.text.text(),
             stop_reason,
             tokens,
             ensembled_steps,
@@ -888,9 +955,8 @@ impl Ensemble {
             },
             members,
             timing: Timing {
-                load_ms: self.load_ms,
                 prefill_ms,
-                total_ms,
+                total_ms: self.started.elapsed().as_secs_f64() * 1e3,
                 tokens_per_s: if rest_ms > 0.0 {
                     rest_n as f64 * 1e3 / rest_ms
                 } else {
@@ -905,59 +971,74 @@ impl Ensemble {
                 feedback_ms: steps.iter().map(|s| s.feedback_ms).sum(),
             },
             steps,
-        }
+        };
+        let finish = Finish {
+            reason: stop_reason,
+            usage: generation.usage(),
+        };
+        (generation, finish)
     }
 }
 
-/// The chosen candidate and, per active member, the id it proposed for it.
-struct Pick {
-    key: CandidateKey,
-    own: Vec<Option<u32>>,
+/// Member `slot`'s distribution into the step.
+fn add_dist(
+    step: &mut Step,
+    member: &mut Member,
+    slot: usize,
+    temperature: f32,
+    k: usize,
+) -> Result<()> {
+    if let Some(d) = member.distribution(temperature, k)? {
+        let vocab = member.vocab();
+        step.add(slot, vocab, d);
+    }
+    Ok(())
 }
 
-/// Forwards the members `active[i]` with `run[i]`, one thread each when several run.
+/// Forwards the taking-part members at positions `run` (indices into `slots`): members
+/// off the host CPU (GPUs, servers) each in a thread of their own, while the host-CPU
+/// members run one after the other on this thread.
 ///
-/// Members that all sit on the CPU run one after the other instead: each forward
-/// already uses every core through candle's thread pool, and two concurrent forwards
-/// fight over the same cores (measured on 2 cores: 58 ms/token in threads against
-/// 40 ms/token in sequence for the demo pair).
-fn forward_parallel(
-    members: &mut [Member],
-    active: &[usize],
-    run: &[bool],
-    ms: &mut [f64],
-) -> Result<()> {
-    let mut selected: Vec<(usize, &mut Member)> = members
+/// Host-CPU members do not run concurrently: each forward already uses every core
+/// through candle's thread pool, and two concurrent forwards fight over the same cores
+/// (measured on 2 cores: 58 ms/token in threads against 40 ms/token in sequence for the
+/// demo pair).
+fn forward(members: &mut [Member], slots: &[usize], run: &[usize], ms: &mut [f64]) -> Result<()> {
+    let selected: Vec<(usize, &mut Member)> = members
         .iter_mut()
         .enumerate()
         .filter_map(|(slot, m)| {
-            let i = active.iter().position(|&s| s == slot)?;
-            run[i].then_some((i, m))
+            let i = slots.iter().position(|&s| s == slot)?;
+            run.contains(&i).then_some((i, m))
         })
         .collect();
-    let all_cpu = selected.iter().all(|(_, m)| m.model().lm.device().is_cpu());
-    if selected.len() <= 1 || all_cpu {
-        for (i, m) in selected {
-            ms[i] = m.forward_pending()?.1;
+    let (local, away): (Vec<_>, Vec<_>) = selected
+        .into_iter()
+        .partition(|(_, m)| m.backend().uses_host_cpu());
+    if away.is_empty() {
+        for (i, m) in local {
+            ms[i] = m.forward_pending()?;
         }
         return Ok(());
     }
-    let results: Vec<(usize, Result<f64>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = selected
-            .iter_mut()
-            .map(|(i, m)| {
-                let i = *i;
-                (i, s.spawn(move || m.forward_pending().map(|(_, t)| t)))
-            })
-            .collect();
-        handles
+    let mut results: Vec<(usize, Result<f64>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = away
             .into_iter()
-            .map(|(i, h)| match h.join() {
-                Ok(r) => (i, r),
+            .map(|(i, m)| (i, s.spawn(move || m.forward_pending())))
+            .collect();
+        let mut done: Vec<(usize, Result<f64>)> = local
+            .into_iter()
+            .map(|(i, m)| (i, m.forward_pending()))
+            .collect();
+        for (i, h) in handles {
+            match h.join() {
+                Ok(r) => done.push((i, r)),
                 Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
+            }
+        }
+        done
     });
+    results.sort_by_key(|(i, _)| *i);
     for (i, r) in results {
         ms[i] = r?;
     }

@@ -5,6 +5,7 @@ use crate::align::AlignError;
 
 /// Errors of building an [`crate::engine::Ensemble`] and of generating with it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// A member could not be loaded or failed while running.
     #[error("member `{member}`: {source}")]
@@ -23,7 +24,6 @@ pub enum EngineError {
     /// A tensor operation outside the models failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
-
     #[error("top-k kernel failed: {0}")]
     Kernel(#[from] tutti_kernels::KernelError),
     /// An ensemble needs at least one member.
@@ -32,8 +32,8 @@ pub enum EngineError {
     /// Weights must be finite, non-negative and not all zero.
     #[error("invalid weights {weights:?}: {reason}")]
     BadWeights { weights: Vec<f32>, reason: String },
-    /// `top_k` must be at least 1.
-    #[error("top-k must be at least 1 (got {0})")]
+    /// `top_k` must be between 1 and [`crate::engine::MAX_TOP_K`].
+    #[error("top-k must be between 1 and {max} (got {0})", max = super::request::MAX_TOP_K)]
     BadTopK(usize),
     /// A sampling parameter out of range.
     #[error("invalid sampling setting: {0}")]
@@ -44,7 +44,10 @@ pub enum EngineError {
     /// A combination rule other than `mean` or `confidence`.
     #[error("invalid combine rule `{0}`: expected `mean` or `confidence`")]
     BadCombine(String),
-    /// A model spec with a malformed `:w=WEIGHT` suffix.
+    /// A request that does not fit the ensemble (member slots, weights, prompt ids).
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    /// A model spec with a malformed suffix.
     #[error("invalid model spec `{spec}`: {reason}")]
     BadSpec { spec: String, reason: String },
     /// The ensemble TOML file could not be read or parsed.
@@ -53,6 +56,16 @@ pub enum EngineError {
     /// Generation needs a non-empty prompt.
     #[error("the prompt is empty; pass a prompt argument or pipe text on stdin")]
     EmptyPrompt,
+    /// The prompt does not fit a member's context.
+    #[error("the prompt is {tokens} tokens for member `{member}`, whose context holds {max}; shorten the prompt")]
+    PromptTooLong {
+        member: String,
+        tokens: usize,
+        max: usize,
+    },
+    /// A member's context is full.
+    #[error("member `{member}`: the context of {max} tokens is full")]
+    ContextFull { member: String, max: usize },
     /// The chosen bytes cannot be written with a member's tokens (no byte tokens).
     #[error("member `{member}` has no tokens for the bytes {bytes:?}")]
     Untokenizable { member: String, bytes: Vec<u8> },

@@ -1,19 +1,21 @@
-//! One member of an ensemble: a loaded model, its byte vocabulary and its decoding
-//! state (committed ids, KV position, last logits).
+//! One member of an ensemble: its backend, its byte vocabulary and its decoding state
+//! (committed ids, how many of them the backend holds, the last logits).
 //!
-//! The state invariant: `committed` is everything the member has been told (prompt
-//! plus generated ids in its own tokenization); its KV cache holds `committed[..kv_len]`;
-//! the ids `committed[kv_len..]` are pending and go into the next forward in one call.
+//! The state invariant: `committed` is everything the member has been told (prompt plus
+//! generated ids in its own tokenization); its backend holds `committed[..cached]`; the
+//! ids `committed[cached..]` are pending and go into the next forward in one call.
 //! Feedback ([`Member::commit`]) appends the chosen bytes in the member's own
-//! tokenization and, when re-tokenizing a short tail changes ids that are already in
-//! the cache, truncates the cache to the longest common prefix (a *rollback*).
+//! tokenization and, when re-tokenizing a short tail changes ids the backend already
+//! holds, cuts `cached` back to the longest common prefix (a *rollback*; the backend
+//! drops the stale positions at its next forward).
 
 use std::time::Instant;
 
-use candle_core::Tensor;
-use tutti_models::Model;
+use tutti_models::{Model, ModelTokenizer};
 
+use super::backend::{Backend, Logits};
 use super::error::{EngineError, Result};
+use super::step::MemberDist;
 use crate::vocab::Vocab;
 
 /// How many generated tokens before the new bytes are re-encoded with them. Long
@@ -29,27 +31,23 @@ pub struct CommitOutcome {
     pub appended: usize,
 }
 
-/// A model taking part in the ensemble, with its weight and decoding state.
+/// A model taking part in the ensemble, with its default weight and decoding state.
 pub struct Member {
-    model: Model,
+    backend: Box<dyn Backend>,
     vocab: Vocab,
     name: String,
     weight: f32,
     committed: Vec<u32>,
     prompt_len: usize,
-    kv_len: usize,
-    /// Logits after `committed[..kv_len]`, valid while nothing is pending.
-    logits: Option<Vec<f32>>,
-    /// The same logits left where the model computed them, when `device_topk` is on.
-    logits_tensor: Option<Tensor>,
-    /// Top-k and gathers run on the logits tensor (`tutti_kernels`' device dispatch)
-    /// instead of on a host copy of the row. On by default for members off the CPU.
-    device_topk: bool,
-    /// `vocab.is_candidate(id)` for every logit id: the device top-k's mask (empty while
-    /// `device_topk` is off).
+    cached: usize,
+    /// The distribution after `committed[..cached]`, valid while nothing is pending.
+    logits: Option<Logits>,
+    /// `vocab.is_candidate(id)` for every logit id: the device top-k's mask (made on
+    /// first use).
     candidate_mask: Vec<bool>,
     rollbacks: usize,
     rolled_back_tokens: usize,
+    distributions: usize,
 }
 
 impl std::fmt::Debug for Member {
@@ -58,84 +56,70 @@ impl std::fmt::Debug for Member {
             .field("name", &self.name)
             .field("weight", &self.weight)
             .field("committed", &self.committed.len())
-            .field("kv_len", &self.kv_len)
+            .field("cached", &self.cached)
             .finish()
     }
 }
 
 impl Member {
-    /// Wraps a loaded model; reads its byte vocabulary.
-    pub fn new(model: Model, weight: f32) -> Result<Member> {
-        let name = model.info.name.clone();
-        let vocab = Vocab::from_tokenizer(
-            model.tokenizer.inner(),
-            model.tokenizer.eos_ids(),
-            Some(model.lm.vocab_size()),
-        )
-        .map_err(|source| EngineError::Align {
-            member: name.clone(),
-            source,
-        })?;
-        let device_topk = !model.lm.device().is_cpu();
-        let mut m = Member {
-            model,
+    /// Wraps a backend; reads its byte vocabulary.
+    pub fn new(backend: Box<dyn Backend>, weight: f32) -> Result<Member> {
+        let name = backend.name().to_string();
+        let tok = backend.tokenizer();
+        let vocab = Vocab::from_tokenizer(tok.inner(), tok.eos_ids(), Some(backend.logit_width()))
+            .map_err(|source| EngineError::Align {
+                member: name.clone(),
+                source: source.into(),
+            })?;
+        Ok(Member {
+            backend,
             vocab,
             name,
             weight,
             committed: Vec::new(),
             prompt_len: 0,
-            kv_len: 0,
+            cached: 0,
             logits: None,
-            logits_tensor: None,
-            device_topk: false,
             candidate_mask: Vec::new(),
             rollbacks: 0,
             rolled_back_tokens: 0,
-        };
-        m.set_device_topk(device_topk);
-        Ok(m)
+            distributions: 0,
+        })
     }
 
-    /// Runs top-k and gathers on the logits tensor where the model computed them (on,
-    /// by default, for GPU members: only the packed top-k and the gathered
-    /// probabilities cross to the host) or on a host copy of the row (off; the default
-    /// on the CPU). On the CPU both give the same numbers bit for bit. Takes effect at
-    /// the next forward.
-    pub fn set_device_topk(&mut self, on: bool) {
-        self.device_topk = on;
-        self.candidate_mask = if on {
-            (0..self.model.lm.vocab_size() as u32)
-                .map(|id| self.vocab.is_candidate(id))
-                .collect()
-        } else {
-            Vec::new()
-        };
-    }
-
-    /// Whether top-k runs on the logits tensor ([`Member::set_device_topk`]).
-    pub fn device_topk(&self) -> bool {
-        self.device_topk
-    }
-
-    /// The device top-k's mask: `vocab.is_candidate` per logit id.
-    pub(crate) fn candidate_mask(&self) -> &[bool] {
-        &self.candidate_mask
+    /// Runs top-k and gathers on the logits tensor where the model computed them (the
+    /// default for GPU members: only the packed top-k and the gathered probabilities
+    /// cross to the host) or on a host copy (the default on the CPU). On the CPU both
+    /// give the same numbers bit for bit. Takes effect at the next forward.
+    pub fn set_device_topk(&mut self, on: bool) -> bool {
+        self.backend.keep_logits_on_device(on)
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The member's own weight (a request may override it).
     pub fn weight(&self) -> f32 {
         self.weight
     }
 
-    pub(crate) fn set_weight(&mut self, w: f32) {
-        self.weight = w;
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
     }
 
-    pub fn model(&self) -> &Model {
-        &self.model
+    pub fn tokenizer(&self) -> &ModelTokenizer {
+        self.backend.tokenizer()
+    }
+
+    /// The loaded model of a member that runs in this process.
+    pub fn model(&self) -> Option<&Model> {
+        self.backend.local()
+    }
+
+    /// Mutable access to a local model, for tests and tools that check the KV state.
+    pub fn model_mut(&mut self) -> Option<&mut Model> {
+        self.backend.local_mut()
     }
 
     pub fn vocab(&self) -> &Vocab {
@@ -157,14 +141,14 @@ impl Member {
         &self.committed[self.prompt_len..]
     }
 
-    /// Positions held in the KV cache.
-    pub fn kv_len(&self) -> usize {
-        self.kv_len
+    /// Ids the backend holds (its KV cache, for a local model).
+    pub fn cached(&self) -> usize {
+        self.cached
     }
 
     /// Ids committed but not yet fed to the model.
     pub fn pending(&self) -> usize {
-        self.committed.len() - self.kv_len
+        self.committed.len() - self.cached
     }
 
     /// Feedback events that replaced ids already committed.
@@ -177,110 +161,98 @@ impl Member {
         self.rolled_back_tokens
     }
 
-    /// Starts a new text: empties the cache and commits the prompt ids.
-    pub fn start(&mut self, prompt_ids: Vec<u32>) {
-        self.model.lm.reset();
+    /// Distributions computed since the text started (one per step that consulted
+    /// this member).
+    pub fn distributions(&self) -> usize {
+        self.distributions
+    }
+
+    /// Starts a new text with `prompt_ids`; fails when they do not fit the model's
+    /// context.
+    pub fn start(&mut self, prompt_ids: Vec<u32>) -> Result<()> {
+        let max = self.backend.context_length();
+        if prompt_ids.len() > max {
+            return Err(EngineError::PromptTooLong {
+                member: self.name.clone(),
+                tokens: prompt_ids.len(),
+                max,
+            });
+        }
         self.prompt_len = prompt_ids.len();
         self.committed = prompt_ids;
-        self.kv_len = 0;
+        self.cached = 0;
         self.logits = None;
-        self.logits_tensor = None;
         self.rollbacks = 0;
         self.rolled_back_tokens = 0;
+        self.distributions = 0;
+        Ok(())
     }
 
-    fn model_err(&self, source: tutti_models::Error) -> EngineError {
-        EngineError::Model {
-            member: self.name.clone(),
-            source,
-        }
+    /// Whether one more token still fits the model's context.
+    pub fn has_room(&self) -> bool {
+        self.committed.len() < self.backend.context_length()
     }
 
-    /// Feeds every pending id in one forward and returns the next-token logits (the
-    /// cached ones when nothing is pending; empty when they stay on the device, see
-    /// [`Member::set_device_topk`] and [`Member::logits_tensor`]). Also returns the
-    /// forward's duration.
-    pub fn forward_pending(&mut self) -> Result<(&[f32], f64)> {
+    /// Feeds every pending id in one forward (nothing when the logits are current) and
+    /// returns the forward's duration in milliseconds.
+    pub fn forward_pending(&mut self) -> Result<f64> {
         let t0 = Instant::now();
-        let have = self.logits.is_some() || self.logits_tensor.is_some();
-        if self.kv_len < self.committed.len() || !have {
-            if self.kv_len == self.committed.len() {
-                // Logits lost (e.g. after `start` with an empty prompt is impossible, but a
-                // truncate to the full length can get here): recompute the last position.
-                if self.kv_len == 0 {
-                    return Err(self.model_err(tutti_models::Error::EmptyInput));
-                }
-                self.kv_len -= 1;
-                self.model.lm.truncate(self.kv_len);
+        if self.logits.is_none() || self.pending() > 0 {
+            if self.committed.is_empty() {
+                return Err(EngineError::EmptyPrompt);
             }
-            let out = self
-                .model
-                .lm
-                .forward(&self.committed[self.kv_len..])
-                .map_err(|e| self.model_err(e))?;
-            if self.device_topk {
-                // Wait for the device so the forward's time is the forward's.
-                out.device().synchronize()?;
-                self.logits = None;
-                self.logits_tensor = Some(out);
-            } else {
-                let v: Vec<f32> = out.to_vec1()?;
-                self.logits = Some(v);
-                self.logits_tensor = None;
+            let max = self.backend.context_length();
+            if self.committed.len() > max {
+                return Err(EngineError::ContextFull {
+                    member: self.name.clone(),
+                    max,
+                });
             }
-            self.kv_len = self.committed.len();
+            self.logits = Some(self.backend.forward(&self.committed, self.cached)?);
+            self.cached = self.committed.len();
         }
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        Ok((self.logits.as_deref().unwrap_or_default(), ms))
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
     }
 
-    /// The logits of the last forward, when nothing is pending since (and they were
-    /// copied to the host: not under [`Member::set_device_topk`]).
-    pub fn logits(&self) -> Option<&[f32]> {
-        if self.kv_len == self.committed.len() {
-            self.logits.as_deref()
+    /// The logits of the last forward, when nothing is pending since.
+    pub fn logits(&self) -> Option<&Logits> {
+        if self.pending() == 0 {
+            self.logits.as_ref()
         } else {
             None
         }
     }
 
-    /// The logits of the last forward as the model returned them, when nothing is
-    /// pending since and [`Member::set_device_topk`] is on.
-    pub fn logits_tensor(&self) -> Option<&Tensor> {
-        if self.kv_len == self.committed.len() {
-            self.logits_tensor.as_ref()
-        } else {
-            None
-        }
+    /// The logits of the last forward as a host row (copied from a tensor when they
+    /// stay on the device), when nothing is pending since.
+    pub fn host_logits(&self) -> Result<Option<Vec<f32>>> {
+        Ok(match self.logits() {
+            Some(Logits::Host(row)) => Some(row.to_vec()),
+            Some(Logits::Tensor(t)) => Some(t.to_vec1()?),
+            Some(Logits::Sparse(_)) | None => None,
+        })
     }
 
-    /// This step's distribution over the member's logits, wherever they are; `k` is the
-    /// most candidates that will be asked of it (the device top-k runs once, here).
-    pub fn step_distribution(
-        &self,
-        temperature: f32,
-        k: usize,
-    ) -> Result<Option<super::step::StepDist<'_>>> {
-        use super::step::{Distribution, StepDist, TensorDist};
-        if let Some(l) = self.logits() {
-            return Ok(Some(StepDist::Host(Distribution::new(l, temperature))));
+    /// This step's distribution at `temperature` with the member's `k` most probable
+    /// candidates; `None` before a forward.
+    pub fn distribution(&mut self, temperature: f32, k: usize) -> Result<Option<MemberDist>> {
+        let Some(logits) = self.logits().cloned() else {
+            return Ok(None);
+        };
+        if matches!(logits, Logits::Tensor(_)) && self.candidate_mask.is_empty() {
+            self.candidate_mask = (0..self.backend.logit_width() as u32)
+                .map(|id| self.vocab.is_candidate(id))
+                .collect();
         }
-        match self.logits_tensor() {
-            Some(t) => Ok(Some(StepDist::Tensor(TensorDist::new(
-                t,
-                temperature,
-                k,
-                self.candidate_mask(),
-            )?))),
-            None => Ok(None),
-        }
+        self.distributions += 1;
+        MemberDist::new(&logits, temperature, k, &self.vocab, &self.candidate_mask).map(Some)
     }
 
     /// Appends the chosen `bytes`. `own` is this member's id for exactly these bytes
     /// when the member itself proposed it: then it is appended as is, as a single model
     /// would. Otherwise the last [`TAIL_WINDOW`] generated tokens are re-encoded with
-    /// the new bytes; the longest common prefix with the committed ids is kept, the KV
-    /// cache is cut back to it and the rest becomes pending.
+    /// the new bytes; the longest common prefix with the committed ids is kept, the
+    /// backend's cached positions are cut back to it and the rest becomes pending.
     pub fn commit(&mut self, bytes: &[u8], own: Option<u32>) -> Result<CommitOutcome> {
         if let Some(id) = own {
             self.committed.push(id);
@@ -318,17 +290,14 @@ impl Member {
             self.rollbacks += 1;
             self.rolled_back_tokens += replaced;
         }
-        if self.kv_len > keep {
-            self.model.lm.truncate(keep);
-            self.kv_len = keep;
-        }
+        self.cached = self.cached.min(keep);
         Ok(CommitOutcome { replaced, appended })
     }
 
     /// This member's own encoding of `bytes`, if it decodes back to exactly them.
     fn reencode(&self, bytes: &[u8]) -> Option<Vec<u32>> {
         let text = std::str::from_utf8(bytes).ok()?;
-        let ids = self.model.tokenizer.encode(text, false).ok()?;
+        let ids = self.tokenizer().encode(text, false).ok()?;
         if ids.is_empty() || self.vocab.decode_bytes(&ids) != bytes {
             return None;
         }
@@ -357,33 +326,5 @@ impl Member {
             }
         }
         Ok(ids)
-    }
-
-    /// The first token of this member's own encoding of `bytes`: its tokenizer's when
-    /// the bytes are valid UTF-8 and that token is a prefix of them, else the longest
-    /// token that is a prefix.
-    pub fn first_token_of(&self, bytes: &[u8]) -> Option<u32> {
-        if let Ok(text) = std::str::from_utf8(bytes) {
-            if let Ok(ids) = self.model.tokenizer.encode(text, false) {
-                if let Some(&first) = ids.first() {
-                    if self
-                        .vocab
-                        .bytes(first)
-                        .is_some_and(|s| !s.is_empty() && bytes.starts_with(s))
-                        && self.vocab.is_candidate(first)
-                    {
-                        return Some(first);
-                    }
-                }
-            }
-        }
-        (1..=bytes.len())
-            .rev()
-            .find_map(|end| self.vocab.id_of(&bytes[..end]))
-    }
-
-    /// Mutable access to the model, for tests and tools that check the KV state.
-    pub fn model_mut(&mut self) -> &mut Model {
-        &mut self.model
     }
 }

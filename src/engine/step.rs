@@ -1,14 +1,20 @@
-//! The pieces of one decoding step after the forwards, in the order a token takes
-//! through them: [`Distribution`] (softmax with temperature) → [`Distribution::top_k`]
-//! → [`Union`] of candidates keyed by bytes → [`combine`] (weighted average of every
-//! member's probability of every candidate) → [`choose`] (greedy or seeded sampling).
+//! One decoding step after the forwards, in the order a token takes through it:
+//! each consulted member's distribution and top-k ([`MemberDist`], computed once per
+//! step) → the [`Union`] of their candidates, keyed by bytes → every consulted member's
+//! probability of every candidate ([`Step::table`]: its own id, else the vocabulary
+//! alignment's) → [`combine`] → [`choose`].
+//!
+//! Members are always named by their slot in the ensemble, whichever subset of them
+//! takes part in a request and in whatever order.
 
 use std::collections::HashMap;
 
 use rand::Rng;
-
 use tutti_kernels::LogNorm;
 
+use super::backend::{Logits, SparseLogits};
+use super::error::{EngineError, Result};
+use super::request::{Combine, Sampling};
 use crate::vocab::Vocab;
 
 /// What a candidate stands for: end of sequence (matched by role across members) or a
@@ -19,9 +25,18 @@ pub enum CandidateKey {
     Bytes(Vec<u8>),
 }
 
-/// One member's next-token distribution at this step, over its logits. A thin view on
-/// the hot path in `tutti_kernels` (normaliser, top-k, gather), so the CPU engine and the
-/// device kernels share one definition of these numbers.
+/// The key of `id` in `vocab`.
+pub fn key_of(vocab: &Vocab, id: u32) -> Option<CandidateKey> {
+    if vocab.is_eos(id) {
+        Some(CandidateKey::Eos)
+    } else {
+        vocab.bytes(id).map(|b| CandidateKey::Bytes(b.to_vec()))
+    }
+}
+
+/// A softmax over a host row of logits: only the normaliser is computed over the whole
+/// vocabulary (one vectorised pass in `tutti_kernels::cpu`), probabilities of single ids
+/// on demand.
 pub struct Distribution<'a> {
     logits: &'a [f32],
     /// `None` when the logits hold no distribution (empty, NaN or +inf): every
@@ -30,12 +45,7 @@ pub struct Distribution<'a> {
 }
 
 impl<'a> Distribution<'a> {
-    /// Softmax of `logits / temperature` (temperature 1 for greedy decoding; 0 is the
-    /// argmax limit).
-    ///
-    /// Only the normaliser is computed over the whole vocabulary (one vectorised pass, see
-    /// `tutti_kernels::cpu`): the hot path of every step runs over up to 262k logits per
-    /// member.
+    /// Softmax of `logits / temperature` (0 is the argmax limit).
     pub fn new(logits: &'a [f32], temperature: f32) -> Distribution<'a> {
         Distribution {
             logits,
@@ -52,50 +62,72 @@ impl<'a> Distribution<'a> {
         }
     }
 
-    /// The `k` most probable candidate ids of `vocab` (non-candidates such as control
-    /// tokens and logit padding are skipped), most probable first, ties by lower id.
+    /// The `k` most probable candidate ids of `vocab` (control tokens and logit
+    /// padding are skipped), most probable first, ties by lower id.
     pub fn top_k(&self, vocab: &Vocab, k: usize) -> Vec<(u32, f32)> {
         let Some(norm) = &self.norm else {
             return Vec::new();
         };
-        // Only k = 0 is refused, and it selects nothing.
         tutti_kernels::select_topk_by(self.logits, norm, k, |id| vocab.is_candidate(id))
             .map(|top| top.iter().collect())
             .unwrap_or_default()
     }
 }
 
-/// One member's distribution at a step: over a host copy of its logits, or over the
-/// logits tensor on the member's device ([`crate::engine::Member::set_device_topk`]).
-pub enum StepDist<'a> {
-    Host(Distribution<'a>),
-    Tensor(TensorDist),
+/// A distribution known by its head only ([`Logits::Sparse`]). Ids outside the head
+/// share the remaining mass evenly, each capped at the head's smallest probability (an
+/// id the server did not list cannot be likelier than one it did). A temperature other
+/// than 1 is applied to the head and to that even share, then renormalised.
+pub struct SparseDist {
+    probs: HashMap<u32, f32>,
+    rest_each: f32,
 }
 
-impl StepDist<'_> {
-    /// The `k` most probable candidate ids (see [`Distribution::top_k`]).
-    pub fn top_k(&self, vocab: &Vocab, k: usize) -> Vec<(u32, f32)> {
-        match self {
-            StepDist::Host(d) => d.top_k(vocab, k),
-            StepDist::Tensor(d) => d.top_k(k),
+impl SparseDist {
+    pub fn new(s: &SparseLogits, width: usize, temperature: f32) -> SparseDist {
+        let t = f64::from(temperature.max(1e-6));
+        let n_rest = width.saturating_sub(s.top.len()).max(1) as f64;
+        let floor = s
+            .top
+            .iter()
+            .map(|&(_, lp)| f64::from(lp).exp())
+            .fold(f64::INFINITY, f64::min);
+        let each = (f64::from(s.rest.max(0.0)) / n_rest).min(floor);
+        let q = |p: f64| if p > 0.0 { (p.ln() / t).exp() } else { 0.0 };
+        let head: Vec<(u32, f64)> = s
+            .top
+            .iter()
+            .map(|&(id, lp)| (id, q(f64::from(lp).exp())))
+            .collect();
+        let rest_each = q(each);
+        let z = head.iter().map(|&(_, x)| x).sum::<f64>() + n_rest * rest_each;
+        let z = if z > 0.0 { z } else { 1.0 };
+        SparseDist {
+            probs: head
+                .into_iter()
+                .map(|(id, x)| (id, (x / z) as f32))
+                .collect(),
+            rest_each: (rest_each / z) as f32,
         }
+    }
+
+    pub fn prob(&self, id: u32) -> f32 {
+        self.probs.get(&id).copied().unwrap_or(self.rest_each)
     }
 }
 
 /// A distribution over a logits tensor: the fused softmax + top-k kernel of
 /// `tutti_kernels` runs once when it is made (on the tensor's device), and probabilities
-/// of other ids are gathered there in one batch ([`TensorDist::probs`]). Ids, order and
-/// probabilities are those of [`Distribution`] over the same logits (bit for bit on the
-/// CPU; to float rounding of the normaliser on a GPU).
+/// of other ids are gathered there in one batch. Ids, order and probabilities are those
+/// of [`Distribution`] over the same logits (bit for bit on the CPU; to float rounding
+/// of the normaliser on a GPU).
 pub struct TensorDist {
     logits: candle_core::Tensor,
-    /// `None` when the logits hold no distribution (as [`Distribution`]'s `norm`).
+    /// `None` when the logits hold no distribution.
     top: Option<tutti_kernels::TopK>,
 }
 
 impl TensorDist {
-    /// Softmax of `logits / temperature` and its `k` most probable ids among those
-    /// `candidates` marks.
     pub fn new(
         logits: &candle_core::Tensor,
         temperature: f32,
@@ -127,8 +159,7 @@ impl TensorDist {
             .unwrap_or_default()
     }
 
-    /// Probabilities of `ids` (0 past the logits, and everywhere when there is no
-    /// distribution), in one gather on the device.
+    /// Probabilities of `ids` in one gather on the device.
     pub fn probs(&self, ids: &[u32]) -> std::result::Result<Vec<f32>, tutti_kernels::KernelError> {
         match &self.top {
             Some(t) => tutti_kernels::gather_probs_tensor(&self.logits, &t.norm, ids),
@@ -137,15 +168,92 @@ impl TensorDist {
     }
 }
 
-/// `e^x` for `x ≤ 0` (vectorisable, ~3e-7 relative), shared with the kernels crate.
-pub use tutti_kernels::exp_nonpositive;
+enum DistKind {
+    Host {
+        logits: std::sync::Arc<[f32]>,
+        norm: Option<LogNorm>,
+    },
+    Tensor(TensorDist),
+    Sparse(SparseDist),
+}
 
-/// The key of `id` in `vocab`.
-pub fn key_of(vocab: &Vocab, id: u32) -> Option<CandidateKey> {
-    if vocab.is_eos(id) {
-        Some(CandidateKey::Eos)
-    } else {
-        vocab.bytes(id).map(|b| CandidateKey::Bytes(b.to_vec()))
+/// One consulted member's distribution at this step, at the request's temperature,
+/// with its `k` most probable candidates. Made once per member and step.
+pub struct MemberDist {
+    kind: DistKind,
+    top: Vec<(u32, f32)>,
+}
+
+impl MemberDist {
+    /// `candidates` is the member's `vocab.is_candidate` per logit id, needed (and only
+    /// read) for tensor logits.
+    pub fn new(
+        logits: &Logits,
+        temperature: f32,
+        k: usize,
+        vocab: &Vocab,
+        candidates: &[bool],
+    ) -> Result<MemberDist> {
+        Ok(match logits {
+            Logits::Host(row) => {
+                let d = Distribution::new(row, temperature);
+                let top = d.top_k(vocab, k);
+                MemberDist {
+                    kind: DistKind::Host {
+                        logits: row.clone(),
+                        norm: d.norm,
+                    },
+                    top,
+                }
+            }
+            Logits::Tensor(t) => {
+                let d = TensorDist::new(t, temperature, k, candidates)?;
+                MemberDist {
+                    top: d.top_k(k),
+                    kind: DistKind::Tensor(d),
+                }
+            }
+            Logits::Sparse(s) => {
+                let d = SparseDist::new(s, vocab.logit_width(), temperature);
+                let mut top: Vec<(u32, f32)> = s
+                    .top
+                    .iter()
+                    .filter(|&&(id, _)| vocab.is_candidate(id))
+                    .map(|&(id, _)| (id, d.prob(id)))
+                    .collect();
+                top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                top.truncate(k);
+                MemberDist {
+                    kind: DistKind::Sparse(d),
+                    top,
+                }
+            }
+        })
+    }
+
+    /// The member's most probable candidates, most probable first.
+    pub fn top(&self) -> &[(u32, f32)] {
+        &self.top
+    }
+
+    /// Probability of the member's most probable candidate (its confidence).
+    pub fn top_prob(&self) -> f32 {
+        self.top.first().map_or(0.0, |&(_, p)| p)
+    }
+
+    /// Probabilities of `ids` (0 for ids without a logit).
+    pub fn probs(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        Ok(match &self.kind {
+            DistKind::Host { logits, norm } => ids
+                .iter()
+                .map(|&id| match (logits.get(id as usize), norm) {
+                    (Some(&l), Some(n)) => n.prob(l),
+                    _ => 0.0,
+                })
+                .collect(),
+            DistKind::Tensor(d) => d.probs(ids)?,
+            DistKind::Sparse(d) => ids.iter().map(|&id| d.prob(id)).collect(),
+        })
     }
 }
 
@@ -153,7 +261,7 @@ pub fn key_of(vocab: &Vocab, id: u32) -> Option<CandidateKey> {
 #[derive(Clone, Debug)]
 pub struct Candidate {
     pub key: CandidateKey,
-    /// `(member slot, id)` for each member that has it in its top-k.
+    /// `(member slot, id)` for each member that has it in its top-k, in proposal order.
     pub proposers: Vec<(usize, u32)>,
 }
 
@@ -168,7 +276,7 @@ impl Candidate {
 }
 
 /// The union of the members' top-k candidates, keyed by bytes, in first-seen order
-/// (members in order, each by rank) so ties break deterministically.
+/// (members in request order, each by rank) so ties break deterministically.
 #[derive(Default, Debug)]
 pub struct Union {
     pub candidates: Vec<Candidate>,
@@ -176,7 +284,7 @@ pub struct Union {
 }
 
 impl Union {
-    /// Adds member `slot`'s proposals.
+    /// Adds the proposals of the member in `slot`.
     pub fn add(&mut self, slot: usize, vocab: &Vocab, top: &[(u32, f32)]) {
         for &(id, _) in top {
             let Some(key) = key_of(vocab, id) else {
@@ -184,8 +292,8 @@ impl Union {
             };
             match self.index.get(&key) {
                 Some(&i) => {
-                    // Two ids of one member with the same surface (EOS variants):
-                    // the first, most probable, one represents it.
+                    // Two ids of one member with the same surface (EOS variants): the
+                    // first, most probable, one represents it.
                     if self.candidates[i].proposed_by(slot).is_none() {
                         self.candidates[i].proposers.push((slot, id));
                     }
@@ -210,11 +318,81 @@ impl Union {
     }
 }
 
-/// Weighted average of per-member probabilities of each union candidate, renormalised
-/// over the union. `probs[m][c]` is member `m`'s probability of candidate `c`.
-pub fn combine(probs: &[Vec<f32>], weights: &[f32]) -> Vec<f32> {
+/// The distributions of the consulted members and the union of their candidates.
+#[derive(Default)]
+pub struct Step {
+    /// `(slot, distribution)` per consulted member, in request order.
+    pub dists: Vec<(usize, MemberDist)>,
+    pub union: Union,
+}
+
+impl Step {
+    /// Adds a consulted member's distribution and its candidates.
+    pub fn add(&mut self, slot: usize, vocab: &Vocab, dist: MemberDist) {
+        self.union.add(slot, vocab, dist.top());
+        self.dists.push((slot, dist));
+    }
+
+    pub fn dist(&self, slot: usize) -> Option<&MemberDist> {
+        self.dists.iter().find(|(s, _)| *s == slot).map(|(_, d)| d)
+    }
+
+    /// Member `slot`'s probability of every union candidate. `ids_for` names the
+    /// member's ids standing for a candidate it did not propose (its EOS ids for the
+    /// EOS candidate, else what the alignment gives); their probabilities are summed.
+    pub fn member_probs(
+        &self,
+        slot: usize,
+        mut ids_for: impl FnMut(&Candidate, &mut Vec<u32>) -> Result<()>,
+    ) -> Result<Vec<f32>> {
+        let dist = self.dist(slot).ok_or_else(|| {
+            EngineError::BadRequest(format!("member #{slot} was not consulted this step"))
+        })?;
+        let mut ids = Vec::new();
+        let mut spans = Vec::with_capacity(self.union.len());
+        for cand in &self.union.candidates {
+            let start = ids.len();
+            match cand.proposed_by(slot) {
+                Some(id) => ids.push(id),
+                None => ids_for(cand, &mut ids)?,
+            }
+            spans.push(start..ids.len());
+        }
+        // One batched lookup (one gather on the device for tensor logits).
+        let p = dist.probs(&ids)?;
+        Ok(spans.into_iter().map(|r| p[r].iter().sum()).collect())
+    }
+}
+
+/// The combined distribution over the union.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Combined {
+    /// Renormalised over the union: what the choice draws from.
+    pub probs: Vec<f32>,
+    /// Each candidate's probability in the weighted mixture of the members' full
+    /// distributions, before renormalising (for one member: its own probability).
+    pub mixture: Vec<f32>,
+}
+
+/// The weights a rule gives the consulted members at this step. `top_probs` are the
+/// members' top-candidate probabilities. All-zero weights become equal ones (a step
+/// where only zero-weight members were consulted still chooses).
+pub fn step_weights(rule: Combine, weights: &[f32], top_probs: &[f32]) -> Vec<f32> {
+    let mut w: Vec<f32> = match rule {
+        Combine::Mean => weights.to_vec(),
+        Combine::Confidence => weights.iter().zip(top_probs).map(|(w, p)| w * p).collect(),
+    };
+    if w.iter().all(|&x| x == 0.0) {
+        w.iter_mut().for_each(|x| *x = 1.0);
+    }
+    w
+}
+
+/// Weighted average of the members' probabilities of each union candidate (`probs[m][c]`
+/// is member `m`'s probability of candidate `c`), renormalised over the union.
+pub fn combine(probs: &[Vec<f32>], weights: &[f32]) -> Combined {
     let n = probs.first().map_or(0, Vec::len);
-    let wsum: f32 = weights.iter().sum();
+    let wsum: f32 = weights.iter().sum::<f32>().max(f32::MIN_POSITIVE);
     let mut out = vec![0.0f32; n];
     for (p, &w) in probs.iter().zip(weights) {
         for (o, &x) in out.iter_mut().zip(p) {
@@ -222,38 +400,10 @@ pub fn combine(probs: &[Vec<f32>], weights: &[f32]) -> Vec<f32> {
         }
     }
     let total: f32 = out.iter().sum();
-    let norm = if total > 0.0 {
-        total
-    } else {
-        wsum.max(f32::MIN_POSITIVE)
-    };
-    for o in &mut out {
-        *o /= norm;
-    }
-    out
-}
-
-/// How the next candidate is chosen.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Sampling {
-    /// The most probable candidate (ties: first in union order).
-    Greedy,
-    /// Members' softmax at `temperature`, then nucleus sampling with `top_p` over the
-    /// combined distribution, from a generator seeded with `seed`.
-    Sample {
-        temperature: f32,
-        top_p: f32,
-        seed: u64,
-    },
-}
-
-impl Sampling {
-    /// The temperature the members' softmax uses.
-    pub fn temperature(&self) -> f32 {
-        match *self {
-            Sampling::Greedy => 1.0,
-            Sampling::Sample { temperature, .. } => temperature,
-        }
+    let norm = if total > 0.0 { total } else { wsum };
+    Combined {
+        probs: out.iter().map(|o| o / norm).collect(),
+        mixture: out.iter().map(|o| o / wsum).collect(),
     }
 }
 
@@ -299,6 +449,9 @@ pub fn argmax(p: &[f32]) -> usize {
     best
 }
 
+/// `e^x` for `x ≤ 0` (vectorisable, ~3e-7 relative), shared with the kernels crate.
+pub use tutti_kernels::exp_nonpositive;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,10 +487,47 @@ mod tests {
     fn combine_weights_and_renormalises() {
         let p = vec![vec![0.5, 0.1], vec![0.0, 0.4]];
         let c = combine(&p, &[1.0, 0.0]);
-        assert!((c[0] - 0.5 / 0.6).abs() < 1e-6);
+        assert!((c.probs[0] - 0.5 / 0.6).abs() < 1e-6);
+        assert_eq!(c.mixture, [0.5, 0.1]);
         let c = combine(&p, &[1.0, 1.0]);
-        assert!((c.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!((c[0] - 0.5).abs() < 1e-6);
+        assert!((c.probs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((c.probs[0] - 0.5).abs() < 1e-6);
+        assert!((c.mixture[1] - 0.25).abs() < 1e-6);
+    }
+
+    #[test]
+    fn step_weights_by_rule() {
+        assert_eq!(
+            step_weights(Combine::Mean, &[1.0, 2.0], &[0.5, 0.5]),
+            [1.0, 2.0]
+        );
+        assert_eq!(
+            step_weights(Combine::Confidence, &[1.0, 2.0], &[0.5, 0.25]),
+            [0.5, 0.5]
+        );
+        assert_eq!(step_weights(Combine::Mean, &[0.0], &[0.9]), [1.0]);
+    }
+
+    #[test]
+    fn sparse_distribution_fills_the_tail() {
+        let s = SparseLogits {
+            top: vec![(3, 0.5f32.ln()), (1, 0.3f32.ln())],
+            rest: 0.2,
+        };
+        let d = SparseDist::new(&s, 12, 1.0);
+        assert!((d.prob(3) - 0.5).abs() < 1e-6);
+        assert!((d.prob(1) - 0.3).abs() < 1e-6);
+        assert!((d.prob(7) - 0.02).abs() < 1e-6, "0.2 over 10 ids");
+        // The tail share never exceeds the smallest listed probability.
+        let thin = SparseLogits {
+            top: vec![(0, 0.05f32.ln())],
+            rest: 0.95,
+        };
+        let d = SparseDist::new(&thin, 3, 1.0);
+        assert!(d.prob(2) <= d.prob(0) + 1e-7);
+        // A lower temperature sharpens the head.
+        let cold = SparseDist::new(&s, 12, 0.5);
+        assert!(cold.prob(3) > 0.5 && cold.prob(7) < 0.02);
     }
 
     #[test]
