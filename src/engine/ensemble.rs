@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tutti_models::{Architecture, DTypeSpec, DeviceSpec, LoadOptions, Model};
+use tutti_models::{Architecture, DTypeSpec, DeviceSpec, LoadOptions, Model, ModelTokenizer};
 
 use super::backend::{Backend, LocalModel};
 use super::error::{EngineError, Result};
@@ -504,39 +504,7 @@ impl Ensemble {
     /// Prompt ids of member `slot` for a text or chat prompt.
     pub fn prompt_ids(&self, slot: usize, prompt: &Prompt) -> Result<Vec<u32>> {
         let m = self.member(slot)?;
-        let tok = m.tokenizer();
-        let err = |source| EngineError::Model {
-            member: m.name().to_string(),
-            source,
-        };
-        let ids = match prompt {
-            Prompt::Raw(text) => tok.encode_prompt(text).map_err(err)?,
-            Prompt::Chat(messages) if tok.chat_template().is_some() => {
-                let pairs: Vec<(String, String)> = messages
-                    .iter()
-                    .map(|m| (m.role.as_str().to_string(), m.content.clone()))
-                    .collect();
-                let rendered = tok.apply_chat_template(&pairs).map_err(err)?;
-                tok.encode(&rendered, true).map_err(err)?
-            }
-            Prompt::Chat(messages) => {
-                let joined: Vec<&str> = messages
-                    .iter()
-                    .map(|m| m.content.as_str())
-                    .filter(|c| !c.is_empty())
-                    .collect();
-                tok.encode_prompt(&joined.join("\n\n")).map_err(err)?
-            }
-            Prompt::Ids(_) => {
-                return Err(EngineError::BadRequest(
-                    "token-id prompts are given per member, not encoded".into(),
-                ))
-            }
-        };
-        if ids.is_empty() {
-            return Err(EngineError::EmptyPrompt);
-        }
-        Ok(ids)
+        encode_prompt(m.tokenizer(), m.name(), prompt)
     }
 
     /// Generates for `request`, delivering [`Event`]s to `sink` as they happen (the sink
@@ -583,6 +551,44 @@ impl Ensemble {
             generation: None,
         })
     }
+}
+
+/// The ids a member with tokenizer `tok` (named `member` in errors) gets for a text or
+/// chat prompt: what [`Ensemble::prompt_ids`] computes, for callers that hold a copy of
+/// the tokenizer on another thread (a server checks prompt lengths before queueing).
+pub fn encode_prompt(tok: &ModelTokenizer, member: &str, prompt: &Prompt) -> Result<Vec<u32>> {
+    let err = |source| EngineError::Model {
+        member: member.to_string(),
+        source,
+    };
+    let ids = match prompt {
+        Prompt::Raw(text) => tok.encode_prompt(text).map_err(err)?,
+        Prompt::Chat(messages) if tok.chat_template().is_some() => {
+            let pairs: Vec<(String, String)> = messages
+                .iter()
+                .map(|m| (m.role.as_str().to_string(), m.content.clone()))
+                .collect();
+            let rendered = tok.apply_chat_template(&pairs).map_err(err)?;
+            tok.encode(&rendered, true).map_err(err)?
+        }
+        Prompt::Chat(messages) => {
+            let joined: Vec<&str> = messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .filter(|c| !c.is_empty())
+                .collect();
+            tok.encode_prompt(&joined.join("\n\n")).map_err(err)?
+        }
+        Prompt::Ids(_) => {
+            return Err(EngineError::BadRequest(
+                "token-id prompts are given per member, not encoded".into(),
+            ))
+        }
+    };
+    if ids.is_empty() {
+        return Err(EngineError::EmptyPrompt);
+    }
+    Ok(ids)
 }
 
 /// Iterator form of a generation ([`Ensemble::stream`]).
@@ -857,6 +863,7 @@ impl Run {
                 },
                 eos: *key == CandidateKey::Eos,
                 prob: combined.mixture[c],
+                proposers: step.union.candidates[c].proposers.clone(),
             }
         };
         let mut order: Vec<usize> = (0..combined.probs.len()).collect();

@@ -53,6 +53,9 @@ pub struct Choice {
     /// Its probability under the combined distribution (for one member: the member's
     /// own probability at the request's temperature).
     pub prob: f32,
+    /// `(member slot, that member's own id)` for each member that proposed it (for one
+    /// member: the token id).
+    pub proposers: Vec<(usize, u32)>,
 }
 
 impl Choice {

@@ -46,7 +46,7 @@ pub mod step;
 
 pub use backend::{Backend, LocalModel, Logits, SparseLogits};
 pub use config::EnsembleFile;
-pub use ensemble::{BuildEvent, Ensemble, EnsembleBuilder, MemberSpec, Stream};
+pub use ensemble::{encode_prompt, BuildEvent, Ensemble, EnsembleBuilder, MemberSpec, Stream};
 pub use error::{EngineError, Result};
 pub use events::{
     Choice, Discard, Event, Finish, Flow, Generation, MemberReport, MemberStep, Sink, StepEvent,
