@@ -16,12 +16,15 @@
 //!
 //! [`Ensemble`] is the entry point; settings travel with each [`Request`]; a single model
 //! is a one-member ensemble. The `bench` module (cargo feature `bench`, on by default)
-//! scores members and ensembles side by side.
+//! scores members and ensembles side by side; the `serve` module (cargo feature `serve`,
+//! on by default) serves an ensemble over the OpenAI HTTP API.
 
 pub mod align;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod engine;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod vocab;
 
 pub use engine::{Ensemble, EnsembleBuilder, Event, Flow, Generation, MemberSpec, Request};

@@ -1,5 +1,5 @@
 //! The `tutti` command line: generation, logits inspection, tokenization, vocabulary
-//! alignment, benchmarks and build information.
+//! alignment, benchmarks, the OpenAI-compatible server and build information.
 
 mod cli;
 
@@ -34,6 +34,8 @@ enum Command {
     Align(cli::align::AlignArgs),
     /// Run members alone and as an ensemble on a benchmark, side by side.
     Bench(cli::bench::BenchArgs),
+    /// Serve the ensemble over the OpenAI HTTP API (completions, chat, models).
+    Serve(cli::serve::ServeArgs),
     /// Print compiled features, available devices and versions.
     Info,
 }
@@ -47,6 +49,7 @@ fn main() {
         Command::Tokenize(args) => cli::tokenize::run(args),
         Command::Align(args) => cli::align::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Serve(args) => cli::serve::run(args),
         Command::Info => cli::info::run(),
     };
     if let Err(err) = result {

@@ -2,6 +2,7 @@
 
 pub mod align;
 pub mod bench;
+pub mod bench_serve;
 pub mod bench_speed;
 pub mod common;
 pub mod ensemble_args;
@@ -9,4 +10,5 @@ pub mod generate;
 pub mod info;
 pub mod log;
 pub mod logits;
+pub mod serve;
 pub mod tokenize;

@@ -1,0 +1,122 @@
+//! `tutti serve`: the ensemble behind an OpenAI-compatible HTTP API (see `tutti::serve`).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tutti::serve::{ServeOptions, Server};
+
+use super::ensemble_args::{self, EnsembleArgs};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Members and the settings every request starts from (a request's own
+    /// temperature, top_p, seed, stop and max_tokens override them).
+    #[command(flatten)]
+    pub ens: EnsembleArgs,
+    /// Address to listen on; anything but loopback exposes the server to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0: any free port; the log line says which).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` (default: the TUTTI_API_KEY environment
+    /// variable; none when neither is set).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Model name clients use [default: the members' names joined by `+`].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Requests that may wait while one decodes; more get 429.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Most tokens one request may ask for.
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens_cap: usize,
+    /// Largest request body in bytes; larger bodies get 413.
+    #[arg(long, default_value_t = 2 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds accepted requests may still run after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub drain_seconds: u64,
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let host: IpAddr = args
+        .host
+        .parse()
+        .with_context(|| format!("--host `{}` is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)", args.host))?;
+    let api_key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("TUTTI_API_KEY").ok())
+        .filter(|k| !k.is_empty());
+    if args.max_tokens_cap == 0 {
+        bail!("--max-tokens-cap must be at least 1");
+    }
+    let plan = ensemble_args::plan(&args.ens)?;
+    let mut template = plan.request.clone();
+    template.max_tokens = template.max_tokens.min(args.max_tokens_cap);
+    let ens = ensemble_args::build(&plan)?;
+    let options = ServeOptions {
+        host,
+        port: args.port,
+        name: args.name.clone(),
+        api_key: api_key.clone(),
+        queue: args.queue,
+        max_tokens_cap: args.max_tokens_cap,
+        max_body_bytes: args.max_body_bytes,
+        drain: Duration::from_secs(args.drain_seconds),
+        template,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // The HTTP side only parses, tokenizes and copies bytes; the cores belong to
+        // the engine thread.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let server = Server::bind(ens, options).await?;
+        let addr = server.local_addr();
+        if !host.is_loopback() && api_key.is_none() {
+            tracing::warn!(
+                "listening on {host} without an API key: anyone who can reach this address can use the server (--api-key)"
+            );
+        }
+        tracing::info!(
+            "serving `{}` on http://{addr} (OpenAI API at http://{addr}/v1; queue {}, max_tokens cap {}{})",
+            server.model_name(),
+            args.queue,
+            args.max_tokens_cap,
+            if api_key.is_some() { ", API key required" } else { "" }
+        );
+        server.run(shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok::<(), anyhow::Error>(())
+    })
+}

@@ -1,0 +1,256 @@
+//! Counters of the server and their Prometheus text exposition (`GET /metrics`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::engine::{Generation, StepTime, StopReason};
+
+/// Upper bounds (seconds) of the step-time histogram buckets.
+const STEP_BUCKETS: [f64; 10] = [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56];
+
+/// Everything `/metrics` reports. Updated by the HTTP handlers (requests, queue) and
+/// the engine thread (steps, tokens, generations).
+#[derive(Default)]
+pub struct Metrics {
+    /// Responses by (endpoint, HTTP status).
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Generations by how they ended.
+    finished: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests waiting in the queue now.
+    pub queue_depth: AtomicUsize,
+    /// Requests the engine skipped because their client had left while they waited.
+    pub skipped: AtomicU64,
+    /// Whether the engine is decoding a request now (0 or 1).
+    pub busy: AtomicUsize,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    steps: AtomicU64,
+    ensembled_steps: AtomicU64,
+    /// Sum of step times in microseconds.
+    step_us: AtomicU64,
+    step_buckets: [AtomicU64; STEP_BUCKETS.len()],
+    rollbacks: AtomicU64,
+    rolled_back_tokens: AtomicU64,
+}
+
+fn reason_name(r: StopReason) -> &'static str {
+    match r {
+        StopReason::Eos => "eos",
+        StopReason::StopString => "stop_string",
+        StopReason::MaxTokens => "max_tokens",
+        StopReason::ContextLength => "context_length",
+        StopReason::Cancelled => "cancelled",
+    }
+}
+
+impl Metrics {
+    pub fn count_response(&self, endpoint: &str, status: u16) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((endpoint.to_string(), status)).or_default() += 1;
+        }
+    }
+
+    /// One decoding step (called by the engine thread).
+    pub fn observe_step(&self, time: &StepTime) {
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        if time.ensembled {
+            self.ensembled_steps.fetch_add(1, Ordering::Relaxed);
+        }
+        self.step_us
+            .fetch_add((time.total_ms * 1e3) as u64, Ordering::Relaxed);
+        let s = time.total_ms / 1e3;
+        if let Some(i) = STEP_BUCKETS.iter().position(|&b| s <= b) {
+            self.step_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A finished generation (called by the engine thread).
+    pub fn observe_generation(&self, g: &Generation) {
+        let usage = g.usage();
+        self.prompt_tokens
+            .fetch_add(usage.prompt_tokens as u64, Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(usage.completion_tokens as u64, Ordering::Relaxed);
+        self.rollbacks
+            .fetch_add(g.rollbacks() as u64, Ordering::Relaxed);
+        let rolled: usize = g.members.iter().map(|m| m.rolled_back_tokens).sum();
+        self.rolled_back_tokens
+            .fetch_add(rolled as u64, Ordering::Relaxed);
+        if let Ok(mut m) = self.finished.lock() {
+            *m.entry(reason_name(g.stop_reason)).or_default() += 1;
+        }
+    }
+
+    /// The Prometheus text format (version 0.0.4).
+    pub fn render(&self, queue_capacity: usize) -> String {
+        let mut out = String::new();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in lines {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let requests: Vec<(String, String)> = self
+            .requests
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|((e, s), n)| (format!("{{endpoint=\"{e}\",status=\"{s}\"}}"), n.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        metric(
+            "tutti_requests_total",
+            "counter",
+            "HTTP responses by endpoint and status.",
+            requests,
+        );
+        let finished: Vec<(String, String)> = self
+            .finished
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), n.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        metric(
+            "tutti_generations_total",
+            "counter",
+            "Generations by how they ended.",
+            finished,
+        );
+        let plain = |v: String| vec![(String::new(), v)];
+        metric(
+            "tutti_prompt_tokens_total",
+            "counter",
+            "Prompt tokens (first taking-part member's tokenization).",
+            plain(load(&self.prompt_tokens).to_string()),
+        );
+        metric(
+            "tutti_completion_tokens_total",
+            "counter",
+            "Generated tokens.",
+            plain(load(&self.completion_tokens).to_string()),
+        );
+        metric(
+            "tutti_queue_depth",
+            "gauge",
+            "Requests waiting for the engine.",
+            plain(self.queue_depth.load(Ordering::Relaxed).to_string()),
+        );
+        metric(
+            "tutti_queue_capacity",
+            "gauge",
+            "Most requests that can wait (--queue).",
+            plain(queue_capacity.to_string()),
+        );
+        metric(
+            "tutti_engine_busy",
+            "gauge",
+            "1 while the engine decodes a request.",
+            plain(self.busy.load(Ordering::Relaxed).to_string()),
+        );
+        metric(
+            "tutti_skipped_total",
+            "counter",
+            "Queued requests dropped because their client left before they started.",
+            plain(load(&self.skipped).to_string()),
+        );
+        let steps = load(&self.steps);
+        let ensembled = load(&self.ensembled_steps);
+        let mut buckets = Vec::new();
+        let mut cumulative = 0;
+        for (b, c) in STEP_BUCKETS.iter().zip(&self.step_buckets) {
+            cumulative += load(c);
+            buckets.push((format!("_bucket{{le=\"{b}\"}}"), cumulative.to_string()));
+        }
+        buckets.push(("_bucket{le=\"+Inf\"}".into(), steps.to_string()));
+        buckets.push((
+            "_sum".into(),
+            format!("{}", load(&self.step_us) as f64 / 1e6),
+        ));
+        buckets.push(("_count".into(), steps.to_string()));
+        metric(
+            "tutti_step_seconds",
+            "histogram",
+            "Wall time of one decoding step.",
+            buckets,
+        );
+        metric(
+            "tutti_ensembled_steps_total",
+            "counter",
+            "Steps that combined more than one member.",
+            plain(ensembled.to_string()),
+        );
+        metric(
+            "tutti_ensembled_share",
+            "gauge",
+            "Ensembled steps over all steps since the start.",
+            plain(if steps == 0 {
+                "0".into()
+            } else {
+                format!("{}", ensembled as f64 / steps as f64)
+            }),
+        );
+        metric(
+            "tutti_rollbacks_total",
+            "counter",
+            "KV-cache rollbacks of members (re-tokenization changed their tail).",
+            plain(load(&self.rollbacks).to_string()),
+        );
+        metric(
+            "tutti_rolled_back_tokens_total",
+            "counter",
+            "Tokens replaced by rollbacks.",
+            plain(load(&self.rolled_back_tokens).to_string()),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_family_and_cumulative_buckets() {
+        let m = Metrics::default();
+        m.count_response("/v1/completions", 200);
+        m.count_response("/v1/completions", 200);
+        m.count_response("/v1/chat/completions", 429);
+        for ms in [3.0, 30.0, 3000.0] {
+            m.observe_step(&StepTime {
+                total_ms: ms,
+                ensembled: ms > 10.0,
+                ..StepTime::default()
+            });
+        }
+        let text = m.render(64);
+        assert!(text.contains("tutti_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 2"));
+        assert!(text.contains("status=\"429\"} 1"));
+        assert!(text.contains("tutti_step_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("tutti_step_seconds_bucket{le=\"0.04\"} 2"));
+        assert!(text.contains("tutti_step_seconds_bucket{le=\"+Inf\"} 3"));
+        assert!(text.contains("tutti_step_seconds_count 3"));
+        assert!(text.contains("tutti_queue_capacity 64"));
+        let share = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tutti_ensembled_share "))
+            .unwrap();
+        assert!((share.parse::<f64>().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+        // Every sample line belongs to a declared family.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(text.contains(&format!("# TYPE {family} ")), "{line}");
+        }
+    }
+}
