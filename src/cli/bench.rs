@@ -30,6 +30,8 @@ pub enum BenchTask {
     Qa(QaArgs),
     /// Prefill/decode speed of members alone and as an ensemble (real or random weights).
     Speed(super::bench_speed::SpeedArgs),
+    /// Load test of `tutti serve`: concurrent clients, latency, throughput, queue overflow.
+    Serve(super::bench_serve::ServeBenchArgs),
 }
 
 /// Options every task shares.
@@ -122,6 +124,7 @@ pub struct QaArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.task {
         BenchTask::Speed(a) => super::bench_speed::run(a),
+        BenchTask::Serve(a) => super::bench_serve::run(a),
         BenchTask::Gsm8k(a) => {
             check(&a.run)?;
             let task = gsm8k::task(&gsm8k::Gsm8kOptions {

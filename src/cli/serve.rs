@@ -66,10 +66,12 @@ async fn shutdown_signal() {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    let host: IpAddr = args
-        .host
-        .parse()
-        .with_context(|| format!("--host `{}` is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)", args.host))?;
+    let host: IpAddr = args.host.parse().with_context(|| {
+        format!(
+            "--host `{}` is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)",
+            args.host
+        )
+    })?;
     let api_key = args
         .api_key
         .clone()

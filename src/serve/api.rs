@@ -189,12 +189,10 @@ pub fn parse(
 
     let ext = body.tutti.take().unwrap_or_default();
     let slots: Vec<usize> = match (&ext.members, solo) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::param(
-                "tutti.members",
-                "tutti.members cannot be combined with a member's model name; use the ensemble's name",
-            ))
-        }
+        (Some(_), Some(_)) => return Err(ApiError::param(
+            "tutti.members",
+            "tutti.members cannot be combined with a member's model name; use the ensemble's name",
+        )),
         (Some(list), None) => list.clone(),
         (None, Some(slot)) => vec![slot],
         (None, None) => (0..members.len()).collect(),
@@ -236,8 +234,9 @@ pub fn parse(
 
     let mut request = limits.template.clone();
     request.prompt = prompt;
-    request.members = (slots.len() != members.len() || slots.iter().enumerate().any(|(i, &s)| i != s))
-        .then(|| slots.clone());
+    request.members = (slots.len() != members.len()
+        || slots.iter().enumerate().any(|(i, &s)| i != s))
+    .then(|| slots.clone());
 
     // Token budget.
     let asked = body.max_completion_tokens.or(body.max_tokens);
@@ -515,7 +514,7 @@ fn sampling(body: &Body, template: Sampling) -> Result<Sampling, ApiError> {
     let temperature = body.temperature.map(|t| t as f32).or(t_template);
     Ok(match temperature {
         None => Sampling::Greedy,
-        Some(t) if t == 0.0 => Sampling::Greedy,
+        Some(0.0) => Sampling::Greedy,
         Some(t) => Sampling::Sample {
             temperature: t,
             top_p: body.top_p.map_or(p_template, |p| p as f32),
@@ -544,7 +543,9 @@ fn completion_prompt(prompt: Option<&Value>, members: usize) -> Result<Prompt, A
         Some(Value::Array(items)) => match items.first() {
             None => return Err(bad("the prompt is empty")),
             Some(Value::String(_)) if items.len() == 1 => {
-                return Ok(Prompt::Raw(items[0].as_str().unwrap_or_default().to_string()))
+                return Ok(Prompt::Raw(
+                    items[0].as_str().unwrap_or_default().to_string(),
+                ))
             }
             Some(Value::String(_)) => return Err(bad(one_batch)),
             Some(Value::Array(inner)) if items.len() == 1 => ids_of(inner)?,
@@ -573,7 +574,10 @@ fn chat_prompt(messages: Option<Vec<ChatMessage>>) -> Result<Prompt, ApiError> {
             "tool" | "function" => {
                 return Err(ApiError::param(
                     "messages",
-                    format!("messages[{i}]: the role `{}` is not supported (tools are not)", m.role),
+                    format!(
+                        "messages[{i}]: the role `{}` is not supported (tools are not)",
+                        m.role
+                    ),
                 ))
             }
             r => r
@@ -713,17 +717,29 @@ mod tests {
             (r#"{"prompt":[1,2,3]}"#, "prompt"),
             (r#"{"prompt":["a","b"]}"#, "prompt"),
             (r#"{"prompt":"x","tutti":{"weights":[1]}}"#, "tutti.weights"),
-            (r#"{"prompt":"x","tutti":{"members":[0,0]}}"#, "tutti.members"),
-            (r#"{"prompt":"x","tutti":{"gate":"sometimes"}}"#, "tutti.gate"),
-            (r#"{"prompt":"x","return_tokens_as_token_ids":true}"#, "return_tokens_as_token_ids"),
+            (
+                r#"{"prompt":"x","tutti":{"members":[0,0]}}"#,
+                "tutti.members",
+            ),
+            (
+                r#"{"prompt":"x","tutti":{"gate":"sometimes"}}"#,
+                "tutti.gate",
+            ),
+            (
+                r#"{"prompt":"x","return_tokens_as_token_ids":true}"#,
+                "return_tokens_as_token_ids",
+            ),
         ];
         for (body, param) in cases {
             let e = parse2(body, Endpoint::Completions).unwrap_err();
             assert_eq!(e.status.as_u16(), 400, "{body}: {e}");
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {e}");
         }
-        let e = parse2(r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":2}"#, Endpoint::Chat)
-            .unwrap_err();
+        let e = parse2(
+            r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":2}"#,
+            Endpoint::Chat,
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("top_logprobs"));
         let e = parse2(r#"{"model":"other","prompt":"x"}"#, Endpoint::Completions).unwrap_err();
         assert_eq!(e.status.as_u16(), 404);
@@ -742,14 +758,29 @@ mod tests {
         let r = &c.request;
         assert_eq!(r.prompt, Prompt::Raw("hi".into()));
         assert_eq!(r.max_tokens, 5);
-        assert_eq!(r.sampling, Sampling::Sample { temperature: 0.5, top_p: 1.0, seed: 7 });
+        assert_eq!(
+            r.sampling,
+            Sampling::Sample {
+                temperature: 0.5,
+                top_p: 1.0,
+                seed: 7
+            }
+        );
         assert_eq!(r.stop, vec!["\n".to_string()]);
-        assert_eq!((r.alternatives, r.top_k), (3, 3), "top-k is raised to the alternatives");
+        assert_eq!(
+            (r.alternatives, r.top_k),
+            (3, 3),
+            "top-k is raised to the alternatives"
+        );
         assert_eq!(r.combine, Combine::Confidence);
         assert_eq!(r.members, None);
         assert_eq!(c.logprobs, Some(3));
         // A member's name runs it alone, and then token ids work.
-        let c = parse2(r#"{"model":"m1","prompt":[[3,4]],"temperature":0}"#, Endpoint::Completions).unwrap();
+        let c = parse2(
+            r#"{"model":"m1","prompt":[[3,4]],"temperature":0}"#,
+            Endpoint::Completions,
+        )
+        .unwrap();
         assert_eq!(c.slots, vec![1]);
         assert_eq!(c.request.members, Some(vec![1]));
         assert_eq!(c.request.prompt, Prompt::Ids(vec![vec![3, 4]]));
@@ -774,7 +805,13 @@ mod tests {
     fn encode_checks_context_and_vocabulary() {
         let members = fake_members(1);
         let l = limits();
-        let c = parse(br#"{"model":"pair","prompt":"a b a"}"#, Endpoint::Completions, &l, &members).unwrap();
+        let c = parse(
+            br#"{"model":"pair","prompt":"a b a"}"#,
+            Endpoint::Completions,
+            &l,
+            &members,
+        )
+        .unwrap();
         let c = encode(c, &members).unwrap();
         assert_eq!(c.request.prompt, Prompt::Ids(vec![vec![0, 1, 0]]));
         let long = format!(r#"{{"prompt":"{}"}}"#, "a ".repeat(9));

@@ -99,7 +99,12 @@ impl Metrics {
             .lock()
             .map(|m| {
                 m.iter()
-                    .map(|((e, s), n)| (format!("{{endpoint=\"{e}\",status=\"{s}\"}}"), n.to_string()))
+                    .map(|((e, s), n)| {
+                        (
+                            format!("{{endpoint=\"{e}\",status=\"{s}\"}}"),
+                            n.to_string(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -152,7 +157,7 @@ impl Metrics {
         metric(
             "tutti_engine_busy",
             "gauge",
-            "1 while the engine decodes a request.",
+            "Whether the engine is decoding a request (1) or idle (0).",
             plain(self.busy.load(Ordering::Relaxed).to_string()),
         );
         metric(
@@ -231,7 +236,9 @@ mod tests {
             });
         }
         let text = m.render(64);
-        assert!(text.contains("tutti_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 2"));
+        assert!(
+            text.contains("tutti_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 2")
+        );
         assert!(text.contains("status=\"429\"} 1"));
         assert!(text.contains("tutti_step_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("tutti_step_seconds_bucket{le=\"0.04\"} 2"));

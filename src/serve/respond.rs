@@ -413,7 +413,8 @@ impl Render {
                 match st.rx.recv().await {
                     Some(msg) => st.over = st.render.frames(msg, &mut st.out),
                     None => {
-                        let e = ApiError::internal("the engine stopped before finishing the request");
+                        let e =
+                            ApiError::internal("the engine stopped before finishing the request");
                         st.out.push_back(frame(&e.body()));
                         st.out.push_back(DONE.to_string());
                         st.over = true;
@@ -468,7 +469,10 @@ mod tests {
         let out = t.text("x");
         assert_eq!(out[0].char_offset, 1);
         t.step(entry("STOP"), 4);
-        assert!(t.text("").is_empty(), "a token cut by a stop string stays unreported");
+        assert!(
+            t.text("").is_empty(),
+            "a token cut by a stop string stays unreported"
+        );
     }
 
     #[test]

@@ -1,0 +1,761 @@
+//! `tutti serve` with the demo models, through a real HTTP client on an ephemeral
+//! loopback port: the OpenAI endpoints, streaming, logprobs, stop strings, seeded
+//! sampling, every error case, the queue (429), a client that leaves mid-stream, API
+//! keys, graceful shutdown, and greedy output equal to `tutti generate`'s.
+
+mod serve_support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use serve_support::{demo, get, post, post_raw, stream, unix_ms, ServerProc, GEMMA, SMOL};
+
+const PROMPT: &str = "The capital of France is";
+
+fn completion(model: &str, extra: Value) -> Value {
+    let mut b = json!({"model": model, "prompt": PROMPT, "max_tokens": 8, "temperature": 0});
+    merge(&mut b, extra);
+    b
+}
+
+fn chat_body(model: &str, text: &str, extra: Value) -> Value {
+    let mut b = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": 8,
+        "temperature": 0,
+    });
+    merge(&mut b, extra);
+    b
+}
+
+fn merge(into: &mut Value, extra: Value) {
+    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), extra) {
+        a.extend(b);
+    }
+}
+
+fn ok(reply: &serve_support::Reply) -> Value {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()
+}
+
+/// Completions, chat, streaming, logprobs, stop, seeds, models, metrics and every error
+/// case against one server of the demo pair.
+#[test]
+fn pair_server_speaks_the_openai_api() {
+    let s = ServerProc::pair(&[
+        "--name",
+        "pair",
+        "--max-tokens-cap",
+        "64",
+        "--max-body-bytes",
+        "100000",
+    ]);
+    let completions = s.url("/v1/completions");
+    let chat = s.url("/v1/chat/completions");
+
+    // Models: the ensemble and each member by name.
+    let models = ok(&get(&s.url("/v1/models"), None));
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids[0], "pair");
+    assert_eq!(ids.len(), 3, "{models}");
+    assert_eq!(ok(&get(&s.url("/health"), None))["status"], "ok");
+
+    // Completions: text, usage, finish reason, per-member ids.
+    let c = ok(&post(&completions, &completion("pair", json!({}))));
+    assert_eq!(c["object"], "text_completion");
+    assert_eq!(c["model"], "pair");
+    let text = c["choices"][0]["text"].as_str().unwrap().to_string();
+    assert!(!text.is_empty());
+    let usage = &c["usage"];
+    let n = usage["completion_tokens"].as_u64().unwrap();
+    assert!((1..=8).contains(&n), "{c}");
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + n
+    );
+    let reason = c["choices"][0]["finish_reason"].as_str().unwrap();
+    assert!(reason == "length" || reason == "stop", "{c}");
+    assert_eq!(c["tutti"]["members"].as_array().unwrap().len(), 2);
+
+    // Streaming gives the same text, usage last, then [DONE].
+    let sse = stream(
+        &completions,
+        &completion(
+            "pair",
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+        ),
+    );
+    assert!(sse.done, "no [DONE]");
+    assert_eq!(sse.text(), text);
+    assert_eq!(sse.finish_reasons(), vec![reason.to_string()]);
+    let last = sse.chunks.last().unwrap();
+    assert_eq!(last["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(last["usage"], *usage);
+    for c in &sse.chunks[..sse.chunks.len() - 1] {
+        assert!(c["usage"].is_null(), "{c}");
+        assert_eq!(c["object"], "text_completion");
+    }
+
+    // Chat: non-streamed and streamed agree.
+    let body = chat_body("pair", "Name a color.", json!({}));
+    let c = ok(&post(&chat, &body));
+    assert_eq!(c["object"], "chat.completion");
+    assert_eq!(c["choices"][0]["message"]["role"], "assistant");
+    let chat_text = c["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut sbody = body.clone();
+    merge(&mut sbody, json!({"stream": true}));
+    let sse = stream(&chat, &sbody);
+    assert!(sse.done);
+    assert_eq!(sse.text(), chat_text);
+    assert_eq!(sse.chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(sse
+        .chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(sse.chunks.iter().all(|c| c.get("usage").is_none()));
+    assert_eq!(sse.finish_reasons().len(), 1);
+
+    check_logprobs(&completions, &chat);
+    check_stop(&completions, &text);
+    check_seeds(&completions);
+    check_errors(&s);
+
+    // The errors left nothing behind: the same request gives the same text.
+    let again = ok(&post(&completions, &completion("pair", json!({}))));
+    assert_eq!(again["choices"][0]["text"], text.as_str());
+    // A member alone, by its name.
+    let member = ids[1].to_string();
+    let solo = ok(&post(&completions, &completion(&member, json!({}))));
+    assert_eq!(solo["model"], member.as_str());
+    assert_eq!(solo["tutti"]["members"].as_array().unwrap().len(), 1);
+
+    let metrics = get(&s.url("/metrics"), None);
+    assert_eq!(metrics.status, 200);
+    let m = metrics.body;
+    for needle in [
+        "tutti_requests_total{endpoint=\"/v1/completions\",status=\"200\"}",
+        "status=\"400\"",
+        "status=\"404\"",
+        "status=\"413\"",
+        "tutti_queue_depth 0",
+        "tutti_ensembled_share",
+        "tutti_rollbacks_total",
+    ] {
+        assert!(m.contains(needle), "{needle} missing from /metrics:\n{m}");
+    }
+    let steps: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("tutti_step_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(steps > 10, "{m}");
+}
+
+fn check_logprobs(completions: &str, chat: &str) {
+    // Completions API: tokens, their logprobs, the alternatives and text offsets.
+    let c = ok(&post(
+        completions,
+        &completion("pair", json!({"logprobs": 3})),
+    ));
+    let choice = &c["choices"][0];
+    let text = choice["text"].as_str().unwrap();
+    let lp = &choice["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.concat(), text, "{lp}");
+    let n = tokens.len();
+    assert_eq!(
+        n as u64,
+        c["usage"]["completion_tokens"].as_u64().unwrap(),
+        "{c}"
+    );
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    let mut at = 0;
+    for (t, &o) in tokens.iter().zip(&offsets) {
+        assert_eq!(o, at as u64);
+        at += t.chars().count();
+    }
+    for i in 0..n {
+        let chosen = lp["token_logprobs"][i].as_f64().unwrap();
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= 3, "{lp}");
+        assert!(chosen <= 0.0);
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        // Greedy: the chosen token is the most probable of the combined distribution.
+        assert!((chosen - best).abs() < 1e-6, "{chosen} vs {best}: {lp}");
+    }
+
+    // Chat API: content entries with exact bytes and top alternatives.
+    let body = chat_body(
+        "pair",
+        "Name a color.",
+        json!({"logprobs": true, "top_logprobs": 2}),
+    );
+    let c = ok(&post(chat, &body));
+    let content = c["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let text = c["choices"][0]["message"]["content"].as_str().unwrap();
+    let mut bytes = Vec::new();
+    for e in content {
+        let b: Vec<u8> = e["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u8)
+            .collect();
+        bytes.extend_from_slice(&b);
+        assert!(e["logprob"].as_f64().unwrap() <= 0.0);
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2, "{e}");
+        assert!(top[0]["logprob"].as_f64() >= top[1]["logprob"].as_f64());
+        assert!(top[0]["bytes"].is_array() && top[0]["token"].is_string());
+    }
+    assert_eq!(String::from_utf8(bytes).unwrap(), text);
+
+    // Streamed logprobs are the same entries, spread over the chunks.
+    let mut sbody = body;
+    merge(&mut sbody, json!({"stream": true}));
+    let sse = stream(chat, &sbody);
+    let streamed: Vec<Value> = sse
+        .chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    assert_eq!(&streamed, content);
+}
+
+fn check_stop(completions: &str, text: &str) {
+    // A stop string from the middle of the greedy text cuts it there.
+    let chars: Vec<char> = text.chars().collect();
+    assert!(
+        chars.len() >= 6,
+        "greedy text too short for a stop test: {text:?}"
+    );
+    let stop: String = chars[3..5].iter().collect();
+    let cut = &text[..text.find(&stop).unwrap()];
+    let c = ok(&post(
+        completions,
+        &completion("pair", json!({"stop": [stop.clone(), "never appears"]})),
+    ));
+    assert_eq!(c["choices"][0]["text"], cut, "stop {stop:?}");
+    assert_eq!(c["choices"][0]["finish_reason"], "stop");
+    let sse = stream(
+        completions,
+        &completion("pair", json!({"stop": stop, "stream": true})),
+    );
+    assert_eq!(sse.text(), cut);
+    assert_eq!(sse.finish_reasons(), vec!["stop".to_string()]);
+}
+
+fn check_seeds(completions: &str) {
+    let sampled = |seed: u64| {
+        let c = ok(&post(
+            completions,
+            &completion(
+                "pair",
+                json!({"temperature": 1.3, "top_p": 0.95, "seed": seed, "max_tokens": 10}),
+            ),
+        ));
+        (
+            c["choices"][0]["text"].as_str().unwrap().to_string(),
+            c["tutti"]["members"][0]["ids"].clone(),
+        )
+    };
+    let a = sampled(5);
+    assert_eq!(a, sampled(5), "the same seed gives the same text");
+    let others = [sampled(6), sampled(7)];
+    assert!(
+        others.iter().any(|o| *o != a),
+        "three seeds gave one text: {a:?}"
+    );
+}
+
+fn check_errors(s: &ServerProc) {
+    let completions = s.url("/v1/completions");
+    let chat = s.url("/v1/chat/completions");
+    // Malformed JSON.
+    let e = post_raw(&completions, "{\"prompt\": \"x\",", None).error(400);
+    assert_eq!(e["type"], "invalid_request_error");
+    assert!(
+        e["message"].as_str().unwrap().contains("not valid JSON"),
+        "{e}"
+    );
+    // Wrong types.
+    post_raw(
+        &completions,
+        "{\"prompt\": \"x\", \"max_tokens\": \"many\"}",
+        None,
+    )
+    .error(400);
+    // Unknown model.
+    let e = post(&completions, &completion("gpt-4", json!({}))).error(404);
+    assert_eq!(e["code"], "model_not_found");
+    assert_eq!(e["param"], "model");
+    // Ranges.
+    for (extra, param) in [
+        (json!({"temperature": 2.5}), "temperature"),
+        (json!({"temperature": 0.7, "top_p": 0}), "top_p"),
+        (json!({"max_tokens": 65}), "max_tokens"),
+        (json!({"max_tokens": 0}), "max_tokens"),
+        (json!({"n": 2}), "n"),
+        (json!({"logprobs": 50}), "logprobs"),
+        (json!({"tutti": {"top_k": 0}}), "tutti.top_k"),
+        (json!({"tutti": {"weights": [1, -1]}}), "tutti.weights"),
+        (json!({"tutti": {"combine": "median"}}), "tutti.combine"),
+        (json!({"prompt": [1, 2, 3]}), "prompt"),
+        (
+            json!({"return_tokens_as_token_ids": true, "logprobs": 1}),
+            "return_tokens_as_token_ids",
+        ),
+    ] {
+        let e = post(&completions, &completion("pair", extra.clone())).error(400);
+        assert_eq!(e["param"], param, "{extra}: {e}");
+    }
+    let e = post(&chat, &chat_body("pair", "hi", json!({"top_logprobs": 3}))).error(400);
+    assert_eq!(e["param"], "top_logprobs");
+    let e = post(&chat, &json!({"model": "pair", "messages": []})).error(400);
+    assert_eq!(e["param"], "messages");
+    let e = post(
+        &chat,
+        &json!({"messages": [{"role": "tool", "content": "x"}]}),
+    )
+    .error(400);
+    assert_eq!(e["param"], "messages");
+    // Token ids to an ensemble name the reason.
+    let e = post(&completions, &json!({"prompt": [[1, 2, 3]]})).error(400);
+    assert!(e["message"].as_str().unwrap().contains("one-member"), "{e}");
+    // A prompt longer than a member's context (SmolLM2: 8192 tokens).
+    let long = "hello ".repeat(9000);
+    let e = post(
+        &completions,
+        &json!({"model": "pair", "prompt": long, "max_tokens": 1}),
+    )
+    .error(400);
+    assert_eq!(e["code"], "context_length_exceeded", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("shorten"), "{e}");
+    // Over the body limit.
+    let huge = json!({"model": "pair", "prompt": "x".repeat(200_000)});
+    let e = post(&completions, &huge).error(413);
+    assert!(e["message"].as_str().unwrap().contains("--max-body-bytes"));
+    // Unknown path and wrong method.
+    post(&s.url("/v1/embeddings"), &json!({})).error(404);
+    assert_eq!(get(&completions, None).status, 405);
+}
+
+/// Greedy output through the server equals `tutti generate --json` (text and every
+/// member's ids) on several prompts, chat and raw.
+#[test]
+fn greedy_through_the_server_equals_tutti_generate() {
+    let s = ServerProc::pair(&["--name", "pair"]);
+    let (a, b) = (demo(SMOL), demo(GEMMA));
+    let prompts = [
+        "The capital of France is",
+        "Write one word that rhymes with cat.",
+        "What is 2 + 3?",
+        "List three fruits.",
+        "Translate 'good morning' to French.",
+    ];
+    let generate = |prompt: &str, raw: bool| -> Value {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tutti"));
+        cmd.args([
+            "generate",
+            "-m",
+            &a,
+            "-m",
+            &b,
+            "--greedy",
+            "--max-tokens",
+            "10",
+            "--json",
+            "-q",
+        ]);
+        if raw {
+            cmd.arg("--raw");
+        }
+        let out = cmd.arg(prompt).env("HF_HUB_OFFLINE", "1").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let compare = |served: &Value, reference: &Value, text_field: &str| {
+        let choice = &served["choices"][0];
+        let text = if text_field == "text" {
+            &choice["text"]
+        } else {
+            &choice["message"]["content"]
+        };
+        assert_eq!(text, &reference["text"]);
+        let ids: Vec<Value> = served["tutti"]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["ids"].clone())
+            .collect();
+        assert_eq!(Value::Array(ids), reference["ids"]);
+    };
+    for p in prompts {
+        let served = ok(&post(
+            &s.url("/v1/chat/completions"),
+            &json!({"model": "pair", "messages": [{"role": "user", "content": p}],
+                    "max_tokens": 10, "temperature": 0}),
+        ));
+        compare(&served, &generate(p, false), "message");
+    }
+    let served = ok(&post(
+        &s.url("/v1/completions"),
+        &json!({"model": "pair", "prompt": PROMPT, "max_tokens": 10, "temperature": 0}),
+    ));
+    compare(&served, &generate(PROMPT, true), "text");
+}
+
+/// A one-member server: API keys, token-id prompts, and tokens as `token_id:<id>`.
+#[test]
+fn solo_server_keys_token_ids_and_token_id_logprobs() {
+    let s = ServerProc::start(&["-m", &demo(SMOL)], &[("TUTTI_API_KEY", "sekret")]);
+    let url = s.url("/v1/completions");
+    let body = completion("ignored", json!({}));
+    // Keys: missing, wrong, right; /health needs none.
+    let e = post_raw(&url, &body.to_string(), None);
+    assert_eq!(e.www_authenticate.as_deref(), Some("Bearer"));
+    assert_eq!(e.error(401)["code"], "invalid_api_key");
+    post_raw(&url, &body.to_string(), Some("sekreT")).error(401);
+    assert_eq!(get(&s.url("/v1/models"), None).status, 401);
+    assert_eq!(get(&s.url("/metrics"), Some("wrong")).status, 401);
+    assert_eq!(get(&s.url("/health"), None).status, 200);
+    let models = get(&s.url("/v1/models"), Some("sekret")).json();
+    let name = models["data"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(models["data"].as_array().unwrap().len(), 1);
+
+    let key = Some("sekret");
+    let by_text = post_raw(&url, &completion(&name, json!({})).to_string(), key).json();
+    // The same prompt as the tokenizer's ids gives the same continuation.
+    let out = Command::new(env!("CARGO_BIN_EXE_tutti"))
+        .args(["tokenize", "-m", &demo(SMOL), "--json", PROMPT])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let ids = serde_json::from_slice::<Value>(&out.stdout).unwrap()["ids"].clone();
+    let by_ids = post_raw(
+        &url,
+        &json!({"model": name, "prompt": ids, "max_tokens": 8, "temperature": 0}).to_string(),
+        key,
+    )
+    .json();
+    assert_eq!(by_ids["choices"][0]["text"], by_text["choices"][0]["text"]);
+    assert_eq!(by_ids["usage"], by_text["usage"]);
+    // Out-of-vocabulary ids are refused before queueing.
+    let e = post_raw(
+        &url,
+        &json!({"prompt": [1, 4_000_000_000u64], "max_tokens": 2}).to_string(),
+        key,
+    )
+    .error(400);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("outside the vocabulary"),
+        "{e}"
+    );
+
+    // vLLM's return_tokens_as_token_ids: the tokens are the member's own ids.
+    let c = post_raw(
+        &url,
+        &completion(
+            &name,
+            json!({"logprobs": 2, "return_tokens_as_token_ids": true}),
+        )
+        .to_string(),
+        key,
+    )
+    .json();
+    let tokens: Vec<String> = c["choices"][0]["logprobs"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = c["tutti"]["members"][0]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| format!("token_id:{id}"))
+        .collect();
+    assert_eq!(tokens, expected);
+    for top in c["choices"][0]["logprobs"]["top_logprobs"]
+        .as_array()
+        .unwrap()
+    {
+        let top = top.as_object().unwrap();
+        assert_eq!(top.len(), 2);
+        assert!(top.keys().all(|k| k.starts_with("token_id:")), "{top:?}");
+    }
+    // Chat: same rendering, bytes stay the token's bytes.
+    let c = post_raw(
+        &s.url("/v1/chat/completions"),
+        &chat_body(
+            &name,
+            "Say hi.",
+            json!({"logprobs": true, "top_logprobs": 1, "return_tokens_as_token_ids": true}),
+        )
+        .to_string(),
+        key,
+    )
+    .json();
+    let content = c["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert!(!content.is_empty());
+    let mut bytes = Vec::new();
+    for e in content {
+        assert!(e["token"].as_str().unwrap().starts_with("token_id:"), "{e}");
+        bytes.extend(
+            e["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8),
+        );
+    }
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        c["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+}
+
+/// Whether the engine decodes a request now (from `/metrics`).
+fn engine_busy(s: &ServerProc) -> bool {
+    get(&s.url("/metrics"), None)
+        .body
+        .lines()
+        .any(|l| l == "tutti_engine_busy 1")
+}
+
+/// A full queue answers 429 with Retry-After, and nothing else fails.
+#[test]
+fn a_full_queue_answers_429_and_nothing_else() {
+    let s = ServerProc::solo(&["--queue", "1"]);
+    let url = s.url("/v1/completions");
+    // A long streaming request holds the engine.
+    let long = std::thread::spawn({
+        let url = url.clone();
+        move || {
+            stream(
+                &url,
+                &json!({"prompt": PROMPT, "max_tokens": 64, "temperature": 0, "stream": true,
+                        "tutti": {"top_k": 1}}),
+            )
+        }
+    });
+    // Wait until it runs: the engine is busy and the queue is empty.
+    let busy = Instant::now();
+    while !engine_busy(&s) {
+        assert!(
+            busy.elapsed() < Duration::from_secs(300),
+            "the engine never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let burst: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                post(
+                    &url,
+                    &json!({"prompt": PROMPT, "max_tokens": 2, "temperature": 0}),
+                )
+            })
+        })
+        .collect();
+    let replies: Vec<_> = burst.into_iter().map(|h| h.join().unwrap()).collect();
+    let (mut accepted, mut refused) = (0, 0);
+    for r in &replies {
+        match r.status {
+            200 => {
+                accepted += 1;
+                assert_eq!(r.json()["choices"][0]["finish_reason"], "length");
+            }
+            429 => {
+                refused += 1;
+                assert_eq!(r.retry_after.as_deref(), Some("1"));
+                assert_eq!(r.error(429)["code"], "rate_limit_exceeded");
+            }
+            other => panic!("unexpected status {other}: {}", r.body),
+        }
+    }
+    assert!(refused >= 1, "no 429 from a queue of 1: {replies:?}");
+    assert!(
+        accepted >= 1,
+        "the free queue place took nothing: {replies:?}"
+    );
+    let sse = long.join().unwrap();
+    assert!(sse.done);
+    assert_eq!(sse.finish_reasons().len(), 1);
+    let m = get(&s.url("/metrics"), None).body;
+    assert!(m.contains("status=\"429\"}"), "{m}");
+}
+
+/// Writes a streaming request on a raw socket (so that closing it is a real disconnect)
+/// and returns the reader.
+fn raw_stream(base: &str, body: &Value) -> BufReader<TcpStream> {
+    let addr = base.trim_start_matches("http://");
+    let mut sock = TcpStream::connect(addr).unwrap();
+    let body = body.to_string();
+    write!(
+        sock,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    BufReader::new(sock)
+}
+
+/// Reads until the next `data:` line.
+fn next_data(r: &mut BufReader<TcpStream>) -> Value {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream ended");
+        if let Some(d) = line.trim_end().strip_prefix("data: ") {
+            return serde_json::from_str(d).unwrap();
+        }
+    }
+}
+
+/// A client that leaves mid-stream frees the engine: the next queued request starts
+/// within one step of the disconnect (server-side start time against the moment the
+/// socket closed, both wall clock on this machine).
+#[test]
+fn a_disconnect_mid_stream_frees_the_engine_within_one_step() {
+    let s = ServerProc::solo(&[]);
+    let long = json!({"prompt": PROMPT, "max_tokens": 400, "temperature": 0,
+                      "stream": true, "tutti": {"top_k": 1}});
+    let mut a = raw_stream(&s.base, &long);
+    let first = next_data(&mut a);
+    assert!(
+        first["tutti"]["started_at_ms"].as_f64().is_some(),
+        "{first}"
+    );
+    // B waits in the queue (its headers come back once it is queued).
+    let b = serve_support::agent()
+        .post(&s.url("/v1/completions"))
+        .header("Content-Type", "application/json")
+        .send(
+            json!({"prompt": "Hello", "max_tokens": 2, "temperature": 0, "stream": true})
+                .to_string(),
+        )
+        .unwrap();
+    assert_eq!(b.status().as_u16(), 200);
+    // Steps of A as the client sees them: one text chunk per step.
+    let mut arrivals = vec![Instant::now()];
+    for _ in 0..12 {
+        next_data(&mut a);
+        arrivals.push(Instant::now());
+    }
+    let step_ms = arrivals
+        .windows(2)
+        .skip(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+        .fold(0.0, f64::max);
+    let left_at = unix_ms();
+    drop(a);
+    let sse = serve_support::read_sse(b.into_body().into_reader(), 200);
+    assert!(sse.done);
+    let started = sse.chunks[0]["tutti"]["started_at_ms"].as_f64().unwrap();
+    let gap = started - left_at;
+    eprintln!("disconnect → next request started: {gap:.1} ms (longest step seen {step_ms:.1} ms)");
+    // One step (the one running when the socket closed) plus scheduling slack.
+    assert!(
+        gap <= step_ms + 25.0,
+        "the next request started {gap:.1} ms after the disconnect; one step is {step_ms:.1} ms"
+    );
+    let m = get(&s.url("/metrics"), None).body;
+    assert!(
+        m.contains("tutti_generations_total{reason=\"cancelled\"} 1"),
+        "{m}"
+    );
+}
+
+/// SIGTERM: no new requests, the running one finishes, exit code 0.
+#[test]
+fn sigterm_lets_the_running_request_finish_and_exits_zero() {
+    let mut s = ServerProc::solo(&[]);
+    let url = s.url("/v1/completions");
+    let running = std::thread::spawn({
+        let url = url.clone();
+        move || {
+            stream(
+                &url,
+                &json!({"prompt": PROMPT, "max_tokens": 24, "temperature": 0, "stream": true}),
+            )
+        }
+    });
+    let t0 = Instant::now();
+    while !engine_busy(&s) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "the engine never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let sse = running.join().unwrap();
+    assert!(sse.done);
+    assert_eq!(sse.finish_reasons(), vec!["length".to_string()]);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the server did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.success(),
+        "exit status {status:?}: {}",
+        s.stderr_text()
+    );
+    assert!(
+        serve_support::agent()
+            .get(&s.url("/health"))
+            .call()
+            .is_err(),
+        "the port still answers"
+    );
+}
