@@ -652,7 +652,8 @@ fn next_data(r: &mut BufReader<TcpStream>) -> Value {
 
 /// A client that leaves mid-stream frees the engine: the next queued request starts
 /// within one step of the disconnect (server-side start time against the moment the
-/// socket closed, both wall clock on this machine).
+/// socket closed, both wall clock on this machine); a queued request whose client left
+/// is skipped.
 #[test]
 fn a_disconnect_mid_stream_frees_the_engine_within_one_step() {
     let s = ServerProc::solo(&[]);
@@ -664,6 +665,12 @@ fn a_disconnect_mid_stream_frees_the_engine_within_one_step() {
         first["tutti"]["started_at_ms"].as_f64().is_some(),
         "{first}"
     );
+    // C waits in the queue, then its client leaves: the engine must skip it.
+    let mut c = raw_stream(&s.base, &long);
+    let mut status = String::new();
+    c.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    drop(c);
     // B waits in the queue (its headers come back once it is queued).
     let b = serve_support::agent()
         .post(&s.url("/v1/completions"))
@@ -701,6 +708,10 @@ fn a_disconnect_mid_stream_frees_the_engine_within_one_step() {
     assert!(
         m.contains("tutti_generations_total{reason=\"cancelled\"} 1"),
         "{m}"
+    );
+    assert!(
+        m.contains("tutti_skipped_total 1"),
+        "the request whose client left still ran:\n{m}"
     );
 }
 
