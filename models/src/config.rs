@@ -929,7 +929,7 @@ mod tests {
 
     fn hf_problem(extra: Value) -> ConfigError {
         match TransformerConfig::from_hf_value(&tiny_hf(extra), None) {
-            Err(Error::InvalidConfig { problem, .. }) => problem,
+            Err(Error::InvalidConfig { problem, .. }) => *problem,
             other => panic!("expected an invalid config, got {other:?}"),
         }
     }
@@ -1159,8 +1159,8 @@ mod tests {
         md.remove("llama.embedding_length");
         let err = from_md(&md).unwrap_err();
         assert!(
-            matches!(&err, Error::InvalidConfig { problem: ConfigError::Missing { key }, .. }
-                     if key == "llama.embedding_length"),
+            matches!(&err, Error::InvalidConfig { problem, .. }
+                     if matches!(&**problem, ConfigError::Missing { key } if key == "llama.embedding_length")),
             "{err}"
         );
         let mut md = shape_md("llama", shape);

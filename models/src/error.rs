@@ -26,7 +26,10 @@ pub enum Error {
     /// The checkpoint's configuration (config.json or GGUF metadata) was read but
     /// describes a model this crate cannot or must not build.
     #[error("{path}: {problem}")]
-    InvalidConfig { path: PathBuf, problem: ConfigError },
+    InvalidConfig {
+        path: PathBuf,
+        problem: Box<ConfigError>,
+    },
 
     #[error("unsupported architecture `{found}`; supported: {supported} (override with --arch if the weights follow one of these)")]
     UnknownArchitecture { found: String, supported: String },
@@ -173,7 +176,7 @@ impl Error {
     pub(crate) fn invalid(path: impl Into<PathBuf>, problem: ConfigError) -> Self {
         Error::InvalidConfig {
             path: path.into(),
-            problem,
+            problem: Box::new(problem),
         }
     }
 }
