@@ -38,7 +38,7 @@
 //! Hubness: a few B tokens are nearest to very many queries. CSLS picks
 //! `argmax_y 2·cos(x, y) − r(y)`, `r(y)` = mean of `y`'s [`RelRepConfig::csls_k`] highest
 //! cosines with an evenly spaced sample of [`RelRepConfig::csls_sample`] A candidates,
-//! among the query's [`SHORTLIST`] best targets by plain cosine; `r(y)` is computed the
+//! among the query's `SHORTLIST` (64) best targets by plain cosine; `r(y)` is computed the
 //! first time `y` is shortlisted and kept. The reported score is the plain cosine.
 //!
 //! Measurements (held-out = random shared tokens that are not anchors; identity =
@@ -207,7 +207,7 @@ fn normalize_rows(x: &Tensor) -> Result<Tensor, AlignError> {
 
 /// `W` (`n × n`, row-major) with `Wᵀ (C + ρ·I) W = I` for a symmetric positive
 /// semi-definite `C` (`n × n`, row-major, lower triangle read), `ρ =`
-/// [`WHITEN_RIDGE`]`·max(diag C)`: `W = L⁻ᵀ` for the Cholesky factor `L` of `C + ρ·I`.
+/// `WHITEN_RIDGE·max(diag C)`: `W = L⁻ᵀ` for the Cholesky factor `L` of `C + ρ·I`.
 /// Relrep features are cosines, invariant under a rotation of one side, so any
 /// whitening would do and Cholesky is the cheapest. When rounding has left `C + ρ·I`
 /// indefinite (nearly rank-deficient embeddings), the eigen-decomposition `C = V Λ Vᵀ`
