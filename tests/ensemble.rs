@@ -208,16 +208,6 @@ fn rollback_on_split_words_and_characters() {
     }
 }
 
-/// Vocabulary maps shared by the tests of this workspace (relrep maps take minutes to
-/// build on two cores; later tests and reruns load them).
-fn test_maps() -> tutti::align::cache::MapCache {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-        .join("tutti-test-maps");
-    tutti::align::cache::MapCache::new(dir)
-}
-
 /// Everything a generation shows: the text, every member's ids, and per step the
 /// combined probabilities of the whole union and each member's probability of the
 /// choice. Wrong vocabulary maps change the probabilities even when the text survives.
@@ -249,27 +239,80 @@ fn every_alignment_through_the_engine_in_any_order_and_on_subsets() {
         .alternatives(20);
     for align in [AlignMethod::Exact, AlignMethod::MinEd, AlignMethod::RelRep] {
         let build = |names: &[&str]| {
-            let mut b = Ensemble::builder().align(align).map_cache(test_maps());
+            let mut b = Ensemble::builder().align(align).no_map_cache();
             for n in names {
                 b = b.model(load(n), 1.0);
             }
             b.build().unwrap()
         };
         let mut big = build(&[GEMMA, SMOL, GEMMA]);
-        for (slots, names) in [
-            (vec![1, 0], [SMOL, GEMMA]),
-            (vec![1, 2], [SMOL, GEMMA]),
-            (vec![0, 1], [GEMMA, SMOL]),
-            (vec![2, 1], [GEMMA, SMOL]),
-        ] {
+        // relrep prepares its relative representations per ensemble (~20 s a pair
+        // here): fewer orders for it.
+        let mut orders = vec![(vec![1, 0], [SMOL, GEMMA]), (vec![1, 2], [SMOL, GEMMA])];
+        if align != AlignMethod::RelRep {
+            orders.extend([(vec![0, 1], [GEMMA, SMOL]), (vec![2, 1], [GEMMA, SMOL])]);
+        }
+        let mut reference: Vec<(Vec<&str>, Ensemble)> = Vec::new();
+        for (slots, names) in orders {
             let got = trace(&mut big, &request.clone().members(slots.clone()));
-            let expected = trace(&mut build(&names), &request);
+            if !reference.iter().any(|(n, _)| n.as_slice() == names) {
+                reference.push((names.to_vec(), build(&names)));
+            }
+            let ens = &mut reference
+                .iter_mut()
+                .find(|(n, _)| n.as_slice() == names)
+                .unwrap()
+                .1;
+            let expected = trace(ens, &request);
             assert_eq!(
                 got, expected,
                 "{align}: members {slots:?} of [gemma, smol, gemma]"
             );
         }
     }
+}
+
+/// Full maps go through the disk cache shared with `tutti align`: an ensemble asked to
+/// build them stores them, the next one loads them, and both decode like the
+/// per-candidate search.
+#[test]
+fn full_maps_are_cached_and_decode_like_the_lazy_search() {
+    let dir = std::env::temp_dir().join(format!("tutti-maps-{}", std::process::id()));
+    let cache = tutti::align::cache::MapCache::new(&dir);
+    let request = Request::raw(PROMPT).max_tokens(N).alternatives(20);
+    let build = |full: bool, cache: Option<tutti::align::cache::MapCache>| {
+        let sources = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sources.clone();
+        let mut b = Ensemble::builder()
+            .model(load(SMOL), 1.0)
+            .model(load(GEMMA), 1.0)
+            .align(AlignMethod::MinEd)
+            .full_maps(full)
+            .on_progress(move |e| {
+                if let tutti::engine::BuildEvent::MapReady { source, .. } = e {
+                    seen.lock().unwrap().push((*source).clone());
+                }
+            });
+        b = match cache {
+            Some(c) => b.map_cache(c),
+            None => b.no_map_cache(),
+        };
+        let ens = b.build().unwrap();
+        let sources = sources.lock().unwrap().clone();
+        (ens, sources)
+    };
+    use tutti::align::cache::Source;
+    let (mut lazy, none) = build(false, None);
+    assert!(none.is_empty());
+    let (mut built, sources) = build(true, Some(cache.clone()));
+    assert_eq!(sources.len(), 2);
+    assert!(sources.iter().all(|s| *s != Source::Cached), "{sources:?}");
+    let (mut loaded, sources) = build(false, Some(cache));
+    assert_eq!(sources, vec![Source::Cached; 2]);
+    let expected = trace(&mut lazy, &request);
+    assert_eq!(trace(&mut built, &request), expected);
+    assert_eq!(trace(&mut loaded, &request), expected);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

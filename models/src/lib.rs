@@ -21,9 +21,9 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
 
-pub use config::{Architecture, TransformerConfig};
+pub use config::{Architecture, CheckpointFacts, TransformerConfig};
 pub use device::{default_dtype, device_name, parse_device, parse_dtype, DTypeSpec, DeviceSpec};
-pub use error::{Error, Result};
+pub use error::{ConfigError, Error, Result};
 pub use source::{fetch_dataset_file, ModelSource};
 pub use tokenizer::ModelTokenizer;
 pub use transformer::{Transformer, WeightFormat};
@@ -132,72 +132,118 @@ impl Model {
     }
 }
 
-fn read_gguf(path: &Path) -> Result<gguf_file::Content> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let content = gguf_file::Content::read(&mut f).map_err(|e| Error::BadGguf {
+/// Reads a GGUF header (metadata and tensor infos, no tensor data).
+pub(crate) fn read_gguf_header(path: &Path) -> Result<gguf_file::Content> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // The header is read in many small pieces (one per token string).
+    let mut f = std::io::BufReader::new(file);
+    let bad = |reason: String| Error::BadGguf {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    // Content::read only parses the header; a truncated download is caught here.
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let end = content
-        .tensor_infos
-        .values()
-        .map(|t| {
-            let elems: usize = t.shape.elem_count();
-            let bytes = elems / t.ggml_dtype.block_size() * t.ggml_dtype.type_size();
-            content.tensor_data_offset + t.offset + bytes as u64
-        })
-        .max()
-        .unwrap_or(0);
-    if end > len {
-        return Err(Error::BadGguf {
-            path: path.to_path_buf(),
-            reason: format!("tensor data ends at byte {end} but the file has {len} bytes"),
-        });
+        reason,
+    };
+    // candle 0.11.1 divides by `general.alignment` without checking it for zero, so a
+    // damaged header can panic inside the reader; that becomes this file's error.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        gguf_file::Content::read(&mut f)
+    }));
+    match read {
+        Ok(Ok(content)) => Ok(content),
+        Ok(Err(e)) => Err(bad(error::one_line(&e))),
+        Err(_) => Err(bad(
+            "the GGUF reader failed on the header (is `general.alignment` 0?)".into(),
+        )),
     }
-    Ok(content)
+}
+
+/// Bytes of one tensor's data, or why its info is impossible.
+fn tensor_bytes(name: &str, t: &gguf_file::TensorInfo) -> std::result::Result<u64, String> {
+    let dims = t.shape.dims();
+    let elems = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| {
+            format!("tensor `{name}` has dimensions {dims:?} whose product overflows")
+        })?;
+    let block = t.ggml_dtype.block_size() as u64;
+    if elems % block != 0 {
+        return Err(format!(
+            "tensor `{name}` has {elems} elements, not a whole number of {:?} blocks of {block}",
+            t.ggml_dtype
+        ));
+    }
+    (elems / block)
+        .checked_mul(t.ggml_dtype.type_size() as u64)
+        .ok_or_else(|| format!("tensor `{name}` is too large"))
+}
+
+/// Reads a GGUF header and checks that every tensor's data lies inside the file:
+/// candle reads the header only, so a truncated download is caught here.
+fn read_gguf(path: &Path) -> Result<(gguf_file::Content, u64)> {
+    let content = read_gguf_header(path)?;
+    let bad = |reason: String| Error::BadGguf {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let mut total = 0u64;
+    for (name, t) in &content.tensor_infos {
+        let bytes = tensor_bytes(name, t).map_err(bad)?;
+        let end = content
+            .tensor_data_offset
+            .checked_add(t.offset)
+            .and_then(|start| start.checked_add(bytes));
+        if end.is_none_or(|end| end > len) {
+            return Err(bad(format!(
+                "tensor `{name}` ends past the end of the file ({len} bytes)"
+            )));
+        }
+        if name != "token_embd.weight" || !content.tensor_infos.contains_key("output.weight") {
+            total += bytes;
+        }
+    }
+    Ok((content, total))
 }
 
 fn load_gguf(path: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Model> {
-    let content = read_gguf(path)?;
-    let tokenizer = ModelTokenizer::from_gguf(path, &content.metadata)?;
-    let embd = content
-        .tensor_infos
-        .get("token_embd.weight")
-        .ok_or_else(|| Error::BadGguf {
-            path: path.to_path_buf(),
-            reason: "no token_embd.weight tensor".into(),
-        })?;
-    let vocab_rows = embd.shape.dims()[0];
-    let has_output = content.tensor_infos.contains_key("output.weight");
-    let cfg = TransformerConfig::from_gguf(&content.metadata, opts.arch, vocab_rows, has_output)
-        .map_err(|reason| {
-            if reason.contains("unsupported architecture") {
-                Error::UnknownArchitecture {
-                    found: content
-                        .metadata
-                        .get("general.architecture")
-                        .and_then(|v| v.to_string().ok())
-                        .cloned()
-                        .unwrap_or_default(),
-                    supported: Architecture::supported_list(),
-                }
-            } else {
-                Error::BadGguf {
+    // Cheap checks on the header first, so a damaged file fails before the tokenizer
+    // and the weights are read.
+    let (content, weight_bytes) = read_gguf(path)?;
+    let vocab_rows = match content.tensor_infos.get("token_embd.weight") {
+        Some(embd) => match embd.shape.dims() {
+            [rows, _] => *rows,
+            dims => {
+                return Err(Error::BadGguf {
                     path: path.to_path_buf(),
-                    reason,
-                }
+                    reason: format!(
+                        "tensor `token_embd.weight` has shape {dims:?}, expected [vocab, hidden]"
+                    ),
+                })
             }
-        })?;
-    let weight_bytes: u64 = content
-        .tensor_infos
-        .iter()
-        .filter(|(name, _)| *name != "token_embd.weight" || !has_output)
-        .map(|(_, t)| {
-            (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64
-        })
-        .sum();
+        },
+        None => {
+            return Err(Error::BadGguf {
+                path: path.to_path_buf(),
+                reason: "no token_embd.weight tensor".into(),
+            })
+        }
+    };
+    let has_output = content.tensor_infos.contains_key("output.weight");
+    let cfg =
+        TransformerConfig::from_gguf(path, &content.metadata, opts.arch, vocab_rows, has_output)?;
+    transformer::check_shapes(
+        &cfg,
+        WeightFormat::Gguf,
+        &path.display().to_string(),
+        |name| {
+            content
+                .tensor_infos
+                .get(name)
+                .map(|t| t.shape.dims().to_vec())
+        },
+    )?;
+    let tokenizer = ModelTokenizer::from_gguf(path, &content.metadata)?;
     let mut weights = weights::Weights::from_gguf(path, content, &opts.device)?;
     weights.arch_name = cfg.arch.name().into();
     let info = ModelInfo {
@@ -245,9 +291,12 @@ fn load_folder(dir: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Mo
         all
     };
     let dtype = opts.dtype.unwrap_or_else(|| default_dtype(&opts.device));
-    let tokenizer = ModelTokenizer::from_hf_folder(dir)?;
     let mut weights = weights::Weights::from_safetensors(&files, &opts.device, dtype)?;
     weights.arch_name = cfg.arch.name().into();
+    transformer::check_shapes(&cfg, WeightFormat::HuggingFace, weights.desc(), |name| {
+        weights.shape(name)
+    })?;
+    let tokenizer = ModelTokenizer::from_hf_folder(dir)?;
     let weight_bytes = files
         .iter()
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))

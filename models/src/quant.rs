@@ -797,7 +797,7 @@ mod simd {
     target_feature = "fma"
 )))]
 mod simd {
-    pub use super::{dot_q0, dot_q4_1};
+    pub(super) use super::{dot_q0, dot_q4_1};
 }
 
 /// Q4_K / Q6_K through ggml's tiled K-quant matmul (`ggml-cpu/tiled`, AVX-512 VNNI

@@ -226,4 +226,54 @@ mod tests {
         let mut m2 = random_transformer(cfg, &Device::Cpu, DType::F32, 7).unwrap();
         assert_eq!(m2.forward(&[1, 2, 3]).unwrap().to_vec1::<f32>().unwrap(), a);
     }
+
+    #[test]
+    fn zero_kv_heads_fail_to_load_instead_of_panicking_in_forward() {
+        let mut cfg = shape_config("tiny").unwrap();
+        cfg.num_kv_heads = 0;
+        let run = random_transformer(cfg, &Device::Cpu, DType::F32, 7)
+            .and_then(|mut m| m.forward(&[1, 2]).map(|_| ()));
+        let err = run
+            .expect_err("a config with 0 KV heads must not load")
+            .to_string();
+        assert!(
+            err.contains("num_kv_heads is 0") && !err.contains('\n'),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tensors_that_contradict_the_config_are_refused() {
+        let cfg = shape_config("tiny").unwrap();
+        let mut tensors = HashMap::new();
+        for (name, dims, _) in tensor_shapes(&cfg) {
+            tensors.insert(
+                name,
+                Tensor::zeros(dims.as_slice(), DType::F32, &Device::Cpu).unwrap(),
+            );
+        }
+        let o = "model.layers.1.self_attn.o_proj.weight".to_string();
+        tensors.insert(
+            o.clone(),
+            Tensor::zeros((64, 32), DType::F32, &Device::Cpu).unwrap(),
+        );
+        let w = Weights::from_tensors(tensors.clone(), &Device::Cpu, DType::F32, "t");
+        let err = Transformer::load(&w, cfg.clone(), WeightFormat::HuggingFace)
+            .err()
+            .expect("a wrong o_proj shape must be refused")
+            .to_string();
+        assert!(err.contains(&o) && err.contains("[64, 32]"), "{err}");
+        // A third layer in the tensors while the config says two.
+        for (name, dims, _) in tensor_shapes(&cfg) {
+            let t = Tensor::zeros(dims.as_slice(), DType::F32, &Device::Cpu).unwrap();
+            tensors.insert(name.replace("layers.1.", "layers.2."), t.clone());
+            tensors.insert(name, t);
+        }
+        let w = Weights::from_tensors(tensors, &Device::Cpu, DType::F32, "t");
+        let err = Transformer::load(&w, cfg, WeightFormat::HuggingFace)
+            .err()
+            .expect("an extra layer must be refused")
+            .to_string();
+        assert!(err.contains("more than the 2 layers"), "{err}");
+    }
 }

@@ -98,11 +98,7 @@ impl ModelTokenizer {
             ModelSource::Folder(dir) => Self::from_hf_folder(dir),
             ModelSource::TokenizerFile(path) => Self::from_tokenizer_json(path, None, None, None),
             ModelSource::Gguf(path) => {
-                let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-                let content = gguf_file::Content::read(&mut f).map_err(|e| Error::BadGguf {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+                let content = crate::read_gguf_header(path)?;
                 Self::from_gguf(path, &content.metadata)
             }
         }
@@ -224,26 +220,44 @@ impl ModelTokenizer {
 
     /// Rebuilds the tokenizer from GGUF `tokenizer.ggml.*` metadata.
     pub fn from_gguf(path: &Path, md: &HashMap<String, gguf_file::Value>) -> Result<Self> {
-        let rebuilt = gguf_tokenizer_json(md)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        let text = serde_json::to_string(&rebuilt.json)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes()).map_err(|e| {
+        let fail = |e: &dyn std::fmt::Display| {
+            let e = e.to_string();
             Error::Tokenizer(format!(
-                "{}: rebuilt tokenizer is invalid: {e}",
-                path.display()
+                "{}: {}; the file's vocabulary is damaged or unsupported: download it again or pass a tokenizer.json",
+                path.display(),
+                e.lines().next().unwrap_or_default()
             ))
-        })?;
+        };
+        let rebuilt = gguf_tokenizer_json(md).map_err(|e| fail(&e))?;
+        let text = serde_json::to_string(&rebuilt.json).map_err(|e| fail(&e))?;
+        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes())
+            .map_err(|e| fail(&format!("rebuilt tokenizer is invalid: {e}")))?;
         let content_hash = hex(&Sha256::digest(text.as_bytes()));
-        let get_u32 = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
+        let n_tokens = rebuilt.n_tokens;
+        // Like llama.cpp, a special-token id outside the vocabulary is ignored with a
+        // warning rather than failing the load.
+        let get_u32 = |k: &str| -> Option<u32> {
+            let v = md.get(k)?;
+            match crate::config::gguf_uint(v) {
+                Some(id) if id < n_tokens => u32::try_from(id).ok(),
+                _ => {
+                    tracing::warn!(
+                        "{}: ignoring `{k}` ({v:?}): not a token id below {n_tokens}",
+                        path.display()
+                    );
+                    None
+                }
+            }
+        };
         let bos = get_u32("tokenizer.ggml.bos_token_id");
+        let eos_id = get_u32("tokenizer.ggml.eos_token_id");
         let mut eos: Vec<u32> = [
-            "tokenizer.ggml.eos_token_id",
-            "tokenizer.ggml.eot_token_id",
-            "tokenizer.ggml.eom_token_id",
+            eos_id,
+            get_u32("tokenizer.ggml.eot_token_id"),
+            get_u32("tokenizer.ggml.eom_token_id"),
         ]
-        .iter()
-        .filter_map(|k| get_u32(k))
+        .into_iter()
+        .flatten()
         .collect();
         eos.extend(
             rebuilt
@@ -265,7 +279,7 @@ impl ModelTokenizer {
             .cloned();
         Ok(Self {
             bos_text: bos.and_then(|b| inner.id_to_token(b)),
-            eos_text: get_u32("tokenizer.ggml.eos_token_id").and_then(|e| inner.id_to_token(e)),
+            eos_text: eos_id.and_then(|e| inner.id_to_token(e)),
             inner,
             bos,
             eos,
@@ -412,6 +426,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 struct RebuiltTokenizer {
     json: Value,
+    /// Entries of `tokenizer.ggml.tokens`.
+    n_tokens: usize,
     /// Control tokens (id, text).
     control: Vec<(u32, String)>,
     /// SentencePiece-style vocabulary.
@@ -435,6 +451,38 @@ fn byte_level_pre(regex: Option<&str>) -> Value {
     }
 }
 
+/// A metadata array, `None` when the key is absent.
+fn array<'a>(
+    md: &'a HashMap<String, gguf_file::Value>,
+    key: &str,
+) -> std::result::Result<Option<&'a [gguf_file::Value]>, String> {
+    match md.get(key) {
+        None => Ok(None),
+        Some(gguf_file::Value::Array(v)) => Ok(Some(v)),
+        Some(_) => Err(format!("`{key}` is not an array")),
+    }
+}
+
+/// One value per token, each read by `read`.
+fn per_token<T>(
+    values: &[gguf_file::Value],
+    n_tokens: usize,
+    key: &str,
+    read: impl Fn(&gguf_file::Value) -> Option<T>,
+) -> std::result::Result<Vec<T>, String> {
+    if values.len() != n_tokens {
+        return Err(format!(
+            "`{key}` has {} entries for {n_tokens} tokens",
+            values.len()
+        ));
+    }
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| read(v).ok_or_else(|| format!("`{key}`[{i}] has the wrong type")))
+        .collect()
+}
+
 /// Builds a `tokenizer.json` value equivalent to llama.cpp's reading of the metadata.
 fn gguf_tokenizer_json(
     md: &HashMap<String, gguf_file::Value>,
@@ -443,20 +491,29 @@ fn gguf_tokenizer_json(
         .get("tokenizer.ggml.model")
         .and_then(|v| v.to_string().ok())
         .cloned()
-        .ok_or("the GGUF file has no vocabulary (tokenizer.ggml.model missing); pass a tokenizer.json instead")?;
-    let tokens: Vec<String> = md
-        .get("tokenizer.ggml.tokens")
-        .and_then(|v| v.to_vec().ok())
+        .ok_or("the GGUF file has no vocabulary (tokenizer.ggml.model missing)")?;
+    let tokens: Vec<String> = array(md, "tokenizer.ggml.tokens")?
         .ok_or("the GGUF file has no tokenizer.ggml.tokens")?
         .iter()
-        .map(|t| t.to_string().cloned().unwrap_or_default())
-        .collect();
-    let types: Vec<i32> = md
-        .get("tokenizer.ggml.token_type")
-        .and_then(|v| v.to_vec().ok())
-        .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
-        .unwrap_or_else(|| vec![1; tokens.len()]);
-    let get_u32 = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
+        .enumerate()
+        .map(|(i, t)| {
+            t.to_string()
+                .cloned()
+                .map_err(|_| format!("tokenizer.ggml.tokens[{i}] is not a string"))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let n = tokens.len();
+    let types: Vec<i32> = match array(md, "tokenizer.ggml.token_type")? {
+        Some(v) => per_token(v, n, "tokenizer.ggml.token_type", |t| {
+            crate::config::gguf_int(t).and_then(|x| i32::try_from(x).ok())
+        })?,
+        None => vec![1; n],
+    };
+    let get_u32 = |k: &str| {
+        md.get(k)
+            .and_then(crate::config::gguf_uint)
+            .and_then(|x| u32::try_from(x).ok())
+    };
     let mut added = Vec::new();
     let mut control = Vec::new();
     for (id, (text, &ty)) in tokens.iter().zip(types.iter()).enumerate() {
@@ -478,25 +535,34 @@ fn gguf_tokenizer_json(
     }
     match model.as_str() {
         "gpt2" => {
-            let merges: Vec<Value> = md
-                .get("tokenizer.ggml.merges")
-                .and_then(|v| v.to_vec().ok())
+            let merges: Vec<Value> = array(md, "tokenizer.ggml.merges")?
                 .ok_or("BPE vocabulary without tokenizer.ggml.merges")?
                 .iter()
-                .filter_map(|m| m.to_string().ok())
-                .filter_map(|m| m.split_once(' ').map(|(a, b)| json!([a, b])))
-                .collect();
+                .enumerate()
+                .map(
+                    |(i, m)| match m.to_string().ok().and_then(|m| m.split_once(' ')) {
+                        Some((a, b)) => Ok(json!([a, b])),
+                        None => Err(format!(
+                            "tokenizer.ggml.merges[{i}] is not a string `left right`"
+                        )),
+                    },
+                )
+                .collect::<std::result::Result<_, _>>()?;
             let pre = md
                 .get("tokenizer.ggml.pre")
                 .and_then(|v| v.to_string().ok())
                 .map(|s| s.as_str())
                 .unwrap_or("default");
             let pre_tokenizer = match pre {
-                "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" => byte_level_pre(Some(LLAMA3_REGEX)),
+                "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" => {
+                    byte_level_pre(Some(LLAMA3_REGEX))
+                }
                 "qwen2" | "deepseek-r1-qwen" => byte_level_pre(Some(QWEN2_REGEX)),
                 "default" | "gpt-2" | "gpt2" | "smollm" => byte_level_pre(None),
                 other => {
-                    eprintln!("tutti: unknown GGUF pre-tokenizer `{other}`; using the GPT-2 split rules");
+                    tracing::warn!(
+                        "unknown GGUF pre-tokenizer `{other}`; using the GPT-2 split rules"
+                    );
                     byte_level_pre(Some(GPT2_REGEX))
                 }
             };
@@ -510,20 +576,29 @@ fn gguf_tokenizer_json(
                           "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                           "vocab": vocab, "merges": merges}
             });
-            Ok(RebuiltTokenizer { json, control, spm: false })
+            Ok(RebuiltTokenizer {
+                json,
+                n_tokens: n,
+                control,
+                spm: false,
+            })
         }
         "llama" => {
-            let scores: Vec<f32> = md
-                .get("tokenizer.ggml.scores")
-                .and_then(|v| v.to_vec().ok())
-                .map(|v| v.iter().map(|s| s.to_f32().unwrap_or(0.0)).collect())
-                .unwrap_or_else(|| vec![0.0; tokens.len()]);
+            let scores: Vec<f32> = match array(md, "tokenizer.ggml.scores")? {
+                Some(v) => per_token(v, n, "tokenizer.ggml.scores", |s| match s {
+                    gguf_file::Value::F32(x) => Some(*x),
+                    gguf_file::Value::F64(x) => Some(*x as f32),
+                    _ => None,
+                })?,
+                None => vec![0.0; n],
+            };
             let merges = spm_merges(&tokens, &types, &scores);
             let add_space_prefix = md
                 .get("tokenizer.ggml.add_space_prefix")
                 .and_then(|v| v.to_bool().ok())
                 .unwrap_or(true);
-            let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+            let replace =
+                json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
             let normalizer = if add_space_prefix {
                 json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace]})
             } else {
@@ -539,7 +614,12 @@ fn gguf_tokenizer_json(
             }
             let unk = get_u32("tokenizer.ggml.unknown_token_id")
                 .and_then(|id| tokens.get(id as usize).cloned())
-                .or_else(|| types.iter().position(|&t| t == 2).map(|i| tokens[i].clone()));
+                .or_else(|| {
+                    types
+                        .iter()
+                        .position(|&t| t == 2)
+                        .and_then(|i| tokens.get(i).cloned())
+                });
             let json = json!({
                 "version": "1.0", "truncation": null, "padding": null,
                 "added_tokens": added, "normalizer": normalizer,
@@ -550,10 +630,15 @@ fn gguf_tokenizer_json(
                           "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
                           "vocab": vocab, "merges": merges}
             });
-            Ok(RebuiltTokenizer { json, control, spm: true })
+            Ok(RebuiltTokenizer {
+                json,
+                n_tokens: n,
+                control,
+                spm: true,
+            })
         }
         other => Err(format!(
-            "unsupported GGUF tokenizer model `{other}` (supported: gpt2, llama); pass a tokenizer.json instead"
+            "unsupported GGUF tokenizer model `{other}` (supported: gpt2, llama)"
         )),
     }
 }
@@ -582,4 +667,117 @@ fn spm_merges(tokens: &[String], types: &[i32], scores: &[f32]) -> Vec<Value> {
         .into_iter()
         .map(|(_, _, a, b)| json!([tokens[a], tokens[b]]))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gguf_file::Value as G;
+
+    fn strings(items: &[&str]) -> G {
+        G::Array(items.iter().map(|s| G::String(s.to_string())).collect())
+    }
+
+    /// A small SentencePiece-style vocabulary as GGUF metadata.
+    fn spm() -> HashMap<String, G> {
+        let mut md = HashMap::new();
+        md.insert("tokenizer.ggml.model".into(), G::String("llama".into()));
+        md.insert(
+            "tokenizer.ggml.tokens".into(),
+            strings(&["<unk>", "<s>", "</s>", "\u{2581}", "a", "\u{2581}a"]),
+        );
+        md.insert(
+            "tokenizer.ggml.token_type".into(),
+            G::Array([2, 3, 3, 1, 1, 1].map(G::I32).to_vec()),
+        );
+        md.insert(
+            "tokenizer.ggml.scores".into(),
+            G::Array([0.0, 0.0, 0.0, -3.0, -2.0, -1.0].map(G::F32).to_vec()),
+        );
+        md.insert("tokenizer.ggml.bos_token_id".into(), G::U32(1));
+        md.insert("tokenizer.ggml.eos_token_id".into(), G::U32(2));
+        md
+    }
+
+    fn load(md: &HashMap<String, G>) -> Result<ModelTokenizer> {
+        ModelTokenizer::from_gguf(Path::new("v.gguf"), md)
+    }
+
+    fn one_line_error(md: &HashMap<String, G>, needle: &str) {
+        let err = load(md)
+            .expect_err("malformed vocabulary must not load")
+            .to_string();
+        assert!(
+            err.contains("v.gguf") && err.contains(needle) && !err.contains('\n'),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn well_formed_vocabulary_loads() {
+        let t = load(&spm()).unwrap();
+        assert_eq!(t.bos_id(), Some(1));
+        assert_eq!(t.eos_ids(), &[2]);
+        assert_eq!(t.vocab_size(), 6);
+        assert_eq!(t.encode_prompt("a").unwrap(), vec![1, 5]);
+    }
+
+    #[test]
+    fn per_token_arrays_must_match_the_tokens() {
+        let mut md = spm();
+        // One more type than tokens, and the extra one marks the unknown token.
+        md.insert(
+            "tokenizer.ggml.token_type".into(),
+            G::Array([1, 3, 3, 1, 1, 1, 2].map(G::I32).to_vec()),
+        );
+        one_line_error(
+            &md,
+            "`tokenizer.ggml.token_type` has 7 entries for 6 tokens",
+        );
+        let mut md = spm();
+        md.insert(
+            "tokenizer.ggml.scores".into(),
+            G::Array([0.0, 0.0].map(G::F32).to_vec()),
+        );
+        one_line_error(&md, "`tokenizer.ggml.scores` has 2 entries for 6 tokens");
+        let mut md = spm();
+        md.insert(
+            "tokenizer.ggml.scores".into(),
+            G::Array(vec![G::String("x".into()); 6]),
+        );
+        one_line_error(&md, "`tokenizer.ggml.scores`[0] has the wrong type");
+        let mut md = spm();
+        md.insert("tokenizer.ggml.tokens".into(), G::U32(5));
+        one_line_error(&md, "`tokenizer.ggml.tokens` is not an array");
+        let mut md = spm();
+        md.insert("tokenizer.ggml.tokens".into(), G::Array(vec![G::U8(1); 6]));
+        one_line_error(&md, "tokenizer.ggml.tokens[0] is not a string");
+    }
+
+    #[test]
+    fn malformed_merges_are_an_error() {
+        let mut md = HashMap::new();
+        md.insert("tokenizer.ggml.model".into(), G::String("gpt2".into()));
+        md.insert("tokenizer.ggml.tokens".into(), strings(&["a", "b", "ab"]));
+        md.insert("tokenizer.ggml.merges".into(), strings(&["a b"]));
+        assert_eq!(load(&md).unwrap().vocab_size(), 3);
+        md.insert("tokenizer.ggml.merges".into(), strings(&["a b", "ab"]));
+        one_line_error(&md, "tokenizer.ggml.merges[1] is not a string `left right`");
+        md.insert("tokenizer.ggml.merges".into(), strings(&["a zz"]));
+        one_line_error(&md, "rebuilt tokenizer is invalid");
+    }
+
+    #[test]
+    fn special_ids_outside_the_vocabulary_are_ignored() {
+        let mut md = spm();
+        md.insert("tokenizer.ggml.bos_token_id".into(), G::U32(99));
+        md.insert("tokenizer.ggml.eos_token_id".into(), G::U64(1 << 40));
+        md.insert("tokenizer.ggml.unknown_token_id".into(), G::U32(1000));
+        let t = load(&md).unwrap();
+        assert_eq!(t.bos_id(), None);
+        assert!(!t.add_bos());
+        // `</s>` is still an end token by its text.
+        assert_eq!(t.eos_ids(), &[2]);
+        assert_eq!(t.encode_prompt("a").unwrap(), vec![5]);
+    }
 }

@@ -9,7 +9,7 @@ use crate::config::{
 };
 use crate::kv_cache::KvCache;
 use crate::weights::{Embedding, Linear, Weights};
-use crate::{CausalLm, Error, Result};
+use crate::{CausalLm, ConfigError, Error, Result};
 use candle_core::{DType, Device, Tensor, D};
 
 /// Where a family's tensors live in a checkpoint.
@@ -81,6 +81,94 @@ impl TensorNames {
             WeightFormat::HuggingFace => format!("model.layers.{i}.{hf}"),
             WeightFormat::Gguf => format!("blk.{i}.{gguf}"),
         }
+    }
+}
+
+/// Checks, before any tensor is read, that the checkpoint holds the tensors `cfg`
+/// implies with the shapes it implies: embedding `[vocab, hidden]`, q/k/v/o and MLP
+/// projections `[out, in]`, norms `[hidden]` (q/k norms `[head_dim]`), and no layer past
+/// the last. `shape_of` gives a tensor's shape without reading it; `desc` names the
+/// checkpoint in errors.
+pub fn check_shapes(
+    cfg: &TransformerConfig,
+    format: WeightFormat,
+    desc: &str,
+    shape_of: impl Fn(&str) -> Option<Vec<usize>>,
+) -> Result<()> {
+    let check = |name: &str, expected: &[usize], required: bool| -> Result<()> {
+        match shape_of(name) {
+            None if required => Err(Error::MissingTensor {
+                name: name.to_string(),
+                source_desc: desc.to_string(),
+                arch: cfg.arch.name().to_string(),
+            }),
+            Some(found) if found != expected => Err(Error::invalid(
+                desc,
+                ConfigError::TensorShape {
+                    name: name.to_string(),
+                    found,
+                    expected: expected.to_vec(),
+                },
+            )),
+            _ => Ok(()),
+        }
+    };
+    let need = |name: &str, expected: &[usize]| check(name, expected, true);
+    let names = TensorNames::new(format, cfg.arch);
+    let (h, hd, ff) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+    let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+    need(names.embed(), &[cfg.vocab_size, h])?;
+    need(names.final_norm(), &[h])?;
+    if !cfg.tie_word_embeddings {
+        check(names.lm_head(), &[cfg.vocab_size, h], false)?;
+    }
+    for i in 0..cfg.num_layers {
+        let w = |r: Role| format!("{}.weight", names.layer(i, r));
+        let has = |r: Role| shape_of(&w(r)).is_some();
+        need(&w(Role::AttnNorm), &[h])?;
+        need(&w(Role::FfnNorm), &[h])?;
+        if has(Role::Qkv) {
+            need(&w(Role::Qkv), &[q_out + 2 * kv_out, h])?;
+        } else {
+            need(&w(Role::Q), &[q_out, h])?;
+            need(&w(Role::K), &[kv_out, h])?;
+            need(&w(Role::V), &[kv_out, h])?;
+        }
+        need(&w(Role::O), &[h, q_out])?;
+        if cfg.qk_norm {
+            need(&w(Role::QNorm), &[hd])?;
+            need(&w(Role::KNorm), &[hd])?;
+        }
+        if cfg.sandwich_norms {
+            need(&w(Role::PostAttnNorm), &[h])?;
+            need(&w(Role::PostFfnNorm), &[h])?;
+        }
+        if fused_mlp(format, has(Role::GateUp), has(Role::Gate)) {
+            need(&w(Role::GateUp), &[2 * ff, h])?;
+        } else {
+            need(&w(Role::Gate), &[ff, h])?;
+            need(&w(Role::Up), &[ff, h])?;
+        }
+        need(&w(Role::Down), &[h, ff])?;
+    }
+    let next = format!("{}.weight", names.layer(cfg.num_layers, Role::AttnNorm));
+    if shape_of(&next).is_some() {
+        return Err(Error::invalid(
+            desc,
+            ConfigError::ExtraLayers {
+                layers: cfg.num_layers,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a layer's MLP is one `[gate; up]` projection (Phi-3): HF names it, GGUF
+/// stores it as `ffn_up` with no `ffn_gate`.
+fn fused_mlp(format: WeightFormat, has_gate_up: bool, has_gate: bool) -> bool {
+    match format {
+        WeightFormat::HuggingFace => has_gate_up,
+        WeightFormat::Gguf => !has_gate,
     }
 }
 
@@ -506,7 +594,11 @@ pub struct Transformer {
 }
 
 impl Transformer {
+    /// Builds the decoder from `w`. The config is validated and the tensor shapes are
+    /// checked against it before any tensor is read.
     pub fn load(w: &Weights, cfg: TransformerConfig, format: WeightFormat) -> Result<Self> {
+        cfg.validate().map_err(|p| Error::invalid(w.desc(), p))?;
+        check_shapes(&cfg, format, w.desc(), |name| w.shape(name))?;
         let names = TensorNames::new(format, cfg.arch);
         let embed = w.embedding(names.embed())?;
         let hd = cfg.head_dim;
@@ -549,9 +641,11 @@ impl Transformer {
                 cache: KvCache::new(),
                 ggml_compat: false,
             };
-            let mlp = if format == WeightFormat::HuggingFace && w.has(&wname(Role::GateUp))
-                || format == WeightFormat::Gguf && !w.has(&wname(Role::Gate))
-            {
+            let mlp = if fused_mlp(
+                format,
+                w.has(&wname(Role::GateUp)),
+                w.has(&wname(Role::Gate)),
+            ) {
                 let gate_up = w.linear(&wname(Role::GateUp), None, h)?;
                 let ff = gate_up.out_features() / 2;
                 Mlp::Fused {

@@ -119,7 +119,7 @@ impl Weights {
             unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }.map_err(|e| {
                 Error::Io {
                     path: files.first().cloned().unwrap_or_default(),
-                    message: format!("cannot read safetensors: {e}"),
+                    message: format!("cannot read safetensors: {}", crate::error::one_line(&e)),
                 }
             })?;
         Ok(Self {
@@ -174,6 +174,23 @@ impl Weights {
         &self.device
     }
 
+    /// What the weights were read from (a path, or a description).
+    pub fn desc(&self) -> &str {
+        &self.desc
+    }
+
+    /// Shape of a tensor (`[out, in]` for projections), without reading its data.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        match &self.backend {
+            Backend::Safetensors(st) => st.get(name).ok().map(|t| t.shape().to_vec()),
+            Backend::Map(m) => m.get(name).map(|t| t.dims().to_vec()),
+            Backend::Gguf { content, .. } => content
+                .tensor_infos
+                .get(name)
+                .map(|t| t.shape.dims().to_vec()),
+        }
+    }
+
     pub fn has(&self, name: &str) -> bool {
         match &self.backend {
             Backend::Safetensors(st) => st.get(name).is_ok(),
@@ -204,7 +221,7 @@ impl Weights {
                     .tensor(&mut *f, name, &self.device)
                     .map_err(|e| Error::BadGguf {
                         path: self.desc.clone().into(),
-                        reason: format!("tensor `{name}`: {e}"),
+                        reason: format!("tensor `{name}`: {}", crate::error::one_line(&e)),
                     })
             }
             Backend::Safetensors(_) | Backend::Map(_) => Err(self.missing(name)),

@@ -7,11 +7,13 @@
 //!   stores it;
 //! * [`TargetLookup`] answers per candidate during generation: the token with identical
 //!   bytes when B has one (every method), else the method's choice: nothing for
-//!   `exact`, the nearest surface for `min-ed` (from a cached full map, else searched
-//!   per candidate and memoised, which gives the same answers), the proposer's token
-//!   mapped through the full relrep map for `relrep`.
+//!   `exact`, the nearest surface for `min-ed`, the proposer's token mapped through
+//!   relative representations for `relrep`. A full map is used when one is at hand (from
+//!   the cache or built); otherwise min-ed searches and relrep maps each candidate as it
+//!   first appears and memoises it, with the same answers as the full map.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::Tensor;
 
@@ -108,7 +110,10 @@ pub struct TargetLookup {
     method: AlignMethod,
     /// Full maps A → B by A's member slot.
     maps: Vec<Option<TokenMap>>,
-    /// min-ed without a cached full map: the same search, per candidate, memoised.
+    /// relrep without a full map: A → B relative representations by A's slot, mapping
+    /// candidates as they appear (memoised inside).
+    relrep: Vec<Option<Arc<RelRep>>>,
+    /// min-ed without a full map: the same search, per candidate, memoised.
     lazy: Option<LazyMinEd>,
 }
 
@@ -125,6 +130,7 @@ impl TargetLookup {
         TargetLookup {
             method,
             maps: (0..slots).map(|_| None).collect(),
+            relrep: (0..slots).map(|_| None).collect(),
             lazy: (method == AlignMethod::MinEd).then(|| LazyMinEd {
                 index: MinEdIndex::new(b),
                 scratch: Scratch::default(),
@@ -140,41 +146,62 @@ impl TargetLookup {
         }
     }
 
+    /// Maps candidates from member `slot` through `relrep` as they appear (when there
+    /// is no full map from that member).
+    pub fn set_relrep(&mut self, slot: usize, relrep: Arc<RelRep>) {
+        if let Some(r) = self.relrep.get_mut(slot) {
+            *r = Some(relrep);
+        }
+    }
+
     pub fn method(&self) -> AlignMethod {
         self.method
     }
 
     /// B's token standing for a candidate with `bytes` proposed by `proposers`
     /// (`(slot, id)` pairs), or `None` (B gives it probability 0).
-    pub fn find(&mut self, b: &Vocab, bytes: &[u8], proposers: &[(usize, u32)]) -> Option<u32> {
+    pub fn find(
+        &mut self,
+        b: &Vocab,
+        bytes: &[u8],
+        proposers: &[(usize, u32)],
+    ) -> Result<Option<u32>, AlignError> {
         if let Some(id) = b.id_of(bytes) {
-            return Some(id);
+            return Ok(Some(id));
         }
-        let mapped = || {
-            proposers.iter().find_map(|&(slot, id)| {
-                self.maps
-                    .get(slot)
-                    .and_then(Option::as_ref)
-                    .map(|m| m.map(id))
-            })
-        };
+        // The first proposer with a full map decides.
+        let mapped = proposers.iter().find_map(|&(slot, id)| {
+            self.maps
+                .get(slot)
+                .and_then(Option::as_ref)
+                .map(|m| m.map(id))
+        });
+        if let Some(hit) = mapped {
+            return Ok(hit);
+        }
         match self.method {
-            AlignMethod::Exact => None,
-            AlignMethod::RelRep => mapped().flatten(),
-            AlignMethod::MinEd => {
-                if let Some(hit) = mapped() {
-                    return hit;
+            AlignMethod::Exact => Ok(None),
+            AlignMethod::RelRep => {
+                for &(slot, id) in proposers {
+                    if let Some(Some(rr)) = self.relrep.get(slot) {
+                        return rr.lookup(id);
+                    }
                 }
-                let lazy = self.lazy.as_mut()?;
+                Ok(None)
+            }
+            AlignMethod::MinEd => {
+                let Some(lazy) = self.lazy.as_mut() else {
+                    return Ok(None);
+                };
                 if let Some(&hit) = lazy.memo.get(bytes) {
-                    return hit;
+                    return Ok(hit);
                 }
                 let id = lazy
                     .index
                     .nearest(bytes, &mut lazy.scratch)
                     .map(|(_, _, id)| id);
                 lazy.memo.insert(bytes.to_vec(), id);
-                id
+                Ok(id)
             }
         }
     }
@@ -193,8 +220,8 @@ mod tests {
     fn exact_is_identical_bytes_or_nothing() {
         let b = vocab_from(&["F", "Ġa", "a", "q"], &[0]);
         let mut t = TargetLookup::new(AlignMethod::Exact, &b, 2);
-        assert_eq!(t.find(&b, b" a", &[(1, 7)]), Some(1));
-        assert_eq!(t.find(&b, b"ab", &[(1, 7)]), None);
+        assert_eq!(t.find(&b, b" a", &[(1, 7)]).unwrap(), Some(1));
+        assert_eq!(t.find(&b, b"ab", &[(1, 7)]).unwrap(), None);
     }
 
     #[test]
@@ -205,7 +232,11 @@ mod tests {
         let mut lazy = TargetLookup::new(AlignMethod::MinEd, &b, 2);
         for id in a.candidates().filter(|&id| !a.is_eos(id)) {
             let bytes = a.bytes(id).unwrap();
-            assert_eq!(lazy.find(&b, bytes, &[(0, id)]), full.map(id), "{id}");
+            assert_eq!(
+                lazy.find(&b, bytes, &[(0, id)]).unwrap(),
+                full.map(id),
+                "{id}"
+            );
         }
         // A cached full map is used as is.
         let side = |v| MapSide {
@@ -227,7 +258,7 @@ mod tests {
         assert_eq!(src, Source::Built);
         let mut with_map = TargetLookup::new(AlignMethod::MinEd, &b, 2);
         with_map.set_map(0, map);
-        assert_eq!(with_map.find(&b, b"qz", &[(0, 1)]), full.map(1));
+        assert_eq!(with_map.find(&b, b"qz", &[(0, 1)]).unwrap(), full.map(1));
     }
 
     #[test]
@@ -238,8 +269,12 @@ mod tests {
         let mut t = TargetLookup::new(AlignMethod::RelRep, &b, 3);
         t.set_map(2, map);
         // Slot 2 proposed A's "y" (id 1) → B's "u"; slot 1 has no map.
-        assert_eq!(t.find(&b, b"y", &[(1, 9), (2, 1)]), Some(0));
-        assert_eq!(t.find(&b, b"y", &[(1, 1)]), None);
-        assert_eq!(t.find(&a, b"x", &[]), Some(0), "identical bytes first");
+        assert_eq!(t.find(&b, b"y", &[(1, 9), (2, 1)]).unwrap(), Some(0));
+        assert_eq!(t.find(&b, b"y", &[(1, 1)]).unwrap(), None);
+        assert_eq!(
+            t.find(&a, b"x", &[]).unwrap(),
+            Some(0),
+            "identical bytes first"
+        );
     }
 }

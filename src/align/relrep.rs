@@ -27,16 +27,18 @@
 //!
 //! Computation: relative vectors are never materialised. Set-up needs the anchor rows'
 //! `hidden × hidden` cross product and one symmetric eigen-decomposition of that size
-//! (Jacobi, on the host); the preprocessing and projection fold into one `hidden × r`
-//! affine map per side, so memory does not grow with the number of anchors and scores
-//! are `r`-wide matmuls (`r ≤ min hidden`), chunked by [`RelRepConfig::block_elems`] on
-//! the embeddings' device. [`RelRep::lookup`] maps single candidates lazily and
+//! (faer, on the host in f64, as are the whitening's Cholesky factorisations); the
+//! preprocessing and projection fold into one `hidden × r` affine map per side, so
+//! memory does not grow with the number of anchors and scores are `r`-wide matmuls
+//! (`r ≤ min hidden`), chunked by [`RelRepConfig::block_elems`] on the embeddings'
+//! device. [`RelRep::setup_times`] reports each stage; `benches/relrep.rs` measures
+//! them up to hidden 4,096. [`RelRep::lookup`] maps single candidates lazily and
 //! memoises them; [`RelRep::full_map`] maps every candidate.
 //!
 //! Hubness: a few B tokens are nearest to very many queries. CSLS picks
 //! `argmax_y 2·cos(x, y) − r(y)`, `r(y)` = mean of `y`'s [`RelRepConfig::csls_k`] highest
 //! cosines with an evenly spaced sample of [`RelRepConfig::csls_sample`] A candidates,
-//! among the query's [`SHORTLIST`] best targets by plain cosine; `r(y)` is computed the
+//! among the query's `SHORTLIST` (64) best targets by plain cosine; `r(y)` is computed the
 //! first time `y` is shortlisted and kept. The reported score is the plain cosine.
 //!
 //! Measurements (held-out = random shared tokens that are not anchors; identity =
@@ -77,8 +79,11 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, DeviceLocation, Tensor, D};
+use faer::linalg::triangular_inverse::invert_lower_triangular;
+use faer::{get_global_parallelism, Mat, MatRef};
 use rayon::prelude::*;
 
 use super::{eos_target, AlignError, AlignMethod, TokenMap, NONE};
@@ -131,10 +136,13 @@ pub const DEFAULT_SV_POWER: f64 = 2.0;
 const WHITEN_RIDGE: f64 = 1e-6;
 
 impl RelRepConfig {
-    /// The parameters that change the result, as a cache-key string.
+    /// The parameters that change the result, as a cache-key string. Its version
+    /// counts the numerics too, scores included: `relrep-v5` is the method described
+    /// in the module docs as relrep-v4, computed with faer's decompositions (same
+    /// targets on a 6,083-token spread of the demo pair, scores within 1e-6).
     pub fn key_string(&self) -> String {
         format!(
-            "relrep-v4;anchors={};center={};whiten={};sv_power={};csls_k={};csls_sample={}",
+            "relrep-v5;anchors={};center={};whiten={};sv_power={};csls_k={};csls_sample={}",
             self.anchors, self.center, self.whiten, self.sv_power, self.csls_k, self.csls_sample
         )
     }
@@ -197,102 +205,79 @@ fn normalize_rows(x: &Tensor) -> Result<Tensor, AlignError> {
     Ok(x.broadcast_div(&norm)?)
 }
 
-/// `W` with `Wᵀ C W = I` for a symmetric positive semi-definite `C` (`n × n`, row-major):
-/// `W = L⁻ᵀ` for the Cholesky factor `L` of `C + ridge·max(diag C)·I`. Any whitening
-/// works here: relrep features are cosines, invariant under a rotation of one side.
-fn whitening(c: &[f64], n: usize) -> Vec<f64> {
+/// `W` (`n × n`, row-major) with `Wᵀ (C + ρ·I) W = I` for a symmetric positive
+/// semi-definite `C` (`n × n`, row-major, lower triangle read), `ρ =`
+/// `WHITEN_RIDGE·max(diag C)`: `W = L⁻ᵀ` for the Cholesky factor `L` of `C + ρ·I`.
+/// Relrep features are cosines, invariant under a rotation of one side, so any
+/// whitening would do and Cholesky is the cheapest. When rounding has left `C + ρ·I`
+/// indefinite (nearly rank-deficient embeddings), the eigen-decomposition `C = V Λ Vᵀ`
+/// gives `W = V (max(Λ, 0) + ρ)^(-1/2)` instead.
+pub fn whitening(c: &[f64], n: usize) -> Result<Vec<f64>, AlignError> {
+    check_square(c, n, "covariance")?;
     let max_diag = (0..n).map(|i| c[i * n + i]).fold(0.0f64, f64::max);
     let ridge = (WHITEN_RIDGE * max_diag).max(1e-30);
-    // Cholesky: C = L Lᵀ, L lower triangular.
-    let mut l = vec![0.0f64; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            let mut s = c[i * n + j] + if i == j { ridge } else { 0.0 };
-            for k in 0..j {
-                s -= l[i * n + k] * l[j * n + k];
-            }
-            l[i * n + j] = if i == j {
-                s.max(ridge).sqrt()
-            } else {
-                s / l[j * n + j]
-            };
-        }
+    let reg = Mat::from_fn(n, n, |i, j| c[i * n + j] + if i == j { ridge } else { 0.0 });
+    if let Ok(llt) = reg.llt(faer::Side::Lower) {
+        let mut inv = Mat::<f64>::zeros(n, n);
+        invert_lower_triangular(inv.as_mut(), llt.L(), get_global_parallelism());
+        // Row i of W = L⁻ᵀ is column i of L⁻¹.
+        let inv = &inv;
+        return Ok((0..n)
+            .flat_map(|i| (0..n).map(move |k| inv[(k, i)]))
+            .collect());
     }
-    // Inverse of L by forward substitution, column by column: L X = I.
-    let mut inv = vec![0.0f64; n * n];
-    for col in 0..n {
-        for i in col..n {
-            let mut s = if i == col { 1.0 } else { 0.0 };
-            for k in col..i {
-                s -= l[i * n + k] * inv[k * n + col];
-            }
-            inv[i * n + col] = s / l[i * n + i];
-        }
-    }
-    // W = L⁻ᵀ.
-    let mut w = vec![0.0f64; n * n];
-    for i in 0..n {
-        for j in 0..n {
-            w[i * n + j] = inv[j * n + i];
-        }
-    }
-    w
+    let (values, vectors) = sym_eigen(c, n)?;
+    let scale: Vec<f64> = values
+        .iter()
+        .map(|&v| 1.0 / (v.max(0.0) + ridge).sqrt())
+        .collect();
+    // W[i][j] = V[i][j]·scale[j], and V[i][j] is entry i of the j-th eigenvector.
+    Ok((0..n * n)
+        .map(|k| {
+            let (i, j) = (k / n, k % n);
+            vectors[j * n + i] * scale[j]
+        })
+        .collect())
 }
 
-/// Eigen-decomposition of a symmetric `n × n` matrix (row-major) by cyclic Jacobi
-/// rotations: returns the eigenvalues and the eigenvectors as rows (`vt[j]` belongs to
-/// `values[j]`). Jacobi rather than a faster tridiagonal method: the matrices here are
-/// at most a few hundred wide, built once per map, and Jacobi is short and robust.
-fn sym_eigen(mut a: Vec<f64>, n: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut vt = vec![0.0f64; n * n];
-    for i in 0..n {
-        vt[i * n + i] = 1.0;
+/// Eigen-decomposition of a symmetric `n × n` matrix (row-major, lower triangle read):
+/// the eigenvalues in non-decreasing order and the unit eigenvectors as rows
+/// (`vectors[j·n..(j+1)·n]` belongs to `values[j]`).
+pub fn sym_eigen(a: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>), AlignError> {
+    check_square(a, n, "matrix")?;
+    let evd = MatRef::from_row_major_slice(a, n, n)
+        .self_adjoint_eigen(faer::Side::Lower)
+        .map_err(|e| {
+            AlignError::BadEmbeddings(format!(
+                "symmetric eigen-decomposition of a {n} × {n} matrix failed ({e:?}); \
+                 the embeddings are too ill-conditioned for relrep, use --align min-ed"
+            ))
+        })?;
+    let values = evd.S().column_vector().iter().copied().collect();
+    let u = evd.U();
+    let vectors = (0..n)
+        .flat_map(|j| (0..n).map(move |i| u[(i, j)]))
+        .collect();
+    Ok((values, vectors))
+}
+
+/// Fails unless `a` holds `n × n` finite numbers: the decompositions would panic on a
+/// wrong length and return garbage on NaN (which a corrupt embedding table yields).
+fn check_square(a: &[f64], n: usize, what: &str) -> Result<(), AlignError> {
+    if a.len() != n * n {
+        return Err(AlignError::BadEmbeddings(format!(
+            "a {n} × {n} {what} needs {} entries, got {}",
+            n * n,
+            a.len()
+        )));
     }
-    let scale: f64 = a.iter().map(|v| v * v).sum::<f64>().max(f64::MIN_POSITIVE);
-    for _sweep in 0..60 {
-        let mut off = 0.0f64;
-        for p in 0..n {
-            for q in p + 1..n {
-                off += a[p * n + q] * a[p * n + q];
-            }
-        }
-        if off <= 1e-28 * scale {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = a[p * n + q];
-                let (app, aqq) = (a[p * n + p], a[q * n + q]);
-                if apq.abs() <= 1e-300 || apq.abs() <= 1e-17 * (app.abs() + aqq.abs()) {
-                    continue;
-                }
-                // The rotation angle that zeroes a[p][q] (the smaller of the two roots,
-                // for stability).
-                let theta = (aqq - app) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..n {
-                    let (x, y) = (a[k * n + p], a[k * n + q]);
-                    a[k * n + p] = c * x - s * y;
-                    a[k * n + q] = s * x + c * y;
-                }
-                for k in 0..n {
-                    let (x, y) = (a[p * n + k], a[q * n + k]);
-                    a[p * n + k] = c * x - s * y;
-                    a[q * n + k] = s * x + c * y;
-                }
-                a[p * n + q] = 0.0;
-                a[q * n + p] = 0.0;
-                for k in 0..n {
-                    let (x, y) = (vt[p * n + k], vt[q * n + k]);
-                    vt[p * n + k] = c * x - s * y;
-                    vt[q * n + k] = s * x + c * y;
-                }
-            }
-        }
+    if a.iter().any(|v| !v.is_finite()) {
+        return Err(AlignError::BadEmbeddings(format!(
+            "the {what} derived from the embeddings has NaN or infinite entries; \
+             check the model file's embedding table"
+        )));
     }
-    ((0..n).map(|i| a[i * n + i]).collect(), vt)
+    Ok(())
 }
 
 /// Projections `(P_A [hidden A, r], P_B [hidden B, r])` of the two preprocessed spaces
@@ -302,7 +287,12 @@ fn sym_eigen(mut a: Vec<f64>, n: usize) -> (Vec<f64>, Vec<f64>) {
 /// runs on the smaller Gram matrix of `M`; the other side's singular vectors follow
 /// as `U = M V S⁻¹` (or `V = Mᵀ U S⁻¹`), with directions of negligible singular value
 /// dropped.
-fn sv_projections(cross: &Tensor, power: f64) -> Result<(Tensor, Tensor), AlignError> {
+fn sv_projections(
+    cross: &Tensor,
+    power: f64,
+    times: &mut SetupTimes,
+) -> Result<(Tensor, Tensor), AlignError> {
+    let mut t = Instant::now();
     let (ha, hb) = cross.dims2()?;
     let dev = cross.device().clone();
     let small_is_a = ha <= hb;
@@ -317,7 +307,9 @@ fn sv_projections(cross: &Tensor, power: f64) -> Result<(Tensor, Tensor), AlignE
         .into_iter()
         .map(f64::from)
         .collect();
-    let (values, vt) = sym_eigen(g, n);
+    times.gram += lap(&mut t);
+    let (values, vt) = sym_eigen(&g, n)?;
+    times.eigen += lap(&mut t);
     let max_v = values.iter().copied().fold(0.0f64, f64::max);
     let keep: Vec<usize> = (0..n).filter(|&j| values[j] > 1e-10 * max_v).collect();
     if keep.is_empty() {
@@ -341,13 +333,15 @@ fn sv_projections(cross: &Tensor, power: f64) -> Result<(Tensor, Tensor), AlignE
     }
     let own = Tensor::from_vec(own, (n, r), &dev)?;
     let via = Tensor::from_vec(via, (n, r), &dev)?;
-    Ok(if small_is_a {
+    let pair = if small_is_a {
         let other = cross.t()?.matmul(&via)?;
         (own, other)
     } else {
         let other = cross.matmul(&via)?;
         (other, own)
-    })
+    };
+    times.gram += lap(&mut t);
+    Ok(pair)
 }
 
 /// A side's rows to the shared basis: `x ↦ x·mat − offset`.
@@ -373,7 +367,9 @@ impl Side {
         candidates: &[u32],
         anchor_ids: &[u32],
         cfg: &RelRepConfig,
+        times: &mut SetupTimes,
     ) -> Result<Side, AlignError> {
+        let mut t = Instant::now();
         let (rows_n, hidden) = e.dims2()?;
         let e = e.to_dtype(DType::F32)?;
         let dev = e.device().clone();
@@ -408,13 +404,18 @@ impl Side {
                 }
             }
             cov.iter_mut().for_each(|v| *v /= n);
-            let w: Vec<f32> = whitening(&cov, hidden)
+            times.covariance += lap(&mut t);
+            let w: Vec<f32> = whitening(&cov, hidden)?
                 .into_iter()
                 .map(|v| v as f32)
                 .collect();
             side.white = Some(Tensor::from_vec(w, (hidden, hidden), &dev)?);
+            times.whiten += lap(&mut t);
+        } else {
+            times.covariance += lap(&mut t);
         }
         side.anchors = side.prep(anchor_ids)?;
+        times.cross += lap(&mut t);
         Ok(side)
     }
 
@@ -510,6 +511,49 @@ fn top_k_means(data: &[f32], cols: usize, k: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Wall time of each stage of [`RelRep::new`], for benchmarks and diagnostics. The
+/// stages run where the embeddings live; on an asynchronous device a stage's time can
+/// include work queued by the one before (the host-side decompositions synchronise).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SetupTimes {
+    /// Anchor selection and the candidate lists.
+    pub select: Duration,
+    /// Both sides' candidate means and covariances (`candidates × hidden²` products).
+    pub covariance: Duration,
+    /// Both sides' whitening matrices from their covariances (Cholesky, `hidden³`).
+    pub whiten: Duration,
+    /// The anchors' preprocessed rows and their cross-similarity `A_Aᵀ A_B`.
+    pub cross: Duration,
+    /// The cross-similarity's smaller Gram matrix, and the other side's singular
+    /// vectors from the decomposition.
+    pub gram: Duration,
+    /// The Gram matrix's symmetric eigen-decomposition (`min hidden³`).
+    pub eigen: Duration,
+    /// The per-side affine maps, B's projected targets and the CSLS sample.
+    pub project: Duration,
+}
+
+impl SetupTimes {
+    /// Sum of all stages.
+    pub fn total(&self) -> Duration {
+        self.select
+            + self.covariance
+            + self.whiten
+            + self.cross
+            + self.gram
+            + self.eigen
+            + self.project
+    }
+}
+
+/// Time since `*t`, restarting the clock.
+fn lap(t: &mut Instant) -> Duration {
+    let now = Instant::now();
+    let d = now - *t;
+    *t = now;
+    d
+}
+
 /// A relrep alignment A → B over two embedding matrices, for full maps and for lazy,
 /// memoised per-candidate lookups.
 pub struct RelRep {
@@ -531,6 +575,7 @@ pub struct RelRep {
     b_len: usize,
     block_elems: usize,
     memo: Mutex<HashMap<u32, Option<(u32, f32)>>>,
+    times: SetupTimes,
 }
 
 impl RelRep {
@@ -545,6 +590,8 @@ impl RelRep {
         cfg: &RelRepConfig,
     ) -> Result<RelRep, AlignError> {
         check_same_device(ea.device().location(), eb.device().location())?;
+        let mut times = SetupTimes::default();
+        let mut t = Instant::now();
         let shape_of = |e: &Tensor, who: &str| -> Result<usize, AlignError> {
             match e.dims() {
                 [r, h] if *r > 0 && *h > 0 => Ok(*r),
@@ -584,10 +631,14 @@ impl RelRep {
         }
         let anchor_a: Vec<u32> = anchors.iter().map(|p| p.0).collect();
         let anchor_b: Vec<u32> = anchors.iter().map(|p| p.1).collect();
-        let side_a = Side::new(ea, &a_cands, &anchor_a, cfg)?;
-        let side_b = Side::new(eb, &b_cands, &anchor_b, cfg)?;
+        times.select = lap(&mut t);
+        let side_a = Side::new(ea, &a_cands, &anchor_a, cfg, &mut times)?;
+        let side_b = Side::new(eb, &b_cands, &anchor_b, cfg, &mut times)?;
+        t = Instant::now();
         let cross = side_a.anchors.t()?.matmul(&side_b.anchors)?;
-        let (proj_a, proj_b) = sv_projections(&cross, cfg.sv_power)?;
+        times.cross += lap(&mut t);
+        let (proj_a, proj_b) = sv_projections(&cross, cfg.sv_power, &mut times)?;
+        t = Instant::now();
         let proj_a = side_a.projector(&proj_a)?;
         let proj_b = side_b.projector(&proj_b)?;
         let (_, hidden_b) = eb.dims2()?;
@@ -617,6 +668,7 @@ impl RelRep {
             b_len: b.len(),
             block_elems: cfg.block_elems.max(1),
             memo: Mutex::new(HashMap::new()),
+            times: SetupTimes::default(),
         };
         for &i in &a_cands {
             rr.a_ok[i as usize] = true;
@@ -633,6 +685,8 @@ impl RelRep {
             }
             rr.csls = Some((Tensor::cat(&parts, 0)?.t()?.contiguous()?, cfg.csls_k));
         }
+        times.project = lap(&mut t);
+        rr.times = times;
         Ok(rr)
     }
 
@@ -645,6 +699,11 @@ impl RelRep {
     /// The anchor pairs (A id, B id) in use.
     pub fn anchors(&self) -> &[(u32, u32)] {
         &self.anchors
+    }
+
+    /// How long each stage of [`RelRep::new`] took.
+    pub fn setup_times(&self) -> &SetupTimes {
+        &self.times
     }
 
     /// Number of B tokens that can be targets.
@@ -858,6 +917,9 @@ mod tests {
         };
         let rr = RelRep::new(&a, &ea, &b, &eb, &cfg).unwrap();
         assert_eq!(rr.anchors().len(), 40);
+        let times = rr.setup_times();
+        assert!(times.whiten > Duration::ZERO && times.eigen > Duration::ZERO);
+        assert!(times.total() >= times.covariance + times.project);
         let map = rr.full_map(&|_| {}).unwrap();
         let anchor_a: Vec<u32> = rr.anchors().iter().map(|p| p.0).collect();
         let mut right = 0;
@@ -880,31 +942,164 @@ mod tests {
         assert_eq!(rr.lookup(10_000).unwrap(), None);
     }
 
-    #[test]
-    fn jacobi_eigen_decomposes_symmetric_matrices() {
-        let n = 9;
-        let r = noise(n, n, 21);
-        // S = Rᵀ R + diag: symmetric, with a spread of eigenvalues.
-        let mut s = vec![0.0f64; n * n];
+    /// `a · b` for row-major `n × n` matrices.
+    fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
+        let mut c = vec![0.0f64; n * n];
+        for i in 0..n {
+            for k in 0..n {
+                let x = a[i * n + k];
+                for j in 0..n {
+                    c[i * n + j] += x * b[k * n + j];
+                }
+            }
+        }
+        c
+    }
+
+    fn transpose(a: &[f64], n: usize) -> Vec<f64> {
+        (0..n * n).map(|k| a[(k % n) * n + k / n]).collect()
+    }
+
+    /// Largest entry of `|a − b|`.
+    fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    }
+
+    fn identity(n: usize) -> Vec<f64> {
+        (0..n * n).map(|k| f64::from(k / n == k % n)).collect()
+    }
+
+    /// `Rᵀ R / m` for a pseudo-random `m × n` `R` whose column `zero` (if any) is all
+    /// zeros, like an embedding dimension that no token uses: symmetric positive
+    /// semi-definite, singular when a column is zero or `m < n`.
+    fn wishart(n: usize, m: usize, seed: u64, zero: Option<usize>) -> Vec<f64> {
+        let mut r: Vec<f64> = noise(m, n, seed).into_iter().map(f64::from).collect();
+        if let Some(z) = zero {
+            (0..m).for_each(|k| r[k * n + z] = 0.0);
+        }
+        let rt: Vec<f64> = (0..n * m).map(|k| r[(k % m) * n + k / m]).collect();
+        let mut c = vec![0.0f64; n * n];
         for i in 0..n {
             for j in 0..n {
-                s[i * n + j] = (0..n)
-                    .map(|k| f64::from(r[k * n + i]) * f64::from(r[k * n + j]))
-                    .sum::<f64>()
-                    + if i == j { i as f64 } else { 0.0 };
+                c[i * n + j] = (0..m).map(|k| rt[i * m + k] * r[k * n + j]).sum::<f64>() / m as f64;
             }
         }
-        let (values, vt) = sym_eigen(s.clone(), n);
-        for j in 0..n {
-            for i in 0..n {
-                let sv: f64 = (0..n).map(|k| s[i * n + k] * vt[j * n + k]).sum();
-                assert!((sv - values[j] * vt[j * n + i]).abs() < 1e-9, "{j} {i}");
-            }
-            for k in 0..n {
-                let dot: f64 = (0..n).map(|i| vt[j * n + i] * vt[k * n + i]).sum();
-                assert!((dot - f64::from(j == k)).abs() < 1e-12);
-            }
+        c
+    }
+
+    /// A random orthogonal `n × n` matrix (row-major): a product of reflections.
+    fn orthogonal(n: usize, seed: u64) -> Vec<f64> {
+        let mut q = identity(n);
+        for s in 0..3 {
+            let v: Vec<f64> = noise(1, n, seed + s).into_iter().map(f64::from).collect();
+            let norm2: f64 = v.iter().map(|x| x * x).sum();
+            let h: Vec<f64> = (0..n * n)
+                .map(|k| f64::from(k / n == k % n) - 2.0 * v[k / n] * v[k % n] / norm2)
+                .collect();
+            q = matmul(&q, &h, n);
         }
+        q
+    }
+
+    /// `Wᵀ (C + ρ·I) W` for the ridge of [`whitening`].
+    fn whitened_covariance(c: &[f64], w: &[f64], n: usize) -> Vec<f64> {
+        let max_diag = (0..n).map(|i| c[i * n + i]).fold(0.0f64, f64::max);
+        let ridge = WHITEN_RIDGE * max_diag;
+        let mut reg = c.to_vec();
+        (0..n).for_each(|i| reg[i * n + i] += ridge);
+        matmul(&transpose(w, n), &matmul(&reg, w, n), n)
+    }
+
+    #[test]
+    fn whitening_maps_a_covariance_to_the_identity() {
+        let n = 48;
+        let c = wishart(n, 3 * n, 31, None);
+        let w = whitening(&c, n).unwrap();
+        let d = max_diff(&whitened_covariance(&c, &w, n), &identity(n));
+        assert!(d < 1e-9, "{d}");
+        // W = L⁻ᵀ is upper triangular: the Cholesky route, not the fallback.
+        assert!((0..n).all(|i| (0..i).all(|j| w[i * n + j] == 0.0)));
+
+        // A dimension that no row uses: the ridge keeps the factorisation defined.
+        let c = wishart(n, 3 * n, 37, Some(5));
+        let w = whitening(&c, n).unwrap();
+        let d = max_diff(&whitened_covariance(&c, &w, n), &identity(n));
+        assert!(d < 1e-6, "{d}");
+    }
+
+    #[test]
+    fn whitening_of_a_slightly_indefinite_matrix_clamps_its_eigenvalues() {
+        // C = Q Λ Qᵀ with one eigenvalue below −ridge, as rounding can leave a
+        // rank-deficient covariance: Cholesky fails, and the eigen route whitens
+        // C⁺ = Q max(Λ, 0) Qᵀ.
+        let n = 24;
+        let q = orthogonal(n, 41);
+        let lambda: Vec<f64> = (0..n)
+            .map(|i| if i == 3 { -1e-3 } else { 0.5 + i as f64 })
+            .collect();
+        let scaled = |l: &dyn Fn(f64) -> f64| -> Vec<f64> {
+            let ql: Vec<f64> = (0..n * n).map(|k| q[k] * l(lambda[k % n])).collect();
+            matmul(&ql, &transpose(&q, n), n)
+        };
+        let c = scaled(&|l| l);
+        let c_plus = scaled(&|l| l.max(0.0));
+        let w = whitening(&c, n).unwrap();
+        assert!(w.iter().all(|v| v.is_finite()));
+        assert!(
+            (0..n).any(|i| (0..i).any(|j| w[i * n + j] != 0.0)),
+            "not the triangular Cholesky route"
+        );
+        let d = max_diff(&whitened_covariance(&c_plus, &w, n), &identity(n));
+        assert!(d < 1e-6, "{d}");
+    }
+
+    #[test]
+    fn eigen_reconstructs_symmetric_matrices() {
+        let n = 40;
+        // Symmetric with negative and repeated eigenvalues as well as positive ones.
+        let r: Vec<f64> = noise(n, n, 21).into_iter().map(f64::from).collect();
+        let mut s: Vec<f64> = (0..n * n).map(|k| r[k] + r[(k % n) * n + k / n]).collect();
+        for i in 0..n {
+            s[i * n + i] += if i % 7 == 0 { 9.0 } else { 0.0 };
+        }
+        let (values, vt) = sym_eigen(&s, n).unwrap();
+        assert!(values.windows(2).all(|p| p[0] <= p[1]), "ascending");
+        assert!(values[0] < 0.0 && values[n - 1] > 0.0);
+        // V Λ Vᵀ = S and Vᵀ V = I (rows of vt are the eigenvectors).
+        let v = transpose(&vt, n);
+        let vl: Vec<f64> = (0..n * n).map(|k| v[k] * values[k % n]).collect();
+        let d = max_diff(&matmul(&vl, &vt, n), &s);
+        assert!(d < 1e-10, "reconstruction {d}");
+        let d = max_diff(&matmul(&vt, &v, n), &identity(n));
+        assert!(d < 1e-12, "orthonormality {d}");
+        // A diagonal matrix: its entries, sorted, and unit vectors.
+        let diag: Vec<f64> = (0..9)
+            .map(|k| {
+                if k % 4 == 0 {
+                    [3.0, -1.0, 2.0][k / 4]
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let (values, _) = sym_eigen(&diag, 3).unwrap();
+        assert_eq!(values, vec![-1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn decompositions_reject_bad_input() {
+        let mut c = wishart(6, 12, 3, None);
+        c[7] = f64::NAN;
+        for err in [whitening(&c, 6).unwrap_err(), sym_eigen(&c, 6).unwrap_err()] {
+            assert!(matches!(err, AlignError::BadEmbeddings(_)), "{err}");
+            assert!(err.to_string().contains("NaN"), "{err}");
+        }
+        let err = sym_eigen(&[1.0, 0.0, 0.0], 2).unwrap_err();
+        assert!(err.to_string().contains("needs 4 entries, got 3"), "{err}");
+        assert!(whitening(&[1.0; 5], 2).is_err());
     }
 
     #[test]

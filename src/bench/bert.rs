@@ -3,7 +3,7 @@
 //! reference is embedded by one hidden layer, each token is matched greedily to its
 //! most cosine-similar token on the other side, precision = mean over candidate
 //! tokens, recall = mean over reference tokens, F1 their harmonic mean. Special tokens
-//! ([CLS]/[SEP], `<s>`/`</s>`) are excluded; no idf weighting, no baseline rescaling.
+//! (`[CLS]`/`[SEP]`, `<s>`/`</s>`) are excluded; no idf weighting, no baseline rescaling.
 
 use std::path::Path;
 

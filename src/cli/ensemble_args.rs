@@ -64,6 +64,10 @@ pub struct EnsembleArgs {
     /// Stop when the text contains this string (repeatable; `\n` and `\t` are escapes).
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Build and cache the full vocabulary maps that are not cached yet (minutes for
+    /// relrep on a small CPU), so that later runs start without preparing alignments.
+    #[arg(long)]
+    pub build_maps: bool,
 }
 
 /// Replaces `\n`, `\t`, `\r` and `\\` escapes (shells make real newlines awkward).
@@ -104,6 +108,8 @@ fn per_member<'a>(values: &'a [String], i: usize, n: usize, flag: &str) -> Resul
 pub struct Plan {
     pub specs: Vec<MemberSpec>,
     pub align: AlignMethod,
+    /// Build the missing full vocabulary maps at load time.
+    pub build_maps: bool,
     /// Every setting of a call; the prompt is filled in per call.
     pub request: Request,
 }
@@ -200,15 +206,17 @@ pub fn plan(args: &EnsembleArgs) -> Result<Plan> {
     Ok(Plan {
         specs,
         align,
+        build_maps: args.build_maps,
         request,
     })
 }
 
-/// Loads the members; relrep map building shows a progress bar on stderr.
+/// Loads the members; building a full vocabulary map shows a progress bar on stderr.
 pub fn build(plan: &Plan) -> Result<Ensemble> {
     let bar: Mutex<Option<ProgressBar>> = Mutex::new(None);
     let mut b = Ensemble::builder()
         .align(plan.align)
+        .full_maps(plan.build_maps)
         .on_progress(move |e| match e {
             BuildEvent::Loading { spec, .. } => tracing::info!("loading {spec}"),
             BuildEvent::MapBuilding {

@@ -6,7 +6,8 @@
 //! member's probability of each ([`Step`], with [`TargetLookup`] for candidates a member
 //! did not propose) → [`combine`] → [`choose`] → feedback ([`Member::commit`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
@@ -23,8 +24,9 @@ use super::member::Member;
 use super::output::TextStream;
 use super::request::{validate_weights, Gate, Prompt, Request};
 use super::step::{choose, combine, step_weights, CandidateKey, Step};
-use crate::align::cache::{MapCache, Source};
+use crate::align::cache::{Lookup, MapCache, Source};
 use crate::align::lookup::{load_or_build, map_key, MapSide, RelRepSettings, TargetLookup};
+use crate::align::relrep::RelRep;
 use crate::align::{AlignError, AlignMethod};
 
 /// How to load one member.
@@ -92,9 +94,15 @@ impl MemberSpec {
         self
     }
 
+    /// Errors name the member by its file or folder name (the model error that follows
+    /// gives the full path).
     fn err(&self, source: tutti_models::Error) -> EngineError {
+        let name = std::path::Path::new(&self.model)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.model.clone());
         EngineError::Model {
-            member: self.model.clone(),
+            member: name,
             source,
         }
     }
@@ -160,6 +168,7 @@ pub struct EnsembleBuilder {
     align: AlignMethod,
     relrep: RelRepSettings,
     cache: CacheChoice,
+    full_maps: bool,
     progress: Option<Progress>,
 }
 
@@ -170,6 +179,7 @@ impl Default for EnsembleBuilder {
             align: AlignMethod::MinEd,
             relrep: RelRepSettings::default(),
             cache: CacheChoice::Default,
+            full_maps: false,
             progress: None,
         }
     }
@@ -214,6 +224,15 @@ impl EnsembleBuilder {
     /// Neither reads nor writes cached maps.
     pub fn no_map_cache(mut self) -> Self {
         self.cache = CacheChoice::None;
+        self
+    }
+
+    /// Builds the full vocabulary maps that are not cached yet (and caches them), so
+    /// that later ensembles of these members start without preparing any alignment.
+    /// Minutes on a small CPU for relrep; off by default (candidates are then mapped as
+    /// they appear, with the same results).
+    pub fn full_maps(mut self, on: bool) -> Self {
+        self.full_maps = on;
         self
     }
 
@@ -287,6 +306,7 @@ impl EnsembleBuilder {
             self.align,
             &self.relrep,
             cache.as_ref(),
+            self.full_maps,
             &progress,
         )?;
         Ok(Ensemble {
@@ -298,18 +318,23 @@ impl EnsembleBuilder {
     }
 }
 
-/// One [`TargetLookup`] per member (none for a single member): full maps come from the
-/// cache, or are built for relrep; min-ed without a cached map searches per candidate.
+/// One [`TargetLookup`] per member (none for a single member). A full map from the
+/// cache is used when there is one; `full_maps` builds (and caches) the missing ones;
+/// otherwise min-ed searches per candidate and relrep prepares the relative
+/// representations and maps candidates as they appear.
 fn prepare_lookups(
     members: &[Member],
     method: AlignMethod,
     relrep: &RelRepSettings,
     cache: Option<&MapCache>,
+    full_maps: bool,
     progress: &(dyn Fn(&BuildEvent) + Sync),
 ) -> Result<Vec<TargetLookup>> {
     if members.len() < 2 {
         return Ok(Vec::new());
     }
+    // Relative representations shared by pairs with the same vocabularies and weights.
+    let mut models: HashMap<[u8; 32], Arc<RelRep>> = HashMap::new();
     let mut lookups = Vec::with_capacity(members.len());
     for (bs, b) in members.iter().enumerate() {
         let mut lookup = TargetLookup::new(method, b.vocab(), members.len());
@@ -317,34 +342,20 @@ fn prepare_lookups(
             if a_slot == bs {
                 continue;
             }
+            let pair = format!("alignment {} → {}", a.name(), b.name());
             if a.vocab().fingerprint() == b.vocab().fingerprint() {
-                tracing::info!(
-                    "alignment {} → {}: identical vocabularies, candidates match by bytes",
-                    a.name(),
-                    b.name()
-                );
+                tracing::info!("{pair}: identical vocabularies, candidates match by bytes");
+                continue;
+            }
+            if method == AlignMethod::Exact {
+                tracing::info!("{pair}: exact, a candidate without an identical token scores 0");
                 continue;
             }
             let align_err = |source: AlignError| EngineError::Align {
                 member: b.name().to_string(),
                 source,
             };
-            let embeddings = |m: &Member| -> std::result::Result<candle_core::Tensor, AlignError> {
-                match m.backend().input_embeddings() {
-                    Some(Ok(t)) => Ok(t),
-                    Some(Err(e)) => Err(AlignError::BadEmbeddings(e.to_string())),
-                    None => Err(AlignError::BadEmbeddings(format!(
-                        "member `{}` cannot provide its embedding table; use --align min-ed or exact",
-                        m.name()
-                    ))),
-                }
-            };
-            let weights_of = |m: &Member| {
-                m.model()
-                    .map(|x| x.info.weights_fingerprint.clone())
-                    .unwrap_or_default()
-            };
-            let (wa, wb) = (weights_of(a), weights_of(b));
+            let (wa, wb) = (weights_id(a), weights_id(b));
             let (ea, eb) = (|| embeddings(a), || embeddings(b));
             let side_a = MapSide {
                 name: a.name(),
@@ -358,80 +369,100 @@ fn prepare_lookups(
                 weights: &wb,
                 embeddings: &eb,
             };
-            match method {
-                AlignMethod::Exact => tracing::info!(
-                    "alignment {} → {}: exact, a candidate without an identical token scores 0",
-                    a.name(),
-                    b.name()
-                ),
-                AlignMethod::MinEd => {
-                    let cached =
-                        cache.map(|c| (c.load(&map_key(method, &side_a, &side_b, relrep)), c));
-                    match cached {
-                        Some((crate::align::cache::Lookup::Hit(map), c)) => {
-                            tracing::info!(
-                                "alignment {} → {}: min-ed, full map from the cache ({})",
-                                a.name(),
-                                b.name(),
-                                c.dir().display()
-                            );
-                            lookup.set_map(a_slot, map);
-                        }
-                        _ => tracing::info!(
-                            "alignment {} → {}: min-ed, nearest surface searched per candidate",
-                            a.name(),
-                            b.name()
-                        ),
-                    }
-                }
-                AlignMethod::RelRep => {
-                    let started = Instant::now();
-                    let key = map_key(method, &side_a, &side_b, relrep);
-                    let hit = cache.is_some_and(|c| {
-                        matches!(c.load(&key), crate::align::cache::Lookup::Hit(_))
-                    });
-                    if !hit {
-                        tracing::info!(
-                            "alignment {} → {}: building the relrep map (once; later runs load it from the cache)",
-                            a.name(),
-                            b.name()
-                        );
-                        progress(&BuildEvent::MapBuilding {
-                            from: a.name(),
-                            to: b.name(),
-                            method,
-                            total: a.vocab().candidates().count() as u64,
-                        });
-                    }
-                    let tick = |n: u64| progress(&BuildEvent::MapProgress(n));
-                    let (map, source) =
-                        load_or_build(method, &side_a, &side_b, relrep, cache, false, &tick)
-                            .map_err(align_err)?;
-                    let seconds = started.elapsed().as_secs_f64();
-                    tracing::info!(
-                        "alignment {} → {}: relrep map {} in {seconds:.1} s",
-                        a.name(),
-                        b.name(),
-                        match &source {
-                            Source::Cached => "loaded from the cache".to_string(),
-                            Source::Built => "built".to_string(),
-                            Source::Rebuilt(why) => format!("rebuilt ({why})"),
-                        }
-                    );
-                    progress(&BuildEvent::MapReady {
+            let key = map_key(method, &side_a, &side_b, relrep);
+            let started = Instant::now();
+            let cached = match cache.map(|c| c.load(&key)) {
+                Some(Lookup::Hit(map)) => Some((map, Source::Cached)),
+                _ => None,
+            };
+            let full = match cached {
+                Some(hit) => Some(hit),
+                None if full_maps => {
+                    progress(&BuildEvent::MapBuilding {
                         from: a.name(),
                         to: b.name(),
                         method,
-                        source: &source,
-                        seconds,
+                        total: a.vocab().candidates().count() as u64,
                     });
-                    lookup.set_map(a_slot, map);
+                    let tick = |n: u64| progress(&BuildEvent::MapProgress(n));
+                    Some(
+                        load_or_build(method, &side_a, &side_b, relrep, cache, true, &tick)
+                            .map_err(align_err)?,
+                    )
+                }
+                None => None,
+            };
+            let seconds = started.elapsed().as_secs_f64();
+            if let Some((map, source)) = full {
+                tracing::info!(
+                    "{pair}: {method}, full map {} in {seconds:.1} s",
+                    match &source {
+                        Source::Cached => "loaded from the cache",
+                        _ => "built and cached",
+                    }
+                );
+                progress(&BuildEvent::MapReady {
+                    from: a.name(),
+                    to: b.name(),
+                    method,
+                    source: &source,
+                    seconds,
+                });
+                lookup.set_map(a_slot, map);
+                continue;
+            }
+            match method {
+                AlignMethod::MinEd => tracing::info!(
+                    "{pair}: min-ed, nearest surface searched per candidate (no cached full map)"
+                ),
+                _ => {
+                    let rr = match models.get(&key.0) {
+                        Some(rr) => rr.clone(),
+                        None => {
+                            let (ea, eb) = (
+                                embeddings(a).map_err(align_err)?,
+                                embeddings(b).map_err(align_err)?,
+                            );
+                            let rr = Arc::new(
+                                RelRep::new(a.vocab(), &ea, b.vocab(), &eb, &relrep.config)
+                                    .map_err(align_err)?,
+                            );
+                            tracing::info!(
+                                "{pair}: relrep prepared in {:.1} s; candidates are mapped as they \
+                                 appear (no cached full map: `tutti align --align relrep` or \
+                                 --build-maps caches one, and later runs start without this step)",
+                                started.elapsed().as_secs_f64()
+                            );
+                            models.insert(key.0, rr.clone());
+                            rr
+                        }
+                    };
+                    lookup.set_relrep(a_slot, rr);
                 }
             }
         }
         lookups.push(lookup);
     }
     Ok(lookups)
+}
+
+/// Identifies a member's weights in relrep cache keys.
+fn weights_id(m: &Member) -> String {
+    m.model()
+        .map(|x| x.info.weights_fingerprint.clone())
+        .unwrap_or_default()
+}
+
+/// A member's input embedding table, for relrep.
+fn embeddings(m: &Member) -> std::result::Result<candle_core::Tensor, AlignError> {
+    match m.backend().input_embeddings() {
+        Some(Ok(t)) => Ok(t),
+        Some(Err(e)) => Err(AlignError::BadEmbeddings(e.to_string())),
+        None => Err(AlignError::BadEmbeddings(format!(
+            "member `{}` cannot provide its embedding table; use --align min-ed or exact",
+            m.name()
+        ))),
+    }
 }
 
 /// Members decoding one text in lockstep, with the vocabulary maps between them.
@@ -812,11 +843,15 @@ impl Run {
                 match &cand.key {
                     CandidateKey::Eos => ids.extend_from_slice(vocab.eos_ids()),
                     CandidateKey::Bytes(bytes) => {
-                        if let Some(id) = lookups
-                            .get_mut(slot)
-                            .and_then(|l| l.find(vocab, bytes, &cand.proposers))
-                        {
-                            ids.push(id);
+                        if let Some(l) = lookups.get_mut(slot) {
+                            let found =
+                                l.find(vocab, bytes, &cand.proposers).map_err(|source| {
+                                    EngineError::Align {
+                                        member: members[slot].name().to_string(),
+                                        source,
+                                    }
+                                })?;
+                            ids.extend(found);
                         }
                     }
                 }

@@ -1,7 +1,7 @@
 //! One decoding step after the forwards, in the order a token takes through it:
 //! each consulted member's distribution and top-k ([`MemberDist`], computed once per
 //! step) → the [`Union`] of their candidates, keyed by bytes → every consulted member's
-//! probability of every candidate ([`Step::table`]: its own id, else the vocabulary
+//! probability of every candidate ([`Step::member_probs`]: its own id, else the vocabulary
 //! alignment's) → [`combine`] → [`choose`].
 //!
 //! Members are always named by their slot in the ensemble, whichever subset of them
