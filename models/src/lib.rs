@@ -39,6 +39,12 @@ pub trait CausalLm: Send {
     /// Appends `ids` at the current position and returns the F32 logits of the last
     /// position, shape `[vocab]`. On error the cache is left at its previous length.
     fn forward(&mut self, ids: &[u32]) -> Result<Tensor>;
+    /// [`CausalLm::forward`], plus the natural-log probability each position of `ids`
+    /// but the last gives the id that follows it (`ids.len() - 1` values, the last
+    /// position's logits unchanged). A model that cannot score returns no values.
+    fn forward_scored(&mut self, ids: &[u32]) -> Result<(Tensor, Vec<f32>)> {
+        Ok((self.forward(ids)?, Vec::new()))
+    }
     /// Number of positions in the KV cache.
     fn position(&self) -> usize;
     /// Drops every cached position at or after `len`.

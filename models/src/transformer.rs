@@ -509,27 +509,46 @@ impl Block {
         act: Activation,
         last_only: bool,
     ) -> candle_core::Result<Tensor> {
-        let mut h = self.attn.forward(&self.attn_norm.forward(x)?, pos0, rot)?;
-        if let Some(n) = &self.post_attn_norm {
-            h = n.forward(&h)?;
-        }
-        let mut x = (x + h)?;
+        let mut x = self.attend(x, pos0, rot)?;
         if last_only {
             // Only the last position feeds the logits: like llama.cpp (which drops the
             // other rows after the last attention), skip their MLP. Besides saving work
             // this keeps the MLP's batch size, which selects llama.cpp's kernels, equal.
-            let s = x.dim(1)?;
-            x = x.narrow(1, s - 1, 1)?;
+            x = last_row(&x)?;
         }
+        self.feed_forward(&x, act)
+    }
+
+    /// The attention half with its residual (appends to the KV cache).
+    fn attend(&mut self, x: &Tensor, pos0: usize, rot: &Rotary) -> candle_core::Result<Tensor> {
+        let mut h = self.attn.forward(&self.attn_norm.forward(x)?, pos0, rot)?;
+        if let Some(n) = &self.post_attn_norm {
+            h = n.forward(&h)?;
+        }
+        x + h
+    }
+
+    /// The MLP half with its residual.
+    fn feed_forward(&self, x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
         let mut h = self
             .mlp
-            .forward(&self.ffn_norm.forward(&x)?, act, self.attn.ggml_compat)?;
+            .forward(&self.ffn_norm.forward(x)?, act, self.attn.ggml_compat)?;
         if let Some(n) = &self.post_ffn_norm {
             h = n.forward(&h)?;
         }
         x + h
     }
 }
+
+/// The last position of `[1, s, hidden]`.
+fn last_row(x: &Tensor) -> candle_core::Result<Tensor> {
+    let s = x.dim(1)?;
+    x.narrow(1, s - 1, 1)
+}
+
+/// Rows of hidden states scored per output-projection call: bounds the `rows × vocab`
+/// logits held at once (64 × 262,144 f32 = 64 MiB).
+const SCORE_ROWS: usize = 64;
 
 /// Whether to follow llama.cpp's CPU arithmetic: GGUF weights, computed on the CPU in f32
 /// (`TUTTI_NO_GGML_COMPAT` turns it off, e.g. to compare with the plain candle path).
@@ -758,7 +777,37 @@ impl Transformer {
         Ok(Rotary { cos, sin, ggml })
     }
 
+    /// Logits of `h` (`[1, s, hidden]`, final norm not applied yet), softcapped.
+    fn head(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.norm.forward(h)?;
+        let mut logits = self.lm_head.forward(&h)?.to_dtype(DType::F32)?;
+        if let Some(cap) = self.cfg.final_softcap {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        Ok(logits)
+    }
+
+    /// Log-probability each position of `h` (`[1, s, hidden]`) gives `next[i]`.
+    fn score_rows(&self, h: &Tensor, next: &[u32]) -> candle_core::Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(next.len());
+        for start in (0..next.len()).step_by(SCORE_ROWS) {
+            let n = SCORE_ROWS.min(next.len() - start);
+            let logits = self.head(&h.narrow(1, start, n)?)?.squeeze(0)?;
+            let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+            let idx = Tensor::new(&next[start..start + n], &self.device)?.unsqueeze(1)?;
+            out.extend(logp.gather(&idx, 1)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+
     fn forward_impl(&mut self, ids: &[u32]) -> Result<Tensor> {
+        self.forward_scoring(ids, false).map(|(l, _)| l)
+    }
+
+    /// The logits of the last position and, when `score`, the log-probability every
+    /// other position gives the id that follows it. The last position's logits are
+    /// computed as without scoring (its MLP runs on that row alone).
+    fn forward_scoring(&mut self, ids: &[u32], score: bool) -> Result<(Tensor, Vec<f32>)> {
         if ids.is_empty() {
             return Err(Error::EmptyInput);
         }
@@ -788,22 +837,30 @@ impl Transformer {
             None
         };
         let act = self.cfg.activation;
-        let result: candle_core::Result<Tensor> = (|| {
+        let result: candle_core::Result<(Tensor, Vec<f32>)> = (|| {
             let n_blocks = self.blocks.len();
+            // Under `score`, the last block's MLP also runs on every earlier row.
+            let mut earlier: Option<Tensor> = None;
             for (i, block) in self.blocks.iter_mut().enumerate() {
                 let rot = match (&rot_local, block.sliding) {
                     (Some(r), true) => r,
                     _ => &rot_global,
                 };
-                x = block.forward(&x, pos0, rot, act, i + 1 == n_blocks)?;
+                if i + 1 < n_blocks {
+                    x = block.forward(&x, pos0, rot, act, false)?;
+                } else if score && s > 1 {
+                    let attended = block.attend(&x, pos0, rot)?;
+                    earlier = Some(block.feed_forward(&attended.narrow(1, 0, s - 1)?, act)?);
+                    x = block.feed_forward(&last_row(&attended)?, act)?;
+                } else {
+                    x = block.forward(&x, pos0, rot, act, true)?;
+                }
             }
-            let last = x.narrow(1, x.dim(1)? - 1, 1)?;
-            let h = self.norm.forward(&last)?;
-            let mut logits = self.lm_head.forward(&h)?.to_dtype(DType::F32)?;
-            if let Some(cap) = self.cfg.final_softcap {
-                logits = ((logits / cap)?.tanh()? * cap)?;
-            }
-            logits.flatten_all()
+            let scores = match &earlier {
+                Some(h) => self.score_rows(h, &ids[1..])?,
+                None => Vec::new(),
+            };
+            Ok((self.head(&last_row(&x)?)?.flatten_all()?, scores))
         })();
         match result {
             Ok(l) => {
@@ -822,6 +879,10 @@ impl Transformer {
 impl CausalLm for Transformer {
     fn forward(&mut self, ids: &[u32]) -> Result<Tensor> {
         self.forward_impl(ids)
+    }
+
+    fn forward_scored(&mut self, ids: &[u32]) -> Result<(Tensor, Vec<f32>)> {
+        self.forward_scoring(ids, true)
     }
 
     fn position(&self) -> usize {

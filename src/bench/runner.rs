@@ -198,6 +198,10 @@ pub fn config_hash(ens: &Ensemble, base: &Request, task: &Task, system: System) 
                 let w = base.weights.as_ref().map_or(m.weight(), |w| w[n]);
                 h.update(format!("w={w}\0"));
             }
+            // Only a non-default setting enters the hash, so older results files stay valid.
+            if m.temperature() != 1.0 {
+                h.update(format!("t={}\0", m.temperature()));
+            }
         }
     }
     if system == System::Ensemble {
@@ -205,6 +209,9 @@ pub fn config_hash(ens: &Ensemble, base: &Request, task: &Task, system: System) 
         // Only a non-default rule enters the hash, so older results files stay valid.
         if base.combine != Combine::Mean {
             h.update(format!("\0combine={}", base.combine).as_bytes());
+        }
+        if let Some(tau) = base.auto_weights {
+            h.update(format!("\0auto-weights={tau}").as_bytes());
         }
     }
     hex16(&h.finalize())

@@ -224,6 +224,20 @@ fn load_member(src: &MemberSource, cfg: &SpeedConfig, dtype: DType) -> Result<(M
         .ok_or_else(|| SpeedError::NoTokenizer {
             member: name.clone(),
         })?;
+    let model = random_model(tcfg, name, tok_path, &cfg.device, dtype, cfg.seed)?;
+    let bytes = model.info.weight_bytes;
+    Ok((model, bytes))
+}
+
+/// A model of shape `tcfg` with random weights (seeded) and the tokenizer at `tok_path`.
+pub fn random_model(
+    tcfg: tutti_models::TransformerConfig,
+    name: String,
+    tok_path: &std::path::Path,
+    device: &Device,
+    dtype: DType,
+    seed: u64,
+) -> Result<Model> {
     let tokenizer = ModelTokenizer::from_tokenizer_json(tok_path, None, None, None)?;
     let tokens = tokenizer.inner().get_vocab_size(true);
     if tokens > tcfg.vocab_size {
@@ -236,7 +250,7 @@ fn load_member(src: &MemberSource, cfg: &SpeedConfig, dtype: DType) -> Result<(M
     let bytes = weight_bytes(&tcfg, dtype);
     let info = ModelInfo {
         name,
-        source: ModelSource::TokenizerFile(tok_path.clone()),
+        source: ModelSource::TokenizerFile(tok_path.to_path_buf()),
         arch: tcfg.arch,
         format: WeightFormat::HuggingFace,
         dtype,
@@ -245,17 +259,14 @@ fn load_member(src: &MemberSource, cfg: &SpeedConfig, dtype: DType) -> Result<(M
         vocab_size: tcfg.vocab_size,
         context_length: tcfg.max_position_embeddings,
         weight_bytes: bytes,
-        weights_fingerprint: format!("random-{:x}", cfg.seed),
+        weights_fingerprint: format!("random-{seed:x}"),
     };
-    let lm = random_transformer(tcfg, &cfg.device, dtype, cfg.seed)?;
-    Ok((
-        Model {
-            lm: Box::new(lm),
-            tokenizer,
-            info,
-        },
-        bytes,
-    ))
+    let lm = random_transformer(tcfg, device, dtype, seed)?;
+    Ok(Model {
+        lm: Box::new(lm),
+        tokenizer,
+        info,
+    })
 }
 
 /// Runs the whole measurement.

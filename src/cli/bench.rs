@@ -53,6 +53,10 @@ pub struct RunArgs {
     /// Write a Markdown report with the table and an SVG plot (same name, .svg).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Adds a weak member: the `tiny` shape with random weights (seed 1) and this
+    /// tokenizer.json (its vocabulary widened to the tokenizer's), after the -m members.
+    #[arg(long, value_name = "TOKENIZER")]
+    pub weak_member: Option<PathBuf>,
     /// Members and ensemble settings, as for `tutti generate` (decoding is greedy;
     /// --seed seeds the shot draw and --shuffle).
     #[command(flatten)]
@@ -288,7 +292,11 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
     }
     let t0 = Instant::now();
     let plan = ensemble_args::plan(&run.ens)?;
-    let mut ens = ensemble_args::build(&plan)?;
+    let mut extra = Vec::new();
+    if let Some(tok) = &run.weak_member {
+        extra.push(weak_member(tok)?);
+    }
+    let mut ens = ensemble_args::build_with(&plan, extra)?;
     for note in ens.prompt_notes(&task.decode.mode.prompt("x")) {
         tracing::info!("{note}");
     }
@@ -308,14 +316,17 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
     };
     let base = &plan.request;
     tracing::info!(
-        "{} on {} items; align {}, top-k {}, gate {}, combine {}, weights {:?}",
+        "{} on {} items; align {}, top-k {}, gate {}, combine {}, weights {:?}{}",
         task.name,
         task.items.len(),
         ens.align(),
         base.top_k,
         base.gate,
         base.combine,
-        weights(&ens, base)
+        weights(&ens, base),
+        base.auto_weights
+            .map(|t| format!(" × auto (τ = {t})"))
+            .unwrap_or_default()
     );
     let metric_names = task.judge.metric_names();
     let score_name = metric_names
@@ -357,11 +368,13 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
             (
                 "ensemble".to_string(),
                 format!(
-                    "align {}, top-k {}, gate {}, combine {}, greedy",
+                    "align {}, top-k {}, gate {}, combine {}, weights {}, greedy",
                     ens.align(),
                     base.top_k,
                     base.gate,
-                    base.combine
+                    base.combine,
+                    base.auto_weights
+                        .map_or("fixed".to_string(), |t| format!("auto (τ = {t})"))
                 ),
             ),
             ("settings".to_string(), task.config.clone()),
@@ -376,4 +389,19 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
         tracing::info!("report written to {}", path.display());
     }
     Ok(())
+}
+
+/// The random-weight member of `--weak-member`.
+fn weak_member(tokenizer: &std::path::Path) -> Result<tutti_models::Model> {
+    let mut cfg = tutti_models::random::shape_config("tiny")?;
+    let tok = tutti_models::ModelTokenizer::from_tokenizer_json(tokenizer, None, None, None)?;
+    cfg.vocab_size = cfg.vocab_size.max(tok.inner().get_vocab_size(true));
+    Ok(tutti::bench::speed::random_model(
+        cfg,
+        "random-tiny".to_string(),
+        tokenizer,
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+        1,
+    )?)
 }

@@ -9,15 +9,17 @@ use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tutti::align::AlignMethod;
 use tutti::engine::{
-    BuildEvent, Combine, Ensemble, EnsembleFile, Gate, MemberSpec, Prompt, Request, Sampling,
+    parse_auto_weights, BuildEvent, Combine, Ensemble, EnsembleFile, Gate, MemberSpec, Prompt,
+    Request, Sampling,
 };
 use tutti_models::{Architecture, DTypeSpec, DeviceSpec};
 
 /// Members and decoding settings.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EnsembleArgs {
-    /// Model: folder, .gguf file or hf:ORG/NAME[@REV][/FILE.gguf], with an optional
-    /// `:w=WEIGHT` suffix. Repeat for an ensemble.
+    /// Model: folder, .gguf file or hf:ORG/NAME[@REV][/FILE.gguf], with optional
+    /// `:w=WEIGHT` and `:t=TEMPERATURE` (the member's own softmax temperature, applied
+    /// before combining) suffixes. Repeat for an ensemble.
     #[arg(short = 'm', long = "model")]
     pub models: Vec<String>,
     /// Ensemble file (TOML) with [[member]] tables and settings; flags override it.
@@ -53,14 +55,21 @@ pub struct EnsembleArgs {
     /// Candidates per member [default: 10].
     #[arg(long)]
     pub top_k: Option<usize>,
-    /// always, or uncertain:T (consult the others only when the first member's top
-    /// probability is below T) [default: always].
+    /// always; uncertain:T (consult the others only when the first member's top
+    /// probability is below T); or disagree (combine only when the members' top
+    /// candidates differ) [default: always].
     #[arg(long)]
     pub gate: Option<String>,
-    /// mean (weights only) or confidence (each member's weight times its top
-    /// probability at the step) [default: mean].
+    /// mean (weighted mean), confidence (weight times the member's top probability at
+    /// the step), product (weighted geometric mean: a member's near-zero vetoes), max
+    /// (largest weighted member probability) or entropy (weight times one minus the
+    /// normalised entropy of the member's top-k) [default: mean].
     #[arg(long)]
     pub combine: Option<String>,
+    /// auto (or auto:TAU): weights from each member's perplexity on the prompt, once per
+    /// request, times the `:w=` weights [default: the `:w=` weights alone].
+    #[arg(long)]
+    pub weights: Option<String>,
     /// Stop when the text contains this string (repeatable; `\n` and `\t` are escapes).
     #[arg(long)]
     pub stop: Vec<String>,
@@ -173,6 +182,9 @@ pub fn plan(args: &EnsembleArgs) -> Result<Plan> {
     if let Some(c) = &args.combine {
         request.combine = c.parse::<Combine>()?;
     }
+    if let Some(w) = &args.weights {
+        request.auto_weights = Some(parse_auto_weights(w)?);
+    }
     if let Some(n) = args.max_tokens {
         request.max_tokens = n;
     }
@@ -213,6 +225,11 @@ pub fn plan(args: &EnsembleArgs) -> Result<Plan> {
 
 /// Loads the members; building a full vocabulary map shows a progress bar on stderr.
 pub fn build(plan: &Plan) -> Result<Ensemble> {
+    build_with(plan, Vec::new())
+}
+
+/// [`build`], with already loaded models (weight 1) after the planned members.
+pub fn build_with(plan: &Plan, extra: Vec<tutti_models::Model>) -> Result<Ensemble> {
     let bar: Mutex<Option<ProgressBar>> = Mutex::new(None);
     let mut b = Ensemble::builder()
         .align(plan.align)
@@ -253,6 +270,9 @@ pub fn build(plan: &Plan) -> Result<Ensemble> {
         });
     for s in &plan.specs {
         b = b.member(s.clone());
+    }
+    for m in extra {
+        b = b.model(m, 1.0);
     }
     Ok(b.build()?)
 }

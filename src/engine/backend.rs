@@ -48,6 +48,12 @@ pub trait Backend: Send {
     /// the first `cached` ids from earlier calls; whatever it holds past them is stale
     /// (a rollback) and is dropped.
     fn forward(&mut self, context: &[u32], cached: usize) -> Result<Logits>;
+    /// [`Backend::forward`], plus the natural-log probability the model gives each id
+    /// of `context[cached + 1..]` given the ids before it (empty when the backend
+    /// cannot score; then the prompt's perplexity is unknown).
+    fn forward_scored(&mut self, context: &[u32], cached: usize) -> Result<(Logits, Vec<f32>)> {
+        Ok((self.forward(context, cached)?, Vec::new()))
+    }
     /// Input embedding table `[rows, hidden]` (F32), for alignments that compare
     /// embeddings; `None` when the backend cannot provide it.
     fn input_embeddings(&self) -> Option<Result<Tensor>> {
@@ -89,6 +95,37 @@ impl LocalModel {
         }
     }
 
+    /// A forward from `cached`, scoring the ids after the first fed one when `score`.
+    fn run(&mut self, context: &[u32], cached: usize, score: bool) -> Result<(Logits, Vec<f32>)> {
+        let mut start = cached.min(self.model.lm.position()).min(context.len());
+        if start == context.len() {
+            // Everything is cached but the logits are wanted again: recompute the
+            // last position.
+            start = start
+                .checked_sub(1)
+                .ok_or_else(|| self.err(tutti_models::Error::EmptyInput))?;
+        }
+        if self.model.lm.position() != start {
+            self.model.lm.truncate(start);
+        }
+        let ids = &context[start..];
+        let (out, scores) = if score {
+            self.model.lm.forward_scored(ids)
+        } else {
+            self.model.lm.forward(ids).map(|t| (t, Vec::new()))
+        }
+        .map_err(|e| self.err(e))?;
+        let logits = if self.device_logits {
+            // Wait for the device so that the forward's time is the forward's.
+            out.device().synchronize()?;
+            Logits::Tensor(out)
+        } else {
+            let v: Vec<f32> = out.to_vec1()?;
+            Logits::Host(v.into())
+        };
+        Ok((logits, scores))
+    }
+
     fn err(&self, source: tutti_models::Error) -> EngineError {
         EngineError::Model {
             member: self.model.info.name.clone(),
@@ -115,30 +152,11 @@ impl Backend for LocalModel {
     }
 
     fn forward(&mut self, context: &[u32], cached: usize) -> Result<Logits> {
-        let mut start = cached.min(self.model.lm.position()).min(context.len());
-        if start == context.len() {
-            // Everything is cached but the logits are wanted again: recompute the
-            // last position.
-            start = start
-                .checked_sub(1)
-                .ok_or_else(|| self.err(tutti_models::Error::EmptyInput))?;
-        }
-        if self.model.lm.position() != start {
-            self.model.lm.truncate(start);
-        }
-        let out = self
-            .model
-            .lm
-            .forward(&context[start..])
-            .map_err(|e| self.err(e))?;
-        if self.device_logits {
-            // Wait for the device so that the forward's time is the forward's.
-            out.device().synchronize()?;
-            Ok(Logits::Tensor(out))
-        } else {
-            let v: Vec<f32> = out.to_vec1()?;
-            Ok(Logits::Host(v.into()))
-        }
+        self.run(context, cached, false).map(|(l, _)| l)
+    }
+
+    fn forward_scored(&mut self, context: &[u32], cached: usize) -> Result<(Logits, Vec<f32>)> {
+        self.run(context, cached, true)
     }
 
     fn input_embeddings(&self) -> Option<Result<Tensor>> {

@@ -3,8 +3,9 @@
 //! ```toml
 //! align = "min-ed"          # exact | min-ed | relrep
 //! top_k = 10
-//! gate = "always"           # or "uncertain:0.5"
-//! combine = "mean"          # or "confidence"
+//! gate = "always"           # or "uncertain:0.5", "disagree"
+//! combine = "mean"          # confidence | product | max | entropy
+//! # weights = "auto"        # or "auto:TAU": weights from the prompt's perplexity
 //! max_tokens = 256
 //! stop = ["\n\n"]
 //! # temperature = 0.7       # sampling; absent = greedy
@@ -14,6 +15,7 @@
 //! [[member]]
 //! model = "models-cache/SmolLM2-135M-Instruct.Q4_1.gguf"
 //! weight = 1.0
+//! t = 1.0                   # the member's own temperature, applied before combining
 //! device = "cpu"
 //!
 //! [[member]]
@@ -31,7 +33,8 @@ use tutti_models::{Architecture, DTypeSpec, DeviceSpec};
 
 use super::ensemble::MemberSpec;
 use super::error::{EngineError, Result};
-use super::request::{Request, Sampling};
+use super::member::check_temperature;
+use super::request::{parse_auto_weights, Request, Sampling};
 
 /// Top level of the file; every setting is optional (command-line flags override).
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -41,6 +44,7 @@ pub struct EnsembleFile {
     pub top_k: Option<usize>,
     pub gate: Option<String>,
     pub combine: Option<String>,
+    pub weights: Option<String>,
     pub max_tokens: Option<usize>,
     pub stop: Option<Vec<String>>,
     pub temperature: Option<f32>,
@@ -56,6 +60,8 @@ pub struct EnsembleFile {
 pub struct MemberEntry {
     pub model: String,
     pub weight: Option<f32>,
+    /// The member's own temperature.
+    pub t: Option<f32>,
     pub device: Option<String>,
     pub dtype: Option<String>,
     pub arch: Option<String>,
@@ -87,8 +93,14 @@ impl MemberEntry {
             .map(Architecture::parse)
             .transpose()
             .map_err(|e| bad("arch", e))?;
+        let t = self.t.unwrap_or(1.0);
+        check_temperature(&self.model, t).map_err(|e| EngineError::Config {
+            path: origin.to_string(),
+            reason: format!("member `{}`: t: {e}", self.model),
+        })?;
         Ok(MemberSpec::new(self.model.clone())
             .weight(self.weight.unwrap_or(1.0))
+            .temperature(t)
             .device(device)
             .dtype(dtype)
             .arch(arch))
@@ -119,6 +131,9 @@ impl EnsembleFile {
         }
         if let Some(c) = &self.combine {
             request.combine = c.parse().map_err(bad)?;
+        }
+        if let Some(w) = &self.weights {
+            request.auto_weights = Some(parse_auto_weights(w).map_err(bad)?);
         }
         if let Some(n) = self.max_tokens {
             request.max_tokens = n;
@@ -168,6 +183,25 @@ mod tests {
         assert_eq!(spec(1).device, DeviceSpec::Cpu);
         let r = f.apply(Request::raw("x"), "t.toml").unwrap();
         assert_eq!((r.top_k, r.gate), (5, crate::engine::Gate::Uncertain(0.4)));
+        let f = EnsembleFile::parse(
+            "weights = \"auto:0.2\"\n[[member]]\nmodel = \"a\"\nt = 0.5\n",
+            "t.toml",
+        )
+        .unwrap();
+        let s = f.members[0]
+            .to_spec(DeviceSpec::Auto, DTypeSpec::Auto, "t.toml")
+            .unwrap();
+        assert_eq!((s.weight, s.temperature), (1.0, 0.5));
+        let r = f.apply(Request::raw("x"), "t.toml").unwrap();
+        assert_eq!(r.auto_weights, Some(0.2));
+        let f = EnsembleFile::parse("[[member]]\nmodel = \"a\"\nt = 0\n", "t.toml").unwrap();
+        let err = f.members[0]
+            .to_spec(DeviceSpec::Auto, DTypeSpec::Auto, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("t.toml") && err.contains("above 0"), "{err}");
+        let f = EnsembleFile::parse("weights = \"1,2\"\n", "t.toml").unwrap();
+        assert!(f.apply(Request::raw("x"), "t.toml").is_err());
         let bad =
             EnsembleFile::parse("[[member]]\nmodel = \"a\"\ndevice = \"tpu\"\n", "t.toml").unwrap();
         let err = bad.members[0]

@@ -20,10 +20,10 @@ use super::events::{
     Choice, Discard, Event, Finish, Flow, Generation, MemberReport, MemberStep, Sink, StepEvent,
     StepTime, StopReason, Timing,
 };
-use super::member::Member;
+use super::member::{check_temperature, Member};
 use super::output::TextStream;
 use super::request::{validate_weights, Gate, Prompt, Request};
-use super::step::{choose, combine, step_weights, CandidateKey, Step};
+use super::step::{auto_weights, choose, combine, CandidateKey, Step};
 use crate::align::cache::{Lookup, MapCache, Source};
 use crate::align::lookup::{load_or_build, map_key, MapSide, RelRepSettings, TargetLookup};
 use crate::align::relrep::RelRep;
@@ -36,6 +36,8 @@ pub struct MemberSpec {
     /// Folder, `.gguf` file or `hf:ORG/NAME[@REV][/FILE.gguf]`.
     pub model: String,
     pub weight: f32,
+    /// The member's own softmax temperature, applied before combining (1 = as is).
+    pub temperature: f32,
     pub device: DeviceSpec,
     pub dtype: DTypeSpec,
     /// Architecture override.
@@ -48,30 +50,60 @@ impl MemberSpec {
         MemberSpec {
             model: model.into(),
             weight: 1.0,
+            temperature: 1.0,
             device: DeviceSpec::Auto,
             dtype: DTypeSpec::Auto,
             arch: None,
         }
     }
 
-    /// Parses `MODEL[:w=WEIGHT]`.
+    /// Parses `MODEL[:w=WEIGHT][:t=TEMPERATURE]` (the suffixes in either order).
     pub fn parse(spec: &str) -> Result<MemberSpec> {
-        match spec.rsplit_once(":w=") {
-            Some((model, w)) => {
-                let weight = w.parse::<f32>().map_err(|_| EngineError::BadSpec {
-                    spec: spec.to_string(),
-                    reason: format!("`{w}` is not a number (expected MODEL:w=WEIGHT)"),
-                })?;
-                if model.is_empty() {
-                    return Err(EngineError::BadSpec {
-                        spec: spec.to_string(),
-                        reason: "no model before `:w=`".into(),
-                    });
-                }
-                Ok(MemberSpec::new(model).weight(weight))
+        let bad = |reason: String| EngineError::BadSpec {
+            spec: spec.to_string(),
+            reason,
+        };
+        let mut model = spec;
+        let (mut weight, mut temperature) = (None, None);
+        // Suffixes are peeled from the right, so a `:` inside the model (`hf:ORG/NAME`)
+        // stays with it.
+        while let Some((head, tail)) = model.rsplit_once(':') {
+            let (slot, key) = if let Some(v) = tail.strip_prefix("w=") {
+                (&mut weight, ("w", v))
+            } else if let Some(v) = tail.strip_prefix("t=") {
+                (&mut temperature, ("t", v))
+            } else {
+                break;
+            };
+            let (name, v) = key;
+            if slot.is_some() {
+                return Err(bad(format!("`:{name}=` is given twice")));
             }
-            None => Ok(MemberSpec::new(spec)),
+            let x = v.parse::<f32>().map_err(|_| {
+                bad(format!(
+                    "`{v}` is not a number (expected MODEL[:w=WEIGHT][:t=TEMPERATURE])"
+                ))
+            })?;
+            *slot = Some(x);
+            model = head;
         }
+        if model.is_empty() {
+            return Err(bad("no model before the `:w=`/`:t=` suffix".into()));
+        }
+        if let Some(t) = temperature {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(bad(format!("the temperature must be above 0 (got {t})")));
+            }
+        }
+        Ok(MemberSpec::new(model)
+            .weight(weight.unwrap_or(1.0))
+            .temperature(temperature.unwrap_or(1.0)))
+    }
+
+    /// The member's own softmax temperature.
+    pub fn temperature(mut self, t: f32) -> MemberSpec {
+        self.temperature = t;
+        self
     }
 
     pub fn weight(mut self, w: f32) -> MemberSpec {
@@ -150,7 +182,7 @@ type Progress = Box<dyn Fn(&BuildEvent) + Send + Sync>;
 
 enum MemberSource {
     Spec(MemberSpec),
-    Backend(Box<dyn Backend>, f32),
+    Backend(Box<dyn Backend>, f32, f32),
 }
 
 /// Where full vocabulary maps are kept between runs.
@@ -198,8 +230,14 @@ impl EnsembleBuilder {
     }
 
     /// Adds a member behind any backend.
-    pub fn backend(mut self, backend: Box<dyn Backend>, weight: f32) -> Self {
-        self.sources.push(MemberSource::Backend(backend, weight));
+    pub fn backend(self, backend: Box<dyn Backend>, weight: f32) -> Self {
+        self.backend_at(backend, weight, 1.0)
+    }
+
+    /// Adds a member behind any backend, with its own softmax temperature.
+    pub fn backend_at(mut self, backend: Box<dyn Backend>, weight: f32, temperature: f32) -> Self {
+        self.sources
+            .push(MemberSource::Backend(backend, weight, temperature));
         self
     }
 
@@ -253,13 +291,17 @@ impl EnsembleBuilder {
             .iter()
             .map(|s| match s {
                 MemberSource::Spec(spec) => spec.weight,
-                MemberSource::Backend(_, w) => *w,
+                MemberSource::Backend(_, w, _) => *w,
             })
             .collect();
         validate_weights(&weights)?;
         for s in &self.sources {
-            if let MemberSource::Spec(spec) = s {
-                spec.device.open().map_err(|e| spec.err(e))?;
+            match s {
+                MemberSource::Spec(spec) => {
+                    check_temperature(&spec.model, spec.temperature)?;
+                    spec.device.open().map_err(|e| spec.err(e))?;
+                }
+                MemberSource::Backend(b, _, t) => check_temperature(b.name(), *t)?,
             }
         }
         let progress = |e: &BuildEvent| {
@@ -270,19 +312,20 @@ impl EnsembleBuilder {
         let t0 = Instant::now();
         let mut members = Vec::with_capacity(self.sources.len());
         for (slot, s) in self.sources.into_iter().enumerate() {
-            let (backend, w) = match s {
+            let (backend, w, t) = match s {
                 MemberSource::Spec(spec) => {
                     progress(&BuildEvent::Loading {
                         slot,
                         spec: &spec.model,
                     });
-                    (spec.load()?, spec.weight)
+                    (spec.load()?, spec.weight, spec.temperature)
                 }
-                MemberSource::Backend(b, w) => (b, w),
+                MemberSource::Backend(b, w, t) => (b, w, t),
             };
-            let member = Member::new(backend, w)?;
+            let mut member = Member::new(backend, w)?;
+            member.set_temperature(t)?;
             tracing::info!(
-                "member {slot}: {} on {}, {} ids ({}), weight {w}",
+                "member {slot}: {} on {}, {} ids ({}), weight {w}, temperature {t}",
                 member.name(),
                 member.backend().device_name(),
                 member.vocab().len(),
@@ -686,6 +729,9 @@ struct Run {
     /// Taking-part member slots, in request order (the first is the gate's primary).
     slots: Vec<usize>,
     weights: Vec<f32>,
+    /// Per taking-part member, a prefill already run by [`Run::start`] (auto weights),
+    /// counted in the first step's time.
+    prefill_ms: Vec<f64>,
     rng: StdRng,
     text: TextStream,
     steps: Vec<StepTime>,
@@ -751,6 +797,27 @@ impl Run {
         for (&s, ids) in slots.iter().zip(prompts) {
             ens.members[s].start(ids)?;
         }
+        let mut weights = weights;
+        let mut prefill_ms = vec![0.0; slots.len()];
+        if let (Some(tau), true) = (request.auto_weights, slots.len() > 1) {
+            // Every member prefills now, scoring the prompt on the way; the first step
+            // then finds their logits current.
+            let mut per_byte = Vec::with_capacity(slots.len());
+            for (i, &s) in slots.iter().enumerate() {
+                let (score, ms) = ens.members[s].score_prompt()?;
+                prefill_ms[i] = ms;
+                let x = score.and_then(|sc| sc.nats_per_byte());
+                if x.is_none() {
+                    tracing::warn!(
+                        "member `{}` cannot score its prompt; auto weights give it 0",
+                        ens.members[s].name()
+                    );
+                }
+                per_byte.push(x.unwrap_or(f64::NAN));
+            }
+            weights = auto_weights(&weights, &per_byte, tau);
+            tracing::debug!("auto weights {weights:?} from {per_byte:?} nats/byte");
+        }
         let seed = match request.sampling {
             super::request::Sampling::Sample { seed, .. } => seed,
             super::request::Sampling::Greedy => 0,
@@ -760,6 +827,7 @@ impl Run {
             request: request.clone(),
             slots,
             weights,
+            prefill_ms,
             rng: StdRng::seed_from_u64(seed),
             steps: Vec::new(),
             stop: None,
@@ -783,6 +851,12 @@ impl Run {
         let temperature = req.sampling.temperature();
         let n = self.slots.len();
         let mut forward_ms = vec![0.0; n];
+        let earlier_ms = if self.steps.is_empty() {
+            forward_ms.clone_from(&self.prefill_ms);
+            self.prefill_ms.iter().sum()
+        } else {
+            0.0
+        };
 
         // 1. Forward, and 2. each consulted member's distribution and top-k, once. Under
         // `uncertain:T` the primary goes first and the others only when it is unsure.
@@ -795,7 +869,8 @@ impl Run {
             Some(_) => vec![0],
             None => (0..n).collect(),
         };
-        forward(&mut ens.members, &self.slots, &first, &mut forward_ms)?;
+        let mut ms = vec![0.0; n];
+        forward(&mut ens.members, &self.slots, &first, &mut ms)?;
         for &i in &first {
             add_dist(
                 &mut step,
@@ -810,7 +885,7 @@ impl Run {
             // A zero-weight primary must not decide alone.
             if !(sure && self.weights[0] > 0.0) {
                 let rest: Vec<usize> = (1..n).collect();
-                forward(&mut ens.members, &self.slots, &rest, &mut forward_ms)?;
+                forward(&mut ens.members, &self.slots, &rest, &mut ms)?;
                 for i in rest {
                     add_dist(
                         &mut step,
@@ -822,6 +897,7 @@ impl Run {
                 }
             }
         }
+        forward_ms.iter_mut().zip(&ms).for_each(|(f, m)| *f += m);
         let t_fwd = Instant::now();
         if step.union.is_empty() {
             return Err(EngineError::BadSampling(
@@ -832,7 +908,7 @@ impl Run {
         // 3–4. Every consulted member's probability of every candidate of the union.
         let mut probs = Vec::with_capacity(step.dists.len());
         let mut weights = Vec::with_capacity(step.dists.len());
-        let mut tops = Vec::with_capacity(step.dists.len());
+        let mut tops: Vec<&[(u32, f32)]> = Vec::with_capacity(step.dists.len());
         for (i, &slot) in self.slots.iter().enumerate() {
             let Some(dist) = step.dist(slot) else {
                 continue;
@@ -859,12 +935,22 @@ impl Run {
             })?;
             probs.push(p);
             weights.push(self.weights[i]);
-            tops.push(dist.top_prob());
+            tops.push(dist.top());
         }
 
         // 5. Combine, and 6. choose.
-        let combined = combine(&probs, &step_weights(req.combine, &weights, &tops));
-        let chosen = choose(&combined.probs, &req.sampling, &mut self.rng);
+        let combined = combine(req.combine, &probs, &weights, &tops);
+        // Under `disagree`, members that agree on their top candidate decide without
+        // the combination (it still gives the reported probabilities).
+        let agreed = match req.gate {
+            Gate::Disagree => step.agreed(),
+            _ => None,
+        };
+        let ensembled = step.dists.len() > 1 && agreed.is_none();
+        let chosen = match agreed {
+            Some(c) => c,
+            None => choose(&combined.probs, &req.sampling, &mut self.rng),
+        };
         let cand = &step.union.candidates[chosen];
         let t_pick = Instant::now();
 
@@ -886,8 +972,8 @@ impl Run {
             forward_ms,
             align_combine_ms: (t_pick - t_fwd).as_secs_f64() * 1e3,
             feedback_ms: (t_end - t_pick).as_secs_f64() * 1e3,
-            total_ms: (t_end - t_step).as_secs_f64() * 1e3,
-            ensembled: step.dists.len() > 1,
+            total_ms: (t_end - t_step).as_secs_f64() * 1e3 + earlier_ms,
+            ensembled,
         };
         let choice = |c: usize| {
             let key = &step.union.candidates[c].key;
@@ -1085,4 +1171,34 @@ fn forward(members: &mut [Member], slots: &[usize], run: &[usize], ms: &mut [f64
         ms[i] = r?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_spec_suffixes() {
+        let s = MemberSpec::parse("a.gguf:w=0.5:t=2").unwrap();
+        assert_eq!(
+            (s.model.as_str(), s.weight, s.temperature),
+            ("a.gguf", 0.5, 2.0)
+        );
+        let s = MemberSpec::parse("a.gguf:t=0.7:w=3").unwrap();
+        assert_eq!(
+            (s.model.as_str(), s.weight, s.temperature),
+            ("a.gguf", 3.0, 0.7)
+        );
+        let s = MemberSpec::parse("hf:org/name:t=1.5").unwrap();
+        assert_eq!((s.model.as_str(), s.temperature), ("hf:org/name", 1.5));
+        let s = MemberSpec::parse("hf:org/name").unwrap();
+        assert_eq!(
+            (s.model.as_str(), s.weight, s.temperature),
+            ("hf:org/name", 1.0, 1.0)
+        );
+        for bad in ["a:t=0", "a:t=-1", "a:t=hot", "a:w=1:w=2", ":t=1", "a:w=x"] {
+            let err = MemberSpec::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
 }

@@ -38,11 +38,13 @@ pub enum EngineError {
     /// A sampling parameter out of range.
     #[error("invalid sampling setting: {0}")]
     BadSampling(String),
-    /// A gate spec that is neither `always` nor `uncertain:T` with 0 ≤ T ≤ 1.
-    #[error("invalid gate `{0}`: expected `always` or `uncertain:T` with T between 0 and 1")]
+    /// A gate spec that is not `always`, `disagree` or `uncertain:T` with 0 ≤ T ≤ 1.
+    #[error(
+        "invalid gate `{0}`: expected `always`, `disagree` or `uncertain:T` with T between 0 and 1"
+    )]
     BadGate(String),
-    /// A combination rule other than `mean` or `confidence`.
-    #[error("invalid combine rule `{0}`: expected `mean` or `confidence`")]
+    /// An unknown combination rule.
+    #[error("invalid combine rule `{0}`: expected mean, confidence, product, max or entropy")]
     BadCombine(String),
     /// A request that does not fit the ensemble (member slots, weights, prompt ids).
     #[error("invalid request: {0}")]

@@ -31,12 +31,33 @@ pub struct CommitOutcome {
     pub appended: usize,
 }
 
+/// How well a member predicts its own prompt (teacher-forced, from the prefill).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PromptScore {
+    /// Negative natural-log likelihood of the scored ids, summed.
+    pub nll: f64,
+    /// Ids scored: every prompt id after the first.
+    pub tokens: usize,
+    /// Bytes those ids stand for.
+    pub bytes: usize,
+}
+
+impl PromptScore {
+    /// Nats per byte: comparable across members whose tokenizers cut the prompt
+    /// differently (per-token perplexity is not). `None` for a prompt of one id.
+    pub fn nats_per_byte(&self) -> Option<f64> {
+        (self.bytes > 0 && self.nll.is_finite()).then(|| self.nll / self.bytes as f64)
+    }
+}
+
 /// A model taking part in the ensemble, with its default weight and decoding state.
 pub struct Member {
     backend: Box<dyn Backend>,
     vocab: Vocab,
     name: String,
     weight: f32,
+    /// Divides the member's logits before every softmax (on top of the request's).
+    temperature: f32,
     committed: Vec<u32>,
     prompt_len: usize,
     cached: usize,
@@ -76,6 +97,7 @@ impl Member {
             vocab,
             name,
             weight,
+            temperature: 1.0,
             committed: Vec::new(),
             prompt_len: 0,
             cached: 0,
@@ -102,6 +124,19 @@ impl Member {
     /// The member's own weight (a request may override it).
     pub fn weight(&self) -> f32 {
         self.weight
+    }
+
+    /// The member's own temperature, applied before combining (1: its distribution as
+    /// the model gives it).
+    pub fn temperature(&self) -> f32 {
+        self.temperature
+    }
+
+    /// Sets the member's temperature; it must be finite and above 0.
+    pub fn set_temperature(&mut self, t: f32) -> Result<()> {
+        check_temperature(&self.name, t)?;
+        self.temperature = t;
+        Ok(())
     }
 
     pub fn backend(&self) -> &dyn Backend {
@@ -214,6 +249,30 @@ impl Member {
         Ok(t0.elapsed().as_secs_f64() * 1e3)
     }
 
+    /// The prefill of a freshly started text, scoring the prompt on the way; returns
+    /// the score (`None` when the backend cannot score or the prompt is one id) and the
+    /// forward's milliseconds. Nothing to do (`None`, 0) once the member has run.
+    pub fn score_prompt(&mut self) -> Result<(Option<PromptScore>, f64)> {
+        if self.cached > 0 || self.logits.is_some() || self.committed.is_empty() {
+            return Ok((None, 0.0));
+        }
+        let t0 = Instant::now();
+        let (logits, logp) = self.backend.forward_scored(&self.committed, 0)?;
+        self.logits = Some(logits);
+        self.cached = self.committed.len();
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let scored = &self.committed[1..];
+        if logp.is_empty() || logp.len() != scored.len() {
+            return Ok((None, ms));
+        }
+        let score = PromptScore {
+            nll: -logp.iter().map(|&l| f64::from(l)).sum::<f64>(),
+            tokens: scored.len(),
+            bytes: self.vocab.decode_bytes(scored).len(),
+        };
+        Ok((Some(score), ms))
+    }
+
     /// The logits of the last forward, when nothing is pending since.
     pub fn logits(&self) -> Option<&Logits> {
         if self.pending() == 0 {
@@ -233,7 +292,7 @@ impl Member {
         })
     }
 
-    /// This step's distribution at `temperature` with the member's `k` most probable
+    /// This step's distribution at `temperature` (times the member's own) with the member's `k` most probable
     /// candidates; `None` before a forward.
     pub fn distribution(&mut self, temperature: f32, k: usize) -> Result<Option<MemberDist>> {
         let Some(logits) = self.logits().cloned() else {
@@ -245,7 +304,14 @@ impl Member {
                 .collect();
         }
         self.distributions += 1;
-        MemberDist::new(&logits, temperature, k, &self.vocab, &self.candidate_mask).map(Some)
+        MemberDist::new(
+            &logits,
+            temperature * self.temperature,
+            k,
+            &self.vocab,
+            &self.candidate_mask,
+        )
+        .map(Some)
     }
 
     /// Appends the chosen `bytes`. `own` is this member's id for exactly these bytes
@@ -326,5 +392,17 @@ impl Member {
             }
         }
         Ok(ids)
+    }
+}
+
+/// A member temperature must be a finite number above 0.
+pub fn check_temperature(member: &str, t: f32) -> Result<()> {
+    if t.is_finite() && t > 0.0 {
+        Ok(())
+    } else {
+        Err(EngineError::BadSpec {
+            spec: member.to_string(),
+            reason: format!("member temperature must be a number above 0 (got {t})"),
+        })
     }
 }

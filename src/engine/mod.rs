@@ -52,8 +52,8 @@ pub use events::{
     Choice, Discard, Event, Finish, Flow, Generation, MemberReport, MemberStep, Sink, StepEvent,
     StepTime, StopReason, Timing, Usage,
 };
-pub use member::Member;
+pub use member::{Member, PromptScore};
 pub use request::{
-    validate_weights, Combine, Gate, Message, Prompt, Request, Role, Sampling, MAX_ALTERNATIVES,
-    MAX_TOP_K,
+    parse_auto_weights, validate_weights, Combine, Gate, Message, Prompt, Request, Role, Sampling,
+    DEFAULT_AUTO_TAU, MAX_ALTERNATIVES, MAX_TOP_K,
 };

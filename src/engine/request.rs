@@ -127,17 +127,23 @@ impl fmt::Display for Sampling {
 pub enum Gate {
     /// Every step combines every member.
     Always,
-    /// When the primary (first) member's top candidate has probability ≥ T, its choice
-    /// is taken without running the others; they catch up in one forward later.
+    /// When the primary (first taking-part) member's top candidate has probability
+    /// ≥ T, its choice is taken without running the others; they catch up in one
+    /// forward when next consulted.
     Uncertain(f32),
+    /// Every member runs, but the step combines only when the members' top candidates
+    /// differ; when they all agree, that candidate is taken as it is.
+    Disagree,
 }
 
 impl FromStr for Gate {
     type Err = EngineError;
     fn from_str(s: &str) -> Result<Gate> {
         let s = s.trim();
-        if s == "always" {
-            return Ok(Gate::Always);
+        match s {
+            "always" => return Ok(Gate::Always),
+            "disagree" => return Ok(Gate::Disagree),
+            _ => {}
         }
         let t = s
             .strip_prefix("uncertain:")
@@ -153,38 +159,92 @@ impl fmt::Display for Gate {
         match self {
             Gate::Always => f.write_str("always"),
             Gate::Uncertain(t) => write!(f, "uncertain:{t}"),
+            Gate::Disagree => f.write_str("disagree"),
         }
     }
 }
 
-/// How the consulted members' distributions are combined.
+/// How the consulted members' distributions over the union are combined at a step.
+/// Every rule ends renormalised over the union; `docs/combination.md` has the formulas.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Combine {
-    /// Weighted mean of the members' probabilities.
+    /// Weighted mean of the members' probabilities (linear pool).
     #[default]
     Mean,
-    /// Each member's weight is multiplied, at every step, by its own top probability:
-    /// a member that is unsure at this step counts less than one that is sure.
+    /// Linear pool where each member's weight is multiplied, at every step, by its own
+    /// top probability: a member that is unsure at this step counts less.
     Confidence,
+    /// Weighted geometric mean (log-linear pool): a candidate one member gives (almost)
+    /// zero is vetoed. Probabilities are floored at [`crate::engine::step::PRODUCT_FLOOR`].
+    Product,
+    /// Each candidate's largest weighted member probability.
+    Max,
+    /// Linear pool where each member's weight is multiplied, at every step, by one minus
+    /// the normalised entropy of its top-k: a flat member counts less than a sharp one.
+    Entropy,
+}
+
+impl Combine {
+    /// Every rule, in documentation order.
+    pub const ALL: [Combine; 5] = [
+        Combine::Mean,
+        Combine::Confidence,
+        Combine::Product,
+        Combine::Max,
+        Combine::Entropy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Combine::Mean => "mean",
+            Combine::Confidence => "confidence",
+            Combine::Product => "product",
+            Combine::Max => "max",
+            Combine::Entropy => "entropy",
+        }
+    }
 }
 
 impl FromStr for Combine {
     type Err = EngineError;
     fn from_str(s: &str) -> Result<Combine> {
-        match s.trim() {
-            "mean" => Ok(Combine::Mean),
-            "confidence" => Ok(Combine::Confidence),
-            other => Err(EngineError::BadCombine(other.to_string())),
-        }
+        let s = s.trim();
+        Combine::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| EngineError::BadCombine(s.to_string()))
     }
 }
 
 impl fmt::Display for Combine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Combine::Mean => "mean",
-            Combine::Confidence => "confidence",
-        })
+        f.write_str(self.name())
+    }
+}
+
+/// Temperature of `--weights auto`, in nats per byte of prompt: a member whose
+/// perplexity on the prompt is 0.1 nat/byte worse than the best member's gets
+/// `e^(−0.1/τ)` of its weight.
+pub const DEFAULT_AUTO_TAU: f32 = 0.1;
+
+/// How weights are given on the command line and in files: `auto`, `auto:TAU`.
+pub fn parse_auto_weights(s: &str) -> Result<f32> {
+    let s = s.trim();
+    let bad = || {
+        EngineError::BadWeights {
+        weights: Vec::new(),
+        reason: format!(
+            "`{s}`: expected `auto` or `auto:TAU` with TAU above 0 (fixed weights go in the member spec, MODEL:w=W)"
+        ),
+    }
+    };
+    match s {
+        "auto" => Ok(DEFAULT_AUTO_TAU),
+        _ => s
+            .strip_prefix("auto:")
+            .and_then(|t| t.parse::<f32>().ok())
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .ok_or_else(bad),
     }
 }
 
@@ -211,6 +271,10 @@ pub struct Request {
     /// One weight per taking-part member. `None`: each member's own weight (a member
     /// running alone always has weight 1).
     pub weights: Option<Vec<f32>>,
+    /// `Some(τ)`: weights from the prompt, once per request. Each member's perplexity
+    /// on the prompt (nats per byte, from its prefill) sets its weight to
+    /// `w · exp(−(x − x_best) / τ)`, `w` the weight above; see [`crate::engine::step::auto_weights`].
+    pub auto_weights: Option<f32>,
     /// Candidates each member proposes per step (default 10).
     pub top_k: usize,
     pub gate: Gate,
@@ -229,6 +293,7 @@ impl Request {
             stop: Vec::new(),
             members: None,
             weights: None,
+            auto_weights: None,
             top_k: 10,
             gate: Gate::Always,
             combine: Combine::Mean,
@@ -291,6 +356,13 @@ impl Request {
         self
     }
 
+    /// Weights from the members' perplexity on the prompt, with temperature `tau`
+    /// (nats per byte; [`DEFAULT_AUTO_TAU`] is the command line's `--weights auto`).
+    pub fn auto_weights(mut self, tau: f32) -> Request {
+        self.auto_weights = Some(tau);
+        self
+    }
+
     pub fn top_k(mut self, k: usize) -> Request {
         self.top_k = k;
         self
@@ -345,6 +417,14 @@ impl Request {
         }
         if let Some(w) = &self.weights {
             validate_weights(w)?;
+        }
+        if let Some(tau) = self.auto_weights {
+            if !(tau.is_finite() && tau > 0.0) {
+                return Err(EngineError::BadWeights {
+                    weights: Vec::new(),
+                    reason: format!("the auto-weight temperature must be above 0 (got {tau})"),
+                });
+            }
         }
         match &self.prompt {
             Prompt::Raw(t) if t.trim().is_empty() => return Err(EngineError::EmptyPrompt),
@@ -420,7 +500,17 @@ mod tests {
             "confidence".parse::<Combine>().unwrap(),
             Combine::Confidence
         );
+        assert_eq!(parse_auto_weights("auto").unwrap(), DEFAULT_AUTO_TAU);
+        assert_eq!(parse_auto_weights("auto:0.5").unwrap(), 0.5);
+        assert!(parse_auto_weights("auto:0").is_err());
+        assert!(parse_auto_weights("1,2").is_err());
+        assert!(Request::raw("a").auto_weights(-1.0).validate().is_err());
         assert!("median".parse::<Combine>().is_err());
+        for c in Combine::ALL {
+            assert_eq!(c.to_string().parse::<Combine>().unwrap(), c);
+        }
+        assert_eq!("disagree".parse::<Gate>().unwrap(), Gate::Disagree);
+        assert_eq!(Gate::Disagree.to_string(), "disagree");
         assert_eq!("developer".parse::<Role>().unwrap(), Role::System);
         assert!("robot".parse::<Role>().is_err());
     }
