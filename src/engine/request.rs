@@ -165,7 +165,8 @@ impl fmt::Display for Gate {
 }
 
 /// How the consulted members' distributions over the union are combined at a step.
-/// Every rule ends renormalised over the union; `docs/combination.md` has the formulas.
+/// Every rule ends renormalised over the union; `docs/combination.md` in the repository
+/// has the formulas.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Combine {
     /// Weighted mean of the members' probabilities (linear pool).

@@ -117,6 +117,8 @@ struct TuttiExtension {
     /// Member slots taking part, in order.
     members: Option<Vec<usize>>,
     weights: Option<Vec<f32>>,
+    /// `"auto"` or `"auto:TAU"`: weights from the members' perplexity on the prompt.
+    auto_weights: Option<String>,
     top_k: Option<usize>,
     gate: Option<String>,
     combine: Option<String>,
@@ -290,6 +292,7 @@ pub fn parse(
     }
 
     // Ensemble knobs.
+    let tutti_auto = crate::engine::parse_auto_weights;
     if let Some(w) = ext.weights {
         if w.len() != slots.len() {
             return Err(ApiError::param(
@@ -302,6 +305,10 @@ pub fn parse(
             ));
         }
         request.weights = Some(w);
+    }
+    if let Some(a) = ext.auto_weights {
+        request.auto_weights =
+            Some(tutti_auto(&a).map_err(|e| ApiError::param("tutti.auto_weights", e.to_string()))?);
     }
     if let Some(k) = ext.top_k {
         request.top_k = k;
@@ -726,6 +733,10 @@ mod tests {
                 "tutti.gate",
             ),
             (
+                r#"{"prompt":"x","tutti":{"auto_weights":"auto:-1"}}"#,
+                "tutti.auto_weights",
+            ),
+            (
                 r#"{"prompt":"x","return_tokens_as_token_ids":true}"#,
                 "return_tokens_as_token_ids",
             ),
@@ -751,7 +762,8 @@ mod tests {
     fn a_valid_request_maps_to_engine_settings() {
         let c = parse2(
             r#"{"model":"pair","prompt":"hi","max_tokens":5,"temperature":0.5,"seed":7,
-                "stop":["\n"],"logprobs":3,"tutti":{"weights":[1,0.5],"top_k":2,"combine":"confidence"}}"#,
+                "stop":["\n"],"logprobs":3,"tutti":{"weights":[1,0.5],"top_k":2,"combine":"product",
+                "gate":"disagree","auto_weights":"auto:0.2"}}"#,
             Endpoint::Completions,
         )
         .unwrap();
@@ -772,7 +784,9 @@ mod tests {
             (3, 3),
             "top-k is raised to the alternatives"
         );
-        assert_eq!(r.combine, Combine::Confidence);
+        assert_eq!(r.combine, Combine::Product);
+        assert_eq!(r.gate, crate::engine::Gate::Disagree);
+        assert_eq!(r.auto_weights, Some(0.2));
         assert_eq!(r.members, None);
         assert_eq!(c.logprobs, Some(3));
         // A member's name runs it alone, and then token ids work.
