@@ -167,6 +167,11 @@ impl Member {
         self.distributions
     }
 
+    /// Tells a sparse backend how many of the most probable ids to return per step.
+    pub fn set_top_n(&mut self, n: usize) {
+        self.backend.set_top_n(n);
+    }
+
     /// Starts a new text with `prompt_ids`; fails when they do not fit the model's
     /// context.
     pub fn start(&mut self, prompt_ids: Vec<u32>) -> Result<()> {
