@@ -11,7 +11,8 @@
 //! each member's candidates that the other member lacks in its top-10 are scored by
 //! each rule and compared with the member's true probability.
 //!
-//! `cargo bench --bench remote` (needs the demo models and `scripts/llama-server.sh`).
+//! `cargo bench --bench remote` (needs the demo models and `scripts/llama-server.sh`);
+//! `cargo test --bench remote` runs it in the test profile without a release build.
 
 #[path = "../tests/remote_support/mod.rs"]
 mod remote_support;
@@ -25,7 +26,7 @@ use tutti::vocab::Vocab;
 use tutti_models::{DeviceSpec, ModelTokenizer};
 
 const TOKENS: usize = 32;
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 1;
 const LOOKAHEAD: usize = 4;
 
 #[derive(Default)]

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command (the README's second quick-start command; CI runs it).
 #
-# Fetches what the tests need (the two demo GGUF models, the real tokenizers and a venv
-# with the pinned openai SDK, all idempotent), checks formatting, lints, docs and the
-# engine-only build, then runs every test of the workspace. Nothing is skipped: a test whose asset is missing fails and
-# names the script that fetches it.
+# Fetches what the tests need (the two demo GGUF models, the real tokenizers, a venv
+# with the pinned openai SDK and a llama-server build, all idempotent), checks
+# formatting, lints, docs and the engine-only build, then runs every test of the
+# workspace. Nothing is skipped: a test whose asset is missing fails and names the
+# script that fetches it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -14,6 +15,8 @@ scripts/fetch-models.sh
 scripts/fetch-tokenizers.sh
 echo "[test] the openai SDK venv for the server tests"
 scripts/openai-venv.sh
+echo "[test] llama.cpp's llama-server for the served-member tests (built once)"
+scripts/llama-server.sh >/dev/null
 
 echo "[test] cargo fmt --check"
 cargo fmt --all -- --check
