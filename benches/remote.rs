@@ -12,7 +12,8 @@
 //! each rule and compared with the member's true probability.
 //!
 //! `cargo bench --bench remote` (needs the demo models and `scripts/llama-server.sh`);
-//! `cargo test --bench remote` runs it in the test profile without a release build.
+//! `cargo test --bench remote` runs it in the test profile without a release build;
+//! `-- sparse` runs only the tail-estimate comparison.
 
 #[path = "../tests/remote_support/mod.rs"]
 mod remote_support;
@@ -67,6 +68,10 @@ fn served(server: &LlamaServer, tokenizer: &str, lookahead: usize) -> MemberSpec
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // `-- sparse`: only the tail-estimate comparison (no servers).
+    if std::env::args().any(|a| a == "sparse") {
+        return sparse_rules();
+    }
     let smol_server = LlamaServer::start(SMOL, 2);
     let gemma_server = LlamaServer::start(GEMMA, 2);
     let build = |specs: Vec<MemberSpec>| {

@@ -414,6 +414,7 @@ impl EnsembleBuilder {
             lookups,
             align: self.align,
             load_ms: t0.elapsed().as_secs_f64() * 1e3,
+            prefix_cache: false,
         })
     }
 }
@@ -572,6 +573,8 @@ pub struct Ensemble {
     lookups: Vec<TargetLookup>,
     align: AlignMethod,
     load_ms: f64,
+    /// Token-id prompts reuse what members hold of their common prefix.
+    prefix_cache: bool,
 }
 
 impl std::fmt::Debug for Ensemble {
@@ -607,6 +610,14 @@ impl Ensemble {
     /// The alignment method the maps were prepared for.
     pub fn align(&self) -> AlignMethod {
         self.align
+    }
+
+    /// Lets a token-id prompt ([`Request::ids`]) reuse what each member already holds of
+    /// its longest common prefix with the member's last context (off by default). A
+    /// client that sends the whole context every step, as a served member's does, then
+    /// costs one new token's forward per step, with the logits a continuing decode gives.
+    pub fn set_prefix_cache(&mut self, on: bool) {
+        self.prefix_cache = on;
     }
 
     /// Milliseconds spent loading the members and preparing the maps.
@@ -853,8 +864,13 @@ impl Run {
                 .map(|&s| ens.prompt_ids(s, prompt))
                 .collect::<Result<_>>()?,
         };
+        let keep_prefix = ens.prefix_cache && matches!(request.prompt, Prompt::Ids(_));
         for (&s, ids) in slots.iter().zip(prompts) {
-            ens.members[s].start(ids)?;
+            if keep_prefix {
+                ens.members[s].start_keeping_prefix(ids)?;
+            } else {
+                ens.members[s].start(ids)?;
+            }
             ens.members[s].set_top_n(request.top_k);
         }
         let trips = slots

@@ -193,6 +193,22 @@ impl Member {
         Ok(())
     }
 
+    /// [`Member::start`], keeping what the backend holds of the longest common prefix of
+    /// the old and the new ids: a prefix cache for callers that send the whole context
+    /// each time (a served member's client). The last id is always forwarded again, so
+    /// the logits come from the same one-token step a continuing decode would run.
+    pub fn start_keeping_prefix(&mut self, prompt_ids: Vec<u32>) -> Result<()> {
+        let keep = self.committed[..self.cached]
+            .iter()
+            .zip(&prompt_ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt_ids.len().saturating_sub(1));
+        self.start(prompt_ids)?;
+        self.cached = keep;
+        Ok(())
+    }
+
     /// Whether one more token still fits the model's context.
     pub fn has_room(&self) -> bool {
         self.committed.len() < self.backend.context_length()

@@ -31,6 +31,9 @@ use super::error::{EngineError, Result};
 /// punctuation and non-ASCII letters.
 const PROBE: &str = "Tokenizer probe: naïve café, 1234 apples & 56.7% déjà-vu!\n  Ünïcödé — ok?";
 
+/// Log-probabilities asked for at least per token (vLLM's default cap).
+const MIN_PROBS: usize = 20;
+
 /// Attempts per request for connection errors and 5xx answers (a step is a pure function
 /// of the ids, so repeating it is safe).
 const ATTEMPTS: u32 = 3;
@@ -455,11 +458,15 @@ impl RemoteModel {
         Ok(())
     }
 
-    /// The number of log-probabilities to ask for.
+    /// The number of log-probabilities to ask for: the request's top-k, and at least
+    /// [`MIN_PROBS`], within the server's cap. Only the top-k are proposed as
+    /// candidates; the others give exact probabilities to more of the union's
+    /// candidates, which would otherwise get the tail estimate.
     fn n_probs(&self) -> usize {
+        let want = self.top_n.max(MIN_PROBS);
         match self.cap {
-            Some(c) => self.top_n.min(c),
-            None => self.top_n,
+            Some(c) => want.min(c),
+            None => want,
         }
     }
 
@@ -507,8 +514,8 @@ impl RemoteModel {
                     // A 4xx about logprobs: the server's cap is below n.
                     let msg = e.to_string();
                     if n > 1 && msg.contains("HTTP 4") && msg.to_lowercase().contains("logprob") {
-                        let cap = cap_from_message(&msg, n).unwrap_or(20.min(n - 1));
-                        if !self.warned_cap {
+                        let cap = cap_from_message(&msg, n).unwrap_or(MIN_PROBS.min(n - 1));
+                        if !self.warned_cap && cap < self.top_n {
                             tracing::warn!(
                                 "{}: the server returns at most {cap} log-probabilities per \
                                  token; top-k is capped at {cap} for this member ({msg})",
