@@ -1,7 +1,7 @@
 //! Served members on loopback against the all-local demo pair (harness-free bench).
 //!
 //! Greedy, 32 tokens per prompt, four prompts, release build. Configurations, measured
-//! in one run and interleaved by round so that load drifts hit all of them alike:
+//! in one run and interleaved by prompt so that load drifts hit all of them alike:
 //! all local; SmolLM2 on llama-server (native endpoint) with Gemma local; both on
 //! llama-servers; each served configuration without and with lookahead 4. Prints
 //! ms/token (the prefill step excluded), its ratio to all-local, round trips per
@@ -12,8 +12,11 @@
 //! each rule and compared with the member's true probability.
 //!
 //! `cargo bench --bench remote` (needs the demo models and `scripts/llama-server.sh`);
-//! `cargo test --bench remote` runs it in the test profile without a release build;
-//! `-- sparse` runs only the tail-estimate comparison.
+//! `-- --server-threads N` sets each llama-server's threads (default 2; on a 2-core
+//! machine the served members compete with the local one for the same cores);
+//! `-- sparse` runs only the tail-estimate comparison. `cargo test --bench remote`
+//! (as `cargo test --all-targets` does) runs the same code at smoke size: 8 tokens, one
+//! prompt, servers with one thread.
 
 #[path = "../tests/remote_support/mod.rs"]
 mod remote_support;
@@ -26,9 +29,43 @@ use tutti::engine::{Backend, Ensemble, Event, Flow, Generation, Logits, MemberSp
 use tutti::vocab::Vocab;
 use tutti_models::{DeviceSpec, ModelTokenizer};
 
-const TOKENS: usize = 32;
-const ROUNDS: usize = 1;
 const LOOKAHEAD: usize = 4;
+
+/// What one run measures: the full bench under `cargo bench`, a smoke-sized run of the
+/// same code under `cargo test` (no `--bench` argument).
+struct Plan {
+    tokens: usize,
+    prompts: usize,
+    server_threads: usize,
+}
+
+impl Plan {
+    fn from_args() -> Result<Plan, String> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let full = args.iter().any(|a| a == "--bench");
+        let mut plan = if full {
+            Plan {
+                tokens: 32,
+                prompts: 4,
+                server_threads: 2,
+            }
+        } else {
+            Plan {
+                tokens: 8,
+                prompts: 1,
+                server_threads: 1,
+            }
+        };
+        if let Some(i) = args.iter().position(|a| a == "--server-threads") {
+            plan.server_threads = args
+                .get(i + 1)
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .ok_or("--server-threads takes a positive number")?;
+        }
+        Ok(plan)
+    }
+}
 
 #[derive(Default)]
 struct Totals {
@@ -69,11 +106,12 @@ fn served(server: &LlamaServer, tokenizer: &str, lookahead: usize) -> MemberSpec
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `-- sparse`: only the tail-estimate comparison (no servers).
+    let plan = Plan::from_args()?;
     if std::env::args().any(|a| a == "sparse") {
-        return sparse_rules();
+        return sparse_rules(&plan);
     }
-    let smol_server = LlamaServer::start(SMOL, 2);
-    let gemma_server = LlamaServer::start(GEMMA, 2);
+    let smol_server = LlamaServer::start(SMOL, plan.server_threads);
+    let gemma_server = LlamaServer::start(GEMMA, plan.server_threads);
     let build = |specs: Vec<MemberSpec>| {
         let mut b = Ensemble::builder();
         for s in specs {
@@ -115,23 +153,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ])?,
         ),
     ];
-    let request = |p: &str| Request::raw(p).max_tokens(TOKENS);
+    let request = |p: &str| Request::raw(p).max_tokens(plan.tokens);
     // Warm-up: first forwards allocate buffers, servers load their caches.
     for (_, ens) in configs.iter_mut() {
         ens.generate_quiet(&request(PROMPTS[0]))?;
     }
     let mut totals: Vec<Totals> = configs.iter().map(|_| Totals::default()).collect();
     let mut reference: HashMap<&str, String> = HashMap::new();
-    for _ in 0..ROUNDS {
-        for p in &PROMPTS[..4] {
-            for (i, (_, ens)) in configs.iter_mut().enumerate() {
-                let g = ens.generate_quiet(&request(p))?;
-                if i == 0 {
-                    reference.insert(p, g.text.clone());
-                }
-                let r = reference.get(p).map(String::as_str);
-                add(&mut totals[i], &g, (i > 0).then_some(r).flatten());
+    for p in &PROMPTS[..plan.prompts] {
+        for (i, (_, ens)) in configs.iter_mut().enumerate() {
+            let g = ens.generate_quiet(&request(p))?;
+            if i == 0 {
+                reference.insert(p, g.text.clone());
             }
+            let r = reference.get(p).map(String::as_str);
+            add(&mut totals[i], &g, (i > 0).then_some(r).flatten());
         }
     }
     let base = totals[0].ms / totals[0].tokens.max(1) as f64;
@@ -153,7 +189,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     drop(configs);
     drop((smol_server, gemma_server));
-    sparse_rules()?;
+    println!(
+        "(greedy, {} tokens × {} prompts, llama-server with {} thread(s) each)",
+        plan.tokens, plan.prompts, plan.server_threads
+    );
+    sparse_rules(&plan)?;
     Ok(())
 }
 
@@ -218,7 +258,7 @@ fn softmax(row: &[f32]) -> Vec<f64> {
 /// At every step of the all-local pair, the union candidates (among the combined top
 /// 20) that a member did not list in its top-10 but has as a token of the same bytes:
 /// each rule's estimate of that token's probability against the member's true one.
-fn sparse_rules() -> Result<(), Box<dyn std::error::Error>> {
+fn sparse_rules(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
     let mut lasts = Vec::new();
     let mut vocabs = Vec::new();
     let mut b = Ensemble::builder();
@@ -238,8 +278,9 @@ fn sparse_rules() -> Result<(), Box<dyn std::error::Error>> {
     // (sum of |estimate − truth|, sum of |log ratio|) per rule, and the count.
     let mut err = [(0.0f64, 0.0f64); RULES.len()];
     let (mut cases, mut truth_sum) = (0usize, 0.0f64);
-    for p in &PROMPTS {
-        let request = Request::raw(*p).max_tokens(TOKENS).alternatives(20);
+    let prompts = if plan.prompts < 4 { 2 } else { PROMPTS.len() };
+    for p in &PROMPTS[..prompts] {
+        let request = Request::raw(*p).max_tokens(plan.tokens).alternatives(20);
         let mut sink = |e: &Event| {
             let Event::Step(step) = e else {
                 return Flow::Continue;
@@ -286,7 +327,7 @@ fn sparse_rules() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "Union candidates outside a member's top-{TOP_N} ({cases} cases over {} prompts, mean \
          true probability {:.4}):",
-        PROMPTS.len(),
+        prompts,
         truth_sum / n
     );
     println!("| rule | mean abs error | mean abs log ratio |");

@@ -191,6 +191,53 @@ pub struct RemoteModel {
     warned_cap: bool,
     ahead: Option<Ahead>,
     round_trips: usize,
+    reuse: ReuseWatch,
+}
+
+/// Notices a server that re-evaluates more than the new ids of each step, from the
+/// `timings.prompt_n` llama-server reports: its prefix cache is not doing its job and
+/// every step costs several forwards.
+#[derive(Default)]
+struct ReuseWatch {
+    /// The ids of the previous request.
+    last: Vec<u32>,
+    /// Consecutive requests that re-evaluated more than their new ids.
+    slow: usize,
+    warned: bool,
+}
+
+impl ReuseWatch {
+    /// Consecutive over-evaluating requests before the warning (a single one happens
+    /// when a server evicts its cache).
+    const PATIENCE: usize = 3;
+
+    /// Records one request; returns `(evaluated, new)` the first time the server has
+    /// re-evaluated more than the new ids `PATIENCE` times in a row.
+    fn record(&mut self, context: &[u32], answer: &Value) -> Option<(u64, usize)> {
+        let common = self
+            .last
+            .iter()
+            .zip(context)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let new = context.len() - common;
+        self.last.clear();
+        self.last.extend_from_slice(context);
+        let evaluated = answer
+            .pointer("/timings/prompt_n")
+            .and_then(Value::as_u64)?;
+        // llama-server re-evaluates the last id when the whole prompt is cached.
+        if common > 0 && evaluated > new.max(1) as u64 + 1 {
+            self.slow += 1;
+        } else {
+            self.slow = 0;
+        }
+        if self.slow >= Self::PATIENCE && !self.warned {
+            self.warned = true;
+            return Some((evaluated, new));
+        }
+        None
+    }
 }
 
 impl RemoteModel {
@@ -230,6 +277,7 @@ impl RemoteModel {
             warned_cap: false,
             ahead: None,
             round_trips: 0,
+            reuse: ReuseWatch::default(),
         };
         m.check()?;
         Ok(m)
@@ -530,6 +578,15 @@ impl RemoteModel {
                     return Err(e);
                 }
             };
+            if let Some((evaluated, new)) = self.reuse.record(context, &answer) {
+                tracing::warn!(
+                    "{}: the server re-evaluates {evaluated} ids per step where {new} are \
+                     new, so its prefix cache is not reused and every step costs several \
+                     forwards; for a sliding-window model (Gemma 2/3) start llama-server \
+                     with --swa-full",
+                    self.name
+                );
+            }
             return parse_answer(self.spec.protocol, &answer).map_err(|m| {
                 let short: String = answer.to_string().chars().take(300).collect();
                 self.err(format!("{url}: {m}; the answer was {short}"))
@@ -774,7 +831,10 @@ impl Backend for RemoteModel {
     }
 
     fn device_name(&self) -> String {
-        self.spec.display()
+        match self.spec.protocol {
+            Protocol::OpenAi => "an OpenAI-compatible server".into(),
+            Protocol::LlamaCpp => "llama-server".into(),
+        }
     }
 
     fn set_top_n(&mut self, n: usize) {
@@ -872,6 +932,44 @@ mod tests {
         assert!((s.rest - 0.3).abs() < 1e-5, "{}", s.rest);
         let s = sparse(vec![(1, 0.0), (2, f32::MIN)]);
         assert_eq!((s.top.len(), s.rest), (1, 0.0));
+    }
+
+    #[test]
+    fn warns_once_when_the_prefix_is_re_evaluated() {
+        let answer = |n: u64| json!({"timings": {"prompt_n": n}});
+        let mut w = ReuseWatch::default();
+        let mut ctx: Vec<u32> = (0..20).collect();
+        assert_eq!(
+            w.record(&ctx, &answer(20)),
+            None,
+            "the first request prefills"
+        );
+        // One new id per step, evaluated as one or two: the cache works.
+        for n in [1, 2, 1] {
+            ctx.push(7);
+            assert_eq!(w.record(&ctx, &answer(n)), None);
+        }
+        // Six evaluated for one new id, three times in a row: one warning.
+        let mut warned = Vec::new();
+        for _ in 0..6 {
+            ctx.push(7);
+            warned.extend(w.record(&ctx, &answer(6)));
+        }
+        assert_eq!(warned, vec![(6, 1)]);
+        // A rollback re-evaluates what changed, which is not a failure of the cache.
+        let mut w = ReuseWatch::default();
+        w.record(&ctx, &answer(30));
+        for k in 0..4 {
+            ctx.truncate(ctx.len() - 3);
+            ctx.extend([100 + k; 3]);
+            assert_eq!(w.record(&ctx, &answer(3)), None);
+        }
+        // Servers without timings are never judged.
+        let mut w = ReuseWatch::default();
+        for _ in 0..5 {
+            ctx.push(1);
+            assert_eq!(w.record(&ctx, &json!({})), None);
+        }
     }
 
     #[test]

@@ -72,6 +72,9 @@ impl LlamaServer {
             .args(["-m", &demo(model)])
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(["-c", "4096", "-np", "1", "--no-webui"])
+            // A sliding-window model (Gemma 3) otherwise re-evaluates its last tokens
+            // on every request instead of reusing the cached prefix.
+            .arg("--swa-full")
             .args(["-t", &threads.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
