@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # The project's test command (the README's second quick-start command; CI runs it).
 #
-# Fetches what the tests need (the two demo GGUF models, the real tokenizers and a venv
-# with the pinned openai SDK, all idempotent), checks formatting, lints, docs and the
-# engine-only build, then runs every test of the workspace. Nothing is skipped: a test whose asset is missing fails and
-# names the script that fetches it.
+# Fetches what the tests need (the two demo GGUF models, the real tokenizers, a venv
+# with the pinned openai SDK and a llama-server build, all idempotent), checks
+# formatting, lints, docs and the engine-only build, then runs every test of the
+# workspace. Nothing is skipped: a test whose asset is missing fails and names the
+# script that fetches it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+
+# llama-server (C++, minutes on a cold machine) builds at low priority while the fetches
+# and the cargo builds run: it fills the cores cargo leaves idle.
+mkdir -p target
+LLAMA_LOG="target/llama-server-build.log"
+echo "[test] building llama.cpp's llama-server in the background (once; log: $LLAMA_LOG)"
+# In a session of its own, so that an early exit stops the whole build (cmake, make, cc).
+setsid scripts/llama-server.sh >/dev/null 2>"$LLAMA_LOG" &
+LLAMA_BUILD=$!
+trap 'kill -- -"$LLAMA_BUILD" 2>/dev/null || true' EXIT
 
 echo "[test] fetching demo models and tokenizers"
 scripts/fetch-models.sh
@@ -28,6 +39,15 @@ echo "[test] the engine alone builds (no command line, no bench harness, no serv
 cargo check --lib --no-default-features --quiet
 echo "[test] the engine with the embeddable server builds"
 cargo check --lib --no-default-features --features serve --quiet
+
+echo "[test] cargo test --workspace --no-run (building the tests)"
+cargo test --workspace --all-targets --no-run --quiet
+echo "[test] waiting for the llama-server build"
+if ! wait "$LLAMA_BUILD"; then
+  tail -n 40 "$LLAMA_LOG"
+  echo "[test] scripts/llama-server.sh failed (log above, whole in $LLAMA_LOG)" >&2
+  exit 1
+fi
 
 echo "[test] cargo test --workspace"
 cargo test --workspace --all-targets "$@"

@@ -209,16 +209,38 @@ fn rollback_on_split_words_and_characters() {
 }
 
 /// Everything a generation shows: the text, every member's ids, and per step the
-/// combined probabilities of the whole union and each member's probability of the
-/// choice. Wrong vocabulary maps change the probabilities even when the text survives.
-fn trace(ens: &mut Ensemble, request: &Request) -> (String, Vec<Vec<u32>>, Vec<String>) {
+/// combined probabilities of the whole union, who proposed each candidate with which id,
+/// and each member's probability of the choice. Wrong vocabulary maps change the
+/// probabilities even when the text survives. Proposers are named by their position in
+/// the request's `members` (`order`), so that a subset of a larger ensemble and an
+/// ensemble of just those members read the same.
+fn trace(
+    ens: &mut Ensemble,
+    request: &Request,
+    order: &[usize],
+) -> (String, Vec<Vec<u32>>, Vec<String>) {
     let mut steps = Vec::new();
     let out = ens
         .generate(request, &mut |e: &tutti::Event| {
             if let tutti::Event::Step(s) = e {
+                let alternatives: Vec<String> = s
+                    .alternatives
+                    .iter()
+                    .map(|c| {
+                        let mut by: Vec<(usize, u32)> = c
+                            .proposers
+                            .iter()
+                            .map(|&(slot, id)| {
+                                let at = order.iter().position(|&o| o == slot).unwrap();
+                                (at, id)
+                            })
+                            .collect();
+                        by.sort_unstable();
+                        format!("{:?} {} {} {by:?}", c.bytes, c.eos, c.prob)
+                    })
+                    .collect();
                 steps.push(format!(
-                    "{:?} {:?}",
-                    s.alternatives,
+                    "{alternatives:?} {:?}",
                     s.members.iter().map(|m| m.prob).collect::<Vec<_>>()
                 ));
             }
@@ -254,7 +276,7 @@ fn every_alignment_through_the_engine_in_any_order_and_on_subsets() {
         }
         let mut reference: Vec<(Vec<&str>, Ensemble)> = Vec::new();
         for (slots, names) in orders {
-            let got = trace(&mut big, &request.clone().members(slots.clone()));
+            let got = trace(&mut big, &request.clone().members(slots.clone()), &slots);
             if !reference.iter().any(|(n, _)| n.as_slice() == names) {
                 reference.push((names.to_vec(), build(&names)));
             }
@@ -263,7 +285,7 @@ fn every_alignment_through_the_engine_in_any_order_and_on_subsets() {
                 .find(|(n, _)| n.as_slice() == names)
                 .unwrap()
                 .1;
-            let expected = trace(ens, &request);
+            let expected = trace(ens, &request, &[0, 1]);
             assert_eq!(
                 got, expected,
                 "{align}: members {slots:?} of [gemma, smol, gemma]"
@@ -309,9 +331,9 @@ fn full_maps_are_cached_and_decode_like_the_lazy_search() {
     assert!(sources.iter().all(|s| *s != Source::Cached), "{sources:?}");
     let (mut loaded, sources) = build(false, Some(cache));
     assert_eq!(sources, vec![Source::Cached; 2]);
-    let expected = trace(&mut lazy, &request);
-    assert_eq!(trace(&mut built, &request), expected);
-    assert_eq!(trace(&mut loaded, &request), expected);
+    let expected = trace(&mut lazy, &request, &[0, 1]);
+    assert_eq!(trace(&mut built, &request, &[0, 1]), expected);
+    assert_eq!(trace(&mut loaded, &request, &[0, 1]), expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -19,7 +19,10 @@ use tutti_models::{Architecture, DTypeSpec, DeviceSpec};
 pub struct EnsembleArgs {
     /// Model: folder, .gguf file or hf:ORG/NAME[@REV][/FILE.gguf], with optional
     /// `:w=WEIGHT` and `:t=TEMPERATURE` (the member's own softmax temperature, applied
-    /// before combining) suffixes. Repeat for an ensemble.
+    /// before combining) suffixes; or a server, `openai+http://HOST:PORT/v1#MODEL` or
+    /// `llamacpp+http://HOST:PORT`, with `:tok=TOKENIZER` (its tokenizer, required) and
+    /// optional `:key=ENV_VAR` (bearer key), `:lookahead=L`, `:timeout=SECONDS`.
+    /// Repeat for an ensemble.
     #[arg(short = 'm', long = "model")]
     pub models: Vec<String>,
     /// Ensemble file (TOML) with [[member]] tables and settings; flags override it.
@@ -77,6 +80,10 @@ pub struct EnsembleArgs {
     /// relrep on a small CPU), so that later runs start without preparing alignments.
     #[arg(long)]
     pub build_maps: bool,
+    /// When a member fails mid-generation (a server that disappears or stalls): `fail`
+    /// the request, or `drop` the member and go on with the others [default: fail].
+    #[arg(long)]
+    pub on_member_failure: Option<String>,
 }
 
 /// Replaces `\n`, `\t`, `\r` and `\\` escapes (shells make real newlines awkward).
@@ -187,6 +194,9 @@ pub fn plan(args: &EnsembleArgs) -> Result<Plan> {
     }
     if let Some(n) = args.max_tokens {
         request.max_tokens = n;
+    }
+    if let Some(p) = &args.on_member_failure {
+        request.on_member_failure = p.parse()?;
     }
     request.stop.extend(args.stop.iter().map(|s| unescape(s)));
     if args.greedy {

@@ -111,6 +111,14 @@ pub fn summary(out: &Generation, load_ms: f64) -> String {
             out.rollbacks()
         );
     }
+    for m in &out.members {
+        if let Some(n) = m.round_trips {
+            s += &format!(", {}: {n} round trips", m.name);
+        }
+        if let Some(why) = &m.dropped {
+            s += &format!(", DROPPED {} ({why})", m.name);
+        }
+    }
     s
 }
 

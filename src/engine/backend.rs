@@ -76,6 +76,13 @@ pub trait Backend: Send {
     fn local_mut(&mut self) -> Option<&mut Model> {
         None
     }
+    /// How many of the most probable ids a sparse backend should return per step (the
+    /// request's top-k; set before each generation). Dense backends ignore it.
+    fn set_top_n(&mut self, _n: usize) {}
+    /// Requests made to a server since the backend connected (`None` in process).
+    fn round_trips(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A candle model loaded in this process.

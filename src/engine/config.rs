@@ -21,7 +21,17 @@
 //! [[member]]
 //! model = "models-cache/gemma-3-270m-q4_k_m.gguf"
 //! weight = 0.5
+//!
+//! [[member]]                # a model served elsewhere (see docs/remote.md)
+//! model = "openai+http://127.0.0.1:8000/v1#Qwen/Qwen2.5-72B-Instruct"
+//! tokenizer = "hf:Qwen/Qwen2.5-72B-Instruct"
+//! api_key_env = "VLLM_KEY"  # the variable's name, never the key
+//! lookahead = 4
+//! timeout = 60              # seconds per request
 //! ```
+//!
+//! `on_member_failure = "drop"` at the top level lets a generation go on without a
+//! member whose server fails (default `"fail"`).
 //!
 //! Unknown keys are errors, so a misspelt setting never silently does nothing.
 
@@ -34,6 +44,7 @@ use tutti_models::{Architecture, DTypeSpec, DeviceSpec};
 use super::ensemble::MemberSpec;
 use super::error::{EngineError, Result};
 use super::member::check_temperature;
+use super::remote::RemoteSpec;
 use super::request::{parse_auto_weights, Request, Sampling};
 
 /// Top level of the file; every setting is optional (command-line flags override).
@@ -50,6 +61,7 @@ pub struct EnsembleFile {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub seed: Option<u64>,
+    pub on_member_failure: Option<String>,
     #[serde(default, rename = "member")]
     pub members: Vec<MemberEntry>,
 }
@@ -65,6 +77,13 @@ pub struct MemberEntry {
     pub device: Option<String>,
     pub dtype: Option<String>,
     pub arch: Option<String>,
+    /// A served member's tokenizer.
+    pub tokenizer: Option<String>,
+    /// Environment variable holding a served member's bearer key.
+    pub api_key_env: Option<String>,
+    pub lookahead: Option<usize>,
+    /// Seconds a served member's request may take.
+    pub timeout: Option<f64>,
 }
 
 impl MemberEntry {
@@ -98,12 +117,55 @@ impl MemberEntry {
             path: origin.to_string(),
             reason: format!("member `{}`: t: {e}", self.model),
         })?;
-        Ok(MemberSpec::new(self.model.clone())
+        let mut spec = MemberSpec::new(self.model.clone())
             .weight(self.weight.unwrap_or(1.0))
             .temperature(t)
             .device(device)
             .dtype(dtype)
-            .arch(arch))
+            .arch(arch)
+            .lookahead(self.lookahead.unwrap_or(0));
+        let remote = RemoteSpec::is_remote(&self.model);
+        let serving = [
+            ("tokenizer", self.tokenizer.is_some()),
+            ("api_key_env", self.api_key_env.is_some()),
+            ("lookahead", self.lookahead.is_some()),
+            ("timeout", self.timeout.is_some()),
+        ];
+        if let (false, Some((key, _))) = (remote, serving.iter().find(|(_, set)| *set)) {
+            return Err(EngineError::Config {
+                path: origin.to_string(),
+                reason: format!(
+                    "member `{}`: `{key}` applies to served members (openai+http://… or \
+                     llamacpp+http://…) only",
+                    self.model
+                ),
+            });
+        }
+        if let Some(t) = &self.tokenizer {
+            spec = spec.tokenizer(t.clone());
+        }
+        if let Some(v) = &self.api_key_env {
+            spec = spec.api_key_env(v.clone());
+        }
+        if let Some(t) = self.timeout {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(EngineError::Config {
+                    path: origin.to_string(),
+                    reason: format!(
+                        "member `{}`: timeout must be a positive number of seconds (got {t})",
+                        self.model
+                    ),
+                });
+            }
+            spec = spec.timeout(std::time::Duration::from_secs_f64(t));
+        }
+        if let Some(r) = spec.remote() {
+            r.map_err(|e| EngineError::Config {
+                path: origin.to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(spec)
     }
 }
 
@@ -137,6 +199,9 @@ impl EnsembleFile {
         }
         if let Some(n) = self.max_tokens {
             request.max_tokens = n;
+        }
+        if let Some(p) = &self.on_member_failure {
+            request.on_member_failure = p.parse().map_err(bad)?;
         }
         if let Some(stop) = &self.stop {
             request.stop.extend(stop.iter().cloned());
@@ -209,6 +274,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("t.toml") && err.contains("tpu"), "{err}");
+    }
+
+    #[test]
+    fn served_members_take_a_tokenizer_and_a_key_variable() {
+        let f = EnsembleFile::parse(
+            "on_member_failure = \"drop\"\n[[member]]\nmodel = \"openai+http://127.0.0.1:8000/v1#m\"\ntokenizer = \"hf:o/n\"\napi_key_env = \"K\"\nlookahead = 3\ntimeout = 2.5\n",
+            "t.toml",
+        )
+        .unwrap();
+        let spec = f.members[0]
+            .to_spec(DeviceSpec::Auto, DTypeSpec::Auto, "t.toml")
+            .unwrap();
+        let r = spec.remote().unwrap().unwrap();
+        assert_eq!(r.model.as_deref(), Some("m"));
+        assert_eq!(r.tokenizer, "hf:o/n");
+        assert_eq!((r.api_key_env.as_deref(), r.lookahead), (Some("K"), 3));
+        assert_eq!(r.timeout, std::time::Duration::from_millis(2500));
+        let req = f.apply(Request::raw("x"), "t.toml").unwrap();
+        assert_eq!(req.on_member_failure, crate::engine::OnMemberFailure::Drop);
+        for (toml, says) in [
+            (
+                "[[member]]\nmodel = \"a.gguf\"\ntokenizer = \"t\"\n",
+                "served members",
+            ),
+            ("[[member]]\nmodel = \"llamacpp+http://h:1\"\n", "tokenizer"),
+            (
+                "[[member]]\nmodel = \"llamacpp+http://h:1\"\ntokenizer = \"t\"\ntimeout = -1\n",
+                "timeout",
+            ),
+        ] {
+            let f = EnsembleFile::parse(toml, "t.toml").unwrap();
+            let e = f.members[0]
+                .to_spec(DeviceSpec::Auto, DTypeSpec::Auto, "t.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says) && e.contains("t.toml"), "{toml}: {e}");
+        }
+        let e = EnsembleFile::parse("on_member_failure = \"ignore\"\n", "t.toml")
+            .unwrap()
+            .apply(Request::raw("x"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fail") && e.contains("drop"), "{e}");
     }
 
     #[test]

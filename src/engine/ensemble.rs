@@ -22,7 +22,8 @@ use super::events::{
 };
 use super::member::{check_temperature, Member};
 use super::output::TextStream;
-use super::request::{validate_weights, Gate, Prompt, Request};
+use super::remote::RemoteSpec;
+use super::request::{validate_weights, Gate, OnMemberFailure, Prompt, Request};
 use super::step::{auto_weights, choose, combine, CandidateKey, Step};
 use crate::align::cache::{Lookup, MapCache, Source};
 use crate::align::lookup::{load_or_build, map_key, MapSide, RelRepSettings, TargetLookup};
@@ -33,7 +34,8 @@ use crate::align::{AlignError, AlignMethod};
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct MemberSpec {
-    /// Folder, `.gguf` file or `hf:ORG/NAME[@REV][/FILE.gguf]`.
+    /// Folder, `.gguf` file or `hf:ORG/NAME[@REV][/FILE.gguf]`; or a server:
+    /// `openai+http://HOST:PORT/v1#MODEL` or `llamacpp+http://HOST:PORT`.
     pub model: String,
     pub weight: f32,
     /// The member's own softmax temperature, applied before combining (1 = as is).
@@ -42,6 +44,14 @@ pub struct MemberSpec {
     pub dtype: DTypeSpec,
     /// Architecture override.
     pub arch: Option<Architecture>,
+    /// A served member's tokenizer (folder, tokenizer.json, GGUF or `hf:` spec).
+    pub tokenizer: Option<String>,
+    /// Environment variable holding a served member's bearer key.
+    pub api_key_env: Option<String>,
+    /// Greedy tokens a served member returns beyond the one asked for, per request.
+    pub lookahead: usize,
+    /// A served member's request timeout (default [`RemoteSpec::DEFAULT_TIMEOUT`]).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl MemberSpec {
@@ -54,55 +64,131 @@ impl MemberSpec {
             device: DeviceSpec::Auto,
             dtype: DTypeSpec::Auto,
             arch: None,
+            tokenizer: None,
+            api_key_env: None,
+            lookahead: 0,
+            timeout: None,
         }
     }
 
-    /// Parses `MODEL[:w=WEIGHT][:t=TEMPERATURE]` (the suffixes in either order).
+    /// Parses `MODEL[:w=WEIGHT][:t=TEMPERATURE]` and, for a served member,
+    /// `[:tok=TOKENIZER]`, `[:key=ENV_VAR]`, `[:lookahead=L]` and `[:timeout=SECONDS]`, in
+    /// any order. Only these `:NAME=` suffixes are split off, so the colons of URLs
+    /// (`http://h:8000`) and of `hf:` specs stay part of the model or tokenizer.
     pub fn parse(spec: &str) -> Result<MemberSpec> {
+        const KEYS: [&str; 6] = [":w=", ":t=", ":tok=", ":key=", ":lookahead=", ":timeout="];
         let bad = |reason: String| EngineError::BadSpec {
             spec: spec.to_string(),
             reason,
         };
-        let mut model = spec;
-        let (mut weight, mut temperature) = (None, None);
-        // Suffixes are peeled from the right, so a `:` inside the model (`hf:ORG/NAME`)
-        // stays with it.
-        while let Some((head, tail)) = model.rsplit_once(':') {
-            let (slot, key) = if let Some(v) = tail.strip_prefix("w=") {
-                (&mut weight, ("w", v))
-            } else if let Some(v) = tail.strip_prefix("t=") {
-                (&mut temperature, ("t", v))
-            } else {
-                break;
-            };
-            let (name, v) = key;
-            if slot.is_some() {
-                return Err(bad(format!("`:{name}=` is given twice")));
+        let mut rest = spec;
+        let mut found: Vec<(&str, &str)> = Vec::new();
+        while let Some((at, key)) = KEYS
+            .iter()
+            .filter_map(|k| rest.rfind(k).map(|at| (at, *k)))
+            .max_by_key(|&(at, _)| at)
+        {
+            if found.iter().any(|(k, _)| *k == key) {
+                return Err(bad(format!("`{key}` is given twice")));
             }
-            let x = v.parse::<f32>().map_err(|_| {
-                bad(format!(
-                    "`{v}` is not a number (expected MODEL[:w=WEIGHT][:t=TEMPERATURE])"
-                ))
-            })?;
-            *slot = Some(x);
-            model = head;
+            found.push((key, &rest[at + key.len()..]));
+            rest = &rest[..at];
         }
-        if model.is_empty() {
-            return Err(bad("no model before the `:w=`/`:t=` suffix".into()));
+        if rest.is_empty() {
+            return Err(bad("no model before the `:NAME=` settings".into()));
         }
-        if let Some(t) = temperature {
-            if !(t.is_finite() && t > 0.0) {
-                return Err(bad(format!("the temperature must be above 0 (got {t})")));
+        let mut out = MemberSpec::new(rest);
+        let remote = RemoteSpec::is_remote(rest);
+        for (key, value) in found {
+            if key != ":w=" && key != ":t=" && !remote {
+                return Err(bad(format!(
+                    "`{key}` applies to served members (openai+http://… or llamacpp+http://…) only"
+                )));
+            }
+            match key {
+                ":w=" => {
+                    out.weight = value.parse::<f32>().map_err(|_| {
+                        bad(format!(
+                            "`{value}` is not a number (expected MODEL:w=WEIGHT)"
+                        ))
+                    })?
+                }
+                ":t=" => {
+                    let t = value
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|t| t.is_finite() && *t > 0.0)
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "the temperature must be a number above 0 (got `{value}`)"
+                            ))
+                        })?;
+                    out.temperature = t;
+                }
+                ":tok=" => out.tokenizer = Some(value.to_string()),
+                ":key=" => out.api_key_env = Some(value.to_string()),
+                ":lookahead=" => {
+                    out.lookahead = value.parse().map_err(|_| {
+                        bad(format!(
+                            "`{value}` is not a token count (expected :lookahead=L)"
+                        ))
+                    })?
+                }
+                _ => {
+                    let s: f64 = value
+                        .parse()
+                        .ok()
+                        .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                        .ok_or_else(|| {
+                            bad(format!("`{value}` is not a positive number of seconds"))
+                        })?;
+                    out.timeout = Some(std::time::Duration::from_secs_f64(s));
+                }
             }
         }
-        Ok(MemberSpec::new(model)
-            .weight(weight.unwrap_or(1.0))
-            .temperature(temperature.unwrap_or(1.0)))
+        Ok(out)
+    }
+
+    /// The server settings of a served member (`None` for a model in this process).
+    pub fn remote(&self) -> Option<Result<RemoteSpec>> {
+        if !RemoteSpec::is_remote(&self.model) {
+            return None;
+        }
+        Some(
+            RemoteSpec::parse(&self.model, self.tokenizer.as_deref()).map(|mut r| {
+                r.api_key_env = self.api_key_env.clone();
+                r.lookahead = self.lookahead;
+                if let Some(t) = self.timeout {
+                    r.timeout = t;
+                }
+                r
+            }),
+        )
     }
 
     /// The member's own softmax temperature.
     pub fn temperature(mut self, t: f32) -> MemberSpec {
         self.temperature = t;
+        self
+    }
+
+    pub fn tokenizer(mut self, t: impl Into<String>) -> MemberSpec {
+        self.tokenizer = Some(t.into());
+        self
+    }
+
+    pub fn api_key_env(mut self, var: impl Into<String>) -> MemberSpec {
+        self.api_key_env = Some(var.into());
+        self
+    }
+
+    pub fn lookahead(mut self, l: usize) -> MemberSpec {
+        self.lookahead = l;
+        self
+    }
+
+    pub fn timeout(mut self, t: std::time::Duration) -> MemberSpec {
+        self.timeout = Some(t);
         self
     }
 
@@ -139,8 +225,11 @@ impl MemberSpec {
         }
     }
 
-    /// Loads the member's backend.
+    /// Loads the member's backend (connects to a served member's server).
     pub fn load(&self) -> Result<Box<dyn Backend>> {
+        if let Some(remote) = self.remote() {
+            return Ok(Box::new(remote?.connect()?));
+        }
         let device = self.device.open().map_err(|e| self.err(e))?;
         let opts = LoadOptions {
             device,
@@ -357,6 +446,7 @@ impl EnsembleBuilder {
             lookups,
             align: self.align,
             load_ms: t0.elapsed().as_secs_f64() * 1e3,
+            prefix_cache: false,
         })
     }
 }
@@ -515,6 +605,8 @@ pub struct Ensemble {
     lookups: Vec<TargetLookup>,
     align: AlignMethod,
     load_ms: f64,
+    /// Token-id prompts reuse what members hold of their common prefix.
+    prefix_cache: bool,
 }
 
 impl std::fmt::Debug for Ensemble {
@@ -550,6 +642,14 @@ impl Ensemble {
     /// The alignment method the maps were prepared for.
     pub fn align(&self) -> AlignMethod {
         self.align
+    }
+
+    /// Lets a token-id prompt ([`Request::ids`]) reuse what each member already holds of
+    /// its longest common prefix with the member's last context (off by default). A
+    /// client that sends the whole context every step, as a served member's does, then
+    /// costs one new token's forward per step, with the logits a continuing decode gives.
+    pub fn set_prefix_cache(&mut self, on: bool) {
+        self.prefix_cache = on;
     }
 
     /// Milliseconds spent loading the members and preparing the maps.
@@ -737,6 +837,10 @@ struct Run {
     steps: Vec<StepTime>,
     stop: Option<StopReason>,
     started: Instant,
+    /// By index into `slots`: why the member left the generation.
+    dropped: Vec<Option<String>>,
+    /// By index into `slots`: the backend's round trips when the generation started.
+    trips: Vec<Option<usize>>,
 }
 
 impl Run {
@@ -746,6 +850,7 @@ impl Run {
         request.validate()?;
         let n = ens.members.len();
         let slots: Vec<usize> = request.members.clone().unwrap_or_else(|| (0..n).collect());
+        let n_slots = slots.len();
         if slots.is_empty() {
             return Err(EngineError::BadRequest("no member takes part".into()));
         }
@@ -794,8 +899,14 @@ impl Run {
                 .map(|&s| ens.prompt_ids(s, prompt))
                 .collect::<Result<_>>()?,
         };
+        let keep_prefix = ens.prefix_cache && matches!(request.prompt, Prompt::Ids(_));
         for (&s, ids) in slots.iter().zip(prompts) {
-            ens.members[s].start(ids)?;
+            if keep_prefix {
+                ens.members[s].start_keeping_prefix(ids)?;
+            } else {
+                ens.members[s].start(ids)?;
+            }
+            ens.members[s].set_top_n(request.top_k);
         }
         let mut weights = weights;
         let mut prefill_ms = vec![0.0; slots.len()];
@@ -818,6 +929,10 @@ impl Run {
             weights = auto_weights(&weights, &per_byte, tau);
             tracing::debug!("auto weights {weights:?} from {per_byte:?} nats/byte");
         }
+        let trips = slots
+            .iter()
+            .map(|&s| ens.members[s].backend().round_trips())
+            .collect();
         let seed = match request.sampling {
             super::request::Sampling::Sample { seed, .. } => seed,
             super::request::Sampling::Greedy => 0,
@@ -832,6 +947,8 @@ impl Run {
             steps: Vec::new(),
             stop: None,
             started: Instant::now(),
+            dropped: vec![None; n_slots],
+            trips,
         })
     }
 
@@ -843,7 +960,12 @@ impl Run {
         if self.steps.len() >= self.request.max_tokens {
             return Ok(self.end(StopReason::MaxTokens, events));
         }
-        if self.slots.iter().any(|&s| !ens.members[s].has_room()) {
+        if self
+            .slots
+            .iter()
+            .enumerate()
+            .any(|(i, &s)| self.dropped[i].is_none() && !ens.members[s].has_room())
+        {
             return Ok(self.end(StopReason::ContextLength, events));
         }
         let t_step = Instant::now();
@@ -861,16 +983,24 @@ impl Run {
         // 1. Forward, and 2. each consulted member's distribution and top-k, once. Under
         // `uncertain:T` the primary goes first and the others only when it is unsure.
         let mut step = Step::default();
+        let live: Vec<usize> = (0..n).filter(|&i| self.dropped[i].is_none()).collect();
         let gated = match req.gate {
-            Gate::Uncertain(t) if n > 1 => Some(t),
+            Gate::Uncertain(t) if live.len() > 1 && live[0] == 0 => Some(t),
             _ => None,
         };
         let first: Vec<usize> = match gated {
             Some(_) => vec![0],
-            None => (0..n).collect(),
+            None => live.clone(),
         };
         let mut ms = vec![0.0; n];
-        forward(&mut ens.members, &self.slots, &first, &mut ms)?;
+        let results = forward(&mut ens.members, &self.slots, &first, &mut ms);
+        let first = survivors(
+            &mut self.dropped,
+            &self.slots,
+            req.on_member_failure,
+            ens,
+            results,
+        )?;
         for &i in &first {
             add_dist(
                 &mut step,
@@ -884,8 +1014,15 @@ impl Run {
             let sure = step.dists.first().is_some_and(|(_, d)| d.top_prob() >= t);
             // A zero-weight primary must not decide alone.
             if !(sure && self.weights[0] > 0.0) {
-                let rest: Vec<usize> = (1..n).collect();
-                forward(&mut ens.members, &self.slots, &rest, &mut ms)?;
+                let rest: Vec<usize> = live.iter().copied().filter(|&i| i != 0).collect();
+                let results = forward(&mut ens.members, &self.slots, &rest, &mut ms);
+                let rest = survivors(
+                    &mut self.dropped,
+                    &self.slots,
+                    req.on_member_failure,
+                    ens,
+                    results,
+                )?;
                 for i in rest {
                     add_dist(
                         &mut step,
@@ -959,7 +1096,10 @@ impl Run {
         let ended = match &cand.key {
             CandidateKey::Eos => Some(StopReason::Eos),
             CandidateKey::Bytes(bytes) => {
-                for &slot in &self.slots {
+                for (i, &slot) in self.slots.iter().enumerate() {
+                    if self.dropped[i].is_some() {
+                        continue;
+                    }
                     let own = step.dist(slot).and(cand.proposed_by(slot));
                     ens.members[slot].commit(bytes, own)?;
                 }
@@ -1065,6 +1205,12 @@ impl Run {
                     rollbacks: m.rollbacks(),
                     rolled_back_tokens: m.rolled_back_tokens(),
                     forward_ms: steps.iter().map(|s| s.forward_ms[i]).sum(),
+                    round_trips: m
+                        .backend()
+                        .round_trips()
+                        .zip(self.trips[i])
+                        .map(|(now, then)| now - then),
+                    dropped: self.dropped[i].clone(),
                 }
             })
             .collect();
@@ -1108,6 +1254,39 @@ impl Run {
     }
 }
 
+/// The members (indices into `slots`) whose forward succeeded. A failed member is
+/// dropped from the generation (its reason kept in `dropped`) under
+/// [`OnMemberFailure::Drop`] while another member is left; otherwise its error ends the
+/// generation.
+fn survivors(
+    dropped: &mut [Option<String>],
+    slots: &[usize],
+    policy: OnMemberFailure,
+    ens: &Ensemble,
+    results: Vec<(usize, Result<f64>)>,
+) -> Result<Vec<usize>> {
+    let mut ok = Vec::with_capacity(results.len());
+    for (i, r) in results {
+        match r {
+            Ok(_) => ok.push(i),
+            Err(e) => {
+                let others = (0..slots.len())
+                    .filter(|&j| j != i && dropped[j].is_none())
+                    .count();
+                if policy == OnMemberFailure::Fail || others == 0 {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    "member `{}` dropped from this generation: {e}",
+                    ens.members[slots[i]].name()
+                );
+                dropped[i] = Some(e.to_string());
+            }
+        }
+    }
+    Ok(ok)
+}
+
 /// Member `slot`'s distribution into the step.
 fn add_dist(
     step: &mut Step,
@@ -1131,7 +1310,12 @@ fn add_dist(
 /// through candle's thread pool, and two concurrent forwards fight over the same cores
 /// (measured on 2 cores: 58 ms/token in threads against 40 ms/token in sequence for the
 /// demo pair).
-fn forward(members: &mut [Member], slots: &[usize], run: &[usize], ms: &mut [f64]) -> Result<()> {
+fn forward(
+    members: &mut [Member],
+    slots: &[usize],
+    run: &[usize],
+    ms: &mut [f64],
+) -> Vec<(usize, Result<f64>)> {
     let selected: Vec<(usize, &mut Member)> = members
         .iter_mut()
         .enumerate()
@@ -1144,10 +1328,11 @@ fn forward(members: &mut [Member], slots: &[usize], run: &[usize], ms: &mut [f64
         .into_iter()
         .partition(|(_, m)| m.backend().uses_host_cpu());
     if away.is_empty() {
-        for (i, m) in local {
-            ms[i] = m.forward_pending()?;
-        }
-        return Ok(());
+        let done = local
+            .into_iter()
+            .map(|(i, m)| (i, m.forward_pending()))
+            .collect();
+        return record(done, ms);
     }
     let mut results: Vec<(usize, Result<f64>)> = std::thread::scope(|s| {
         let handles: Vec<_> = away
@@ -1167,15 +1352,59 @@ fn forward(members: &mut [Member], slots: &[usize], run: &[usize], ms: &mut [f64
         done
     });
     results.sort_by_key(|(i, _)| *i);
-    for (i, r) in results {
-        ms[i] = r?;
+    record(results, ms)
+}
+
+/// Stores each successful forward's milliseconds in `ms`.
+fn record(results: Vec<(usize, Result<f64>)>, ms: &mut [f64]) -> Vec<(usize, Result<f64>)> {
+    for (i, r) in &results {
+        if let Ok(t) = r {
+            ms[*i] = *t;
+        }
     }
-    Ok(())
+    results
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_specs_keep_url_and_hf_colons() {
+        let s = MemberSpec::parse(
+            "openai+http://127.0.0.1:8000/v1#m:tok=hf:Org/Name:w=0.5:key=K:lookahead=2:timeout=1.5",
+        )
+        .unwrap();
+        assert_eq!(s.model, "openai+http://127.0.0.1:8000/v1#m");
+        assert_eq!(s.weight, 0.5);
+        assert_eq!(s.tokenizer.as_deref(), Some("hf:Org/Name"));
+        assert_eq!((s.api_key_env.as_deref(), s.lookahead), (Some("K"), 2));
+        let r = s.remote().unwrap().unwrap();
+        assert_eq!(r.base, "http://127.0.0.1:8000/v1");
+        assert_eq!(r.timeout, std::time::Duration::from_millis(1500));
+        let s = MemberSpec::parse("hf:Org/Name/f.gguf:w=2").unwrap();
+        assert_eq!((s.model.as_str(), s.weight), ("hf:Org/Name/f.gguf", 2.0));
+        assert!(s.remote().is_none());
+        for (bad, says) in [
+            ("a.gguf:tok=t", "served members"),
+            (":w=1", "no model"),
+            ("llamacpp+http://h:1:tok=t:lookahead=x", "token count"),
+            ("llamacpp+http://h:1:tok=t:timeout=0", "seconds"),
+            ("llamacpp+http://h:1:w=1:w=2", "twice"),
+        ] {
+            let e = MemberSpec::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let e = MemberSpec::parse("llamacpp+http://h:1")
+            .unwrap()
+            .remote()
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":tok="), "{e}");
+        let s = MemberSpec::parse("llamacpp+http://h:1:t=0.5:tok=a:b").unwrap();
+        assert_eq!((s.temperature, s.tokenizer.as_deref()), (0.5, Some("a:b")));
+    }
 
     #[test]
     fn member_spec_suffixes() {

@@ -71,6 +71,10 @@ pub enum EngineError {
     /// The chosen bytes cannot be written with a member's tokens (no byte tokens).
     #[error("member `{member}` has no tokens for the bytes {bytes:?}")]
     Untokenizable { member: String, bytes: Vec<u8> },
+    /// A served member could not be reached, refused a request or answered something
+    /// unusable (its spec names it).
+    #[error("member `{member}`: {reason}")]
+    Remote { member: String, reason: String },
     /// A member index outside the ensemble.
     #[error("no member #{index}: the ensemble has {len} members")]
     NoSuchMember { index: usize, len: usize },

@@ -160,6 +160,11 @@ pub struct MemberReport {
     pub rolled_back_tokens: usize,
     /// Total forward time of this member.
     pub forward_ms: f64,
+    /// Requests sent to the member's server during this generation (`None` for a
+    /// member in this process).
+    pub round_trips: Option<usize>,
+    /// Why the member left the generation (`--on-member-failure drop`), if it did.
+    pub dropped: Option<String>,
 }
 
 /// Aggregate timings of a [`Generation`], in milliseconds.

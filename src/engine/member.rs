@@ -202,6 +202,11 @@ impl Member {
         self.distributions
     }
 
+    /// Tells a sparse backend how many of the most probable ids to return per step.
+    pub fn set_top_n(&mut self, n: usize) {
+        self.backend.set_top_n(n);
+    }
+
     /// Starts a new text with `prompt_ids`; fails when they do not fit the model's
     /// context.
     pub fn start(&mut self, prompt_ids: Vec<u32>) -> Result<()> {
@@ -220,6 +225,22 @@ impl Member {
         self.rollbacks = 0;
         self.rolled_back_tokens = 0;
         self.distributions = 0;
+        Ok(())
+    }
+
+    /// [`Member::start`], keeping what the backend holds of the longest common prefix of
+    /// the old and the new ids: a prefix cache for callers that send the whole context
+    /// each time (a served member's client). The last id is always forwarded again, so
+    /// the logits come from the same one-token step a continuing decode would run.
+    pub fn start_keeping_prefix(&mut self, prompt_ids: Vec<u32>) -> Result<()> {
+        let keep = self.committed[..self.cached]
+            .iter()
+            .zip(&prompt_ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt_ids.len().saturating_sub(1));
+        self.start(prompt_ids)?;
+        self.cached = keep;
         Ok(())
     }
 

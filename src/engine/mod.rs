@@ -41,6 +41,7 @@ mod error;
 pub mod events;
 pub mod member;
 pub mod output;
+pub mod remote;
 pub mod request;
 pub mod step;
 
@@ -53,7 +54,8 @@ pub use events::{
     StepTime, StopReason, Timing, Usage,
 };
 pub use member::{Member, PromptScore};
+pub use remote::{Protocol, RemoteModel, RemoteSpec};
 pub use request::{
-    parse_auto_weights, validate_weights, Combine, Gate, Message, Prompt, Request, Role, Sampling,
-    DEFAULT_AUTO_TAU, MAX_ALTERNATIVES, MAX_TOP_K,
+    parse_auto_weights, validate_weights, Combine, Gate, Message, OnMemberFailure, Prompt, Request,
+    Role, Sampling, DEFAULT_AUTO_TAU, MAX_ALTERNATIVES, MAX_TOP_K,
 };

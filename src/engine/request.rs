@@ -249,6 +249,41 @@ pub fn parse_auto_weights(s: &str) -> Result<f32> {
     }
 }
 
+/// What a generation does when a member fails (a server that disappears, times out or
+/// answers garbage).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnMemberFailure {
+    /// The generation fails with the member's error.
+    #[default]
+    Fail,
+    /// The member leaves this generation and the others go on; the
+    /// [`crate::engine::Generation`] reports it ([`crate::engine::MemberReport::dropped`]).
+    /// The generation still fails when no member is left.
+    Drop,
+}
+
+impl FromStr for OnMemberFailure {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<OnMemberFailure> {
+        match s.trim() {
+            "fail" => Ok(OnMemberFailure::Fail),
+            "drop" => Ok(OnMemberFailure::Drop),
+            other => Err(EngineError::BadRequest(format!(
+                "on-member-failure must be `fail` or `drop` (got `{other}`)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for OnMemberFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnMemberFailure::Fail => "fail",
+            OnMemberFailure::Drop => "drop",
+        })
+    }
+}
+
 /// The most top alternatives a step can report (as the OpenAI API's `top_logprobs`).
 pub const MAX_ALTERNATIVES: usize = 20;
 
@@ -283,6 +318,8 @@ pub struct Request {
     /// How many of the combined distribution's most probable candidates each step
     /// reports ([`crate::engine::StepEvent::alternatives`]); at most [`MAX_ALTERNATIVES`].
     pub alternatives: usize,
+    /// What happens when a member fails during the generation (default: fail).
+    pub on_member_failure: OnMemberFailure,
 }
 
 impl Request {
@@ -299,6 +336,7 @@ impl Request {
             gate: Gate::Always,
             combine: Combine::Mean,
             alternatives: 0,
+            on_member_failure: OnMemberFailure::Fail,
         }
     }
 
@@ -381,6 +419,11 @@ impl Request {
 
     pub fn alternatives(mut self, n: usize) -> Request {
         self.alternatives = n;
+        self
+    }
+
+    pub fn on_member_failure(mut self, policy: OnMemberFailure) -> Request {
+        self.on_member_failure = policy;
         self
     }
 

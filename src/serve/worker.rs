@@ -132,6 +132,8 @@ fn unix_ms() -> f64 {
 
 /// The engine thread's loop.
 fn run(mut ens: Ensemble, rx: Receiver<Job>, cancel: &AtomicBool, metrics: &Metrics) {
+    // A served member's client sends its whole context as token ids at every step.
+    ens.set_prefix_cache(true);
     while let Ok(job) = rx.recv() {
         metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
         if job.events.is_closed() {

@@ -4,28 +4,15 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-pub const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
-
-/// Path of a demo model; fails with the fix when it is missing.
-pub fn demo(name: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("models-cache")
-        .join(name);
-    assert!(
-        p.exists(),
-        "demo model {} is missing: run scripts/fetch-models.sh first",
-        p.display()
-    );
-    p.display().to_string()
-}
+#[path = "../ensemble_support/mod.rs"]
+mod ensemble_support;
+pub use ensemble_support::{demo, GEMMA, SMOL};
 
 /// A running `tutti serve`; killed when dropped.
 pub struct ServerProc {

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Build llama.cpp's `llama-server` (CPU only) from the llama.cpp source vendored in the
+# llama-cpp-python 0.3.36 sdist, once, into third_party/llama-server/, and print the
+# binary's path on stdout (progress goes to stderr). Idempotent: a second run only prints.
+#
+# Usage: scripts/llama-server.sh
+# Environment: LLAMA_SERVER_JOBS (default 2) parallel compile jobs.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VERSION="0.3.36"
+DIR="$ROOT/third_party/llama-server"
+BIN="$DIR/build/bin/llama-server"
+JOBS="${LLAMA_SERVER_JOBS:-2}"
+
+log() { echo "[llama-server] $*" >&2; }
+
+if [ -x "$BIN" ]; then
+  echo "$BIN"
+  exit 0
+fi
+
+mkdir -p "$DIR"
+# CMake comes from the Python packaging index (as a wheel) when the system has none.
+CMAKE="$(command -v cmake || true)"
+if [ -z "$CMAKE" ]; then
+  if [ ! -x "$DIR/venv/bin/cmake" ]; then
+    log "installing cmake into $DIR/venv"
+    python3 -m venv "$DIR/venv"
+    "$DIR/venv/bin/python" -m pip install --quiet "cmake>=3.21,<4" >&2
+  fi
+  CMAKE="$DIR/venv/bin/cmake"
+fi
+
+SRC="$DIR/llama_cpp_python-$VERSION/vendor/llama.cpp"
+if [ ! -f "$SRC/CMakeLists.txt" ]; then
+  log "fetching the llama-cpp-python $VERSION sdist"
+  # Only this package as source: its build tools come as wheels.
+  python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python --dest "$DIR" \
+    "llama-cpp-python==$VERSION" >&2
+  tar -xzf "$DIR/llama_cpp_python-$VERSION.tar.gz" -C "$DIR"
+fi
+
+log "configuring (Release, CPU only)"
+nice -n 10 "$CMAKE" -S "$SRC" -B "$DIR/build" -DCMAKE_BUILD_TYPE=Release \
+  -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
+log "building target llama-server with $JOBS jobs"
+start=$(date +%s)
+nice -n 10 "$CMAKE" --build "$DIR/build" --target llama-server -j "$JOBS" >&2
+log "built in $(( $(date +%s) - start ))s"
+test -x "$BIN"
+echo "$BIN"

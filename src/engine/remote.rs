@@ -1,0 +1,990 @@
+//! Members served by another process over HTTP: any OpenAI-compatible `/v1/completions`
+//! with logprobs (vLLM, SGLang, `tutti serve`, llama-server's OpenAI endpoint) or
+//! llama.cpp's native `/completion` with `n_probs`.
+//!
+//! One step of a remote member is one request: the member's committed ids as a token-id
+//! prompt, greedy decoding of `1 + lookahead` tokens, and the top-N log-probabilities
+//! (at temperature 1, before any sampler) of each. The server's prefix cache makes each
+//! request incremental, so a rollback costs nothing here: the next request simply
+//! carries the shorter context. The answer is a sparse distribution ([`SparseLogits`]).
+//!
+//! With lookahead, the distributions of the server's own greedy continuation are kept
+//! and answer later steps without a round trip as long as the ensemble's choices follow
+//! that continuation; the first divergence drops them.
+//!
+//! The tokenizer is always local (candidates are compared by bytes); at connect time
+//! the server must tokenize a probe text to the same ids (where it offers `/tokenize`)
+//! and decode a short greedy continuation to the same text, and it must return top-N
+//! log-probabilities with token ids.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tutti_models::ModelTokenizer;
+
+use super::backend::{Backend, Logits, SparseLogits};
+use super::error::{EngineError, Result};
+
+/// Text sent to `/tokenize` (and, in the local tokenization, as a probe prompt) to check
+/// that the server's model and the local tokenizer agree: words, digits, spacing,
+/// punctuation and non-ASCII letters.
+const PROBE: &str = "Tokenizer probe: naïve café, 1234 apples & 56.7% déjà-vu!\n  Ünïcödé — ok?";
+
+/// Log-probabilities asked for at least per token (vLLM's default cap).
+const MIN_PROBS: usize = 20;
+
+/// Attempts per request for connection errors and 5xx answers (a step is a pure function
+/// of the ids, so repeating it is safe).
+const ATTEMPTS: u32 = 3;
+/// First backoff between attempts; doubled each time.
+const BACKOFF: Duration = Duration::from_millis(200);
+
+/// Which HTTP API a remote member speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `POST {base}/completions` with `logprobs` (OpenAI legacy completions).
+    OpenAi,
+    /// llama-server's `POST {base}/completion` with `n_probs`.
+    LlamaCpp,
+}
+
+/// Where and how to reach a served member.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RemoteSpec {
+    pub protocol: Protocol,
+    /// `http://HOST:PORT/v1` (OpenAI) or `http://HOST:PORT` (llama.cpp), no trailing `/`.
+    pub base: String,
+    /// The model name an OpenAI server is asked for (after `#`).
+    pub model: Option<String>,
+    /// The server model's tokenizer: a folder, tokenizer.json, GGUF or `hf:` spec.
+    pub tokenizer: String,
+    /// Name of the environment variable holding a bearer key (never the key itself).
+    pub api_key_env: Option<String>,
+    /// Extra greedy tokens (with their distributions) asked for per request.
+    pub lookahead: usize,
+    /// Longest wait for a server's answer to one request.
+    pub timeout: Duration,
+    /// Longest wait for a connection.
+    pub connect_timeout: Duration,
+}
+
+impl RemoteSpec {
+    /// Default timeout of one request (a first request prefills the whole prompt).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// Whether `model` names a served member (`openai+http://…` or `llamacpp+http://…`).
+    pub fn is_remote(model: &str) -> bool {
+        model.starts_with("openai+") || model.starts_with("llamacpp+")
+    }
+
+    /// Parses `openai+http://HOST:PORT/v1#MODEL` or `llamacpp+http://HOST:PORT`.
+    pub fn parse(model: &str, tokenizer: Option<&str>) -> Result<RemoteSpec> {
+        let bad = |reason: String| EngineError::BadSpec {
+            spec: model.to_string(),
+            reason,
+        };
+        let (protocol, rest) = if let Some(r) = model.strip_prefix("openai+") {
+            (Protocol::OpenAi, r)
+        } else if let Some(r) = model.strip_prefix("llamacpp+") {
+            (Protocol::LlamaCpp, r)
+        } else {
+            return Err(bad(
+                "a served member starts with `openai+http://` or `llamacpp+http://`".into(),
+            ));
+        };
+        if !rest.starts_with("http://") {
+            return Err(bad(format!(
+                "only plain `http://` servers are supported (got `{rest}`); put a TLS proxy's \
+                 plain side or an SSH tunnel on loopback in front of a remote HTTPS server"
+            )));
+        }
+        let (url, name) = match rest.split_once('#') {
+            Some((u, n)) => (u, Some(n.to_string())),
+            None => (rest, None),
+        };
+        let host = &url["http://".len()..];
+        if host.is_empty() || host.starts_with('/') {
+            return Err(bad("no host after `http://`".into()));
+        }
+        let model_name = match (protocol, name) {
+            (Protocol::OpenAi, Some(n)) if !n.is_empty() => Some(n),
+            (Protocol::OpenAi, _) => {
+                return Err(bad("an OpenAI server needs the model name after `#` \
+                     (openai+http://HOST:PORT/v1#MODEL)"
+                    .into()))
+            }
+            (Protocol::LlamaCpp, Some(_)) => {
+                return Err(bad(
+                    "llama-server serves one model: drop the `#MODEL` part".into()
+                ))
+            }
+            (Protocol::LlamaCpp, None) => None,
+        };
+        let tokenizer = tokenizer.ok_or_else(|| {
+            bad(
+                "a served member needs its tokenizer here: add `tokenizer = \"PATH|hf:ORG/NAME\"` \
+                 to its [[member]] table, or `:tok=PATH` to -m (`tutti tokenize -m MODEL.gguf \
+                 --export DIR` writes one from a GGUF)"
+                    .into(),
+            )
+        })?;
+        Ok(RemoteSpec {
+            protocol,
+            base: url.trim_end_matches('/').to_string(),
+            model: model_name,
+            tokenizer: tokenizer.to_string(),
+            api_key_env: None,
+            lookahead: 0,
+            timeout: Self::DEFAULT_TIMEOUT,
+            connect_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// The spec as written (for names and errors).
+    pub fn display(&self) -> String {
+        match (self.protocol, &self.model) {
+            (Protocol::OpenAi, Some(m)) => format!("openai+{}#{m}", self.base),
+            (Protocol::OpenAi, None) => format!("openai+{}", self.base),
+            (Protocol::LlamaCpp, _) => format!("llamacpp+{}", self.base),
+        }
+    }
+
+    /// Connects: loads the tokenizer, checks the server and returns the backend.
+    pub fn connect(&self) -> Result<RemoteModel> {
+        RemoteModel::connect(self.clone())
+    }
+}
+
+/// What went wrong with one request, before it is turned into an [`EngineError`].
+enum Failure {
+    /// Worth another attempt: connection refused or reset, or a 5xx answer.
+    Transient(String),
+    /// Not worth repeating.
+    Fatal(String),
+}
+
+/// The greedy continuation of the last request and the distributions along it.
+struct Ahead {
+    /// The context the request was made for.
+    context: Vec<u32>,
+    /// The server's greedy ids after it.
+    tokens: Vec<u32>,
+    /// `dists[j]`: the distribution after `context + tokens[..j]`.
+    dists: Vec<Arc<SparseLogits>>,
+}
+
+/// A member behind an HTTP server.
+pub struct RemoteModel {
+    spec: RemoteSpec,
+    name: String,
+    agent: ureq::Agent,
+    key: Option<String>,
+    tokenizer: ModelTokenizer,
+    width: usize,
+    context_length: usize,
+    /// Log-probabilities asked for per token (the request's top-k).
+    top_n: usize,
+    /// The most the server returns (found at connect time or from its first refusal).
+    cap: Option<usize>,
+    warned_cap: bool,
+    ahead: Option<Ahead>,
+    round_trips: usize,
+    reuse: ReuseWatch,
+}
+
+/// Notices a server that re-evaluates more than the new ids of each step, from the
+/// `timings.prompt_n` llama-server reports: its prefix cache is not doing its job and
+/// every step costs several forwards.
+#[derive(Default)]
+struct ReuseWatch {
+    /// The ids of the previous request.
+    last: Vec<u32>,
+    /// Consecutive requests that re-evaluated more than their new ids.
+    slow: usize,
+    warned: bool,
+}
+
+impl ReuseWatch {
+    /// Consecutive over-evaluating requests before the warning (a single one happens
+    /// when a server evicts its cache).
+    const PATIENCE: usize = 3;
+
+    /// Records one request; returns `(evaluated, new)` the first time the server has
+    /// re-evaluated more than the new ids `PATIENCE` times in a row.
+    fn record(&mut self, context: &[u32], answer: &Value) -> Option<(u64, usize)> {
+        let common = self
+            .last
+            .iter()
+            .zip(context)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let new = context.len() - common;
+        self.last.clear();
+        self.last.extend_from_slice(context);
+        let evaluated = answer
+            .pointer("/timings/prompt_n")
+            .and_then(Value::as_u64)?;
+        // llama-server re-evaluates the last id when the whole prompt is cached.
+        if common > 0 && evaluated > new.max(1) as u64 + 1 {
+            self.slow += 1;
+        } else {
+            self.slow = 0;
+        }
+        if self.slow >= Self::PATIENCE && !self.warned {
+            self.warned = true;
+            return Some((evaluated, new));
+        }
+        None
+    }
+}
+
+impl RemoteModel {
+    fn connect(spec: RemoteSpec) -> Result<RemoteModel> {
+        let name = spec.display();
+        let tokenizer =
+            ModelTokenizer::from_source(&spec.tokenizer).map_err(|source| EngineError::Model {
+                member: name.clone(),
+                source,
+            })?;
+        let key = match &spec.api_key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| EngineError::Remote {
+                member: name.clone(),
+                reason: format!(
+                    "the bearer key variable `{var}` is not set; export it or drop the key setting"
+                ),
+            })?),
+            None => None,
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(spec.connect_timeout))
+            .timeout_global(Some(spec.timeout))
+            .build()
+            .into();
+        let width = tokenizer.vocab_size();
+        let mut m = RemoteModel {
+            spec,
+            name,
+            agent,
+            key,
+            tokenizer,
+            width,
+            context_length: usize::MAX / 2,
+            top_n: 10,
+            cap: None,
+            warned_cap: false,
+            ahead: None,
+            round_trips: 0,
+            reuse: ReuseWatch::default(),
+        };
+        m.check()?;
+        Ok(m)
+    }
+
+    fn err(&self, reason: impl Into<String>) -> EngineError {
+        EngineError::Remote {
+            member: self.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The server's root (`/tokenize`, `/health` and `/props` live there for vLLM and
+    /// llama-server alike).
+    fn root(&self) -> &str {
+        self.spec
+            .base
+            .strip_suffix("/v1")
+            .unwrap_or(&self.spec.base)
+    }
+
+    /// One HTTP exchange: JSON body in (or GET), status and JSON out.
+    fn exchange(&self, url: &str, body: Option<&Value>) -> std::result::Result<Value, Failure> {
+        let result = match body {
+            Some(b) => {
+                let mut req = self
+                    .agent
+                    .post(url)
+                    .header("Content-Type", "application/json");
+                if let Some(k) = &self.key {
+                    req = req.header("Authorization", format!("Bearer {k}"));
+                }
+                req.send(b.to_string().as_bytes())
+            }
+            None => {
+                let mut req = self.agent.get(url);
+                if let Some(k) = &self.key {
+                    req = req.header("Authorization", format!("Bearer {k}"));
+                }
+                req.call()
+            }
+        };
+        let mut resp = result.map_err(|e| classify(&e))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .map_err(|e| match classify(&e) {
+                Failure::Transient(m) | Failure::Fatal(m) => {
+                    Failure::Transient(format!("reading the answer failed: {m}"))
+                }
+            })?;
+        let short: String = text.chars().take(300).collect();
+        if status >= 500 {
+            return Err(Failure::Transient(format!("HTTP {status}: {short}")));
+        }
+        if status >= 400 {
+            return Err(Failure::Fatal(format!("HTTP {status}: {short}")));
+        }
+        serde_json::from_str(&text).map_err(|_| {
+            Failure::Fatal(format!(
+                "HTTP {status} with an answer that is not JSON: {short:?}"
+            ))
+        })
+    }
+
+    /// [`RemoteModel::exchange`] with bounded retries and backoff on transient failures.
+    fn call(&mut self, url: &str, body: Option<&Value>) -> Result<Value> {
+        let mut wait = BACKOFF;
+        let mut last = String::new();
+        for attempt in 1..=ATTEMPTS {
+            self.round_trips += 1;
+            match self.exchange(url, body) {
+                Ok(v) => return Ok(v),
+                Err(Failure::Fatal(m)) => return Err(self.err(format!("{url}: {m}"))),
+                Err(Failure::Transient(m)) => {
+                    tracing::warn!(
+                        "{}: {url}: {m} (attempt {attempt} of {ATTEMPTS})",
+                        self.name
+                    );
+                    last = m;
+                    if attempt < ATTEMPTS {
+                        std::thread::sleep(wait);
+                        wait *= 2;
+                    }
+                }
+            }
+        }
+        Err(self.err(format!(
+            "{url}: {last} ({ATTEMPTS} attempts); is the server running? \
+             (--on-member-failure drop continues without this member)"
+        )))
+    }
+
+    /// A GET that may be missing on some servers: a 4xx is `None`, other failures are
+    /// errors.
+    fn optional(&mut self, url: &str) -> Result<Option<Value>> {
+        match self.call(url, None) {
+            Ok(v) => Ok(Some(v)),
+            Err(EngineError::Remote { reason, .. }) if reason.contains(": HTTP 4") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Connect-time checks: the server answers, tokenizes like the local tokenizer,
+    /// returns top-N log-probabilities with ids, and decodes its own greedy ids to the
+    /// text the local tokenizer gives them.
+    fn check(&mut self) -> Result<()> {
+        let local = self
+            .tokenizer
+            .encode(PROBE, false)
+            .map_err(|source| EngineError::Model {
+                member: self.name.clone(),
+                source,
+            })?;
+        let fix = format!(
+            "give this member the tokenizer of the model the server runs (now `{}`)",
+            self.spec.tokenizer
+        );
+        // Reachability first (with retries), then the context length where the server
+        // tells it.
+        if self.spec.protocol == Protocol::LlamaCpp {
+            let props = self.call(&format!("{}/props", self.root()), None)?;
+            if let Some(n) = props
+                .pointer("/default_generation_settings/n_ctx")
+                .and_then(Value::as_u64)
+            {
+                self.context_length = n as usize;
+            }
+        } else if let Some(models) = self.optional(&format!("{}/models", self.spec.base))? {
+            let want = self.spec.model.clone();
+            let entry = models.get("data").and_then(Value::as_array).and_then(|d| {
+                d.iter()
+                    .find(|m| m.get("id").and_then(Value::as_str) == want.as_deref())
+            });
+            if let Some(n) = entry
+                .and_then(|e| e.get("max_model_len"))
+                .and_then(Value::as_u64)
+            {
+                self.context_length = n as usize;
+            }
+        }
+        // llama-server and vLLM offer /tokenize at the root; other servers may not.
+        let tokenize_body = json!({
+            "content": PROBE, "prompt": PROBE, "model": self.spec.model,
+            "add_special": false, "add_special_tokens": false,
+        });
+        let url = format!("{}/tokenize", self.root());
+        match self.exchange(&url, Some(&tokenize_body)) {
+            Ok(v) => {
+                let ids = v.get("tokens").and_then(ids_of);
+                match ids {
+                    Some(ids) if ids == local => {}
+                    Some(ids) => {
+                        return Err(self.err(format!(
+                            "the server tokenizes a probe text differently from the local \
+                             tokenizer ({} ids {:?}… against {} ids {:?}…): {fix}",
+                            ids.len(),
+                            &ids[..ids.len().min(6)],
+                            local.len(),
+                            &local[..local.len().min(6)]
+                        )))
+                    }
+                    None => tracing::info!(
+                        "{}: /tokenize gave no token list; checking by decoding instead",
+                        self.name
+                    ),
+                }
+            }
+            Err(Failure::Fatal(m)) if m.starts_with("HTTP 4") => {
+                tracing::info!("{}: no /tokenize ({m}); checking by decoding", self.name)
+            }
+            Err(Failure::Fatal(m)) | Err(Failure::Transient(m)) => {
+                return Err(self.err(format!("{url}: {m}")))
+            }
+        }
+        // A short greedy continuation of the probe: log-probabilities must come with
+        // ids, and the server's text must be what the local tokenizer makes of them.
+        let mut prompt =
+            self.tokenizer
+                .encode(PROBE, true)
+                .map_err(|source| EngineError::Model {
+                    member: self.name.clone(),
+                    source,
+                })?;
+        prompt.truncate(8);
+        let (steps, text) = self.complete(&prompt, 4, 5)?;
+        if steps.is_empty() {
+            return Ok(());
+        }
+        if steps.iter().any(|s| s.top.is_empty()) {
+            return Err(self.err(
+                "the server returned no top log-probabilities; it must support them \
+                 (vLLM: --max-logprobs; llama-server: n_probs)",
+            ));
+        }
+        if let Some(&(bad, _)) = steps
+            .iter()
+            .flat_map(|s| s.top.iter())
+            .find(|&&(id, _)| id as usize >= self.width)
+        {
+            return Err(self.err(format!(
+                "the server returned token id {bad}, outside the local tokenizer's {} ids: {fix}",
+                self.width
+            )));
+        }
+        if let Some(text) = text {
+            let ids: Vec<u32> = steps.iter().map(|s| s.chosen).collect();
+            let local_text =
+                self.tokenizer
+                    .decode(&ids, true)
+                    .map_err(|source| EngineError::Model {
+                        member: self.name.clone(),
+                        source,
+                    })?;
+            // Servers may leave special tokens out of the text.
+            if !text.is_empty() && !local_text.contains(text.as_str()) && local_text != text {
+                return Err(self.err(format!(
+                    "the server's text {text:?} for ids {ids:?} is not the local tokenizer's \
+                     {local_text:?}: {fix}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of log-probabilities to ask for: the request's top-k, and at least
+    /// [`MIN_PROBS`], within the server's cap. Only the top-k are proposed as
+    /// candidates; the others give exact probabilities to more of the union's
+    /// candidates, which would otherwise get the tail estimate.
+    fn n_probs(&self) -> usize {
+        let want = self.top_n.max(MIN_PROBS);
+        match self.cap {
+            Some(c) => want.min(c),
+            None => want,
+        }
+    }
+
+    /// One completion request of `max_tokens` greedy tokens after `context`; returns
+    /// each generated position's chosen id and top list, and the text when the server
+    /// gives it. A refusal of the number of log-probabilities caps it (warned once) and
+    /// the request is repeated.
+    fn complete(
+        &mut self,
+        context: &[u32],
+        max_tokens: usize,
+        n: usize,
+    ) -> Result<(Vec<Position>, Option<String>)> {
+        let mut n = n.max(1);
+        loop {
+            let (url, body) = match self.spec.protocol {
+                Protocol::LlamaCpp => (
+                    format!("{}/completion", self.spec.base),
+                    json!({
+                        "prompt": context,
+                        "n_predict": max_tokens,
+                        "temperature": 0.0,
+                        "n_probs": n,
+                        "cache_prompt": true,
+                        "return_tokens": true,
+                        "stream": false,
+                    }),
+                ),
+                Protocol::OpenAi => (
+                    format!("{}/completions", self.spec.base),
+                    json!({
+                        "model": self.spec.model,
+                        "prompt": context,
+                        "max_tokens": max_tokens,
+                        "temperature": 0.0,
+                        "logprobs": n,
+                        "return_tokens_as_token_ids": true,
+                        "stream": false,
+                    }),
+                ),
+            };
+            let answer = match self.exchange_counted(&url, &body) {
+                Ok(v) => v,
+                Err(e) => {
+                    // A 4xx about logprobs: the server's cap is below n.
+                    let msg = e.to_string();
+                    if n > 1 && msg.contains("HTTP 4") && msg.to_lowercase().contains("logprob") {
+                        let cap = cap_from_message(&msg, n).unwrap_or(MIN_PROBS.min(n - 1));
+                        if !self.warned_cap && cap < self.top_n {
+                            tracing::warn!(
+                                "{}: the server returns at most {cap} log-probabilities per \
+                                 token; top-k is capped at {cap} for this member ({msg})",
+                                self.name
+                            );
+                            self.warned_cap = true;
+                        }
+                        self.cap = Some(cap);
+                        n = cap;
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            if let Some((evaluated, new)) = self.reuse.record(context, &answer) {
+                tracing::warn!(
+                    "{}: the server re-evaluates {evaluated} ids per step where {new} are \
+                     new, so its prefix cache is not reused and every step costs several \
+                     forwards; for a sliding-window model (Gemma 2/3) start llama-server \
+                     with --swa-full",
+                    self.name
+                );
+            }
+            return parse_answer(self.spec.protocol, &answer).map_err(|m| {
+                let short: String = answer.to_string().chars().take(300).collect();
+                self.err(format!("{url}: {m}; the answer was {short}"))
+            });
+        }
+    }
+
+    fn exchange_counted(&mut self, url: &str, body: &Value) -> Result<Value> {
+        self.call(url, Some(body))
+    }
+
+    /// Round trips made since the member connected (connect-time checks included).
+    pub fn round_trips(&self) -> usize {
+        self.round_trips
+    }
+}
+
+/// One generated position of an answer: the id the server chose and its top list
+/// `(id, logprob)`, most probable first.
+struct Position {
+    chosen: u32,
+    top: Vec<(u32, f32)>,
+}
+
+/// Sorts and sums a top list into a sparse distribution.
+fn sparse(mut top: Vec<(u32, f32)>) -> SparseLogits {
+    // llama-server writes log(0) as the lowest float.
+    top.retain(|&(_, lp)| lp.is_finite() && lp > -1e30);
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    top.dedup_by_key(|e| e.0);
+    let mass: f64 = top.iter().map(|&(_, lp)| f64::from(lp).exp()).sum();
+    SparseLogits {
+        top,
+        rest: (1.0 - mass).max(0.0) as f32,
+    }
+}
+
+fn ids_of(v: &Value) -> Option<Vec<u32>> {
+    v.as_array()?
+        .iter()
+        .map(|x| {
+            x.as_u64()
+                .or_else(|| x.get("id").and_then(Value::as_u64))
+                .and_then(|n| u32::try_from(n).ok())
+        })
+        .collect()
+}
+
+/// An id from `token_id:123` (vLLM's `return_tokens_as_token_ids`, `tutti serve`).
+fn token_id(s: &str) -> Option<u32> {
+    s.strip_prefix("token_id:")?.parse().ok()
+}
+
+fn entry_id(e: &Value) -> Option<u32> {
+    e.get("id")
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .or_else(|| e.get("token").and_then(Value::as_str).and_then(token_id))
+}
+
+fn entry_logprob(e: &Value) -> Option<f32> {
+    e.get("logprob").and_then(Value::as_f64).map(|x| x as f32)
+}
+
+/// A chat-style list `[{id|token, logprob, top_logprobs: [{id|token, logprob}]}]`
+/// (llama-server, native and OpenAI endpoint).
+fn content_positions(list: &[Value]) -> std::result::Result<Vec<Position>, String> {
+    list.iter()
+        .map(|p| {
+            let chosen = entry_id(p).ok_or("a generated token without an id")?;
+            let top = p
+                .get("top_logprobs")
+                .and_then(Value::as_array)
+                .ok_or("a generated token without `top_logprobs`")?
+                .iter()
+                .map(|e| match (entry_id(e), entry_logprob(e)) {
+                    (Some(id), Some(lp)) => Ok((id, lp)),
+                    _ => Err("a top log-probability without an id or a number".to_string()),
+                })
+                .collect::<std::result::Result<_, _>>()?;
+            Ok(Position { chosen, top })
+        })
+        .collect()
+}
+
+/// Reads the generated positions (and the text) of a completion answer.
+fn parse_answer(
+    protocol: Protocol,
+    v: &Value,
+) -> std::result::Result<(Vec<Position>, Option<String>), String> {
+    match protocol {
+        Protocol::LlamaCpp => {
+            let list = v
+                .get("completion_probabilities")
+                .or_else(|| v.get("probs"))
+                .and_then(Value::as_array)
+                .ok_or("no `completion_probabilities` (not a llama-server /completion answer)")?;
+            let text = v.get("content").and_then(Value::as_str).map(String::from);
+            Ok((content_positions(list)?, text))
+        }
+        Protocol::OpenAi => {
+            let choice = v
+                .pointer("/choices/0")
+                .ok_or("no `choices` (not an OpenAI completions answer)")?;
+            let text = choice.get("text").and_then(Value::as_str).map(String::from);
+            let lp = choice.get("logprobs").unwrap_or(&Value::Null);
+            if lp.is_null() {
+                // No generated token reported: the server stopped at once (end of text).
+                return match choice.get("finish_reason").and_then(Value::as_str) {
+                    Some("stop") => Ok((Vec::new(), text)),
+                    _ => Err("no `logprobs` in the answer".into()),
+                };
+            }
+            if let Some(list) = lp.get("content").and_then(Value::as_array) {
+                return Ok((content_positions(list)?, text));
+            }
+            let tokens = lp
+                .get("tokens")
+                .and_then(Value::as_array)
+                .ok_or("`logprobs` without `tokens`")?;
+            let tops = lp
+                .get("top_logprobs")
+                .and_then(Value::as_array)
+                .ok_or("`logprobs` without `top_logprobs`")?;
+            if tokens.len() != tops.len() {
+                return Err("`tokens` and `top_logprobs` differ in length".into());
+            }
+            let no_ids = "tokens are not token ids: the server must support \
+                          `return_tokens_as_token_ids` (vLLM, tutti serve)";
+            tokens
+                .iter()
+                .zip(tops)
+                .map(|(t, top)| {
+                    let chosen = t.as_str().and_then(token_id).ok_or(no_ids)?;
+                    let top = top
+                        .as_object()
+                        .ok_or("a `top_logprobs` entry that is not an object")?
+                        .iter()
+                        .map(|(k, lp)| match (token_id(k), lp.as_f64()) {
+                            (Some(id), Some(lp)) => Ok((id, lp as f32)),
+                            (None, _) => Err(no_ids.to_string()),
+                            _ => Err("a top log-probability that is not a number".to_string()),
+                        })
+                        .collect::<std::result::Result<_, _>>()?;
+                    Ok(Position { chosen, top })
+                })
+                .collect::<std::result::Result<Vec<_>, String>>()
+                .map(|p| (p, text))
+        }
+    }
+}
+
+/// The server's limit from a refusal such as "… greater than max allowed: 20" or
+/// "… from 0 to 20": the largest number in the message below `asked`.
+fn cap_from_message(msg: &str, asked: usize) -> Option<usize> {
+    msg.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse::<usize>().ok())
+        .filter(|&x| x > 0 && x < asked)
+        .max()
+}
+
+fn classify(e: &ureq::Error) -> Failure {
+    use std::io::ErrorKind;
+    match e {
+        ureq::Error::Timeout(t) => Failure::Fatal(format!("no answer within the timeout ({t})")),
+        ureq::Error::ConnectionFailed => Failure::Transient("connection failed".into()),
+        ureq::Error::Io(io) => match io.kind() {
+            ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof => Failure::Transient(io.to_string()),
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => {
+                Failure::Fatal(format!("no answer within the timeout ({io})"))
+            }
+            _ => Failure::Fatal(io.to_string()),
+        },
+        ureq::Error::Protocol(p) => Failure::Fatal(format!("the answer is not HTTP: {p}")),
+        other => Failure::Fatal(other.to_string()),
+    }
+}
+
+impl Backend for RemoteModel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tokenizer(&self) -> &ModelTokenizer {
+        &self.tokenizer
+    }
+
+    fn logit_width(&self) -> usize {
+        self.width
+    }
+
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    fn forward(&mut self, context: &[u32], _cached: usize) -> Result<Logits> {
+        if let Some(a) = &self.ahead {
+            if let Some(tail) = context.strip_prefix(a.context.as_slice()) {
+                let j = tail.len();
+                if j < a.dists.len() && a.tokens[..j] == *tail {
+                    return Ok(Logits::Sparse(a.dists[j].clone()));
+                }
+            }
+        }
+        self.ahead = None;
+        let want = 1 + self.spec.lookahead;
+        let n = self.n_probs();
+        let (steps, _) = self.complete(context, want, n)?;
+        let eos = self.tokenizer.eos_ids().first().copied();
+        if steps.is_empty() {
+            // The server ended the text at once without reporting the token (some
+            // servers leave the end-of-text token out of logprobs): end of text is its
+            // greedy choice, with unknown probability; it counts as certain.
+            let eos = eos.ok_or_else(|| {
+                self.err("the server reported no token and the tokenizer has no end-of-text id")
+            })?;
+            return Ok(Logits::Sparse(Arc::new(SparseLogits {
+                top: vec![(eos, 0.0)],
+                rest: 0.0,
+            })));
+        }
+        let tokens: Vec<u32> = steps.iter().map(|s| s.chosen).collect();
+        let dists: Vec<Arc<SparseLogits>> =
+            steps.into_iter().map(|s| Arc::new(sparse(s.top))).collect();
+        let first = dists[0].clone();
+        if dists.len() > 1 {
+            self.ahead = Some(Ahead {
+                context: context.to_vec(),
+                tokens,
+                dists,
+            });
+        }
+        Ok(Logits::Sparse(first))
+    }
+
+    fn uses_host_cpu(&self) -> bool {
+        false
+    }
+
+    fn device_name(&self) -> String {
+        match self.spec.protocol {
+            Protocol::OpenAi => "an OpenAI-compatible server".into(),
+            Protocol::LlamaCpp => "llama-server".into(),
+        }
+    }
+
+    fn set_top_n(&mut self, n: usize) {
+        if n != self.top_n {
+            self.ahead = None;
+        }
+        self.top_n = n;
+    }
+
+    fn round_trips(&self) -> Option<usize> {
+        Some(self.round_trips)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs_with_url_colons() {
+        let s = RemoteSpec::parse("openai+http://127.0.0.1:8000/v1/#m:x", Some("t")).unwrap();
+        assert_eq!(s.protocol, Protocol::OpenAi);
+        assert_eq!(s.base, "http://127.0.0.1:8000/v1");
+        assert_eq!(s.model.as_deref(), Some("m:x"));
+        assert_eq!(s.display(), "openai+http://127.0.0.1:8000/v1#m:x");
+        let s = RemoteSpec::parse("llamacpp+http://localhost:8080", Some("t")).unwrap();
+        assert_eq!((s.protocol, s.model), (Protocol::LlamaCpp, None));
+        for (bad, says) in [
+            ("openai+http://h:1/v1", "#"),
+            ("llamacpp+http://h:1#m", "one model"),
+            ("openai+https://h/v1#m", "http://"),
+            ("llamacpp+http://", "host"),
+        ] {
+            let e = RemoteSpec::parse(bad, Some("t")).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let e = RemoteSpec::parse("llamacpp+http://h:1", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tokenizer"), "{e}");
+    }
+
+    #[test]
+    fn reads_every_answer_format() {
+        let legacy = json!({"choices": [{"text": "a", "finish_reason": "length", "logprobs": {
+            "tokens": ["token_id:5"],
+            "top_logprobs": [{"token_id:5": -0.1, "token_id:7": -2.5}],
+        }}]});
+        let (p, text) = parse_answer(Protocol::OpenAi, &legacy).unwrap();
+        assert_eq!((p[0].chosen, text.as_deref()), (5, Some("a")));
+        let mut top = p[0].top.clone();
+        top.sort_by_key(|e| e.0);
+        assert_eq!(top, [(5, -0.1), (7, -2.5)]);
+        let content = json!({"choices": [{"text": "b", "logprobs": {"content": [
+            {"id": 3, "token": "b", "logprob": -0.5, "top_logprobs": [
+                {"id": 3, "token": "b", "logprob": -0.5}, {"id": 9, "logprob": -1.5}]}]}}]});
+        let (p, _) = parse_answer(Protocol::OpenAi, &content).unwrap();
+        assert_eq!(
+            (p[0].chosen, p[0].top.clone()),
+            (3, vec![(3, -0.5), (9, -1.5)])
+        );
+        let native = json!({"content": "b", "completion_probabilities": [
+            {"id": 3, "logprob": -0.5, "top_logprobs": [{"id": 3, "logprob": -0.5}]}]});
+        assert_eq!(
+            parse_answer(Protocol::LlamaCpp, &native).unwrap().0.len(),
+            1
+        );
+        let stopped = json!({"choices": [{"text": "", "finish_reason": "stop", "logprobs": null}]});
+        assert!(parse_answer(Protocol::OpenAi, &stopped)
+            .unwrap()
+            .0
+            .is_empty());
+        let text_keys =
+            json!({"choices": [{"logprobs": {"tokens": ["a"], "top_logprobs": [{"a": -0.1}]}}]});
+        let e = parse_answer(Protocol::OpenAi, &text_keys).err().unwrap();
+        assert!(e.contains("return_tokens_as_token_ids"), "{e}");
+        for garbage in [
+            json!([1, 2]),
+            json!({"choices": []}),
+            json!({"content": "x"}),
+        ] {
+            assert!(parse_answer(Protocol::OpenAi, &garbage).is_err());
+            assert!(parse_answer(Protocol::LlamaCpp, &garbage).is_err());
+        }
+    }
+
+    #[test]
+    fn sparse_sorts_and_keeps_the_rest_mass() {
+        let s = sparse(vec![
+            (2, (0.2f32).ln()),
+            (1, (0.5f32).ln()),
+            (2, (0.2f32).ln()),
+        ]);
+        assert_eq!(s.top.iter().map(|e| e.0).collect::<Vec<_>>(), [1, 2]);
+        assert!((s.rest - 0.3).abs() < 1e-5, "{}", s.rest);
+        let s = sparse(vec![(1, 0.0), (2, f32::MIN)]);
+        assert_eq!((s.top.len(), s.rest), (1, 0.0));
+    }
+
+    #[test]
+    fn warns_once_when_the_prefix_is_re_evaluated() {
+        let answer = |n: u64| json!({"timings": {"prompt_n": n}});
+        let mut w = ReuseWatch::default();
+        let mut ctx: Vec<u32> = (0..20).collect();
+        assert_eq!(
+            w.record(&ctx, &answer(20)),
+            None,
+            "the first request prefills"
+        );
+        // One new id per step, evaluated as one or two: the cache works.
+        for n in [1, 2, 1] {
+            ctx.push(7);
+            assert_eq!(w.record(&ctx, &answer(n)), None);
+        }
+        // Six evaluated for one new id, three times in a row: one warning.
+        let mut warned = Vec::new();
+        for _ in 0..6 {
+            ctx.push(7);
+            warned.extend(w.record(&ctx, &answer(6)));
+        }
+        assert_eq!(warned, vec![(6, 1)]);
+        // A rollback re-evaluates what changed, which is not a failure of the cache.
+        let mut w = ReuseWatch::default();
+        w.record(&ctx, &answer(30));
+        for k in 0..4 {
+            ctx.truncate(ctx.len() - 3);
+            ctx.extend([100 + k; 3]);
+            assert_eq!(w.record(&ctx, &answer(3)), None);
+        }
+        // Servers without timings are never judged.
+        let mut w = ReuseWatch::default();
+        for _ in 0..5 {
+            ctx.push(1);
+            assert_eq!(w.record(&ctx, &json!({})), None);
+        }
+    }
+
+    #[test]
+    fn finds_the_cap_in_a_refusal() {
+        assert_eq!(
+            cap_from_message(
+                "HTTP 400: Requested sample logprobs of 50, which is greater than max allowed: 20",
+                50
+            ),
+            Some(20)
+        );
+        assert_eq!(
+            cap_from_message("logprobs must be an integer from 0 to 20", 32),
+            Some(20)
+        );
+        assert_eq!(cap_from_message("HTTP 400: logprobs too large", 32), None);
+    }
+}

@@ -1,0 +1,289 @@
+//! Served members against real servers on loopback: `tutti serve` and llama.cpp's
+//! `llama-server` (built by `scripts/llama-server.sh` from the llama.cpp source vendored
+//! in the llama-cpp-python 0.3.36 sdist) as members next to local ones, lookahead, and
+//! the faults: a server killed mid-generation, a stalling server, garbage answers and a
+//! tokenizer mismatch.
+
+mod remote_support;
+mod serve_support;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use remote_support::{demo, LlamaServer, GEMMA, PROMPTS, SMOL};
+use serve_support::ServerProc;
+use tutti::engine::{
+    EngineError, Ensemble, Event, Flow, Generation, MemberSpec, OnMemberFailure, Request,
+};
+
+const TOKENS: usize = 24;
+
+fn build(specs: &[MemberSpec]) -> Ensemble {
+    let mut b = Ensemble::builder().no_map_cache();
+    for s in specs {
+        b = b.member(s.clone());
+    }
+    b.build()
+        .unwrap_or_else(|e| panic!("building {specs:?}: {e}"))
+}
+
+fn local(name: &str) -> MemberSpec {
+    MemberSpec::new(demo(name))
+}
+
+fn remote(model: String, tokenizer: &str) -> MemberSpec {
+    MemberSpec::new(model).tokenizer(demo(tokenizer))
+}
+
+fn run(ens: &mut Ensemble, prompt: &str) -> Generation {
+    ens.generate_quiet(&Request::raw(prompt).max_tokens(TOKENS))
+        .unwrap_or_else(|e| panic!("{prompt:?}: {e}"))
+}
+
+/// Ids of every member, per prompt.
+fn ids(g: &Generation) -> Vec<Vec<u32>> {
+    g.members.iter().map(|m| m.ids.clone()).collect()
+}
+
+/// A member served by `tutti serve` gives the same greedy ids as the same model in
+/// process, alone and next to a local Gemma.
+#[test]
+fn tutti_serve_member_matches_the_local_model() {
+    let server = ServerProc::solo(&["--name", "smol"]);
+    let spec = remote(format!("openai+{}/v1#smol", server.base), SMOL);
+    let mut solo_remote = build(std::slice::from_ref(&spec));
+    let mut solo_local = build(&[local(SMOL)]);
+    for prompt in &PROMPTS[..4] {
+        let (r, l) = (run(&mut solo_remote, prompt), run(&mut solo_local, prompt));
+        assert_eq!(ids(&r), ids(&l), "{prompt:?}: {:?} vs {:?}", r.text, l.text);
+        assert!(r.members[0].round_trips.is_some_and(|n| n >= r.steps.len()));
+        assert_eq!(l.members[0].round_trips, None);
+    }
+    let mut pair_remote = build(&[spec, local(GEMMA).weight(0.5)]);
+    let mut pair_local = build(&[local(SMOL), local(GEMMA).weight(0.5)]);
+    for prompt in &PROMPTS[..4] {
+        let (r, l) = (run(&mut pair_remote, prompt), run(&mut pair_local, prompt));
+        assert_eq!(r.text, l.text, "{prompt:?}");
+        assert_eq!(ids(&r), ids(&l), "{prompt:?}");
+    }
+}
+
+/// llama-server serving SmolLM2 next to a local Gemma, through the native and the
+/// OpenAI endpoint, against the all-local pair on eight prompts.
+#[test]
+fn llama_server_member_against_the_all_local_pair() {
+    let server = LlamaServer::start(SMOL, 2);
+    let mut all_local = build(&[local(SMOL), local(GEMMA).weight(0.5)]);
+    let expected: Vec<String> = PROMPTS
+        .iter()
+        .map(|p| run(&mut all_local, p).text)
+        .collect();
+    for (endpoint, spec) in [("native", server.native()), ("openai", server.openai())] {
+        let mut ens = build(&[remote(spec, SMOL), local(GEMMA).weight(0.5)]);
+        let mut same = 0;
+        for (p, want) in PROMPTS.iter().zip(&expected) {
+            let g = run(&mut ens, p);
+            assert_eq!(g.tokens, TOKENS, "{endpoint} {p:?}: {:?}", g.text);
+            if g.text == *want {
+                same += 1;
+            } else {
+                eprintln!(
+                    "{endpoint} {p:?}:\n  remote {:?}\n  local  {:?}",
+                    g.text, want
+                );
+            }
+        }
+        eprintln!(
+            "{endpoint}: {same} of {} prompts give the all-local text",
+            PROMPTS.len()
+        );
+        assert!(same >= 5, "{endpoint}: only {same} of 8 prompts match");
+    }
+}
+
+/// Lookahead answers later steps from one request while the ensemble follows the
+/// server's greedy path: fewer round trips, and the text of one request per step.
+#[test]
+fn lookahead_saves_round_trips() {
+    let server = LlamaServer::start(SMOL, 2);
+    let mut per_step = build(&[remote(server.native(), SMOL), local(GEMMA).weight(0.5)]);
+    let mut ahead = build(&[
+        remote(server.native(), SMOL).lookahead(4),
+        local(GEMMA).weight(0.5),
+    ]);
+    let (mut trips_step, mut trips_ahead, mut same) = (0, 0, 0);
+    for p in &PROMPTS[..4] {
+        let a = run(&mut per_step, p);
+        let b = run(&mut ahead, p);
+        trips_step += a.members[0].round_trips.unwrap();
+        trips_ahead += b.members[0].round_trips.unwrap();
+        same += usize::from(a.text == b.text);
+    }
+    eprintln!(
+        "round trips per token: {:.2} without, {:.2} with lookahead 4; {same} of 4 texts equal",
+        trips_step as f64 / (4 * TOKENS) as f64,
+        trips_ahead as f64 / (4 * TOKENS) as f64
+    );
+    assert_eq!(
+        trips_step,
+        4 * TOKENS,
+        "one request per step without lookahead"
+    );
+    assert!(
+        trips_ahead * 2 < trips_step,
+        "{trips_ahead} round trips with lookahead against {trips_step}"
+    );
+    assert!(same >= 3, "{same} of 4");
+}
+
+/// The server is killed after a few steps: with `fail` the generation ends with an
+/// error naming the member, quickly; with `drop` it goes on with Gemma and reports
+/// the drop.
+#[test]
+fn server_killed_mid_generation() {
+    for policy in [OnMemberFailure::Fail, OnMemberFailure::Drop] {
+        let server = Arc::new(Mutex::new(LlamaServer::start(SMOL, 2)));
+        let spec = remote(server.lock().unwrap().native(), SMOL);
+        let name = spec.model.clone();
+        let mut ens = build(&[spec, local(GEMMA).weight(0.5)]);
+        let mut steps = 0;
+        let killer = server.clone();
+        let mut sink = |e: &Event| {
+            if let Event::Step(_) = e {
+                steps += 1;
+                if steps == 3 {
+                    killer.lock().unwrap().kill();
+                }
+            }
+            Flow::Continue
+        };
+        let request = Request::raw(PROMPTS[0])
+            .max_tokens(12)
+            .on_member_failure(policy);
+        let t0 = Instant::now();
+        let result = ens.generate(&request, &mut sink);
+        assert!(t0.elapsed() < Duration::from_secs(60), "{policy}: too slow");
+        match policy {
+            OnMemberFailure::Fail => {
+                let e = result.unwrap_err();
+                assert!(matches!(e, EngineError::Remote { .. }), "{e:?}");
+                let msg = e.to_string();
+                assert!(msg.contains(&name) && msg.contains("drop"), "{msg}");
+            }
+            OnMemberFailure::Drop => {
+                let g = result.unwrap();
+                assert_eq!(g.tokens, 12, "{:?}", g.text);
+                let why = g.members[0].dropped.as_deref().expect("smol is dropped");
+                assert!(why.contains(&name), "{why}");
+                assert_eq!(g.members[1].dropped, None);
+            }
+        }
+    }
+}
+
+/// A loopback listener that accepts connections and runs `answer` on each.
+fn fake_server(answer: fn(std::net::TcpStream)) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || answer(stream));
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Reads one request's head (enough for these answers).
+fn read_head(s: &mut std::net::TcpStream) {
+    let mut buf = [0u8; 4096];
+    let _ = s.read(&mut buf);
+}
+
+#[test]
+fn stalling_server_times_out() {
+    let base = fake_server(|mut s| {
+        read_head(&mut s);
+        std::thread::sleep(Duration::from_secs(120));
+    });
+    let spec = remote(format!("llamacpp+{base}"), SMOL).timeout(Duration::from_secs(2));
+    let t0 = Instant::now();
+    let e = spec.load().err().expect("a stalled server is an error");
+    let msg = e.to_string();
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(msg.contains("timeout") && msg.contains(&base), "{msg}");
+}
+
+#[test]
+fn garbage_answers_are_clear_errors() {
+    let not_json = fake_server(|mut s| {
+        read_head(&mut s);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world");
+    });
+    let not_http = fake_server(|mut s| {
+        read_head(&mut s);
+        let _ = s.write_all(b"\x00\x01garbage\r\n\r\n");
+    });
+    let wrong_json = fake_server(|mut s| {
+        read_head(&mut s);
+        let body = br#"{"tokens":[1,2,3],"choices":"no"}"#;
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(body);
+    });
+    for (base, says) in [
+        (not_json, "not JSON"),
+        (not_http, "not HTTP"),
+        (wrong_json, "tokenizes a probe text differently"),
+    ] {
+        for spec in [format!("llamacpp+{base}"), format!("openai+{base}/v1#m")] {
+            let t0 = Instant::now();
+            let e = remote(spec.clone(), SMOL)
+                .load()
+                .err()
+                .expect("garbage is an error");
+            let msg = e.to_string();
+            assert!(t0.elapsed() < Duration::from_secs(10), "{spec}");
+            assert!(msg.contains(says) && msg.contains(&spec), "{spec}: {msg}");
+        }
+    }
+}
+
+/// A server whose model tokenizes differently from the member's tokenizer is refused
+/// at connect time, naming the server and the fix.
+#[test]
+fn tokenizer_mismatch_is_refused() {
+    let server = LlamaServer::start(SMOL, 2);
+    for spec in [server.native(), server.openai()] {
+        let e = remote(spec.clone(), GEMMA)
+            .load()
+            .err()
+            .expect("a mismatch is an error");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&spec) && msg.contains("tokenizer of the model the server runs"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = format!("llamacpp+http://127.0.0.1:{port}");
+    let e = remote(spec.clone(), SMOL)
+        .load()
+        .err()
+        .expect("nothing listens");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&spec) && msg.contains("server running"),
+        "{msg}"
+    );
+}
