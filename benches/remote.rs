@@ -3,7 +3,8 @@
 //! Greedy, 32 tokens per prompt, four prompts, release build. Configurations, measured
 //! in one run and interleaved by prompt so that load drifts hit all of them alike:
 //! all local; SmolLM2 on llama-server (native endpoint) with Gemma local; both on
-//! llama-servers; each served configuration without and with lookahead 4. Prints
+//! llama-servers; each served configuration without lookahead, with lookahead 4 and
+//! with `lookahead = auto` (up to 4, asked for when measured to pay). Prints
 //! ms/token (the prefill step excluded), its ratio to all-local, round trips per
 //! generated token and how many texts equal the all-local text.
 //!
@@ -139,6 +140,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ])?,
         ),
         (
+            "SmolLM2 served, lookahead auto".into(),
+            build(vec![
+                served(&smol_server, SMOL, 0).lookahead_auto(LOOKAHEAD),
+                local(GEMMA).weight(0.5),
+            ])?,
+        ),
+        (
             "both served".into(),
             build(vec![
                 served(&smol_server, SMOL, 0),
@@ -150,6 +158,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             build(vec![
                 served(&smol_server, SMOL, LOOKAHEAD),
                 served(&gemma_server, GEMMA, LOOKAHEAD).weight(0.5),
+            ])?,
+        ),
+        (
+            "both served, lookahead auto".into(),
+            build(vec![
+                served(&smol_server, SMOL, 0).lookahead_auto(LOOKAHEAD),
+                served(&gemma_server, GEMMA, 0)
+                    .lookahead_auto(LOOKAHEAD)
+                    .weight(0.5),
             ])?,
         ),
     ];

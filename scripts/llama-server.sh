@@ -21,6 +21,13 @@ if [ -x "$BIN" ]; then
 fi
 
 mkdir -p "$DIR"
+# One build at a time: tests that start servers in parallel call this script together.
+exec 9>"$DIR/.lock"
+flock 9
+if [ -x "$BIN" ]; then
+  echo "$BIN"
+  exit 0
+fi
 # CMake comes from the Python packaging index (as a wheel) when the system has none.
 CMAKE="$(command -v cmake || true)"
 if [ -z "$CMAKE" ]; then

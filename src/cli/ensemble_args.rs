@@ -21,7 +21,7 @@ pub struct EnsembleArgs {
     /// `:w=WEIGHT` and `:t=TEMPERATURE` (the member's own softmax temperature, applied
     /// before combining) suffixes; or a server, `openai+http://HOST:PORT/v1#MODEL` or
     /// `llamacpp+http://HOST:PORT`, with `:tok=TOKENIZER` (its tokenizer, required) and
-    /// optional `:key=ENV_VAR` (bearer key), `:lookahead=L`, `:timeout=SECONDS`.
+    /// optional `:key=ENV_VAR` (bearer key), `:lookahead=L|auto`, `:timeout=SECONDS`.
     /// Repeat for an ensemble.
     #[arg(short = 'm', long = "model")]
     pub models: Vec<String>,

@@ -81,9 +81,18 @@ pub struct MemberEntry {
     pub tokenizer: Option<String>,
     /// Environment variable holding a served member's bearer key.
     pub api_key_env: Option<String>,
-    pub lookahead: Option<usize>,
+    /// Extra greedy tokens per request of a served member: a count, or `"auto"`.
+    pub lookahead: Option<Lookahead>,
     /// Seconds a served member's request may take.
     pub timeout: Option<f64>,
+}
+
+/// A `lookahead` value: a token count or `"auto"`.
+#[derive(Debug, Deserialize, PartialEq, Clone)]
+#[serde(untagged)]
+pub enum Lookahead {
+    Tokens(usize),
+    Word(String),
 }
 
 impl MemberEntry {
@@ -122,8 +131,23 @@ impl MemberEntry {
             .temperature(t)
             .device(device)
             .dtype(dtype)
-            .arch(arch)
-            .lookahead(self.lookahead.unwrap_or(0));
+            .arch(arch);
+        spec = match &self.lookahead {
+            None => spec,
+            Some(Lookahead::Tokens(l)) => spec.lookahead(*l),
+            Some(Lookahead::Word(w)) if w == "auto" => {
+                spec.lookahead_auto(RemoteSpec::AUTO_LOOKAHEAD)
+            }
+            Some(Lookahead::Word(w)) => {
+                return Err(EngineError::Config {
+                    path: origin.to_string(),
+                    reason: format!(
+                        "member `{}`: lookahead must be a token count or \"auto\" (got {w:?})",
+                        self.model
+                    ),
+                })
+            }
+        };
         let remote = RemoteSpec::is_remote(&self.model);
         let serving = [
             ("tokenizer", self.tokenizer.is_some()),
@@ -290,6 +314,25 @@ mod tests {
         assert_eq!(r.model.as_deref(), Some("m"));
         assert_eq!(r.tokenizer, "hf:o/n");
         assert_eq!((r.api_key_env.as_deref(), r.lookahead), (Some("K"), 3));
+        let auto = EnsembleFile::parse(
+            "[[member]]\nmodel = \"llamacpp+http://h:1\"\ntokenizer = \"t\"\nlookahead = \"auto\"\n",
+            "e.toml",
+        )
+        .unwrap();
+        let spec = auto.members[0]
+            .to_spec(DeviceSpec::Auto, DTypeSpec::Auto, "e.toml")
+            .unwrap();
+        assert!(spec.lookahead_auto && spec.lookahead == RemoteSpec::AUTO_LOOKAHEAD);
+        let often = EnsembleFile::parse(
+            "[[member]]\nmodel = \"llamacpp+http://h:1\"\ntokenizer = \"t\"\nlookahead = \"often\"\n",
+            "e.toml",
+        )
+        .unwrap();
+        let e = often.members[0]
+            .to_spec(DeviceSpec::Auto, DTypeSpec::Auto, "e.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"auto\""), "{e}");
         assert_eq!(r.timeout, std::time::Duration::from_millis(2500));
         let req = f.apply(Request::raw("x"), "t.toml").unwrap();
         assert_eq!(req.on_member_failure, crate::engine::OnMemberFailure::Drop);

@@ -48,8 +48,11 @@ pub struct MemberSpec {
     pub tokenizer: Option<String>,
     /// Environment variable holding a served member's bearer key.
     pub api_key_env: Option<String>,
-    /// Greedy tokens a served member returns beyond the one asked for, per request.
+    /// Greedy tokens a served member returns beyond the one asked for, per request
+    /// (with `lookahead_auto`: the most, asked for only when measured to pay).
     pub lookahead: usize,
+    /// Choose per request between no lookahead and `lookahead` (`:lookahead=auto`).
+    pub lookahead_auto: bool,
     /// A served member's request timeout (default [`RemoteSpec::DEFAULT_TIMEOUT`]).
     pub timeout: Option<std::time::Duration>,
 }
@@ -67,6 +70,7 @@ impl MemberSpec {
             tokenizer: None,
             api_key_env: None,
             lookahead: 0,
+            lookahead_auto: false,
             timeout: None,
         }
     }
@@ -127,10 +131,15 @@ impl MemberSpec {
                 }
                 ":tok=" => out.tokenizer = Some(value.to_string()),
                 ":key=" => out.api_key_env = Some(value.to_string()),
+                ":lookahead=" if value == "auto" => {
+                    out.lookahead = RemoteSpec::AUTO_LOOKAHEAD;
+                    out.lookahead_auto = true;
+                }
                 ":lookahead=" => {
                     out.lookahead = value.parse().map_err(|_| {
                         bad(format!(
-                            "`{value}` is not a token count (expected :lookahead=L)"
+                            "`{value}` is not a token count (expected :lookahead=L or \
+                             :lookahead=auto)"
                         ))
                     })?
                 }
@@ -158,6 +167,7 @@ impl MemberSpec {
             RemoteSpec::parse(&self.model, self.tokenizer.as_deref()).map(|mut r| {
                 r.api_key_env = self.api_key_env.clone();
                 r.lookahead = self.lookahead;
+                r.lookahead_auto = self.lookahead_auto;
                 if let Some(t) = self.timeout {
                     r.timeout = t;
                 }
@@ -184,6 +194,15 @@ impl MemberSpec {
 
     pub fn lookahead(mut self, l: usize) -> MemberSpec {
         self.lookahead = l;
+        self.lookahead_auto = false;
+        self
+    }
+
+    /// Lookahead of up to `max` tokens, asked for only while measured round-trip and
+    /// decode times say it saves time.
+    pub fn lookahead_auto(mut self, max: usize) -> MemberSpec {
+        self.lookahead = max;
+        self.lookahead_auto = true;
         self
     }
 
@@ -1402,6 +1421,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(":tok="), "{e}");
+        let s = MemberSpec::parse("llamacpp+http://h:1:lookahead=auto:tok=a").unwrap();
+        assert_eq!(
+            (s.lookahead, s.lookahead_auto),
+            (RemoteSpec::AUTO_LOOKAHEAD, true)
+        );
         let s = MemberSpec::parse("llamacpp+http://h:1:t=0.5:tok=a:b").unwrap();
         assert_eq!((s.temperature, s.tokenizer.as_deref()), (0.5, Some("a:b")));
     }

@@ -10,7 +10,8 @@
 //!
 //! With lookahead, the distributions of the server's own greedy continuation are kept
 //! and answer later steps without a round trip as long as the ensemble's choices follow
-//! that continuation; the first divergence drops them.
+//! that continuation; the first divergence drops them. `lookahead = auto` asks for it
+//! only while the member's measured times say it saves time (`LookaheadPlanner`).
 //!
 //! The tokenizer is always local (candidates are compared by bytes); at connect time
 //! the server must tokenize a probe text to the same ids (where it offers `/tokenize`)
@@ -62,8 +63,11 @@ pub struct RemoteSpec {
     pub tokenizer: String,
     /// Name of the environment variable holding a bearer key (never the key itself).
     pub api_key_env: Option<String>,
-    /// Extra greedy tokens (with their distributions) asked for per request.
+    /// Extra greedy tokens (with their distributions) asked for per request; with
+    /// `lookahead_auto`, the most, asked for only when measured to pay.
     pub lookahead: usize,
+    /// Choose per request between no lookahead and `lookahead` from measured times.
+    pub lookahead_auto: bool,
     /// Longest wait for a server's answer to one request.
     pub timeout: Duration,
     /// Longest wait for a connection.
@@ -71,6 +75,9 @@ pub struct RemoteSpec {
 }
 
 impl RemoteSpec {
+    /// The most lookahead `lookahead = auto` asks for.
+    pub const AUTO_LOOKAHEAD: usize = 4;
+
     /// Default timeout of one request (a first request prefills the whole prompt).
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -137,6 +144,7 @@ impl RemoteSpec {
             tokenizer: tokenizer.to_string(),
             api_key_env: None,
             lookahead: 0,
+            lookahead_auto: false,
             timeout: Self::DEFAULT_TIMEOUT,
             connect_timeout: Duration::from_secs(5),
         })
@@ -169,6 +177,8 @@ enum Failure {
 struct Ahead {
     /// The context the request was made for.
     context: Vec<u32>,
+    /// How many of the looked-ahead distributions answered a step.
+    used: usize,
     /// The server's greedy ids after it.
     tokens: Vec<u32>,
     /// `dists[j]`: the distribution after `context + tokens[..j]`.
@@ -190,8 +200,103 @@ pub struct RemoteModel {
     cap: Option<usize>,
     warned_cap: bool,
     ahead: Option<Ahead>,
+    /// Present under `lookahead_auto`.
+    planner: Option<LookaheadPlanner>,
     round_trips: usize,
     reuse: ReuseWatch,
+}
+
+/// Decides, request by request, whether a served member with `lookahead = auto` asks
+/// for its lookahead tokens. Lookahead trades server work (1 + L tokens per request)
+/// for round trips; it pays only when a round trip costs more than the decode steps
+/// that end up unused. Both are measured: the wall time of one-token requests and of
+/// lookahead requests that only extend the previous context, and how many looked-ahead
+/// tokens the ensemble used (a geometric run: each is used with probability `q` after
+/// the one before it was).
+#[derive(Debug)]
+pub(crate) struct LookaheadPlanner {
+    max: usize,
+    plain_ms: Option<f64>,
+    ahead_ms: Option<f64>,
+    /// Looked-ahead tokens used, and runs that ended before the last one (decayed).
+    used: f64,
+    broken: f64,
+    requests: usize,
+}
+
+impl LookaheadPlanner {
+    /// Weight of a new timing in the running averages.
+    const ALPHA: f64 = 0.2;
+    /// Every this many requests the other choice is tried, to follow changes in load.
+    const EXPLORE_EVERY: usize = 16;
+    /// Decay of the acceptance counts, so that a change of text is followed.
+    const DECAY: f64 = 0.95;
+
+    pub(crate) fn new(max: usize) -> LookaheadPlanner {
+        LookaheadPlanner {
+            max,
+            plain_ms: None,
+            ahead_ms: None,
+            used: 0.0,
+            broken: 0.0,
+            requests: 0,
+        }
+    }
+
+    /// Probability that a looked-ahead token is used, given that the one before it
+    /// was (an even prior before anything is known).
+    fn keep(&self) -> f64 {
+        (self.used + 1.0) / (self.used + self.broken + 2.0)
+    }
+
+    /// Expected tokens used from a request of `1 + max` tokens.
+    fn expected_run(&self) -> f64 {
+        let q = self.keep();
+        (0..=self.max).map(|j| q.powi(j as i32)).sum()
+    }
+
+    /// Lookahead for the next request: 0 or `max`.
+    pub(crate) fn choose(&mut self) -> usize {
+        self.requests += 1;
+        let (w1, wl) = match (self.plain_ms, self.ahead_ms) {
+            (None, _) => return 0,
+            (Some(_), None) => return self.max,
+            (Some(a), Some(b)) => (a, b),
+        };
+        // Tokens per millisecond of each choice.
+        let best = if self.expected_run() / wl > 1.0 / w1 {
+            self.max
+        } else {
+            0
+        };
+        if self.requests.is_multiple_of(Self::EXPLORE_EVERY) {
+            self.max - best
+        } else {
+            best
+        }
+    }
+
+    /// A request that only extended the previous context took `ms` with `lookahead`.
+    pub(crate) fn timed(&mut self, lookahead: usize, ms: f64) {
+        let slot = if lookahead == 0 {
+            &mut self.plain_ms
+        } else {
+            &mut self.ahead_ms
+        };
+        *slot = Some(match *slot {
+            Some(old) => old + Self::ALPHA * (ms - old),
+            None => ms,
+        });
+    }
+
+    /// Of `offered` looked-ahead tokens, the ensemble used the first `used`.
+    pub(crate) fn outcome(&mut self, offered: usize, used: usize) {
+        if offered == 0 {
+            return;
+        }
+        self.used = self.used * Self::DECAY + used.min(offered) as f64;
+        self.broken = self.broken * Self::DECAY + f64::from(u8::from(used < offered));
+    }
 }
 
 /// Notices a server that re-evaluates more than the new ids of each step, from the
@@ -276,9 +381,13 @@ impl RemoteModel {
             cap: None,
             warned_cap: false,
             ahead: None,
+            planner: None,
             round_trips: 0,
             reuse: ReuseWatch::default(),
         };
+        if m.spec.lookahead_auto && m.spec.lookahead > 0 {
+            m.planner = Some(LookaheadPlanner::new(m.spec.lookahead));
+        }
         m.check()?;
         Ok(m)
     }
@@ -787,18 +896,34 @@ impl Backend for RemoteModel {
     }
 
     fn forward(&mut self, context: &[u32], _cached: usize) -> Result<Logits> {
-        if let Some(a) = &self.ahead {
+        if let Some(a) = &mut self.ahead {
             if let Some(tail) = context.strip_prefix(a.context.as_slice()) {
                 let j = tail.len();
                 if j < a.dists.len() && a.tokens[..j] == *tail {
+                    a.used = a.used.max(j);
                     return Ok(Logits::Sparse(a.dists[j].clone()));
                 }
             }
         }
-        self.ahead = None;
-        let want = 1 + self.spec.lookahead;
+        if let (Some(a), Some(p)) = (self.ahead.take(), self.planner.as_mut()) {
+            p.outcome(a.dists.len() - 1, a.used);
+        }
+        let lookahead = match &mut self.planner {
+            Some(p) => p.choose(),
+            None => self.spec.lookahead,
+        };
+        // Only a request that extends the previous one by a step's worth of ids times
+        // the server's per-step work (not a prefill or a rollback).
+        let last = &self.reuse.last;
+        let step_only = !last.is_empty()
+            && context.starts_with(last)
+            && context.len() - last.len() <= 1 + self.spec.lookahead;
         let n = self.n_probs();
-        let (steps, _) = self.complete(context, want, n)?;
+        let t0 = std::time::Instant::now();
+        let (steps, _) = self.complete(context, 1 + lookahead, n)?;
+        if let (true, Some(p)) = (step_only, self.planner.as_mut()) {
+            p.timed(lookahead, t0.elapsed().as_secs_f64() * 1e3);
+        }
         let eos = self.tokenizer.eos_ids().first().copied();
         if steps.is_empty() {
             // The server ended the text at once without reporting the token (some
@@ -818,6 +943,7 @@ impl Backend for RemoteModel {
         let first = dists[0].clone();
         if dists.len() > 1 {
             self.ahead = Some(Ahead {
+                used: 0,
                 context: context.to_vec(),
                 tokens,
                 dists,
@@ -970,6 +1096,43 @@ mod tests {
             ctx.push(1);
             assert_eq!(w.record(&ctx, &json!({})), None);
         }
+    }
+
+    /// Feeds a planner `n` requests whose times follow `r + s·tokens` and whose
+    /// looked-ahead tokens are used with probability `q` each (deterministic: the run
+    /// length is the expected one, rounded); returns the share of requests that looked
+    /// ahead.
+    fn plan(r: f64, s: f64, q: f64, n: usize) -> f64 {
+        let mut p = LookaheadPlanner::new(4);
+        let run = (1..=4).map(|j| q.powi(j)).sum::<f64>().round() as usize;
+        let mut ahead = 0;
+        for _ in 0..n {
+            let l = p.choose();
+            p.timed(l, r + s * (1 + l) as f64);
+            if l > 0 {
+                ahead += 1;
+                p.outcome(l, run);
+            }
+        }
+        ahead as f64 / n as f64
+    }
+
+    #[test]
+    fn lookahead_is_asked_for_where_it_pays() {
+        // Loopback CPU server: 2 ms round trip, 15 ms per token: never worth it (only
+        // the exploring requests look ahead).
+        assert!(plan(2.0, 15.0, 0.7, 200) < 0.1);
+        // Across a network, 60 ms round trip: worth it.
+        assert!(plan(60.0, 15.0, 0.7, 200) > 0.9);
+        // A GPU server (decode 5 ms) on a LAN (10 ms): worth it when the ensemble
+        // follows the server, not when it always leaves its path at once.
+        assert!(plan(10.0, 5.0, 0.9, 200) > 0.9);
+        assert!(plan(10.0, 5.0, 0.0, 200) < 0.1);
+        // Before anything is measured: one plain request, then one looking ahead.
+        let mut p = LookaheadPlanner::new(3);
+        assert_eq!(p.choose(), 0);
+        p.timed(0, 10.0);
+        assert_eq!(p.choose(), 3);
     }
 
     #[test]
