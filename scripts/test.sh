@@ -9,45 +9,49 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+START=$(date +%s)
+# Each phase is logged with the seconds since the start, so a slow run shows where.
+phase() { echo "[test] +$(( $(date +%s) - START ))s $*"; }
 
 # llama-server (C++, minutes on a cold machine) builds at low priority while the fetches
 # and the cargo builds run: it fills the cores cargo leaves idle.
 mkdir -p target
 LLAMA_LOG="target/llama-server-build.log"
-echo "[test] building llama.cpp's llama-server in the background (once; log: $LLAMA_LOG)"
+phase "building llama.cpp's llama-server in the background (once; log: $LLAMA_LOG)"
 # In a session of its own, so that an early exit stops the whole build (cmake, make, cc).
 setsid scripts/llama-server.sh >/dev/null 2>"$LLAMA_LOG" &
 LLAMA_BUILD=$!
 trap 'kill -- -"$LLAMA_BUILD" 2>/dev/null || true' EXIT
 
-echo "[test] fetching demo models and tokenizers"
+phase "fetching demo models and tokenizers"
 scripts/fetch-models.sh
 scripts/fetch-tokenizers.sh
-echo "[test] the openai SDK venv for the server tests"
+phase "the openai SDK venv for the server tests"
 scripts/openai-venv.sh
 
-echo "[test] cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "[test] cargo clippy --all-targets -- -D warnings"
+phase "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "[test] cargo doc --no-deps (warnings are errors)"
+phase "cargo doc --no-deps (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
-echo "[test] the engine alone builds (no command line, no bench harness, no server)"
+phase "the engine alone builds (no command line, no bench harness, no server)"
 cargo check --lib --no-default-features --quiet
-echo "[test] the engine with the embeddable server builds"
+phase "the engine with the embeddable server builds"
 cargo check --lib --no-default-features --features serve --quiet
 
-echo "[test] cargo test --workspace --no-run (building the tests)"
+phase "cargo test --workspace --no-run (building the tests)"
 cargo test --workspace --all-targets --no-run --quiet
-echo "[test] waiting for the llama-server build"
+phase "waiting for the llama-server build"
 if ! wait "$LLAMA_BUILD"; then
   tail -n 40 "$LLAMA_LOG"
   echo "[test] scripts/llama-server.sh failed (log above, whole in $LLAMA_LOG)" >&2
   exit 1
 fi
 
-echo "[test] cargo test --workspace"
+phase "cargo test --workspace"
 cargo test --workspace --all-targets "$@"
+phase "every check and test passed"
