@@ -23,6 +23,7 @@ pub mod align;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod engine;
+pub mod fuzz;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod vocab;

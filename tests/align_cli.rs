@@ -80,6 +80,51 @@ fn builds_caches_and_rebuilds() {
     let _ = std::fs::remove_dir_all(&cache);
 }
 
+/// Two processes building the same map into one cache at once both succeed, and
+/// processes killed (`kill -9`) while building or writing leave nothing a later run
+/// trusts wrongly: it loads a whole map or builds one, and the map is the same.
+#[test]
+fn concurrent_and_killed_writers_leave_a_valid_cache() {
+    let a = tokenizer_path("smollm2");
+    let b = tokenizer_path("gpt2");
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let args = ["align", "-m", a, "-m", b, "--align", "min-ed", "--json"];
+    let spawn = |cache: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_tutti"))
+            .env("TUTTI_CACHE", cache)
+            .env("HF_HUB_OFFLINE", "1")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run tutti")
+    };
+    let shared = temp_dir("concurrent");
+    let start = std::time::Instant::now();
+    let (one, two) = (spawn(&shared), spawn(&shared));
+    let one = json_of(&one.wait_with_output().unwrap());
+    let two = json_of(&two.wait_with_output().unwrap());
+    let both = start.elapsed();
+    assert_eq!(one["stats"], two["stats"]);
+    let after = json_of(&tutti(&shared, &args));
+    assert_eq!(after["source"], "cache");
+    assert_eq!(after["stats"], one["stats"]);
+
+    let killed = temp_dir("killed");
+    for fraction in [0.15, 0.45, 0.7, 0.95] {
+        let mut child = spawn(&killed);
+        std::thread::sleep(both.mul_f64(fraction / 2.0));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let next = json_of(&tutti(&killed, &args));
+        let source = next["source"].as_str().unwrap();
+        assert!(source == "built" || source == "cache", "{source}");
+        assert_eq!(next["stats"], one["stats"]);
+        std::fs::remove_dir_all(&killed).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&shared);
+}
+
 #[test]
 fn bad_inputs_fail_clearly() {
     let dir = temp_dir("bad");

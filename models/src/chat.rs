@@ -1,8 +1,39 @@
 //! Chat templates: the Jinja templates shipped in `tokenizer_config.json` or GGUF
 //! metadata, rendered with minijinja the way transformers renders them.
+//!
+//! A template is code from the file's author, so rendering is bounded: a step budget
+//! (minijinja's fuel) stops loops that never end, and output beyond
+//! [`MAX_RENDERED_BYTES`] stops the render, both with an error naming the template.
 
 use crate::{Error, Result};
 use minijinja::{context, Environment, ErrorKind};
+
+/// Template instructions one render may run. Real templates use a few hundred per
+/// message.
+pub const MAX_TEMPLATE_STEPS: u64 = 5_000_000;
+/// Longest rendered prompt, far past any model's context.
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// An `io::Write` that refuses to grow past a limit.
+struct Bounded {
+    out: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            self.overflowed = true;
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Renders a template for `messages` with the generation prompt appended.
 pub fn render(
@@ -12,6 +43,7 @@ pub fn render(
     eos: &str,
 ) -> Result<String> {
     let mut env = Environment::new();
+    env.set_fuel(Some(MAX_TEMPLATE_STEPS));
     // transformers renders with trim_blocks and lstrip_blocks on.
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
@@ -35,13 +67,32 @@ pub fn render(
         .iter()
         .map(|(role, content)| context! { role => role, content => content })
         .collect();
-    tmpl.render(context! {
-        messages => msgs,
-        add_generation_prompt => true,
-        bos_token => bos,
-        eos_token => eos,
-    })
-    .map_err(|e| Error::ChatTemplate(format!("cannot render: {e}")))
+    let mut out = Bounded {
+        out: Vec::new(),
+        limit: MAX_RENDERED_BYTES,
+        overflowed: false,
+    };
+    let rendered = tmpl.render_captured_to(
+        context! {
+            messages => msgs,
+            add_generation_prompt => true,
+            bos_token => bos,
+            eos_token => eos,
+        },
+        &mut out,
+    );
+    match rendered {
+        Ok(_) => String::from_utf8(out.out)
+            .map_err(|_| Error::ChatTemplate("rendered text is not UTF-8".into())),
+        Err(_) if out.overflowed => Err(Error::ChatTemplate(format!(
+            "cannot render: the output passed {} MiB, the template is broken",
+            MAX_RENDERED_BYTES >> 20
+        ))),
+        Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(Error::ChatTemplate(format!(
+            "cannot render: the template ran more than {MAX_TEMPLATE_STEPS} steps (an endless loop?)"
+        ))),
+        Err(e) => Err(Error::ChatTemplate(format!("cannot render: {e}"))),
+    }
 }
 
 #[cfg(test)]
@@ -69,5 +120,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no system"), "{err}");
+    }
+
+    #[test]
+    fn endless_and_huge_templates_are_stopped() {
+        let msgs = [("user".to_string(), "hi".to_string())];
+        let endless =
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}";
+        let err = render(endless, &msgs, "", "").unwrap_err().to_string();
+        assert!(err.contains("steps"), "{err}");
+        let huge = "{% for a in range(100000) %}{{ 'x' * 10000 }}{% endfor %}";
+        let err = render(huge, &msgs, "", "").unwrap_err().to_string();
+        assert!(err.contains("MiB"), "{err}");
     }
 }

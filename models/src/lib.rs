@@ -11,7 +11,8 @@
 mod chat;
 pub mod config;
 pub mod device;
-mod error;
+pub(crate) mod error;
+pub mod fuzz;
 mod ggml;
 pub mod kv_cache;
 mod quant;
@@ -142,15 +143,34 @@ impl Model {
 pub(crate) fn read_gguf_header(path: &Path) -> Result<gguf_file::Content> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // The header is read in many small pieces (one per token string).
-    let mut f = std::io::BufReader::new(file);
+    read_gguf_header_from(&mut std::io::BufReader::new(file), path)
+}
+
+/// [`read_gguf_header`] over any reader; `path` names the file in errors.
+pub(crate) fn read_gguf_header_from<R: Read + Seek>(
+    reader: &mut R,
+    path: &Path,
+) -> Result<gguf_file::Content> {
     let bad = |reason: String| Error::BadGguf {
         path: path.to_path_buf(),
         reason,
     };
-    // candle 0.11.1 divides by `general.alignment` without checking it for zero, so a
-    // damaged header can panic inside the reader; that becomes this file's error.
+    // candle 0.11.1 divides by `general.alignment` without checking it for zero.
+    let start = reader.stream_position().map_err(|e| Error::io(path, e))?;
+    // A header this walk cannot follow is left to the reader, which names the problem.
+    if let Ok(Some(a)) = gguf_alignment(reader) {
+        if !a.is_power_of_two() {
+            return Err(bad(format!(
+                "`general.alignment` is {a}, not a power of two"
+            )));
+        }
+    }
+    reader
+        .seek(SeekFrom::Start(start))
+        .map_err(|e| Error::io(path, e))?;
+    // Kept as a net: a panic inside the reader becomes this file's error.
     let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        gguf_file::Content::read(&mut f)
+        gguf_file::Content::read(reader)
     }));
     match read {
         Ok(Ok(content)) => Ok(content),
@@ -159,6 +179,95 @@ pub(crate) fn read_gguf_header(path: &Path) -> Result<gguf_file::Content> {
             "the GGUF reader failed on the header (is `general.alignment` 0?)".into(),
         )),
     }
+}
+
+/// The `general.alignment` value of a GGUF v2/v3 header, if present, found by walking
+/// the metadata without keeping it (every length is checked against the file's size
+/// before it is skipped).
+fn gguf_alignment<R: Read + Seek>(r: &mut R) -> std::io::Result<Option<u64>> {
+    let start = r.stream_position()?;
+    let len = r.seek(SeekFrom::End(0))?;
+    r.seek(SeekFrom::Start(start))?;
+    let mut b8 = [0u8; 8];
+    let u32_ = |r: &mut R| -> std::io::Result<u32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    };
+    let magic = u32_(r)?;
+    let version = u32_(r)?;
+    if magic != 0x4655_4747 || !(2..=3).contains(&version) {
+        return Ok(None);
+    }
+    r.read_exact(&mut b8)?; // tensor count
+    r.read_exact(&mut b8)?;
+    let kv_count = u64::from_le_bytes(b8);
+    fn skip<R: Read + Seek>(r: &mut R, n: u64, len: u64) -> std::io::Result<()> {
+        let pos = r.stream_position()?;
+        if pos.checked_add(n).is_none_or(|end| end > len) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "length past the end",
+            ));
+        }
+        r.seek(SeekFrom::Current(n as i64)).map(|_| ())
+    }
+    fn scalar_size(t: u32) -> Option<u64> {
+        match t {
+            0 | 1 | 7 => Some(1),
+            2 | 3 => Some(2),
+            4..=6 => Some(4),
+            10..=12 => Some(8),
+            _ => None,
+        }
+    }
+    for _ in 0..kv_count {
+        r.read_exact(&mut b8)?;
+        const KEY: &[u8] = b"general.alignment";
+        let key_len = u64::from_le_bytes(b8);
+        let mut key = [0u8; KEY.len()];
+        let is_alignment = if key_len == KEY.len() as u64 {
+            r.read_exact(&mut key)?;
+            key == KEY
+        } else {
+            skip(r, key_len, len)?;
+            false
+        };
+        let t = u32_(r)?;
+        if is_alignment {
+            let Some(size) = scalar_size(t) else {
+                return Ok(None);
+            };
+            let mut v = [0u8; 8];
+            r.read_exact(&mut v[..size as usize])?;
+            return Ok(Some(u64::from_le_bytes(v)));
+        }
+        match (t, scalar_size(t)) {
+            (_, Some(size)) => skip(r, size, len)?,
+            (8, None) => {
+                r.read_exact(&mut b8)?;
+                skip(r, u64::from_le_bytes(b8), len)?;
+            }
+            (9, None) => {
+                let elem = u32_(r)?;
+                r.read_exact(&mut b8)?;
+                let count = u64::from_le_bytes(b8);
+                match (elem, scalar_size(elem)) {
+                    (_, Some(size)) => skip(r, count.saturating_mul(size), len)?,
+                    (8, None) => {
+                        for _ in 0..count {
+                            r.read_exact(&mut b8)?;
+                            skip(r, u64::from_le_bytes(b8), len)?;
+                        }
+                    }
+                    // Nested arrays: left to the reader.
+                    _ => return Ok(None),
+                }
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
 }
 
 /// Bytes of one tensor's data, or why its info is impossible.
@@ -182,17 +291,14 @@ fn tensor_bytes(name: &str, t: &gguf_file::TensorInfo) -> std::result::Result<u6
         .ok_or_else(|| format!("tensor `{name}` is too large"))
 }
 
-/// Reads a GGUF header and checks that every tensor's data lies inside the file:
-/// candle reads the header only, so a truncated download is caught here.
-fn read_gguf(path: &Path) -> Result<(gguf_file::Content, u64)> {
-    let content = read_gguf_header(path)?;
+/// Checks that every tensor's data lies inside a file of `len` bytes (candle reads the
+/// header only, so a truncated download is caught here) and returns the bytes of
+/// weights read per decoded token.
+fn check_gguf_tensors(path: &Path, content: &gguf_file::Content, len: u64) -> Result<u64> {
     let bad = |reason: String| Error::BadGguf {
         path: path.to_path_buf(),
         reason,
     };
-    let len = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
     let mut total = 0u64;
     for (name, t) in &content.tensor_infos {
         let bytes = tensor_bytes(name, t).map_err(bad)?;
@@ -206,16 +312,18 @@ fn read_gguf(path: &Path) -> Result<(gguf_file::Content, u64)> {
             )));
         }
         if name != "token_embd.weight" || !content.tensor_infos.contains_key("output.weight") {
-            total += bytes;
+            total = total.saturating_add(bytes);
         }
     }
-    Ok((content, total))
+    Ok(total)
 }
 
-fn load_gguf(path: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Model> {
-    // Cheap checks on the header first, so a damaged file fails before the tokenizer
-    // and the weights are read.
-    let (content, weight_bytes) = read_gguf(path)?;
+/// The decoder's config from a GGUF header, checked against the tensors' shapes.
+fn gguf_config(
+    path: &Path,
+    content: &gguf_file::Content,
+    arch: Option<Architecture>,
+) -> Result<TransformerConfig> {
     let vocab_rows = match content.tensor_infos.get("token_embd.weight") {
         Some(embd) => match embd.shape.dims() {
             [rows, _] => *rows,
@@ -236,8 +344,7 @@ fn load_gguf(path: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Mod
         }
     };
     let has_output = content.tensor_infos.contains_key("output.weight");
-    let cfg =
-        TransformerConfig::from_gguf(path, &content.metadata, opts.arch, vocab_rows, has_output)?;
+    let cfg = TransformerConfig::from_gguf(path, &content.metadata, arch, vocab_rows, has_output)?;
     transformer::check_shapes(
         &cfg,
         WeightFormat::Gguf,
@@ -249,6 +356,18 @@ fn load_gguf(path: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Mod
                 .map(|t| t.shape.dims().to_vec())
         },
     )?;
+    Ok(cfg)
+}
+
+fn load_gguf(path: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Model> {
+    // Cheap checks on the header first, so a damaged file fails before the tokenizer
+    // and the weights are read.
+    let content = read_gguf_header(path)?;
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let weight_bytes = check_gguf_tensors(path, &content, len)?;
+    let cfg = gguf_config(path, &content, opts.arch)?;
     let tokenizer = ModelTokenizer::from_gguf(path, &content.metadata)?;
     let mut weights = weights::Weights::from_gguf(path, content, &opts.device)?;
     weights.arch_name = cfg.arch.name().into();

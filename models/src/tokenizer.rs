@@ -127,14 +127,6 @@ impl ModelTokenizer {
         cfg: Option<&Value>,
     ) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            tok_err(
-                path,
-                format!("not valid JSON ({e}); expected a tokenizer.json"),
-            )
-        })?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| tok_err(path, e))?;
-        let content_hash = hex(&Sha256::digest(&bytes));
         // A tokenizer_config.json beside a bare tokenizer.json is used too.
         let side = if tcfg.is_none() {
             path.parent()
@@ -144,7 +136,26 @@ impl ModelTokenizer {
         } else {
             None
         };
-        let tcfg = tcfg.or(side.as_ref());
+        Self::from_tokenizer_json_bytes(path, &bytes, tcfg.or(side.as_ref()), gen, cfg)
+    }
+
+    /// [`ModelTokenizer::from_tokenizer_json`] on the file's bytes; `path` names it in
+    /// errors and nothing is read from disk.
+    pub fn from_tokenizer_json_bytes(
+        path: &Path,
+        bytes: &[u8],
+        tcfg: Option<&Value>,
+        gen: Option<&Value>,
+        cfg: Option<&Value>,
+    ) -> Result<Self> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            tok_err(
+                path,
+                format!("not valid JSON ({e}); expected a tokenizer.json"),
+            )
+        })?;
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| tok_err(path, e))?;
+        let content_hash = hex(&Sha256::digest(bytes));
         let id_of = |text: &Option<String>| text.as_deref().and_then(|t| inner.token_to_id(t));
         let bos_text = tcfg.and_then(|c| token_text(c.get("bos_token")));
         let eos_text = tcfg.and_then(|c| token_text(c.get("eos_token")));

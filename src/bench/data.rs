@@ -63,34 +63,42 @@ pub fn resolve(data: &str, split: &str) -> Result<PathBuf, BenchError> {
 
 /// Reads every row of a `.jsonl`, `.json` (an array of objects) or `.parquet` file.
 pub fn read_rows(path: &Path) -> Result<Vec<Row>, BenchError> {
-    let err = |reason: String| BenchError::Data {
-        path: path.display().to_string(),
-        reason,
-    };
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let rows = match ext.as_str() {
-        "parquet" => read_parquet(path).map_err(err)?,
+    let bytes = std::fs::read(path).map_err(|e| BenchError::Data {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    parse_rows(bytes, &ext).map_err(|reason| BenchError::Data {
+        path: path.display().to_string(),
+        reason,
+    })
+}
+
+/// The rows of a data file's bytes: `ext` is `parquet`, `json` (an array of objects)
+/// or anything else for JSON Lines.
+pub fn parse_rows(bytes: Vec<u8>, ext: &str) -> Result<Vec<Row>, String> {
+    let rows = match ext {
+        "parquet" => parse_parquet(bytes)?,
         "json" => {
-            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
             match v {
                 Value::Array(items) => items
                     .into_iter()
                     .enumerate()
                     .map(|(i, v)| match v {
                         Value::Object(m) => Ok(m),
-                        _ => Err(err(format!("element {i} is not an object"))),
+                        _ => Err(format!("element {i} is not an object")),
                     })
                     .collect::<Result<_, _>>()?,
-                _ => return Err(err("expected a JSON array of objects".into())),
+                _ => return Err("expected a JSON array of objects".into()),
             }
         }
         _ => {
-            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            let text = String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
             let mut rows = Vec::new();
             for (n, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
@@ -98,23 +106,23 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>, BenchError> {
                 }
                 match serde_json::from_str::<Value>(line) {
                     Ok(Value::Object(m)) => rows.push(m),
-                    Ok(_) => return Err(err(format!("line {}: not a JSON object", n + 1))),
-                    Err(e) => return Err(err(format!("line {}: {e}", n + 1))),
+                    Ok(_) => return Err(format!("line {}: not a JSON object", n + 1)),
+                    Err(e) => return Err(format!("line {}: {e}", n + 1)),
                 }
             }
             rows
         }
     };
     if rows.is_empty() {
-        return Err(err("no rows".into()));
+        return Err("no rows".into());
     }
     Ok(rows)
 }
 
-fn read_parquet(path: &Path) -> Result<Vec<Row>, String> {
+fn parse_parquet(bytes: Vec<u8>) -> Result<Vec<Row>, String> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let reader = SerializedFileReader::new(file).map_err(|e| format!("not a Parquet file: {e}"))?;
+    let reader = SerializedFileReader::new(bytes::Bytes::from(bytes))
+        .map_err(|e| format!("not a Parquet file: {e}"))?;
     let iter = reader.get_row_iter(None).map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for row in iter {

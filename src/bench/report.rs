@@ -325,8 +325,26 @@ pub fn write_report(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    std::fs::write(&svg_path, svg_plot(summaries)).map_err(err)?;
-    std::fs::write(path, markdown(title, facts, summaries, &svg_name)).map_err(err)
+    write_atomic(&svg_path, svg_plot(summaries).as_bytes()).map_err(err)?;
+    write_atomic(
+        path,
+        markdown(title, facts, summaries, &svg_name).as_bytes(),
+    )
+    .map_err(err)
+}
+
+/// Writes through a temporary file beside `path` and a rename, so a run killed while
+/// writing leaves the previous report whole, never half of one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 #[cfg(test)]

@@ -172,16 +172,17 @@ impl MemberEntry {
             spec = spec.api_key_env(v.clone());
         }
         if let Some(t) = self.timeout {
-            if !(t.is_finite() && t > 0.0) {
+            let Some(timeout) = super::ensemble::timeout_of(t) else {
                 return Err(EngineError::Config {
                     path: origin.to_string(),
                     reason: format!(
-                        "member `{}`: timeout must be a positive number of seconds (got {t})",
-                        self.model
+                        "member `{}`: timeout must be a number of seconds above 0 and at most {} (got {t})",
+                        self.model,
+                        super::ensemble::MAX_TIMEOUT_S
                     ),
                 });
-            }
-            spec = spec.timeout(std::time::Duration::from_secs_f64(t));
+            };
+            spec = spec.timeout(timeout);
         }
         if let Some(r) = spec.remote() {
             r.map_err(|e| EngineError::Config {
@@ -345,6 +346,11 @@ mod tests {
             (
                 "[[member]]\nmodel = \"llamacpp+http://h:1\"\ntokenizer = \"t\"\ntimeout = -1\n",
                 "timeout",
+            ),
+            // Past a Duration's range: refused, not a panic.
+            (
+                "[[member]]\nmodel = \"llamacpp+http://h:1\"\ntokenizer = \"t\"\ntimeout = 1e30\n",
+                "at most",
             ),
         ] {
             let f = EnsembleFile::parse(toml, "t.toml").unwrap();

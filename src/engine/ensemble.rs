@@ -144,14 +144,16 @@ impl MemberSpec {
                     })?
                 }
                 _ => {
-                    let s: f64 = value
+                    let timeout = value
                         .parse()
                         .ok()
-                        .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                        .and_then(timeout_of)
                         .ok_or_else(|| {
-                            bad(format!("`{value}` is not a positive number of seconds"))
+                            bad(format!(
+                                "`{value}` is not a number of seconds above 0 and at most {MAX_TIMEOUT_S}"
+                            ))
                         })?;
-                    out.timeout = Some(std::time::Duration::from_secs_f64(s));
+                    out.timeout = Some(timeout);
                 }
             }
         }
@@ -1384,6 +1386,17 @@ fn record(results: Vec<(usize, Result<f64>)>, ms: &mut [f64]) -> Vec<(usize, Res
     results
 }
 
+/// Longest per-request deadline a served member may be given (a week): longer ones
+/// would overflow the clock's arithmetic.
+pub const MAX_TIMEOUT_S: f64 = 7.0 * 24.0 * 3600.0;
+
+/// A served member's deadline from seconds, if above 0 and at most [`MAX_TIMEOUT_S`].
+pub fn timeout_of(seconds: f64) -> Option<std::time::Duration> {
+    (seconds > 0.0 && seconds <= MAX_TIMEOUT_S)
+        .then(|| std::time::Duration::try_from_secs_f64(seconds).ok())
+        .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1409,6 +1422,7 @@ mod tests {
             (":w=1", "no model"),
             ("llamacpp+http://h:1:tok=t:lookahead=x", "token count"),
             ("llamacpp+http://h:1:tok=t:timeout=0", "seconds"),
+            ("llamacpp+http://h:1:tok=t:timeout=1e30", "at most"),
             ("llamacpp+http://h:1:w=1:w=2", "twice"),
         ] {
             let e = MemberSpec::parse(bad).unwrap_err().to_string();

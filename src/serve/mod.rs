@@ -22,7 +22,7 @@
 //! # Ok(()) }
 //! ```
 
-mod api;
+pub(crate) mod api;
 mod error;
 mod metrics;
 mod respond;
