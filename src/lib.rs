@@ -24,6 +24,7 @@ pub mod align;
 pub mod bench;
 pub mod engine;
 pub mod fuzz;
+pub mod route;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod vocab;
