@@ -13,6 +13,29 @@ use tutti_models::{DTypeSpec, DeviceSpec, ModelTokenizer};
 
 pub use tutti_models::fuzz::{chat_template, gguf, hf_checkpoint, tokenizer_json, Outcome};
 
+/// Source files of dependencies whose readers panic on some damaged input, inside
+/// tutti's `catch_unwind` that turns the panic into the file's error: candle's GGUF
+/// header reader and the Parquet reader.
+pub const CAUGHT_PANIC_SITES: &[&str] = &["quantized/gguf_file.rs", "/parquet-"];
+
+/// Whether a panic at `file` is one tutti catches and reports as an error.
+pub fn panic_is_caught(file: &str) -> bool {
+    CAUGHT_PANIC_SITES.iter().any(|site| file.contains(site))
+}
+
+/// Makes the process abort on every panic except the caught ones (which then unwind to
+/// tutti's `catch_unwind`). The fuzz targets call it first: libFuzzer's own hook aborts
+/// on every panic, caught or not.
+pub fn abort_on_uncaught_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.location().is_some_and(|l| panic_is_caught(l.file())) {
+            default(info);
+            std::process::abort();
+        }
+    }));
+}
+
 fn msg(e: impl std::fmt::Display) -> String {
     e.to_string()
 }

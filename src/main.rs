@@ -43,6 +43,17 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     cli::log::init(cli.verbose, cli.quiet);
+    // Panics that tutti catches inside dependencies' file readers are reported as that
+    // file's error; their default message would only repeat it less clearly.
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info
+            .location()
+            .is_some_and(|l| tutti::fuzz::panic_is_caught(l.file()))
+        {
+            default(info);
+        }
+    }));
     let result = match cli.command {
         Command::Generate(args) => cli::generate::run(args),
         Command::Logits(args) => cli::logits::run(args),

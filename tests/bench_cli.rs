@@ -255,7 +255,19 @@ fn mixinstruct_scores_rouge_and_bertscore() {
 #[test]
 fn bench_bad_input_is_one_clear_line() {
     let s = smollm2();
+    // A Parquet file whose dictionary page claims more bytes than it holds (a fuzzing
+    // find: the Parquet reader panics on it).
+    let damaged = tmp("damaged.parquet");
+    let found =
+        std::fs::read(repo().join("fuzz/regressions/bench_rows/parquet-dictionary-page-past-end"))
+            .unwrap();
+    std::fs::write(&damaged, &found[1..]).unwrap();
+    let damaged = damaged.display().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["bench", "gsm8k", "--data", &damaged, "-m", &s],
+            "damaged page",
+        ),
         (
             vec![
                 "bench",

@@ -120,6 +120,14 @@ pub fn parse_rows(bytes: Vec<u8>, ext: &str) -> Result<Vec<Row>, String> {
 }
 
 fn parse_parquet(bytes: Vec<u8>) -> Result<Vec<Row>, String> {
+    // The Parquet reader panics on some damaged pages (a length past the page's end);
+    // that becomes this file's error.
+    std::panic::catch_unwind(move || read_parquet_rows(bytes)).unwrap_or_else(|_| {
+        Err("not a readable Parquet file: a damaged page (download it again)".into())
+    })
+}
+
+fn read_parquet_rows(bytes: Vec<u8>) -> Result<Vec<Row>, String> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let reader = SerializedFileReader::new(bytes::Bytes::from(bytes))
         .map_err(|e| format!("not a Parquet file: {e}"))?;
