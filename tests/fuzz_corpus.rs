@@ -3,6 +3,7 @@
 //! so CI checks them without building the fuzzers. No input may panic; a seed is
 //! accepted unless its name starts with `bad-`; a refused input (every regression)
 //! gives a non-empty one-line error.
+#![cfg(all(feature = "bench", feature = "serve"))]
 
 use std::path::{Path, PathBuf};
 
