@@ -188,76 +188,47 @@ fn gguf_alignment<R: Read + Seek>(r: &mut R) -> std::io::Result<Option<u64>> {
     let start = r.stream_position()?;
     let len = r.seek(SeekFrom::End(0))?;
     r.seek(SeekFrom::Start(start))?;
-    let mut b8 = [0u8; 8];
-    let u32_ = |r: &mut R| -> std::io::Result<u32> {
-        let mut b = [0u8; 4];
-        r.read_exact(&mut b)?;
-        Ok(u32::from_le_bytes(b))
-    };
-    let magic = u32_(r)?;
-    let version = u32_(r)?;
-    if magic != 0x4655_4747 || !(2..=3).contains(&version) {
+    let mut walk = Walk { r, pos: start, len };
+    if walk.u32()? != 0x4655_4747 || !(2..=3).contains(&walk.u32()?) {
         return Ok(None);
     }
-    r.read_exact(&mut b8)?; // tensor count
-    r.read_exact(&mut b8)?;
-    let kv_count = u64::from_le_bytes(b8);
-    fn skip<R: Read + Seek>(r: &mut R, n: u64, len: u64) -> std::io::Result<()> {
-        let pos = r.stream_position()?;
-        if pos.checked_add(n).is_none_or(|end| end > len) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "length past the end",
-            ));
-        }
-        r.seek(SeekFrom::Current(n as i64)).map(|_| ())
-    }
-    fn scalar_size(t: u32) -> Option<u64> {
-        match t {
-            0 | 1 | 7 => Some(1),
-            2 | 3 => Some(2),
-            4..=6 => Some(4),
-            10..=12 => Some(8),
-            _ => None,
-        }
-    }
+    walk.u64()?; // tensor count
+    let kv_count = walk.u64()?;
+    const KEY: &[u8] = b"general.alignment";
     for _ in 0..kv_count {
-        r.read_exact(&mut b8)?;
-        const KEY: &[u8] = b"general.alignment";
-        let key_len = u64::from_le_bytes(b8);
-        let mut key = [0u8; KEY.len()];
+        let key_len = walk.u64()?;
         let is_alignment = if key_len == KEY.len() as u64 {
-            r.read_exact(&mut key)?;
+            let mut key = [0u8; KEY.len()];
+            walk.read(&mut key)?;
             key == KEY
         } else {
-            skip(r, key_len, len)?;
+            walk.skip(key_len)?;
             false
         };
-        let t = u32_(r)?;
+        let t = walk.u32()?;
         if is_alignment {
-            let Some(size) = scalar_size(t) else {
+            let Some(size) = gguf_scalar_size(t) else {
                 return Ok(None);
             };
             let mut v = [0u8; 8];
-            r.read_exact(&mut v[..size as usize])?;
+            walk.read(&mut v[..size as usize])?;
             return Ok(Some(u64::from_le_bytes(v)));
         }
-        match (t, scalar_size(t)) {
-            (_, Some(size)) => skip(r, size, len)?,
+        match (t, gguf_scalar_size(t)) {
+            (_, Some(size)) => walk.skip(size)?,
             (8, None) => {
-                r.read_exact(&mut b8)?;
-                skip(r, u64::from_le_bytes(b8), len)?;
+                let n = walk.u64()?;
+                walk.skip(n)?;
             }
             (9, None) => {
-                let elem = u32_(r)?;
-                r.read_exact(&mut b8)?;
-                let count = u64::from_le_bytes(b8);
-                match (elem, scalar_size(elem)) {
-                    (_, Some(size)) => skip(r, count.saturating_mul(size), len)?,
+                let elem = walk.u32()?;
+                let count = walk.u64()?;
+                match (elem, gguf_scalar_size(elem)) {
+                    (_, Some(size)) => walk.skip(count.saturating_mul(size))?,
                     (8, None) => {
                         for _ in 0..count {
-                            r.read_exact(&mut b8)?;
-                            skip(r, u64::from_le_bytes(b8), len)?;
+                            let n = walk.u64()?;
+                            walk.skip(n)?;
                         }
                     }
                     // Nested arrays: left to the reader.
@@ -268,6 +239,56 @@ fn gguf_alignment<R: Read + Seek>(r: &mut R) -> std::io::Result<Option<u64>> {
         }
     }
     Ok(None)
+}
+
+/// Bytes of one GGUF scalar value type.
+fn gguf_scalar_size(t: u32) -> Option<u64> {
+    match t {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    }
+}
+
+/// A forward walk over a file of known length that never seeks past its end; skips stay
+/// inside a buffered reader's buffer where they can.
+struct Walk<'a, R> {
+    r: &'a mut R,
+    pos: u64,
+    len: u64,
+}
+
+impl<R: Read + Seek> Walk<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        self.r.read_exact(buf)?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+    fn u32(&mut self) -> std::io::Result<u32> {
+        let mut b = [0u8; 4];
+        self.read(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn u64(&mut self) -> std::io::Result<u64> {
+        let mut b = [0u8; 8];
+        self.read(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    fn skip(&mut self, n: u64) -> std::io::Result<()> {
+        match self.pos.checked_add(n) {
+            Some(end) if end <= self.len => {
+                self.r.seek_relative(n as i64)?;
+                self.pos = end;
+                Ok(())
+            }
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "length past the end",
+            )),
+        }
+    }
 }
 
 /// Bytes of one tensor's data, or why its info is impossible.
