@@ -255,8 +255,8 @@ fn mixinstruct_scores_rouge_and_bertscore() {
 #[test]
 fn bench_bad_input_is_one_clear_line() {
     let s = smollm2();
-    // A Parquet file whose dictionary page claims more bytes than it holds (a fuzzing
-    // find: the Parquet reader panics on it).
+    // A Parquet file whose dictionary page claims more bytes than it holds: the Parquet
+    // reader panics on it.
     let damaged = tmp("damaged.parquet");
     let found =
         std::fs::read(repo().join("fuzz/regressions/bench_rows/parquet-dictionary-page-past-end"))
