@@ -34,6 +34,9 @@ enum Command {
     Align(cli::align::AlignArgs),
     /// Run members alone and as an ensemble on a benchmark, side by side.
     Bench(cli::bench::BenchArgs),
+    /// Route mode (DER): members answer one after another, a policy picks who is next;
+    /// `tutti route train` trains a learned policy.
+    Route(cli::route::RouteArgs),
     /// Serve the ensemble over the OpenAI HTTP API (completions, chat, models).
     Serve(cli::serve::ServeArgs),
     /// Print compiled features, available devices and versions.
@@ -61,6 +64,7 @@ fn main() {
         Command::Align(args) => cli::align::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Serve(args) => cli::serve::run(args),
+        Command::Route(args) => cli::route::run(args),
         Command::Info => cli::info::run(),
     };
     if let Err(err) = result {

@@ -63,6 +63,13 @@ pub trait CausalLm: Send {
     fn input_embeddings(&self) -> candle_core::Result<Tensor>;
     /// Output projection `[vocab, hidden]` as F32 when it is not tied to the input one.
     fn output_embeddings(&self) -> candle_core::Result<Option<Tensor>>;
+    /// A fixed-size encoding of `ids` read from position 0: the last layer's hidden
+    /// states after the final norm, averaged over positions, F32 `[hidden]`. Empties the
+    /// cache before and after. `None` when the model cannot encode.
+    fn encode(&mut self, ids: &[u32]) -> Result<Option<Tensor>> {
+        let _ = ids;
+        Ok(None)
+    }
 }
 
 /// How to load a model.
@@ -102,6 +109,8 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// Total bytes of weights read per decoded token (for bandwidth rooflines).
     pub weight_bytes: u64,
+    /// Parameters, embedding table included (route mode's cost per invocation).
+    pub parameters: u64,
     /// Identifies the weights: sha256 over file sizes and sampled content.
     pub weights_fingerprint: String,
 }
@@ -402,6 +411,7 @@ fn load_gguf(path: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Mod
         vocab_size: cfg.vocab_size,
         context_length: cfg.max_position_embeddings,
         weight_bytes,
+        parameters: random::parameter_count(&cfg),
         weights_fingerprint: fingerprint(&[path.to_path_buf()])?,
         source,
     };
@@ -457,6 +467,7 @@ fn load_folder(dir: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Mo
         vocab_size: cfg.vocab_size,
         context_length: cfg.max_position_embeddings,
         weight_bytes,
+        parameters: random::parameter_count(&cfg),
         weights_fingerprint: fingerprint(&files)?,
         source,
     };

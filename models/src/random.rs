@@ -113,6 +113,15 @@ pub fn weight_bytes(cfg: &TransformerConfig, dtype: DType) -> u64 {
         .sum()
 }
 
+/// Parameters of a decoder of shape `cfg`: every tensor it reads, the embedding table
+/// included once when the head is tied to it.
+pub fn parameter_count(cfg: &TransformerConfig) -> u64 {
+    tensor_shapes(cfg)
+        .iter()
+        .map(|(_, dims, _)| dims.iter().product::<usize>() as u64)
+        .sum()
+}
+
 /// A decoder of shape `cfg` with random weights in `dtype` on `device`.
 ///
 /// On the CPU the values come from a seeded generator (the same model for the same
@@ -211,6 +220,44 @@ mod tests {
         let gb = weight_bytes(&l, DType::BF16) as f64 / 1e9;
         assert!((14.0..15.5).contains(&gb), "{gb}");
         assert!(shape_config("qwen2.5-7b").unwrap().attention_bias);
+        // Llama 3 8B: 8.03 billion parameters.
+        let p = parameter_count(&l) as f64 / 1e9;
+        assert!((8.0..8.1).contains(&p), "{p}");
+    }
+
+    #[test]
+    fn encoding_is_pooled_and_leaves_the_cache_empty() {
+        let cfg = shape_config("tiny").unwrap();
+        let hidden = cfg.hidden_size;
+        let mut m = random_transformer(cfg, &Device::Cpu, DType::F32, 7).unwrap();
+        m.forward(&[5, 6]).unwrap();
+        let a = m
+            .encode(&[1, 2, 3])
+            .unwrap()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a.len(), hidden);
+        assert!(a.iter().all(|x| x.is_finite()));
+        assert_eq!(m.position(), 0);
+        // From position 0 whatever was cached, and the same ids give the same vector.
+        assert_eq!(
+            m.encode(&[1, 2, 3])
+                .unwrap()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            a
+        );
+        let b = m
+            .encode(&[1, 2, 4])
+            .unwrap()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_ne!(a, b);
+        assert!(m.encode(&[]).is_err());
+        assert_eq!(m.position(), 0);
     }
 
     #[test]

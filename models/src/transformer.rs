@@ -804,10 +804,9 @@ impl Transformer {
         self.forward_scoring(ids, false).map(|(l, _)| l)
     }
 
-    /// The logits of the last position and, when `score`, the log-probability every
-    /// other position gives the id that follows it. The last position's logits are
-    /// computed as without scoring (its MLP runs on that row alone).
-    fn forward_scoring(&mut self, ids: &[u32], score: bool) -> Result<(Tensor, Vec<f32>)> {
+    /// The embedded `ids` at the current position and their rotary tables (global, and
+    /// local when sliding layers use another base), after checking the ids and the room.
+    fn inputs(&self, ids: &[u32]) -> Result<(Tensor, Rotary, Option<Rotary>)> {
         if ids.is_empty() {
             return Err(Error::EmptyInput);
         }
@@ -836,6 +835,40 @@ impl Transformer {
         } else {
             None
         };
+        Ok((x, rot_global, rot_local))
+    }
+
+    fn encode_impl(&mut self, ids: &[u32]) -> Result<Tensor> {
+        self.truncate(0);
+        let encoded = self.inputs(ids).and_then(|(mut x, rot_global, rot_local)| {
+            let act = self.cfg.activation;
+            let pooled: candle_core::Result<Tensor> = (|| {
+                for block in self.blocks.iter_mut() {
+                    let rot = match (&rot_local, block.sliding) {
+                        (Some(r), true) => r,
+                        _ => &rot_global,
+                    };
+                    x = block.forward(&x, 0, rot, act, false)?;
+                }
+                self.norm
+                    .forward(&x)?
+                    .to_dtype(DType::F32)?
+                    .mean(1)?
+                    .flatten_all()
+            })();
+            Ok(pooled?)
+        });
+        self.truncate(0);
+        encoded
+    }
+
+    /// The logits of the last position and, when `score`, the log-probability every
+    /// other position gives the id that follows it. The last position's logits are
+    /// computed as without scoring (its MLP runs on that row alone).
+    fn forward_scoring(&mut self, ids: &[u32], score: bool) -> Result<(Tensor, Vec<f32>)> {
+        let pos0 = self.position;
+        let s = ids.len();
+        let (mut x, rot_global, rot_local) = self.inputs(ids)?;
         let act = self.cfg.activation;
         let result: candle_core::Result<(Tensor, Vec<f32>)> = (|| {
             let n_blocks = self.blocks.len();
@@ -883,6 +916,10 @@ impl CausalLm for Transformer {
 
     fn forward_scored(&mut self, ids: &[u32]) -> Result<(Tensor, Vec<f32>)> {
         self.forward_scoring(ids, true)
+    }
+
+    fn encode(&mut self, ids: &[u32]) -> Result<Option<Tensor>> {
+        self.encode_impl(ids).map(Some)
     }
 
     fn position(&self) -> usize {

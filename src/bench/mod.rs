@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod mixinstruct;
 pub mod qa;
 pub mod report;
+pub mod route;
 pub mod runner;
 pub mod speed;
 
@@ -35,6 +36,8 @@ pub enum BenchError {
     Out { path: String, reason: String },
     #[error("BERTScore encoder: {0}")]
     Encoder(String),
+    #[error("route: {0}")]
+    Route(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -118,6 +121,11 @@ pub struct Task {
 }
 
 impl Task {
+    /// Drops the first `n` items (kept for another use, e.g. training a route policy).
+    pub fn skip(&mut self, n: usize) {
+        self.items.drain(..n.min(self.items.len()));
+    }
+
     /// Keeps the first `limit` items.
     pub fn limit(&mut self, limit: Option<usize>) {
         if let Some(n) = limit {

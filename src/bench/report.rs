@@ -26,6 +26,10 @@ pub struct SystemSummary {
     /// Share of steps where several members were consulted (the ensemble only).
     pub gate_share: Option<f64>,
     pub rollbacks: Option<usize>,
+    /// Mean parameters invoked per item (when the rows know them).
+    pub parameters_per_item: Option<f64>,
+    /// Mean generation wall time per item, s.
+    pub s_per_item: f64,
 }
 
 impl SystemSummary {
@@ -77,6 +81,17 @@ impl SystemSummary {
                 }
             }),
             rollbacks: ensemble.then(|| rows.iter().map(|r| r.rollbacks).sum()),
+            parameters_per_item: rows
+                .iter()
+                .map(|r| r.parameters)
+                .sum::<Option<u64>>()
+                .filter(|_| !rows.is_empty())
+                .map(|p| p as f64 / rows.len() as f64),
+            s_per_item: if rows.is_empty() {
+                0.0
+            } else {
+                time_ms / 1e3 / rows.len() as f64
+            },
         }
     }
 
@@ -99,6 +114,15 @@ fn fmt_estimate(name: &str, e: &Estimate) -> String {
     }
 }
 
+/// `135M`, `1.2B`.
+fn fmt_parameters(p: f64) -> String {
+    if p >= 1e9 {
+        format!("{:.2}B", p / 1e9)
+    } else {
+        format!("{:.0}M", p / 1e6)
+    }
+}
+
 fn columns(summaries: &[SystemSummary]) -> (Vec<String>, Vec<Vec<String>>) {
     let mut head = vec!["system".to_string()];
     if let Some(s) = summaries.first() {
@@ -112,6 +136,8 @@ fn columns(summaries: &[SystemSummary]) -> (Vec<String>, Vec<Vec<String>>) {
             "ms/token",
             "gate",
             "rollbacks",
+            "params/item",
+            "s/item",
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -124,12 +150,18 @@ fn columns(summaries: &[SystemSummary]) -> (Vec<String>, Vec<Vec<String>>) {
             row.push(s.items.to_string());
             row.push(s.tokens.to_string());
             row.push(format!("{:.1}", s.tokens_per_s));
-            row.push(format!("{:.2}", s.ms_per_token));
+            row.push(if s.ms_per_token > 0.0 {
+                format!("{:.2}", s.ms_per_token)
+            } else {
+                "-".into()
+            });
             row.push(
                 s.gate_share
                     .map_or("-".into(), |g| format!("{:.1}%", 100.0 * g)),
             );
             row.push(s.rollbacks.map_or("-".into(), |r| r.to_string()));
+            row.push(s.parameters_per_item.map_or("-".into(), fmt_parameters));
+            row.push(format!("{:.2}", s.s_per_item));
             row
         })
         .collect();
@@ -198,7 +230,9 @@ pub fn markdown(
         md,
         "\nms/token: decoding after the first token; tokens/s: generated tokens over \
          generation wall time (prompt processing included); gate: share of steps where \
-         more than one member was consulted.\n\n![quality against ms/token]({svg_name})\n"
+         more than one member was consulted; params/item: parameters invoked per item (a \
+         member's, the sum of the ensemble's members, the sum over a route's steps); \
+         s/item: generation wall time per item.\n\n![quality against ms/token]({svg_name})\n"
     );
     md
 }
@@ -209,8 +243,15 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// A scatter plot: x = ms/token, y = the headline metric with its 95% interval.
+/// A scatter plot: x = ms/token, y = the headline metric with its 95% interval (systems
+/// that decode no tokens of their own, routes, are left out).
 pub fn svg_plot(summaries: &[SystemSummary]) -> String {
+    let summaries: Vec<SystemSummary> = summaries
+        .iter()
+        .filter(|s| s.ms_per_token > 0.0)
+        .cloned()
+        .collect();
+    let summaries = summaries.as_slice();
     let (w, h) = (640.0f64, 400.0f64);
     let (left, right, top, bottom) = (70.0, 30.0, 30.0, 55.0);
     let metric = summaries
@@ -335,7 +376,7 @@ pub fn write_report(
 
 /// Writes through a temporary file beside `path` and a rename, so a run killed while
 /// writing leaves the previous report whole, never half of one.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
@@ -370,6 +411,8 @@ mod tests {
             steps: tokens,
             ensembled_steps: tokens / 2,
             rollbacks: 1,
+            parameters: Some(135_000_000),
+            route: None,
         }
     }
 
@@ -386,6 +429,8 @@ mod tests {
         assert!((s.tokens_per_s - 50.0).abs() < 1e-9);
         assert!((s.ms_per_token - 80.0 / 6.0).abs() < 1e-9);
         assert_eq!(s.gate_share, Some(3.0 / 8.0));
+        assert_eq!(s.parameters_per_item, Some(135e6));
+        assert!((s.s_per_item - 0.08).abs() < 1e-9);
         assert_eq!(s.rollbacks, Some(2));
         let m = SystemSummary::from_rows("a.gguf", &rows[..1], &[]);
         assert_eq!((m.gate_share, m.rollbacks), (None, None));

@@ -52,6 +52,13 @@ pub struct ItemRow {
     /// Steps where more than one member was consulted (0 for a member alone).
     pub ensembled_steps: usize,
     pub rollbacks: usize,
+    /// Parameters invoked for the item: the member's, the sum of the ensemble's members,
+    /// or the sum over a route's steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<u64>,
+    /// The members a route asked, in order (route systems only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Vec<String>>,
 }
 
 /// Progress of one system's pass.
@@ -132,7 +139,12 @@ impl ResultsFile {
         self.rows.len()
     }
 
-    fn find(&self, system: &str, id: &str, config: &str) -> Result<Option<ItemRow>, BenchError> {
+    pub(crate) fn find(
+        &self,
+        system: &str,
+        id: &str,
+        config: &str,
+    ) -> Result<Option<ItemRow>, BenchError> {
         match self.rows.get(&(system.to_string(), id.to_string())) {
             Some(r) if r.config == config => Ok(Some(r.clone())),
             Some(_) => Err(BenchError::Out {
@@ -146,7 +158,7 @@ impl ResultsFile {
         }
     }
 
-    fn append(&mut self, row: &ItemRow) -> Result<(), BenchError> {
+    pub(crate) fn append(&mut self, row: &ItemRow) -> Result<(), BenchError> {
         let err = |e: std::io::Error| BenchError::Out {
             path: self.path.display().to_string(),
             reason: e.to_string(),
@@ -226,6 +238,15 @@ pub fn prompt_hash(prompt: &str) -> String {
     hex16(&Sha256::digest(prompt.as_bytes()))
 }
 
+/// The headline score of a row: correctness for exact-match tasks, else `metric`.
+pub fn row_score(row: &ItemRow, metric: Option<&str>) -> f64 {
+    match (metric, row.correct) {
+        (None, Some(ok)) => f64::from(u8::from(ok)),
+        (Some(m), _) => row.metrics.get(m).copied().unwrap_or(0.0),
+        (None, None) => 0.0,
+    }
+}
+
 /// Runs `system` over every item of `task` with the ensemble settings of `base`
 /// (decoding is greedy, with the task's token budget and stop strings); returns one
 /// row per item, in item order.
@@ -240,6 +261,14 @@ pub fn run_system(
     let name = system_name(ens, system);
     let config = config_hash(ens, base, task, system);
     let first_metric = task.judge.metric_names().into_iter().next();
+    let slots: Vec<usize> = match system {
+        System::Member(i) => vec![i],
+        System::Ensemble => (0..ens.members().len()).collect(),
+    };
+    let parameters: Option<u64> = slots
+        .iter()
+        .map(|&i| ens.members().get(i).and_then(|m| m.parameters()))
+        .sum();
     let total = task.items.len();
     let mut rows = Vec::with_capacity(total);
     let (mut reused, mut running_sum) = (0usize, 0.0f64);
@@ -250,8 +279,9 @@ pub fn run_system(
             None => None,
         };
         let row = match known {
-            Some(row) => {
+            Some(mut row) => {
                 reused += 1;
+                row.parameters = row.parameters.or(parameters);
                 row
             }
             None => {
@@ -288,6 +318,8 @@ pub fn run_system(
                         0
                     },
                     rollbacks: out.rollbacks(),
+                    parameters,
+                    route: None,
                 };
                 if let Some(r) = results.as_deref_mut() {
                     r.append(&row)?;
@@ -295,11 +327,7 @@ pub fn run_system(
                 row
             }
         };
-        running_sum += match (&first_metric, row.correct) {
-            (None, Some(ok)) => f64::from(u8::from(ok)),
-            (Some(m), _) => row.metrics.get(m).copied().unwrap_or(0.0),
-            (None, None) => 0.0,
-        };
+        running_sum += row_score(&row, first_metric.as_deref());
         rows.push(row);
         on_progress(&Progress {
             system: &name,
@@ -335,6 +363,8 @@ mod tests {
             steps: 3,
             ensembled_steps: 0,
             rollbacks: 0,
+            parameters: None,
+            route: None,
         }
     }
 

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
-use tutti_models::random::{random_transformer, shape_config, weight_bytes};
+use tutti_models::random::{parameter_count, random_transformer, shape_config, weight_bytes};
 use tutti_models::{LoadOptions, Model, ModelInfo, ModelSource, ModelTokenizer, WeightFormat};
 
 use crate::align::AlignMethod;
@@ -259,6 +259,7 @@ pub fn random_model(
         vocab_size: tcfg.vocab_size,
         context_length: tcfg.max_position_embeddings,
         weight_bytes: bytes,
+        parameters: parameter_count(&tcfg),
         weights_fingerprint: format!("random-{seed:x}"),
     };
     let lm = random_transformer(tcfg, device, dtype, seed)?;

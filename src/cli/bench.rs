@@ -57,6 +57,15 @@ pub struct RunArgs {
     /// tokenizer.json (its vocabulary widened to the tokenizer's), after the -m members.
     #[arg(long, value_name = "TOKENIZER")]
     pub weak_member: Option<PathBuf>,
+    /// Skip the first N items (after --shuffle; e.g. those a route policy trained on).
+    #[arg(long, default_value_t = 0)]
+    pub skip: usize,
+    /// ensemble: members and the token-level ensemble; route: also one route system per
+    /// --policy, in the same table, with every member alone.
+    #[arg(long, default_value = "ensemble", value_parser = ["ensemble", "route"])]
+    pub mode: String,
+    #[command(flatten)]
+    pub route: super::route::RouteOptions,
     /// Members and ensemble settings, as for `tutti generate` (decoding is greedy;
     /// --seed seeds the shot draw and --shuffle).
     #[command(flatten)]
@@ -225,13 +234,13 @@ fn systems(ens: &Ensemble, members_too: bool) -> Vec<System> {
 
 /// Progress on stderr: a bar with ETA and the running score on a terminal, a line per
 /// tenth of the items otherwise (logs).
-struct Reporter {
+pub(super) struct Reporter {
     bar: Option<indicatif::ProgressBar>,
     started: Instant,
 }
 
 impl Reporter {
-    fn new(system: &str, total: usize) -> Reporter {
+    pub(super) fn new(system: &str, total: usize) -> Reporter {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new(total as u64);
             let style = indicatif::ProgressStyle::with_template(
@@ -249,7 +258,7 @@ impl Reporter {
         }
     }
 
-    fn update(&self, p: &runner::Progress, score_name: &str) {
+    pub(super) fn update(&self, p: &runner::Progress, score_name: &str) {
         let msg = format!("{score_name} {:.3}", p.running);
         match &self.bar {
             Some(b) => {
@@ -278,7 +287,7 @@ impl Reporter {
         }
     }
 
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish();
         }
@@ -286,7 +295,18 @@ impl Reporter {
 }
 
 fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
+    task.skip(run.skip);
     task.limit(run.limit);
+    let route_mode = run.mode == "route";
+    let policies = if route_mode {
+        run.route.specs()?
+    } else {
+        if !run.route.policy.is_empty() {
+            bail!("--policy runs route systems; add --mode route");
+        }
+        Vec::new()
+    };
+    run.route.settings().validate()?;
     if task.items.is_empty() {
         bail!("no items to score (check --data and --limit)");
     }
@@ -296,6 +316,7 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
     if let Some(tok) = &run.weak_member {
         extra.push(weak_member(tok)?);
     }
+    let encoder = run.route.encoder(&plan, &policies)?;
     let mut ens = ensemble_args::build_with(&plan, extra)?;
     for note in ens.prompt_notes(&task.decode.mode.prompt("x")) {
         tracing::info!("{note}");
@@ -334,7 +355,8 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
         .cloned()
         .unwrap_or_else(|| "accuracy".into());
     let mut summaries = Vec::new();
-    for system in systems(&ens, run.members_too) {
+    let mut member_rows = Vec::new();
+    for system in systems(&ens, run.members_too || route_mode) {
         let name = runner::system_name(&ens, system);
         let reporter = Reporter::new(&name, task.items.len());
         let rows = runner::run_system(
@@ -347,6 +369,24 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
         )?;
         reporter.finish();
         summaries.push(SystemSummary::from_rows(&name, &rows, &metric_names));
+        if let System::Member(i) = system {
+            member_rows.push((i, rows));
+        }
+    }
+    if route_mode {
+        let routes = super::route::bench_routes(
+            &mut ens,
+            base,
+            &mut task,
+            &policies,
+            encoder,
+            &run.route.settings(),
+            &member_rows,
+            results.as_mut(),
+            &metric_names,
+            seed(run),
+        )?;
+        summaries.extend(routes);
     }
     let wall = t0.elapsed().as_secs_f64();
     print!("{}", report::text_table(&summaries));

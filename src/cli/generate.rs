@@ -24,9 +24,15 @@ pub struct GenerateArgs {
     /// Print one JSON object (text, ids per member, timings) instead of streaming.
     #[arg(long)]
     pub json: bool,
+    /// ensemble (token-level, every step) or route (members answer one after another;
+    /// see `tutti route`).
+    #[arg(long, default_value = "ensemble", value_parser = ["ensemble", "route"])]
+    pub mode: String,
+    #[command(flatten)]
+    pub route: super::route::RouteOptions,
 }
 
-fn read_prompt(arg: Option<&str>) -> Result<String> {
+pub fn read_prompt(arg: Option<&str>) -> Result<String> {
     let prompt = match arg {
         Some(p) => p.to_string(),
         None => {
@@ -55,6 +61,18 @@ fn read_prompt(arg: Option<&str>) -> Result<String> {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.mode == "route" {
+        return super::route::ask(super::route::AskArgs {
+            ens: args.ens,
+            route: args.route,
+            prompt: args.prompt,
+            raw: args.raw,
+            json: args.json,
+        });
+    }
+    if !args.route.policy.is_empty() || args.route.encoder.is_some() {
+        bail!("--policy and --encoder belong to route mode; add --mode route");
+    }
     let plan = ensemble_args::plan(&args.ens)?;
     let text = read_prompt(args.prompt.as_deref())?;
     let prompt = if args.raw {

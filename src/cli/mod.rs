@@ -10,5 +10,6 @@ pub mod generate;
 pub mod info;
 pub mod log;
 pub mod logits;
+pub mod route;
 pub mod serve;
 pub mod tokenize;

@@ -121,6 +121,11 @@ impl Member {
         &self.name
     }
 
+    /// Parameters of a member that runs in this process (`None` for a served one).
+    pub fn parameters(&self) -> Option<u64> {
+        self.model().map(|m| m.info.parameters)
+    }
+
     /// The member's own weight (a request may override it).
     pub fn weight(&self) -> f32 {
         self.weight

@@ -208,41 +208,47 @@ impl Agent {
         Ok(last)
     }
 
+    /// The actor's and critic's weights by name (`actor.0.weight`, ...).
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        let mut t = Vec::new();
+        for (name, net) in [("actor", &self.actor), ("critic", &self.critic)] {
+            t.extend(net.named(name));
+        }
+        t
+    }
+
+    /// An agent with the weights of [`Agent::tensors`]; the shapes give the state width,
+    /// the hidden width and the number of actions.
+    pub fn from_tensors(t: &HashMap<String, Tensor>, config: PpoConfig) -> Result<Agent> {
+        let first = get(t, "actor.0.weight")?;
+        let last = get(t, "actor.1.weight")?;
+        let (hidden, state_dim) = first.dims2()?;
+        let actions = last.dims2()?.0;
+        let mut agent = Agent::new(state_dim, actions, PpoConfig { hidden, ..config })?;
+        agent.actor.set_named("actor", t)?;
+        agent.critic.set_named("critic", t)?;
+        agent.old_actor = agent.actor.snapshot()?;
+        agent.old_critic = agent.critic.snapshot()?;
+        Ok(agent)
+    }
+
     /// Saves the actor and critic (with their shapes) as safetensors.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut t: HashMap<String, Tensor> = HashMap::new();
-        for (name, net) in [("actor", &self.actor), ("critic", &self.critic)] {
-            t.insert(format!("{name}.0.weight"), net.first.w.as_tensor().clone());
-            t.insert(format!("{name}.0.bias"), net.first.b.as_tensor().clone());
-            t.insert(format!("{name}.1.weight"), net.second.w.as_tensor().clone());
-            t.insert(format!("{name}.1.bias"), net.second.b.as_tensor().clone());
-        }
+        let t: HashMap<String, Tensor> = self.tensors().into_iter().collect();
         candle_core::safetensors::save(&t, path)
     }
 
     /// Loads what [`Agent::save`] wrote.
     pub fn load(path: &Path, config: PpoConfig) -> Result<Agent> {
-        let t = candle_core::safetensors::load(path, &Device::Cpu)?;
-        let get = |k: &str| {
-            t.get(k).cloned().ok_or_else(|| {
-                candle_core::Error::Msg(format!("{}: no tensor `{k}`", path.display()))
-            })
-        };
-        let first = get("actor.0.weight")?;
-        let last = get("actor.1.weight")?;
-        let (hidden, state_dim) = first.dims2()?;
-        let actions = last.dims2()?.0;
-        let mut agent = Agent::new(state_dim, actions, PpoConfig { hidden, ..config })?;
-        for (name, net) in [("actor", &mut agent.actor), ("critic", &mut agent.critic)] {
-            net.first.w.set(&get(&format!("{name}.0.weight"))?)?;
-            net.first.b.set(&get(&format!("{name}.0.bias"))?)?;
-            net.second.w.set(&get(&format!("{name}.1.weight"))?)?;
-            net.second.b.set(&get(&format!("{name}.1.bias"))?)?;
-        }
-        agent.old_actor = agent.actor.snapshot()?;
-        agent.old_critic = agent.critic.snapshot()?;
-        Ok(agent)
+        Agent::from_tensors(&candle_core::safetensors::load(path, &Device::Cpu)?, config)
     }
+}
+
+/// The tensor `name` of `t`, or an error naming it.
+pub(crate) fn get(t: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
+    t.get(name)
+        .cloned()
+        .ok_or_else(|| candle_core::Error::Msg(format!("no tensor `{name}`")))
 }
 
 #[cfg(test)]

@@ -30,6 +30,20 @@ impl Terminator {
             .map(|v| v[0])
     }
 
+    /// The weights by name (`terminator.0.weight`, ...).
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.net.named("terminator")
+    }
+
+    /// A terminator with the weights of [`Terminator::tensors`].
+    pub fn from_tensors(t: &std::collections::HashMap<String, Tensor>) -> Result<Terminator> {
+        let first = super::ppo::get(t, "terminator.0.weight")?;
+        let (hidden, state_dim) = first.dims2()?;
+        let mut term = Terminator::new(state_dim, hidden, 0)?;
+        term.net.set_named("terminator", t)?;
+        Ok(term)
+    }
+
     /// Whether to stop: the predicted probability is at least one half.
     pub fn stop(&self, state: &[f32]) -> Result<bool> {
         Ok(self.prob(state)? >= 0.5)

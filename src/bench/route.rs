@@ -1,0 +1,138 @@
+//! Route systems in the bench: a route policy answers every item of a task, one row per
+//! item in the same results file as the members and the token-level ensemble, with the
+//! parameters it invoked and its time (DER's cost columns).
+
+use sha2::{Digest, Sha256};
+
+use super::runner::{prompt_hash, row_score, ItemRow, Progress, ResultsFile};
+use super::{BenchError, Task};
+use crate::route::{Policy, PolicySpec, RouteContext, RouteError, RouteQuestion, RouteSettings};
+
+impl From<RouteError> for BenchError {
+    fn from(e: RouteError) -> BenchError {
+        match e {
+            RouteError::Engine(e) => BenchError::Engine(e),
+            other => BenchError::Route(other.to_string()),
+        }
+    }
+}
+
+/// The display name of a route system.
+pub fn system_name(spec: &PolicySpec) -> String {
+    format!("route {spec}")
+}
+
+/// The route questions of `task`'s items.
+pub fn questions(task: &Task) -> Vec<RouteQuestion> {
+    let chat = task.decode.mode == super::PromptMode::Chat;
+    task.items
+        .iter()
+        .map(|i| RouteQuestion::from_prompt(&i.prompt, chat))
+        .collect()
+}
+
+/// Hash of what shapes a route's outputs: the task, the members, the policy (a policy
+/// file by content), the encoder and the route settings.
+pub fn config_hash(
+    ctx: &RouteContext,
+    task: &Task,
+    spec: &PolicySpec,
+    settings: &RouteSettings,
+) -> Result<String, BenchError> {
+    let mut h = Sha256::new();
+    h.update(format!("route\0{}\0{}\0{:?}\0", task.name, task.config, task.decode).as_bytes());
+    for m in ctx.ensemble().members() {
+        match m.model() {
+            Some(model) => h.update(format!(
+                "{}\0{}\0",
+                model.info.name, model.info.weights_fingerprint
+            )),
+            None => h.update(format!("{}\0", m.name())),
+        }
+    }
+    h.update(format!("{spec}\0{}\0{}\0", settings.max_steps, settings.stop_at).as_bytes());
+    if let PolicySpec::Learned(p) | PolicySpec::Best(Some(p)) = spec {
+        let bytes = std::fs::read(p)
+            .map_err(|e| BenchError::Route(format!("policy file {}: {e}", p.display())))?;
+        h.update(Sha256::digest(&bytes));
+    }
+    if let Some(enc) = ctx.encoder() {
+        h.update(enc.fingerprint().as_bytes());
+    }
+    Ok(h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Runs `policy` over every item of `task`; rows already in `results` for the same
+/// configuration are reused.
+#[allow(clippy::too_many_arguments)]
+pub fn run_policy(
+    ctx: &mut RouteContext,
+    spec: &PolicySpec,
+    policy: &mut Policy,
+    settings: &RouteSettings,
+    task: &mut Task,
+    mut results: Option<&mut ResultsFile>,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<Vec<ItemRow>, BenchError> {
+    let name = system_name(spec);
+    let config = config_hash(ctx, task, spec, settings)?;
+    let first_metric = task.judge.metric_names().into_iter().next();
+    let questions = questions(task);
+    let total = task.items.len();
+    let (mut rows, mut reused, mut running) = (Vec::with_capacity(total), 0usize, 0.0f64);
+    for (n, q) in questions.iter().enumerate() {
+        let item = &task.items[n];
+        let known = match results.as_deref() {
+            Some(r) => r.find(&name, &item.id, &config)?,
+            None => None,
+        };
+        let row = match known {
+            Some(row) => {
+                reused += 1;
+                row
+            }
+            None => {
+                let out = ctx.run(policy, q, settings, &mut |_| {})?;
+                let verdict = task.judge.judge(item, &out.answer)?;
+                let row = ItemRow {
+                    task: task.name.clone(),
+                    id: item.id.clone(),
+                    system: name.clone(),
+                    config: config.clone(),
+                    prompt_hash: prompt_hash(&item.prompt),
+                    output: out.answer.clone(),
+                    extracted: verdict.extracted,
+                    correct: verdict.correct,
+                    metrics: verdict.metrics,
+                    tokens: 0,
+                    time_ms: out.ms,
+                    decode_ms: 0.0,
+                    decode_tokens: 0,
+                    steps: out.steps.len(),
+                    ensembled_steps: 0,
+                    rollbacks: 0,
+                    parameters: Some(out.parameters),
+                    route: Some(out.steps.iter().map(|s| s.name.clone()).collect()),
+                };
+                if let Some(r) = results.as_deref_mut() {
+                    r.append(&row)?;
+                }
+                row
+            }
+        };
+        running += row_score(&row, first_metric.as_deref());
+        rows.push(row);
+        on_progress(&Progress {
+            system: &name,
+            done: n + 1,
+            total,
+            reused,
+            row: rows.last().expect("just pushed"),
+            running: running / (n + 1) as f64,
+        });
+    }
+    Ok(rows)
+}
