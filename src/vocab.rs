@@ -27,6 +27,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokenizers::models::ModelWrapper;
 use tokenizers::Tokenizer;
+use tutti_models::config::limits::MAX_VOCAB;
 
 /// Errors of reading a tokenizer's vocabulary.
 #[derive(Debug, thiserror::Error)]
@@ -179,9 +180,13 @@ impl Vocab {
         if n == 0 {
             return Err(VocabError::EmptyVocabulary);
         }
-        if n > u32::MAX as usize - 1 {
+        // The tables below hold one entry per id up to the largest: a stray huge id in a
+        // tiny vocabulary would allocate and walk millions of empty entries.
+        if n > MAX_VOCAB {
             return Err(VocabError::UnsupportedTokenizer(format!(
-                "{n} ids do not fit the u32 id space"
+                "ids reach {} ({} tokens), past the largest vocabulary tutti accepts ({MAX_VOCAB} ids); the tokenizer.json is damaged or not a language model's",
+                n - 1,
+                raw.len()
             )));
         }
         for &e in eos_ids {
@@ -684,6 +689,16 @@ mod tests {
         assert_eq!(v.id_of(b" a"), Some(2));
         assert_eq!(v.id_of(b"<|eos|>"), None, "EOS matches by role, not bytes");
         assert_eq!(v.decode_bytes(&[2, 1, 0, 7]), b" a a".to_vec());
+    }
+
+    #[test]
+    fn a_stray_huge_id_is_refused_before_the_tables() {
+        let json = BYTE_LEVEL.replace(r#""Ċ": 4}"#, r#""Ċ": 5333334}"#);
+        let e = Vocab::from_tokenizer(&tok(&json), &[], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ids reach 5333334 (7 tokens)"), "{e}");
+        assert!(e.contains("past the largest vocabulary"), "{e}");
     }
 
     #[test]
