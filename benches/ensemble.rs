@@ -5,7 +5,9 @@
 //! feedback time as a share of step time (target ≤ 5%) and the ensemble's ms/token
 //! over the sum of the members' single-model ms/token (target ≤ 1.10).
 //!
-//! `cargo bench --bench ensemble` (needs the demo models: scripts/fetch-models.sh)
+//! `cargo bench --bench ensemble` (needs the demo models: scripts/fetch-models.sh).
+//! `cargo test --bench ensemble` (as `cargo test --all-targets` does) runs the same code
+//! at smoke size: one prompt, 8 tokens.
 
 use std::path::Path;
 
@@ -35,6 +37,13 @@ fn add(t: &mut Totals, out: &Generation) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Under `cargo test` (no `--bench` argument) the code runs, the numbers mean nothing.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (prompts, tokens) = if full {
+        (&PROMPTS[..], TOKENS)
+    } else {
+        (&PROMPTS[..1], 8)
+    };
     let models = [
         "models-cache/SmolLM2-135M-Instruct.Q4_1.gguf",
         "models-cache/gemma-3-270m-q4_k_m.gguf",
@@ -48,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .member(MemberSpec::new(models[0]).device(DeviceSpec::Cpu))
         .member(MemberSpec::new(models[1]).device(DeviceSpec::Cpu))
         .build()?;
-    let request = |p: &str| Request::raw(p).gate(Gate::Always).max_tokens(TOKENS);
+    let request = |p: &str| Request::raw(p).gate(Gate::Always).max_tokens(tokens);
     // Warm-up: first forwards allocate buffers.
     ens.generate_quiet(&request(PROMPTS[0]))?;
     let new = || Totals {
@@ -58,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (mut solo, mut pair) = ([new(), new()], new());
     let mut rollbacks = 0;
-    for p in PROMPTS {
+    for &p in prompts {
         for (i, t) in solo.iter_mut().enumerate() {
             add(t, &ens.generate_quiet(&request(p).solo(i))?);
         }

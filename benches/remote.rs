@@ -17,7 +17,7 @@
 //! machine the served members compete with the local one for the same cores);
 //! `-- sparse` runs only the tail-estimate comparison. `cargo test --bench remote`
 //! (as `cargo test --all-targets` does) runs the same code at smoke size: 8 tokens, one
-//! prompt, servers with one thread.
+//! prompt, no warm-up, servers with one thread.
 
 #[path = "../tests/remote_support/mod.rs"]
 mod remote_support;
@@ -38,6 +38,8 @@ struct Plan {
     tokens: usize,
     prompts: usize,
     server_threads: usize,
+    /// A warm-up generation per configuration before the timed ones.
+    warm_up: bool,
 }
 
 impl Plan {
@@ -49,12 +51,14 @@ impl Plan {
                 tokens: 32,
                 prompts: 4,
                 server_threads: 2,
+                warm_up: true,
             }
         } else {
             Plan {
                 tokens: 8,
                 prompts: 1,
                 server_threads: 1,
+                warm_up: false,
             }
         };
         if let Some(i) = args.iter().position(|a| a == "--server-threads") {
@@ -172,8 +176,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let request = |p: &str| Request::raw(p).max_tokens(plan.tokens);
     // Warm-up: first forwards allocate buffers, servers load their caches.
-    for (_, ens) in configs.iter_mut() {
-        ens.generate_quiet(&request(PROMPTS[0]))?;
+    if plan.warm_up {
+        for (_, ens) in configs.iter_mut() {
+            ens.generate_quiet(&request(PROMPTS[0]))?;
+        }
     }
     let mut totals: Vec<Totals> = configs.iter().map(|_| Totals::default()).collect();
     let mut reference: HashMap<&str, String> = HashMap::new();

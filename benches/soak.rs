@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench soak` runs 1,000 generations (`-- --count N` for another
 //! number); `cargo test --bench soak` (as `cargo test --all-targets` does) runs the same
-//! code for 8 generations with a warm-up of 4.
+//! code for 8 generations of at most 6 tokens with a warm-up of 4.
 
 use std::time::Instant;
 use tutti::engine::{Ensemble, MemberSpec, Message, Request, Sampling};
@@ -33,7 +33,7 @@ const PROMPTS: &[&str] = &[
     "🇨🇭 Swiss cheese is",
 ];
 
-fn request(i: usize) -> Request {
+fn request(i: usize, max_tokens: usize) -> Request {
     let text = PROMPTS[i % PROMPTS.len()];
     let mut r = if i % 3 == 2 {
         Request::chat(vec![
@@ -45,7 +45,7 @@ fn request(i: usize) -> Request {
         let repeat = if i.is_multiple_of(7) { 12 } else { 1 };
         Request::raw(vec![text; repeat].join(" "))
     };
-    r = r.max_tokens(4 + (i * 7) % 29);
+    r = r.max_tokens((4 + (i * 7) % 29).min(max_tokens));
     if i % 2 == 1 {
         r = r.sampling(Sampling::Sample {
             temperature: 0.8,
@@ -71,6 +71,7 @@ fn main() {
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(if full { 1000 } else { 8 });
     let warmup = if full { 50 } else { 4 }.min(count);
+    let max_tokens = if full { usize::MAX } else { 6 };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models-cache");
     let mut ens = match Ensemble::builder()
         .member(MemberSpec::new(
@@ -92,7 +93,7 @@ fn main() {
     let start = Instant::now();
     let (mut baseline, mut peak, mut tokens) = (0.0f64, 0.0f64, 0usize);
     for i in 0..count {
-        match ens.generate_quiet(&request(i)) {
+        match ens.generate_quiet(&request(i, max_tokens)) {
             Ok(out) => tokens += out.tokens,
             Err(e) => {
                 eprintln!("soak: generation {i} failed: {e}");
