@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Build llama.cpp's `llama-server` (CPU only) from the llama.cpp source vendored in the
+# Build one of llama.cpp's programs (CPU only) from the llama.cpp source vendored in the
 # llama-cpp-python 0.3.36 sdist, once, into third_party/llama-server/, and print the
 # binary's path on stdout (progress goes to stderr). Idempotent: a second run only prints.
 #
-# Usage: scripts/llama-server.sh
+# Usage: scripts/llama-server.sh [PROGRAM]
+#   PROGRAM: llama-server (default; the remote-member tests use it) or llama-bench
+#   (scripts/speed-vs-llamacpp.sh uses it). Both come from one configured build tree.
 # Environment: LLAMA_SERVER_JOBS (default 2) parallel compile jobs.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VERSION="0.3.36"
 DIR="$ROOT/third_party/llama-server"
-BIN="$DIR/build/bin/llama-server"
+PROGRAM="${1:-llama-server}"
+case "$PROGRAM" in
+  llama-server|llama-bench) ;;
+  *) echo "scripts/llama-server.sh: unknown program \`$PROGRAM\`; use llama-server or llama-bench" >&2; exit 2 ;;
+esac
+BIN="$DIR/build/bin/$PROGRAM"
 JOBS="${LLAMA_SERVER_JOBS:-2}"
 
 log() { echo "[llama-server] $*" >&2; }
@@ -48,14 +55,16 @@ if [ ! -f "$SRC/CMakeLists.txt" ]; then
   tar -xzf "$DIR/llama_cpp_python-$VERSION.tar.gz" -C "$DIR"
 fi
 
-log "configuring (Release, CPU only)"
-nice -n 10 "$CMAKE" -S "$SRC" -B "$DIR/build" -DCMAKE_BUILD_TYPE=Release \
-  -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
-  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-  -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
-log "building target llama-server with $JOBS jobs"
+if [ ! -f "$DIR/build/CMakeCache.txt" ]; then
+  log "configuring (Release, CPU only)"
+  nice -n 10 "$CMAKE" -S "$SRC" -B "$DIR/build" -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
+fi
+log "building target $PROGRAM with $JOBS jobs"
 start=$(date +%s)
-nice -n 10 "$CMAKE" --build "$DIR/build" --target llama-server -j "$JOBS" >&2
+nice -n 10 "$CMAKE" --build "$DIR/build" --target "$PROGRAM" -j "$JOBS" >&2
 log "built in $(( $(date +%s) - start ))s"
 test -x "$BIN"
 echo "$BIN"

@@ -18,6 +18,9 @@ struct Cli {
     /// Only warnings and errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// CPU threads for model compute [default: every core, or TUTTI_THREADS].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,6 +49,17 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     cli::log::init(cli.verbose, cli.quiet);
+    if let Some(n) = cli.threads {
+        tutti::models::pool::set_threads(n.into());
+    }
+    if cli.threads.is_some() || std::env::var_os("TUTTI_THREADS").is_some() {
+        // candle's own CPU kernels and the alignment searches size their pools from it;
+        // no other thread exists yet.
+        std::env::set_var(
+            "RAYON_NUM_THREADS",
+            tutti::models::pool::threads().to_string(),
+        );
+    }
     // Panics that tutti catches inside dependencies' file readers are reported as that
     // file's error; their default message would only repeat it less clearly.
     let default = std::panic::take_hook();

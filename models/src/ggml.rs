@@ -165,13 +165,27 @@ fn dot_tinyblas(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 fn dot_vec_f16(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [[0f32; 16]; 4];
-    for (e, (&x, &y)) in a.iter().zip(b).enumerate() {
-        let j = (e / 16) % 4;
-        let l = e % 16;
-        acc[j][l] = x.mul_add(y, acc[j][l]);
+    let n = a.len().min(b.len());
+    let full = n / 64 * 64;
+    for (ca, cb) in a[..full].chunks_exact(64).zip(b[..full].chunks_exact(64)) {
+        for (j, accj) in acc.iter_mut().enumerate() {
+            for (l, lane) in accj.iter_mut().enumerate() {
+                *lane = ca[16 * j + l].mul_add(cb[16 * j + l], *lane);
+            }
+        }
     }
     // The tail past the last 64-element step is summed in f64 by ggml; with a padded
     // cache there is none, and the zero padding is exact here as well.
+    for e in full..n {
+        let (j, l) = ((e / 16) % 4, e % 16);
+        acc[j][l] = a[e].mul_add(b[e], acc[j][l]);
+    }
+    reduce_vec_f16(&acc)
+}
+
+/// The final reduction of `ggml_vec_dot_f16`'s four 16-lane accumulators.
+#[inline]
+fn reduce_vec_f16(acc: &[[f32; 16]; 4]) -> f32 {
     let mut s = [0f32; 16];
     for l in 0..16 {
         let a02 = acc[0][l] + acc[2][l];
@@ -179,6 +193,29 @@ fn dot_vec_f16(a: &[f32], b: &[f32]) -> f32 {
         s[l] = a02 + a13;
     }
     reduce16(&s)
+}
+
+/// `out[d] = dot_vec_f16(column d of v, w)` for every `d < hd`, where `v` is `[t, hd]`
+/// row-major: the same per-lane sums, accumulated row by row (`acc[j % 64][d]`) so that
+/// `v` is read in order instead of one strided column at a time.
+fn weighted_rows_vec_f16(v: &[f32], w: &[f32], hd: usize, acc: &mut Vec<f32>, out: &mut [f32]) {
+    acc.clear();
+    acc.resize(64 * hd, 0.0);
+    for (j, (row, &wj)) in v.chunks_exact(hd).zip(w).enumerate() {
+        let a = &mut acc[(j % 64) * hd..(j % 64 + 1) * hd];
+        for (x, &vd) in a.iter_mut().zip(row) {
+            *x = vd.mul_add(wj, *x);
+        }
+    }
+    for (d, o) in out.iter_mut().enumerate().take(hd) {
+        let mut lanes = [[0f32; 16]; 4];
+        for (j, lj) in lanes.iter_mut().enumerate() {
+            for (l, x) in lj.iter_mut().enumerate() {
+                *x = acc[(16 * j + l) * hd + d];
+            }
+        }
+        *o = reduce_vec_f16(&lanes);
+    }
 }
 
 /// Softmax of one row in place (`ggml_compute_forward_soft_max_f32` with a 0/-inf mask
@@ -201,66 +238,144 @@ fn softmax_row(w: &mut [f32]) {
     }
 }
 
+/// The cached keys and values of one layer, `[kv head][position][head dim]` with
+/// `stride` positions reserved per head; attention reads `t` positions from `first`.
+#[derive(Clone, Copy)]
+pub struct KvRows<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub stride: usize,
+    pub first: usize,
+    pub t: usize,
+}
+
+impl<'a> KvRows<'a> {
+    fn head(&self, data: &'a [f32], kvh: usize, hd: usize) -> &'a [f32] {
+        let start = (kvh * self.stride + self.first) * hd;
+        &data[start..start + self.t * hd]
+    }
+}
+
+thread_local! {
+    /// Per-thread rows of the attention (scores, a gathered column, lane sums).
+    static ATT_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
 /// Attention for one sequence on f16-valued data, like llama.cpp's non-flash CPU path.
 ///
-/// `q`: `[nh, s, hd]` (already rounded to f16), `k`, `v`: `[nkv, t, hd]` (f16 values),
-/// `visible(i, j)`: whether query `i` sees key `j`. Returns `[s, nh * hd]`.
+/// `q`: `[nh, s, hd]` (already rounded to f16), `kv`: f16 values, `visible(i, j)`:
+/// whether query `i` sees key `j` (counted from `kv.first`). Writes `out`, `[s, nh * hd]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    kv: KvRows<'_>,
     nh: usize,
     nkv: usize,
     s: usize,
-    t: usize,
     hd: usize,
     scale: f32,
     visible: impl Fn(usize, usize) -> bool + Sync,
-) -> Vec<f32> {
-    use rayon::prelude::*;
+    out: &mut [f32],
+) {
     let n_rep = nh / nkv;
     let several = s >= 2;
-    let mut out = vec![0f32; s * nh * hd];
+    let t = kv.t;
+    let out = &mut out[..s * nh * hd];
+    let out_ptr = out.as_mut_ptr() as usize;
     // Every (query, head) pair is independent: spread them over the cores. Each pair
     // still sums in ggml's order, so the result does not depend on the thread count.
-    out.par_chunks_mut(hd).enumerate().for_each_init(
-        || (vec![0f32; t], vec![0f32; t]),
-        |(w, vt), (c, o)| {
-            let (i, h) = (c / nh, c % nh);
-            let kvh = h / n_rep;
-            let kh = &k[kvh * t * hd..(kvh + 1) * t * hd];
-            let vh = &v[kvh * t * hd..(kvh + 1) * t * hd];
-            let qi = &q[(h * s + i) * hd..(h * s + i + 1) * hd];
-            for j in 0..t {
-                // A masked key's score is not needed (its weight is exactly 0).
-                w[j] = if visible(i, j) {
-                    let kj = &kh[j * hd..(j + 1) * hd];
-                    let d = if several {
-                        dot_tinyblas(kj, qi)
-                    } else {
-                        dot_vec_f16(kj, qi)
-                    };
-                    d * scale
-                } else {
-                    f32::NEG_INFINITY
+    crate::pool::for_ranges(s * nh, 1, &|pairs| {
+        ATT_SCRATCH.with(|cell| {
+            let mut scratch = cell.borrow_mut();
+            let (w, vt, acc) = &mut *scratch;
+            w.resize(t, 0.0);
+            vt.resize(t, 0.0);
+            for c in pairs {
+                // SAFETY: pair `c` owns `out[c * hd..(c + 1) * hd]`; no other pair writes it.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(c * hd), hd)
                 };
-            }
-            softmax_row(w);
-            for p in w.iter_mut() {
-                *p = f16::from_f32(*p).to_f32();
-            }
-            for (dd, od) in o.iter_mut().enumerate() {
+                let (i, h) = (c / nh, c % nh);
+                let kvh = h / n_rep;
+                let kh = kv.head(kv.k, kvh, hd);
+                let vh = kv.head(kv.v, kvh, hd);
+                let qi = &q[(h * s + i) * hd..(h * s + i + 1) * hd];
                 for j in 0..t {
-                    vt[j] = vh[j * hd + dd];
+                    // A masked key's score is not needed (its weight is exactly 0).
+                    w[j] = if visible(i, j) {
+                        let kj = &kh[j * hd..(j + 1) * hd];
+                        let d = if several {
+                            dot_tinyblas(kj, qi)
+                        } else {
+                            dot_vec_f16(kj, qi)
+                        };
+                        d * scale
+                    } else {
+                        f32::NEG_INFINITY
+                    };
                 }
-                *od = if several {
-                    dot_tinyblas(vt, w)
-                } else {
-                    dot_vec_f16(vt, w)
-                };
+                softmax_row(w);
+                for p in w.iter_mut() {
+                    *p = f16::from_f32(*p).to_f32();
+                }
+                if !several {
+                    weighted_rows_vec_f16(vh, w, hd, acc, o);
+                    continue;
+                }
+                for (dd, od) in o.iter_mut().enumerate() {
+                    for j in 0..t {
+                        vt[j] = vh[j * hd + dd];
+                    }
+                    *od = dot_tinyblas(vt, w);
+                }
             }
-        },
-    );
-    out
+        })
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                f16::from_f32((x >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0).to_f32()
+            })
+            .collect()
+    }
+
+    /// `ggml_vec_dot_f16`'s lanes written element by element: lane `(e / 16) % 4`, `e % 16`.
+    fn dot_by_element(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [[0f32; 16]; 4];
+        for (e, (&x, &y)) in a.iter().zip(b).enumerate() {
+            acc[(e / 16) % 4][e % 16] = x.mul_add(y, acc[(e / 16) % 4][e % 16]);
+        }
+        reduce_vec_f16(&acc)
+    }
+
+    #[test]
+    fn chunked_dot_is_the_element_order_dot() {
+        for n in [1, 15, 64, 100, 128, 256, 1000] {
+            let (a, b) = (values(n, 1), values(n, 2));
+            assert_eq!(dot_vec_f16(&a, &b).to_bits(), dot_by_element(&a, &b).to_bits());
+        }
+    }
+
+    #[test]
+    fn weighted_rows_are_the_column_dots() {
+        for (t, hd) in [(1, 64), (7, 64), (65, 64), (300, 256), (129, 80)] {
+            let v = values(t * hd, 3);
+            let w = values(t, 4);
+            let mut out = vec![0f32; hd];
+            weighted_rows_vec_f16(&v, &w, hd, &mut Vec::new(), &mut out);
+            for (d, &o) in out.iter().enumerate() {
+                let col: Vec<f32> = (0..t).map(|j| v[j * hd + d]).collect();
+                assert_eq!(o.to_bits(), dot_by_element(&col, &w).to_bits(), "t {t} d {d}");
+            }
+        }
+    }
 }

@@ -79,10 +79,120 @@ impl KvCache {
     }
 }
 
+/// The same cache in plain host memory, `[kv head][position][head dim]` f32 rows, for
+/// the CPU attention that follows llama.cpp (`ggml.rs`): it reads the rows in place
+/// instead of copying the cache out of a tensor every step.
+#[derive(Debug, Clone, Default)]
+pub struct HostKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    heads: usize,
+    head_dim: usize,
+    cap: usize,
+    len: usize,
+}
+
+impl HostKv {
+    pub fn new(heads: usize, head_dim: usize) -> Self {
+        HostKv {
+            heads,
+            head_dim,
+            ..Default::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions reserved per head.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Appends `s` positions given as `[heads][s][head dim]`.
+    pub fn append(&mut self, k: &[f32], v: &[f32], s: usize) -> Result<()> {
+        let (h, d) = (self.heads, self.head_dim);
+        if k.len() != h * s * d || v.len() != h * s * d {
+            candle_core::bail!(
+                "kv cache: {s} positions of {h} heads × {d} need {} values, got {} and {}",
+                h * s * d,
+                k.len(),
+                v.len()
+            );
+        }
+        let needed = self.len + s;
+        if needed > self.cap {
+            let cap = (self.cap * 2).max(needed).max(CHUNK).div_ceil(CHUNK) * CHUNK;
+            for data in [&mut self.k, &mut self.v] {
+                let mut grown = vec![0f32; h * cap * d];
+                for head in 0..h {
+                    let old = &data[head * self.cap * d..(head * self.cap + self.len) * d];
+                    grown[head * cap * d..head * cap * d + old.len()].copy_from_slice(old);
+                }
+                *data = grown;
+            }
+            self.cap = cap;
+        }
+        for head in 0..h {
+            let dst = (head * self.cap + self.len) * d;
+            let src = head * s * d;
+            self.k[dst..dst + s * d].copy_from_slice(&k[src..src + s * d]);
+            self.v[dst..dst + s * d].copy_from_slice(&v[src..src + s * d]);
+        }
+        self.len = needed;
+        Ok(())
+    }
+
+    /// The cached rows from position `first` to the end, for the attention.
+    pub fn rows(&self, first: usize) -> crate::ggml::KvRows<'_> {
+        crate::ggml::KvRows {
+            k: &self.k,
+            v: &self.v,
+            stride: self.cap,
+            first,
+            t: self.len.saturating_sub(first),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    #[test]
+    fn host_cache_appends_truncates_and_grows_per_head() {
+        let mut c = HostKv::new(2, 3);
+        let rows = |c: &HostKv, head: usize| {
+            let r = c.rows(0);
+            r.k[head * r.stride * 3..(head * r.stride + r.t) * 3].to_vec()
+        };
+        // Two positions: head 0 gets 0..6, head 1 gets 10..16.
+        let k: Vec<f32> = (0..6).chain(10..16).map(|x| x as f32).collect();
+        c.append(&k, &k, 2).unwrap();
+        c.truncate(1);
+        let k2: Vec<f32> = [7., 7., 7., 17., 17., 17.].to_vec();
+        c.append(&k2, &k2, 1).unwrap();
+        assert_eq!(rows(&c, 0), [0., 1., 2., 7., 7., 7.]);
+        assert_eq!(rows(&c, 1), [10., 11., 12., 17., 17., 17.]);
+        // Grow past the first chunk: old rows survive at their new stride.
+        let n = c.capacity();
+        let big = vec![1f32; 2 * n * 3];
+        c.append(&big, &big, n).unwrap();
+        assert!(c.capacity() >= n + 2);
+        assert_eq!(&rows(&c, 1)[..6], &[10., 11., 12., 17., 17., 17.]);
+        assert_eq!(c.rows(1).t, n + 1);
+        assert!(c.append(&big[..5], &big[..5], 1).is_err());
+    }
 
     fn step(c: &mut KvCache, start: f32, n: usize) -> (Tensor, Tensor) {
         let k = Tensor::arange(start, start + n as f32, &Device::Cpu)

@@ -15,6 +15,7 @@ pub(crate) mod error;
 pub mod fuzz;
 mod ggml;
 pub mod kv_cache;
+pub mod pool;
 mod quant;
 pub mod random;
 pub mod source;

@@ -70,21 +70,8 @@ impl QuantLinear {
         }
         let m = x.elem_count() / k.max(1);
         let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let mut dst = vec![0f32; m * self.n];
-        let data = self.w.data()?;
-        match self.w.dtype() {
-            GgmlDType::Q4_0 => run::<BlockQ4_0>(&data, &xs, m, k, self.n, &mut dst)?,
-            GgmlDType::Q4_1 => run::<BlockQ4_1>(&data, &xs, m, k, self.n, &mut dst)?,
-            GgmlDType::Q5_0 => run::<BlockQ5_0>(&data, &xs, m, k, self.n, &mut dst)?,
-            GgmlDType::Q5_1 => run::<BlockQ5_1>(&data, &xs, m, k, self.n, &mut dst)?,
-            GgmlDType::Q8_0 => run::<BlockQ8_0>(&data, &xs, m, k, self.n, &mut dst)?,
-            GgmlDType::Q2K => run::<BlockQ2K>(&data, &xs, m, k, self.n, &mut dst)?,
-            GgmlDType::Q3K => run::<BlockQ3K>(&data, &xs, m, k, self.n, &mut dst)?,
-            GgmlDType::Q4K => run::<BlockQ4K>(&data, &xs, m, k, self.n, &mut dst)?,
-            GgmlDType::Q5K => run::<BlockQ5K>(&data, &xs, m, k, self.n, &mut dst)?,
-            GgmlDType::Q6K => run::<BlockQ6K>(&data, &xs, m, k, self.n, &mut dst)?,
-            d => candle_core::bail!("quantized matmul: unsupported format {d:?}"),
-        }
+        let mut dst = Vec::new();
+        self.forward_host(&xs, m, &mut dst)?;
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.n;
         let out = Tensor::from_vec(dst, out_dims, &Device::Cpu)?;
@@ -92,6 +79,34 @@ impl QuantLinear {
             Ok(out)
         } else {
             out.to_dtype(x.dtype())
+        }
+    }
+}
+
+impl QuantLinear {
+    /// `y = x W^T` for `m` rows of host memory; `dst` is resized to `m × n`.
+    pub fn forward_host(&self, xs: &[f32], m: usize, dst: &mut Vec<f32>) -> Result<()> {
+        let (k, n) = (self.k, self.n);
+        if xs.len() != m * k {
+            candle_core::bail!(
+                "quantized matmul: {} input values for {m} rows of {k}",
+                xs.len()
+            );
+        }
+        dst.resize(m * n, 0.0);
+        let data = self.w.data()?;
+        match self.w.dtype() {
+            GgmlDType::Q4_0 => run::<BlockQ4_0>(&data, xs, m, k, n, dst),
+            GgmlDType::Q4_1 => run::<BlockQ4_1>(&data, xs, m, k, n, dst),
+            GgmlDType::Q5_0 => run::<BlockQ5_0>(&data, xs, m, k, n, dst),
+            GgmlDType::Q5_1 => run::<BlockQ5_1>(&data, xs, m, k, n, dst),
+            GgmlDType::Q8_0 => run::<BlockQ8_0>(&data, xs, m, k, n, dst),
+            GgmlDType::Q2K => run::<BlockQ2K>(&data, xs, m, k, n, dst),
+            GgmlDType::Q3K => run::<BlockQ3K>(&data, xs, m, k, n, dst),
+            GgmlDType::Q4K => run::<BlockQ4K>(&data, xs, m, k, n, dst),
+            GgmlDType::Q5K => run::<BlockQ5K>(&data, xs, m, k, n, dst),
+            GgmlDType::Q6K => run::<BlockQ6K>(&data, xs, m, k, n, dst),
+            d => candle_core::bail!("quantized matmul: unsupported format {d:?}"),
         }
     }
 }
@@ -329,7 +344,6 @@ fn dot_all<T: GgmlType>(
         write(r, c + 2, d2);
         write(r, c + 3, d3);
     };
-    let pool = candle_core::utils::barrier_pool();
     if quads == 0 {
         for r in 0..m {
             for c in 0..n {
@@ -340,7 +354,7 @@ fn dot_all<T: GgmlType>(
     }
     const ROW_TILE: usize = 4;
     let tiles = m.div_ceil(ROW_TILE);
-    pool.execute_chunked(tiles * quads, |range| {
+    crate::pool::for_ranges(tiles * quads, 1, &|range| {
         for it in range {
             let r0 = (it / quads) * ROW_TILE;
             let q = it % quads;
@@ -412,7 +426,7 @@ fn hsum8(v: &[f32; 8]) -> f32 {
     (r[0] + r[2]) + (r[1] + r[3])
 }
 
-/// Runs `dot(weight row, activation row)` for every (row, column) on candle's thread pool.
+/// Runs `dot(weight row, activation row)` for every (row, column) on the thread pool.
 #[allow(clippy::too_many_arguments)]
 fn dot_all_rows(
     w: &[u8],
@@ -428,10 +442,9 @@ fn dot_all_rows(
     let wrow = k / 32 * wblock;
     let arow = k / 32 * ablock;
     let dst_ptr = dst.as_mut_ptr() as usize;
-    let pool = candle_core::utils::barrier_pool();
     const COLS: usize = 8;
     let groups = n.div_ceil(COLS);
-    pool.execute_chunked(groups * m, |range| {
+    crate::pool::for_ranges(groups * m, 1, &|range| {
         for it in range {
             let r = it / groups;
             let c0 = (it % groups) * COLS;
@@ -516,10 +529,9 @@ fn dot_all_rows_k(
     let wrow = k / QK_K * wblock;
     let arow = k / QK_K * ab;
     let dst_ptr = dst.as_mut_ptr() as usize;
-    let pool = candle_core::utils::barrier_pool();
     const COLS: usize = 8;
     let groups = n.div_ceil(COLS);
-    pool.execute_chunked(groups * m, |range| {
+    crate::pool::for_ranges(groups * m, 1, &|range| {
         for it in range {
             let r = it / groups;
             let c0 = (it % groups) * COLS;
@@ -542,40 +554,105 @@ fn dot_q6k(w: &[u8], a: &[u8]) -> f32 {
     let ab = act_block_bytes(ActFormat::Q8K);
     let mut acc = [0f32; 8];
     for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(ab)) {
-        let ql = &x[0..128];
-        let qh = &x[128..192];
-        let sc = &x[192..208];
         let dx = f16_at(x, 208);
         let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
-        let q8 = &y[4..4 + QK_K];
-        let bs = &y[4 + QK_K..];
         let d = dy * dx;
-        let mut lanes = [0i32; 8];
-        for half in 0..2 {
-            let ql = &ql[64 * half..];
-            let qh = &qh[32 * half..];
-            for l in 0..32 {
-                let vals = q6k_quads(ql, qh, l);
-                for (v, &q) in vals.iter().enumerate() {
-                    let e = 128 * half + 32 * v + l;
-                    let scale = sc[e / 16] as i8 as i32;
-                    lanes[l / 4] += scale * q * (q8[e] as i8 as i32);
-                }
-            }
-        }
-        for (l, lane) in lanes.iter_mut().enumerate() {
-            let mut sub = 0i32;
-            for g in [2 * l, 2 * l + 1] {
-                let bsum = i16::from_le_bytes([bs[2 * g], bs[2 * g + 1]]) as i32;
-                sub += bsum * (sc[g] as i8 as i32);
-            }
-            *lane -= sub << 5;
-        }
+        let lanes = simd::q6k_lanes(x, y);
         for l in 0..8 {
             acc[l] = d.mul_add(lanes[l] as f32, acc[l]);
         }
     }
     hsum8(&acc)
+}
+
+/// The 8 exact int32 lanes of one Q6_K super-block against its Q8_K activations, as
+/// `ggml_vec_dot_q6_K_q8_K` (AVX2) forms them: lane `l` sums `scale * q * q8` over the
+/// values `e` with `(e % 32) / 4 == l` (`q` unsigned, 0..64), minus
+/// `32 * Σ scale * bsum` over the 16-value groups `2l` and `2l + 1`.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn q6k_lanes(x: &[u8], y: &[u8]) -> [i32; 8] {
+    let ql = &x[0..128];
+    let qh = &x[128..192];
+    let sc = &x[192..208];
+    let q8 = &y[4..4 + QK_K];
+    let bs = &y[4 + QK_K..];
+    let mut lanes = [0i32; 8];
+    for half in 0..2 {
+        let ql = &ql[64 * half..];
+        let qh = &qh[32 * half..];
+        for l in 0..32 {
+            let vals = q6k_quads(ql, qh, l);
+            for (v, &q) in vals.iter().enumerate() {
+                let e = 128 * half + 32 * v + l;
+                let scale = sc[e / 16] as i8 as i32;
+                lanes[l / 4] += scale * q * (q8[e] as i8 as i32);
+            }
+        }
+    }
+    for (l, lane) in lanes.iter_mut().enumerate() {
+        let mut sub = 0i32;
+        for g in [2 * l, 2 * l + 1] {
+            let bsum = i16::from_le_bytes([bs[2 * g], bs[2 * g + 1]]) as i32;
+            sub += bsum * (sc[g] as i8 as i32);
+        }
+        *lane -= sub << 5;
+    }
+    lanes
+}
+
+/// The 6-bit scales and mins of a Q4_K super-block (its 12 packed bytes).
+#[inline]
+fn q4k_scales(sc: &[u8]) -> ([i32; 8], [i32; 8]) {
+    let mut scales = [0i32; 8];
+    let mut mins = [0i32; 8];
+    for j in 0..8 {
+        let (s, m) = if j < 4 {
+            ((sc[j] & 63) as i32, (sc[j + 4] & 63) as i32)
+        } else {
+            (
+                ((sc[j + 4] & 0x0f) | ((sc[j - 4] >> 6) << 4)) as i32,
+                ((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)) as i32,
+            )
+        };
+        scales[j] = s;
+        mins[j] = m;
+    }
+    (scales, mins)
+}
+
+/// The exact sums `Σ scale Σ q4 q8` of one Q4_K super-block per pair of 32-value
+/// sub-blocks (`2p`: low nibbles of bytes `32p..32p+32`, `2p + 1`: high nibbles).
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn q4k_pair_sums(x: &[u8], y: &[u8], scales: &[i32; 8]) -> [i32; 4] {
+    let qs = &x[16..144];
+    let q8 = &y[4..4 + QK_K];
+    let mut out = [0i32; 4];
+    for (pair, o) in out.iter_mut().enumerate() {
+        let q = &qs[32 * pair..32 * pair + 32];
+        for j in [2 * pair, 2 * pair + 1] {
+            let mut t = 0i32;
+            for l in 0..32 {
+                let v = if j % 2 == 0 { q[l] & 0x0f } else { q[l] >> 4 } as i32;
+                t += v * (q8[32 * j + l] as i8 as i32);
+            }
+            *o += scales[j] * t;
+        }
+    }
+    out
 }
 
 /// Q4_K as llama.cpp's repacked x86 kernels compute it. Per super-block and 64-value pair
@@ -590,45 +667,26 @@ fn dot_q4k_repacked(w: &[u8], a: &[u8], gemm: bool) -> f32 {
     for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(ab)) {
         let d = f16_at(x, 0);
         let dmin = f16_at(x, 2);
-        let sc = &x[4..16];
-        let qs = &x[16..144];
+        let (scales, mins) = q4k_scales(&x[4..16]);
         let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
-        let q8 = &y[4..4 + QK_K];
         let bs = &y[4 + QK_K..];
         let bsum = |g: usize| i16::from_le_bytes([bs[2 * g], bs[2 * g + 1]]) as i32;
         let (dd, dm) = (d * dy, dmin * dy);
-        let mut isum = 0i32;
-        let mut imin = 0i32;
-        for pair in 0..4 {
-            let mut psum = 0i32;
-            let mut pmin = 0i32;
-            for j in [2 * pair, 2 * pair + 1] {
-                let (scale, min) = if j < 4 {
-                    ((sc[j] & 63) as i32, (sc[j + 4] & 63) as i32)
-                } else {
-                    (
-                        ((sc[j + 4] & 0x0f) | ((sc[j - 4] >> 6) << 4)) as i32,
-                        ((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)) as i32,
-                    )
-                };
-                let q = &qs[32 * pair..32 * pair + 32];
-                let mut t = 0i32;
-                for l in 0..32 {
-                    let v = if j % 2 == 0 { q[l] & 0x0f } else { q[l] >> 4 } as i32;
-                    t += v * (q8[32 * j + l] as i8 as i32);
-                }
-                psum += scale * t;
-                pmin += min * (bsum(2 * j) + bsum(2 * j + 1));
-            }
-            if gemm {
+        let psums = simd::q4k_pair_sums(x, y, &scales);
+        let pmin = |pair: usize| {
+            [2 * pair, 2 * pair + 1]
+                .iter()
+                .map(|&j| mins[j] * (bsum(2 * j) + bsum(2 * j + 1)))
+                .sum::<i32>()
+        };
+        if gemm {
+            for (pair, &psum) in psums.iter().enumerate() {
                 acc = (psum as f32).mul_add(dd, acc);
-                acc_min = (pmin as f32).mul_add(dm, acc_min);
-            } else {
-                isum += psum;
-                imin += pmin;
+                acc_min = (pmin(pair) as f32).mul_add(dm, acc_min);
             }
-        }
-        if !gemm {
+        } else {
+            let isum: i32 = psums.iter().sum();
+            let imin: i32 = (0..4).map(pmin).sum();
             acc = (isum as f32).mul_add(dd, acc);
             acc_min = (imin as f32).mul_add(dm, acc_min);
         }
@@ -652,20 +710,7 @@ fn dot_q4k(w: &[u8], a: &[u8]) -> f32 {
         let bsum = |g: usize| i16::from_le_bytes([bs[2 * g], bs[2 * g + 1]]) as i32;
         let d = dy * dx;
         let dmin = -dy * dminx;
-        let mut scales = [0i32; 8];
-        let mut mins = [0i32; 8];
-        for j in 0..8 {
-            let (s, m) = if j < 4 {
-                ((sc[j] & 63) as i32, (sc[j + 4] & 63) as i32)
-            } else {
-                (
-                    ((sc[j + 4] & 0x0f) | ((sc[j - 4] >> 6) << 4)) as i32,
-                    ((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)) as i32,
-                )
-            };
-            scales[j] = s;
-            mins[j] = m;
-        }
+        let (scales, mins) = q4k_scales(sc);
         for i in 0..4 {
             let prod = mins[2 * i] * (bsum(4 * i) + bsum(4 * i + 1))
                 + mins[2 * i + 1] * (bsum(4 * i + 2) + bsum(4 * i + 3));
@@ -789,6 +834,99 @@ mod simd {
             hsum_float_8(acc)
         }
     }
+
+    /// Sum of 8 int32 lanes (exact, any order).
+    #[inline]
+    unsafe fn hsum_i32_8(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+
+    /// [`super::q6k_lanes`] with AVX2 (the same integers).
+    pub fn q6k_lanes(x: &[u8], y: &[u8]) -> [i32; 8] {
+        assert!(x.len() >= 210 && y.len() >= 4 + 256 + 32);
+        // SAFETY: AVX2 is enabled at compile time; every load is inside `x` or `y`
+        // (lengths checked above).
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0f);
+            let m2 = _mm256_set1_epi8(3);
+            let ql = x.as_ptr();
+            let qh = x.as_ptr().add(128);
+            let sc = x.as_ptr().add(192) as *const i8;
+            let q8 = y.as_ptr().add(4);
+            let mut lanes = _mm256_setzero_si256();
+            for half in 0..2 {
+                let b1 = _mm256_loadu_si256(ql.add(64 * half) as *const __m256i);
+                let b2 = _mm256_loadu_si256(ql.add(64 * half + 32) as *const __m256i);
+                let bh = _mm256_loadu_si256(qh.add(32 * half) as *const __m256i);
+                let hi = |shift: i32| -> __m256i {
+                    let h = match shift {
+                        0 => bh,
+                        2 => _mm256_srli_epi16(bh, 2),
+                        4 => _mm256_srli_epi16(bh, 4),
+                        _ => _mm256_srli_epi16(bh, 6),
+                    };
+                    _mm256_slli_epi16(_mm256_and_si256(h, m2), 4)
+                };
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(b1, m4), hi(0)),
+                    _mm256_or_si256(_mm256_and_si256(b2, m4), hi(2)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4), hi(4)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4), hi(6)),
+                ];
+                for (v, qv) in q.iter().enumerate() {
+                    let e0 = 128 * half + 32 * v;
+                    let y8 = _mm256_loadu_si256(q8.add(e0) as *const __m256i);
+                    let p = _mm256_maddubs_epi16(*qv, y8);
+                    let s = _mm256_set_m128i(
+                        _mm_set1_epi16(*sc.add(e0 / 16 + 1) as i16),
+                        _mm_set1_epi16(*sc.add(e0 / 16) as i16),
+                    );
+                    lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(p, s));
+                }
+            }
+            let bsums = _mm256_loadu_si256(y.as_ptr().add(4 + 256) as *const __m256i);
+            let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+            let sub = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales), 5);
+            let mut out = [0i32; 8];
+            _mm256_storeu_si256(
+                out.as_mut_ptr() as *mut __m256i,
+                _mm256_sub_epi32(lanes, sub),
+            );
+            out
+        }
+    }
+
+    /// [`super::q4k_pair_sums`] with AVX2 (the same integers).
+    pub fn q4k_pair_sums(x: &[u8], y: &[u8], scales: &[i32; 8]) -> [i32; 4] {
+        assert!(x.len() >= 144 && y.len() >= 4 + 256);
+        // SAFETY: as above.
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0f);
+            let qs = x.as_ptr().add(16);
+            let q8 = y.as_ptr().add(4);
+            let mut out = [0i32; 4];
+            for (pair, o) in out.iter_mut().enumerate() {
+                let q = _mm256_loadu_si256(qs.add(32 * pair) as *const __m256i);
+                let lo = _mm256_and_si256(q, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                let ya = _mm256_loadu_si256(q8.add(64 * pair) as *const __m256i);
+                let yb = _mm256_loadu_si256(q8.add(64 * pair + 32) as *const __m256i);
+                let sa = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(lo, ya),
+                    _mm256_set1_epi16(scales[2 * pair] as i16),
+                );
+                let sb = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(hi, yb),
+                    _mm256_set1_epi16(scales[2 * pair + 1] as i16),
+                );
+                *o = hsum_i32_8(_mm256_add_epi32(sa, sb));
+            }
+            out
+        }
+    }
 }
 
 #[cfg(not(all(
@@ -797,7 +935,7 @@ mod simd {
     target_feature = "fma"
 )))]
 mod simd {
-    pub(super) use super::{dot_q0, dot_q4_1};
+    pub(super) use super::{dot_q0, dot_q4_1, q4k_pair_sums, q6k_lanes};
 }
 
 /// Q4_K / Q6_K through ggml's tiled K-quant matmul (`ggml-cpu/tiled`, AVX-512 VNNI
@@ -809,24 +947,10 @@ fn dot_q6k_tiled(w: &[u8], a: &[u8]) -> f32 {
     let ab = act_block_bytes(ActFormat::Q8K);
     let mut acc = 0f32;
     for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(ab)) {
-        let ql = &x[0..128];
-        let qh = &x[128..192];
-        let sc = &x[192..208];
         let dx = f16_at(x, 208);
         let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
-        let q8 = &y[4..4 + QK_K];
-        let mut s1 = 0i32;
-        for half in 0..2 {
-            let ql = &ql[64 * half..];
-            let qh = &qh[32 * half..];
-            for l in 0..32 {
-                let vals = q6k_quads(ql, qh, l);
-                for (v, &q) in vals.iter().enumerate() {
-                    let e = 128 * half + 32 * v + l;
-                    s1 += (sc[e / 16] as i8 as i32) * (q - 32) * (q8[e] as i8 as i32);
-                }
-            }
-        }
+        // Σ scale (q - 32) q8 = Σ scale q q8 - 32 Σ scale bsum: the lanes' total.
+        let s1: i32 = simd::q6k_lanes(x, y).iter().sum();
         let r = s1 as f32 * dx;
         acc = r.mul_add(dy, acc);
     }
@@ -839,31 +963,12 @@ fn dot_q4k_tiled(w: &[u8], a: &[u8]) -> f32 {
     for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(ab)) {
         let d = f16_at(x, 0);
         let dmin = f16_at(x, 2);
-        let sc = &x[4..16];
-        let qs = &x[16..144];
+        let (scales, mins) = q4k_scales(&x[4..16]);
         let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
-        let q8 = &y[4..4 + QK_K];
         let bs = &y[4 + QK_K..];
         let bsum = |g: usize| i16::from_le_bytes([bs[2 * g], bs[2 * g + 1]]) as i32;
-        let (mut s1, mut s2) = (0i32, 0i32);
-        for j in 0..8 {
-            let (scale, min) = if j < 4 {
-                ((sc[j] & 63) as i32, (sc[j + 4] & 63) as i32)
-            } else {
-                (
-                    ((sc[j + 4] & 0x0f) | ((sc[j - 4] >> 6) << 4)) as i32,
-                    ((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)) as i32,
-                )
-            };
-            let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
-            let mut t = 0i32;
-            for l in 0..32 {
-                let v = if j % 2 == 0 { q[l] & 0x0f } else { q[l] >> 4 } as i32;
-                t += v * (q8[32 * j + l] as i8 as i32);
-            }
-            s1 += scale * t;
-            s2 += min * (bsum(2 * j) + bsum(2 * j + 1));
-        }
+        let s1: i32 = simd::q4k_pair_sums(x, y, &scales).iter().sum();
+        let s2: i32 = (0..8).map(|j| mins[j] * (bsum(2 * j) + bsum(2 * j + 1))).sum();
         let r = (-dmin).mul_add(s2 as f32, s1 as f32 * d);
         acc = r.mul_add(dy, acc);
     }
@@ -943,6 +1048,55 @@ mod tests {
                 simd::dot_q0(&w, &a0, 18, unpack_q4_0).to_bits(),
                 dot_q0(&w, &a0, 18, unpack_q4_0).to_bits()
             );
+        }
+    }
+
+    /// Q8_K activations of a random row of `k` values.
+    fn q8k_row(rng: &mut Lcg, k: usize) -> Vec<u8> {
+        let xs: Vec<f32> = (0..k).map(|_| rng.f() * 3.0).collect();
+        let mut a = vec![0u8; k / QK_K * act_block_bytes(ActFormat::Q8K)];
+        quantize_q8k(&xs, &mut a);
+        a
+    }
+
+    #[test]
+    fn simd_k_quant_sums_equal_scalar_sums() {
+        let mut rng = Lcg(11);
+        let ab = act_block_bytes(ActFormat::Q8K);
+        for _ in 0..50 {
+            let a = q8k_row(&mut rng, QK_K);
+            let x6 = random_blocks(&mut rng, 1, 210, &[208]);
+            assert_eq!(simd::q6k_lanes(&x6, &a[..ab]), q6k_lanes(&x6, &a[..ab]));
+            let x4 = random_blocks(&mut rng, 1, 144, &[0, 2]);
+            let (scales, _) = q4k_scales(&x4[4..16]);
+            assert_eq!(
+                simd::q4k_pair_sums(&x4, &a[..ab], &scales),
+                q4k_pair_sums(&x4, &a[..ab], &scales)
+            );
+        }
+    }
+
+    #[test]
+    fn q6k_lane_total_is_the_tiled_kernels_sum() {
+        // The tiled kernel sums scale * (q - 32) * q8 directly; the lanes subtract the
+        // 32 * scale * bsum terms instead. Both are the same integer.
+        let mut rng = Lcg(5);
+        let ab = act_block_bytes(ActFormat::Q8K);
+        for _ in 0..50 {
+            let a = q8k_row(&mut rng, QK_K);
+            let x = random_blocks(&mut rng, 1, 210, &[208]);
+            let (ql, qh, sc, q8) = (&x[0..128], &x[128..192], &x[192..208], &a[4..4 + QK_K]);
+            let mut direct = 0i32;
+            for half in 0..2 {
+                for l in 0..32 {
+                    let vals = q6k_quads(&ql[64 * half..], &qh[32 * half..], l);
+                    for (v, &q) in vals.iter().enumerate() {
+                        let e = 128 * half + 32 * v + l;
+                        direct += (sc[e / 16] as i8 as i32) * (q - 32) * (q8[e] as i8 as i32);
+                    }
+                }
+            }
+            assert_eq!(q6k_lanes(&x, &a[..ab]).iter().sum::<i32>(), direct);
         }
     }
 

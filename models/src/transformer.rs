@@ -7,7 +7,7 @@
 use crate::config::{
     Activation, Architecture, RopeConfig, RopeScaling, RopeStyle, TransformerConfig,
 };
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{HostKv, KvCache};
 use crate::weights::{Embedding, Linear, Weights};
 use crate::{CausalLm, ConfigError, Error, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -196,46 +196,67 @@ pub enum Role {
 struct RmsNorm {
     w: Tensor,
     eps: f32,
+    /// `w` in host memory when it is an f32 CPU tensor (the ggml-exact path).
+    host: Vec<f32>,
 }
 
 impl RmsNorm {
+    fn new(w: Tensor, eps: f32) -> candle_core::Result<Self> {
+        let host = if w.device().is_cpu() && w.dtype() == DType::F32 {
+            w.flatten_all()?.to_vec1()?
+        } else {
+            Vec::new()
+        };
+        Ok(Self { w, eps, host })
+    }
+
     fn load(w: &Weights, name: &str, cfg: &TransformerConfig) -> Result<Self> {
-        Ok(Self {
-            w: w.norm(&format!("{name}.weight"), cfg.norm_plus_one)?,
-            eps: cfg.rms_norm_eps as f32,
-        })
+        Ok(Self::new(
+            w.norm(&format!("{name}.weight"), cfg.norm_plus_one)?,
+            cfg.rms_norm_eps as f32,
+        )?)
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if x.device().is_cpu() && x.dtype() == DType::F32 && self.w.dtype() == DType::F32 {
-            return rms_norm_f32(x, &self.w, self.eps);
+        if x.device().is_cpu() && x.dtype() == DType::F32 && !self.host.is_empty() {
+            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let mut out = vec![0f32; xs.len()];
+            self.rows(&xs, &mut out)?;
+            return Tensor::from_vec(out, x.dims(), x.device());
         }
         candle_nn::ops::rms_norm(&x.contiguous()?, &self.w, self.eps)
     }
-}
 
-/// RMS norm on the CPU in f32, computed like ggml (`ggml_compute_forward_rms_norm_f32`):
-/// the sum of squares accumulated in f64, `scale = 1 / sqrt(mean + eps)` in f32 and
-/// `y = (x * scale) * w`. Quantized matmuls round their inputs to 8 bits, so the last bit
-/// of the norm decides some roundings; matching ggml's arithmetic keeps them identical.
-fn rms_norm_f32(x: &Tensor, w: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let n = *dims.last().unwrap_or(&1);
-    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let ws: Vec<f32> = w.flatten_all()?.to_vec1()?;
-    if ws.len() != n {
-        candle_core::bail!("rms_norm: weight has {} elements, rows have {n}", ws.len());
-    }
-    let mut out = vec![0f32; xs.len()];
-    for (xr, yr) in xs.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
-        let mean = (sum / n as f64) as f32;
-        let scale = 1.0f32 / (mean + eps).sqrt();
-        for ((y, &v), &g) in yr.iter_mut().zip(xr).zip(&ws) {
-            *y = v * scale * g;
+    /// RMS norm of every row of `x` (rows as long as the weight) into `out`, computed
+    /// like ggml (`ggml_compute_forward_rms_norm_f32`): the sum of squares accumulated
+    /// in f64, `scale = 1 / sqrt(mean + eps)` in f32 and `y = (x * scale) * w`. Quantized
+    /// matmuls round their inputs to 8 bits, so the last bit of the norm decides some
+    /// roundings; matching ggml's arithmetic keeps them identical.
+    fn rows(&self, x: &[f32], out: &mut [f32]) -> candle_core::Result<()> {
+        let n = self.host.len();
+        if n == 0 || !x.len().is_multiple_of(n) || out.len() < x.len() {
+            candle_core::bail!(
+                "rms_norm: weight has {n} elements, input {} values",
+                x.len()
+            );
         }
+        for (xr, yr) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
+            let mean = (sum / n as f64) as f32;
+            let scale = 1.0f32 / (mean + self.eps).sqrt();
+            for ((y, &v), &g) in yr.iter_mut().zip(xr).zip(&self.host) {
+                *y = v * scale * g;
+            }
+        }
+        Ok(())
     }
-    Tensor::from_vec(out, dims, x.device())
+
+    /// [`RmsNorm::rows`] in place (`tmp` holds the input).
+    fn rows_in_place(&self, x: &mut [f32], tmp: &mut Vec<f32>) -> candle_core::Result<()> {
+        tmp.clear();
+        tmp.extend_from_slice(x);
+        self.rows(tmp, x)
+    }
 }
 
 enum QkvProj {
@@ -257,6 +278,9 @@ struct Attention {
     window: Option<usize>,
     rope_style: RopeStyle,
     cache: KvCache,
+    /// The cache of the llama.cpp-exact attention (`ggml_compat` without softcap),
+    /// used instead of `cache`.
+    host_cache: Option<HostKv>,
     /// Follow llama.cpp's CPU arithmetic (see `ggml.rs`): q, k, v and the attention
     /// probabilities rounded to f16 like its default attention (f16 KV cache, `mul_mat`
     /// converting its f32 operand to the cache's f16), ggml's rope, softmax and MLP
@@ -282,6 +306,55 @@ struct Rotary {
 }
 
 impl Attention {
+    /// The first key any query from `pos0` on can see (older keys are outside every
+    /// query's window).
+    fn first_key(&self, pos0: usize) -> usize {
+        match self.window {
+            Some(w) => (pos0 + 1).saturating_sub(w),
+            None => 0,
+        }
+    }
+
+    /// The llama.cpp-exact attention of `s` queries at `pos0` (`q`: `[nh, s, hd]`,
+    /// rounded to f16) over the host cache, which already holds their keys.
+    fn attend_host(&self, q: &[f32], pos0: usize, s: usize, out: &mut [f32]) {
+        let Some(cache) = &self.host_cache else {
+            return;
+        };
+        let first_key = self.first_key(pos0);
+        let window = self.window;
+        let visible = |i: usize, j: usize| {
+            let (qp, kp) = (pos0 + i, first_key + j);
+            kp <= qp && window.is_none_or(|w| qp - kp < w)
+        };
+        crate::ggml::attention(
+            q,
+            cache.rows(first_key),
+            self.num_heads,
+            self.num_kv_heads,
+            s,
+            self.head_dim,
+            self.scale as f32,
+            visible,
+            out,
+        );
+    }
+
+    fn truncate_cache(&mut self, len: usize) {
+        self.cache.truncate(len);
+        if let Some(c) = self.host_cache.as_mut() {
+            c.truncate(len);
+        }
+    }
+
+    /// Empty caches with nothing shared with any other copy of this layer.
+    fn fresh_cache(&mut self) {
+        self.cache = KvCache::new();
+        if let Some(c) = self.host_cache.as_mut() {
+            *c = HostKv::new(self.num_kv_heads, self.head_dim);
+        }
+    }
+
     fn forward(&mut self, x: &Tensor, pos0: usize, rot: &Rotary) -> candle_core::Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -332,13 +405,23 @@ impl Attention {
             k = round_f16(&k)?;
             v = round_f16(&v)?;
         }
+        if let Some(cache) = self.host_cache.as_mut() {
+            if b != 1 {
+                candle_core::bail!("the llama.cpp-exact attention takes one sequence, got {b}");
+            }
+            let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
+            let kv: Vec<f32> = k.flatten_all()?.to_vec1()?;
+            let vv: Vec<f32> = v.flatten_all()?.to_vec1()?;
+            cache.append(&kv, &vv, s)?;
+            let mut out = vec![0f32; s * nh * hd];
+            self.attend_host(&qv, pos0, s, &mut out);
+            let out = Tensor::from_vec(out, (b, s, nh * hd), x.device())?;
+            return self.o.forward(&out);
+        }
         let (k_all, v_all) = self.cache.append(&k, &v)?;
 
         // Keys older than the first query's window are invisible to every query.
-        let first_key = match self.window {
-            Some(w) => (pos0 + 1).saturating_sub(w),
-            None => 0,
-        };
+        let first_key = self.first_key(pos0);
         let total = k_all.dim(2)?;
         let (k_all, v_all) = if first_key > 0 {
             (
@@ -349,35 +432,6 @@ impl Attention {
             (k_all, v_all)
         };
         let t = total - first_key;
-        if self.ggml_compat
-            && b == 1
-            && self.softcap.is_none()
-            && x.device().is_cpu()
-            && q.dtype() == DType::F32
-        {
-            let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
-            let kv: Vec<f32> = k_all.contiguous()?.flatten_all()?.to_vec1()?;
-            let vv: Vec<f32> = v_all.contiguous()?.flatten_all()?.to_vec1()?;
-            let window = self.window;
-            let visible = |i: usize, j: usize| {
-                let (qp, kp) = (pos0 + i, first_key + j);
-                kp <= qp && window.is_none_or(|w| qp - kp < w)
-            };
-            let out = crate::ggml::attention(
-                &qv,
-                &kv,
-                &vv,
-                nh,
-                nkv,
-                s,
-                t,
-                hd,
-                self.scale as f32,
-                visible,
-            );
-            let out = Tensor::from_vec(out, (b, s, nh * hd), x.device())?;
-            return self.o.forward(&out);
-        }
         let n_rep = nh / nkv;
         // Grouped-query attention without copying keys: fold the query heads that share
         // a kv head into the row dimension.
@@ -540,6 +594,133 @@ impl Block {
     }
 }
 
+impl Block {
+    /// Whether every projection takes the exact quantized path and the attention the
+    /// host cache (the conditions of the host decode step).
+    fn is_host_exact(&self) -> bool {
+        let a = &self.attn;
+        let qkv = match &a.qkv {
+            QkvProj::Separate { q, k, v } => {
+                q.is_quantized() && k.is_quantized() && v.is_quantized()
+            }
+            QkvProj::Fused(l) => l.is_quantized(),
+        };
+        let mlp = match &self.mlp {
+            Mlp::Separate { gate, up, down } => {
+                gate.is_quantized() && up.is_quantized() && down.is_quantized()
+            }
+            Mlp::Fused { gate_up, down, .. } => gate_up.is_quantized() && down.is_quantized(),
+        };
+        let norms = [Some(&self.attn_norm), Some(&self.ffn_norm), a.q_norm.as_ref(), a.k_norm.as_ref()]
+            .into_iter()
+            .chain([self.post_attn_norm.as_ref(), self.post_ffn_norm.as_ref()])
+            .flatten()
+            .all(|n| !n.host.is_empty());
+        qkv && mlp && norms && a.o.is_quantized() && a.host_cache.is_some() && a.ggml_compat
+    }
+
+    /// [`Block::forward`] for one position on host buffers: `sc.x` in and out.
+    fn forward_host(
+        &mut self,
+        pos: usize,
+        table: &[f32],
+        act: Activation,
+        sc: &mut Scratch,
+    ) -> candle_core::Result<()> {
+        sc.normed.resize(sc.x.len(), 0.0);
+        self.attn_norm.rows(&sc.x, &mut sc.normed)?;
+        self.attn.forward_host(pos, table, sc)?;
+        if let Some(n) = &self.post_attn_norm {
+            n.rows_in_place(&mut sc.proj, &mut sc.tmp)?;
+        }
+        for (x, h) in sc.x.iter_mut().zip(&sc.proj) {
+            *x += h;
+        }
+        self.ffn_norm.rows(&sc.x, &mut sc.normed)?;
+        self.mlp.forward_host(act, sc)?;
+        if let Some(n) = &self.post_ffn_norm {
+            n.rows_in_place(&mut sc.proj, &mut sc.tmp)?;
+        }
+        for (x, h) in sc.x.iter_mut().zip(&sc.proj) {
+            *x += h;
+        }
+        Ok(())
+    }
+}
+
+impl Attention {
+    /// [`Attention::forward`] for one position on host buffers: `sc.normed` in,
+    /// `sc.proj` out.
+    fn forward_host(&mut self, pos: usize, table: &[f32], sc: &mut Scratch) -> candle_core::Result<()> {
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        match &self.qkv {
+            QkvProj::Separate { q, k, v } => {
+                q.forward_host(&sc.normed, 1, &mut sc.q)?;
+                k.forward_host(&sc.normed, 1, &mut sc.k)?;
+                v.forward_host(&sc.normed, 1, &mut sc.v)?;
+            }
+            QkvProj::Fused(qkv) => {
+                qkv.forward_host(&sc.normed, 1, &mut sc.fused)?;
+                let (q, rest) = sc.fused.split_at(nh * hd);
+                let (k, v) = rest.split_at(nkv * hd);
+                sc.q.clear();
+                sc.q.extend_from_slice(q);
+                sc.k.clear();
+                sc.k.extend_from_slice(k);
+                sc.v.clear();
+                sc.v.extend_from_slice(&v[..nkv * hd]);
+            }
+        }
+        if let Some(n) = &self.q_norm {
+            n.rows_in_place(&mut sc.q, &mut sc.tmp)?;
+        }
+        if let Some(n) = &self.k_norm {
+            n.rows_in_place(&mut sc.k, &mut sc.tmp)?;
+        }
+        let il = self.rope_style == RopeStyle::Interleaved;
+        crate::ggml::rope(&mut sc.q, nh, 1, hd, table, il);
+        crate::ggml::rope(&mut sc.k, nkv, 1, hd, table, il);
+        for t in [&mut sc.q, &mut sc.k, &mut sc.v] {
+            for x in t.iter_mut() {
+                *x = half::f16::from_f32(*x).to_f32();
+            }
+        }
+        let Some(cache) = self.host_cache.as_mut() else {
+            candle_core::bail!("host decode without a host cache");
+        };
+        cache.append(&sc.k, &sc.v, 1)?;
+        sc.att.resize(nh * hd, 0.0);
+        self.attend_host(&sc.q, pos, 1, &mut sc.att);
+        self.o.forward_host(&sc.att, 1, &mut sc.proj)
+    }
+}
+
+impl Mlp {
+    /// [`Mlp::forward`] (ggml arithmetic) for one position: `sc.normed` in, `sc.proj` out.
+    fn forward_host(&self, act: Activation, sc: &mut Scratch) -> candle_core::Result<()> {
+        let down = match self {
+            Mlp::Separate { gate, up, down } => {
+                gate.forward_host(&sc.normed, 1, &mut sc.gate)?;
+                up.forward_host(&sc.normed, 1, &mut sc.up)?;
+                down
+            }
+            Mlp::Fused { gate_up, down, ff } => {
+                gate_up.forward_host(&sc.normed, 1, &mut sc.fused)?;
+                sc.gate.clear();
+                sc.gate.extend_from_slice(&sc.fused[..*ff]);
+                sc.up.clear();
+                sc.up.extend_from_slice(&sc.fused[*ff..2 * *ff]);
+                down
+            }
+        };
+        match act {
+            Activation::Silu => crate::ggml::swiglu(&mut sc.gate, &sc.up),
+            Activation::GeluTanh => crate::ggml::geglu(&mut sc.gate, &sc.up),
+        }
+        down.forward_host(&sc.gate, 1, &mut sc.proj)
+    }
+}
+
 /// The last position of `[1, s, hidden]`.
 fn last_row(x: &Tensor) -> candle_core::Result<Tensor> {
     let s = x.dim(1)?;
@@ -610,6 +791,27 @@ pub struct Transformer {
     /// Follow llama.cpp's CPU arithmetic (GGUF weights on the CPU in f32, see `ggml.rs`).
     ggml: bool,
     has_freq_factors: bool,
+    /// Decode single tokens on host buffers ([`Transformer::decode_host`]): `ggml` with
+    /// every layer on the exact quantized path and ggml's rotary tables.
+    host_decode: bool,
+    scratch: Scratch,
+}
+
+/// The buffers of a host decode step, kept from step to step.
+#[derive(Clone, Default)]
+struct Scratch {
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    fused: Vec<f32>,
+    att: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    tmp: Vec<f32>,
+    logits: Vec<f32>,
 }
 
 impl Transformer {
@@ -658,6 +860,7 @@ impl Transformer {
                 window: if sliding { cfg.sliding_window } else { None },
                 rope_style: cfg.rope_style,
                 cache: KvCache::new(),
+                host_cache: None,
                 ggml_compat: false,
             };
             let mlp = if fused_mlp(
@@ -696,10 +899,10 @@ impl Transformer {
                 sliding,
             });
         }
-        let norm = RmsNorm {
-            w: w.norm(names.final_norm(), cfg.norm_plus_one)?,
-            eps: cfg.rms_norm_eps as f32,
-        };
+        let norm = RmsNorm::new(
+            w.norm(names.final_norm(), cfg.norm_plus_one)?,
+            cfg.rms_norm_eps as f32,
+        )?;
         let untied_head = !cfg.tie_word_embeddings && w.has(names.lm_head());
         let lm_head = if untied_head {
             w.linear(names.lm_head(), None, h)?
@@ -715,10 +918,23 @@ impl Transformer {
         let ggml = ggml_mode(format, w);
         for b in blocks.iter_mut() {
             b.attn.ggml_compat = ggml;
+            if ggml && b.attn.softcap.is_none() {
+                b.attn.host_cache = Some(HostKv::new(cfg.num_kv_heads, hd));
+            }
         }
         let inv_freq_global = inv_freqs(hd, &cfg.rope_global, freq_factors.as_deref());
         let inv_freq_local = inv_freqs(hd, &cfg.rope_local, freq_factors.as_deref());
+        let ggml_tables = |r: &RopeConfig| !matches!(r.scaling, RopeScaling::Llama3 { .. });
+        let host_decode = ggml
+            && !has_freq_factors
+            && ggml_tables(&cfg.rope_global)
+            && ggml_tables(&cfg.rope_local)
+            && lm_head.is_quantized()
+            && blocks.iter().all(Block::is_host_exact)
+            && std::env::var_os("TUTTI_NO_HOST_DECODE").is_none();
         Ok(Self {
+            host_decode,
+            scratch: Scratch::default(),
             embed,
             blocks,
             norm,
@@ -804,9 +1020,8 @@ impl Transformer {
         self.forward_scoring(ids, false).map(|(l, _)| l)
     }
 
-    /// The embedded `ids` at the current position and their rotary tables (global, and
-    /// local when sliding layers use another base), after checking the ids and the room.
-    fn inputs(&self, ids: &[u32]) -> Result<(Tensor, Rotary, Option<Rotary>)> {
+    /// Refuses empty input, ids past the embedding and input past the context.
+    fn check_input(&self, ids: &[u32]) -> Result<()> {
         if ids.is_empty() {
             return Err(Error::EmptyInput);
         }
@@ -814,14 +1029,66 @@ impl Transformer {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= rows) {
             return Err(Error::TokenOutOfRange { id, vocab: rows });
         }
-        let s = ids.len();
-        let pos0 = self.position;
-        if pos0 + s > self.cfg.max_position_embeddings {
+        let needed = self.position + ids.len();
+        if needed > self.cfg.max_position_embeddings {
             return Err(Error::ContextOverflow {
-                needed: pos0 + s,
+                needed,
                 max: self.cfg.max_position_embeddings,
             });
         }
+        Ok(())
+    }
+
+    /// One decode step of the llama.cpp-exact CPU path on host buffers: the same
+    /// arithmetic as the tensor path in `ggml_compat` mode (so the same logits), without
+    /// a tensor per operation or an allocation per layer.
+    fn decode_host(&mut self, id: u32) -> candle_core::Result<Tensor> {
+        let pos = self.position;
+        let ids_t = Tensor::new(&[id], &self.device)?;
+        let mut x0 = self.embed.forward(&ids_t, self.dtype)?;
+        if let Some(scale) = self.cfg.embed_scale {
+            x0 = (x0 * scale)?;
+        }
+        let mut sc = std::mem::take(&mut self.scratch);
+        sc.x.clear();
+        sc.x.extend(x0.flatten_all()?.to_vec1::<f32>()?);
+        let table = |rope: &RopeConfig| {
+            let fs = match rope.scaling {
+                RopeScaling::Linear { factor } => (1.0 / factor) as f32,
+                _ => 1.0,
+            };
+            crate::ggml::rope_table(rope.theta as f32, fs, self.cfg.head_dim, pos, 1)
+        };
+        let global = table(&self.cfg.rope_global);
+        let local = (self.inv_freq_local != self.inv_freq_global).then(|| table(&self.cfg.rope_local));
+        let act = self.cfg.activation;
+        let result = (|| -> candle_core::Result<Tensor> {
+            for block in self.blocks.iter_mut() {
+                let rot = match (&local, block.sliding) {
+                    (Some(l), true) => l,
+                    _ => &global,
+                };
+                block.forward_host(pos, rot, act, &mut sc)?;
+            }
+            sc.normed.resize(sc.x.len(), 0.0);
+            self.norm.rows(&sc.x, &mut sc.normed)?;
+            self.lm_head.forward_host(&sc.normed, 1, &mut sc.logits)?;
+            let mut logits = Tensor::from_slice(&sc.logits, sc.logits.len(), &self.device)?;
+            if let Some(cap) = self.cfg.final_softcap {
+                logits = ((logits / cap)?.tanh()? * cap)?;
+            }
+            Ok(logits)
+        })();
+        self.scratch = sc;
+        result
+    }
+
+    /// The embedded `ids` at the current position and their rotary tables (global, and
+    /// local when sliding layers use another base), after checking the ids and the room.
+    fn inputs(&self, ids: &[u32]) -> Result<(Tensor, Rotary, Option<Rotary>)> {
+        self.check_input(ids)?;
+        let s = ids.len();
+        let pos0 = self.position;
         let ids_t = Tensor::new(ids, &self.device)?;
         let mut x = self.embed.forward(&ids_t, self.dtype)?.unsqueeze(0)?;
         if let Some(scale) = self.cfg.embed_scale {
@@ -868,6 +1135,19 @@ impl Transformer {
     fn forward_scoring(&mut self, ids: &[u32], score: bool) -> Result<(Tensor, Vec<f32>)> {
         let pos0 = self.position;
         let s = ids.len();
+        if s == 1 && self.host_decode {
+            self.check_input(ids)?;
+            return match self.decode_host(ids[0]) {
+                Ok(logits) => {
+                    self.position = pos0 + 1;
+                    Ok((logits, Vec::new()))
+                }
+                Err(e) => {
+                    self.truncate(pos0);
+                    Err(e.into())
+                }
+            };
+        }
         let (mut x, rot_global, rot_local) = self.inputs(ids)?;
         let act = self.cfg.activation;
         let result: candle_core::Result<(Tensor, Vec<f32>)> = (|| {
@@ -928,7 +1208,7 @@ impl CausalLm for Transformer {
 
     fn truncate(&mut self, len: usize) {
         for b in self.blocks.iter_mut() {
-            b.attn.cache.truncate(len);
+            b.attn.truncate_cache(len);
         }
         self.position = self.position.min(len);
     }

@@ -34,6 +34,38 @@ impl Linear {
     pub fn out_features(&self) -> usize {
         self.out_features
     }
+
+    /// Whether the weight takes the ggml-exact quantized CPU path.
+    pub(crate) fn is_quantized(&self) -> bool {
+        self.q.is_some()
+    }
+
+    /// [`Linear::forward`] on `m` rows in host memory (CPU), into `out` (resized).
+    pub(crate) fn forward_host(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut Vec<f32>,
+    ) -> candle_core::Result<()> {
+        match &self.q {
+            Some(q) => q.forward_host(x, m, out)?,
+            None => {
+                let xt = Tensor::from_slice(x, (m, x.len() / m.max(1)), &Device::Cpu)?;
+                let y = self.w.forward(&xt)?.to_dtype(DType::F32)?;
+                out.clear();
+                out.extend(y.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+        if let Some(b) = &self.b {
+            let b: Vec<f32> = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            for row in out.chunks_exact_mut(b.len().max(1)) {
+                for (y, &bv) in row.iter_mut().zip(&b) {
+                    *y += bv;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The token embedding table, kept quantized when the file is quantized.
