@@ -4,11 +4,13 @@
 
 mod ensemble_support;
 
-use ensemble_support::{demo, load, max_diff, plain_greedy, GEMMA, SMOL};
+use candle_core::Tensor;
+use ensemble_support::{argmax, demo, load, load_fresh, max_diff, plain_greedy, GEMMA, SMOL};
 use tutti::align::AlignMethod;
 use tutti::engine::{
     Combine, EngineError, Ensemble, EnsembleFile, Gate, MemberSpec, Prompt, Request, Sampling,
 };
+use tutti_models::Model;
 
 const PROMPT: &str = "The capital of France is";
 const N: usize = 16;
@@ -21,6 +23,69 @@ fn greedy_of(name: &str) -> Vec<u32> {
 
 fn raw() -> Request {
     Request::raw(PROMPT).max_tokens(N)
+}
+
+/// `n` greedy ids of `model` from the logits `logits`, EOS included (no early stop).
+fn greedy_steps(model: &mut Model, logits: Tensor, n: usize) -> Vec<u32> {
+    let mut logits: Vec<f32> = logits.to_vec1().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let id = argmax(&logits);
+        ids.push(id);
+        logits = model.lm.forward(&[id]).unwrap().to_vec1().unwrap();
+    }
+    ids
+}
+
+/// A fork shares the weights but keeps its own cache: the model and its fork decoding
+/// two prompts in alternation give what two fresh loads give.
+#[test]
+fn a_fork_decodes_like_a_fresh_load_with_a_cache_of_its_own() {
+    for name in [SMOL, GEMMA] {
+        let mut a = load_fresh(name);
+        let mut b = a.fork().expect("a transformer forks");
+        assert_eq!(b.lm.position(), 0);
+        let p1 = a.tokenizer.encode_prompt(PROMPT).unwrap();
+        let p2 = a
+            .tokenizer
+            .encode_prompt("Once upon a time, a robot")
+            .unwrap();
+        let (mut la, mut lb) = (
+            a.lm.forward(&p1).unwrap().to_vec1::<f32>().unwrap(),
+            b.lm.forward(&p2).unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let (mut ids_a, mut ids_b) = (Vec::new(), Vec::new());
+        for _ in 0..N {
+            let (x, y) = (argmax(&la), argmax(&lb));
+            ids_a.push(x);
+            ids_b.push(y);
+            la = a.lm.forward(&[x]).unwrap().to_vec1().unwrap();
+            lb = b.lm.forward(&[y]).unwrap().to_vec1().unwrap();
+        }
+        for (prompt, got) in [(&p1, ids_a), (&p2, ids_b)] {
+            let mut fresh = load_fresh(name);
+            let first = fresh.lm.forward(prompt).unwrap();
+            assert_eq!(greedy_steps(&mut fresh, first, N), got, "{name}");
+        }
+    }
+}
+
+/// The same file given twice loads once: the second member shares the first one's
+/// weights and each decodes like the model alone.
+#[test]
+fn the_same_file_twice_decodes_like_the_model_alone() {
+    let expected = greedy_of(GEMMA);
+    let mut ens = Ensemble::builder()
+        .member(MemberSpec::new(demo(GEMMA)))
+        .member(MemberSpec::new(demo(GEMMA)).weight(0.5))
+        .no_map_cache()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let out = ens.generate_quiet(&raw()).unwrap();
+        assert_eq!(out.members[0].ids, expected);
+        assert_eq!(out.members[1].ids, expected);
+    }
 }
 
 #[test]
@@ -153,12 +218,7 @@ fn assert_kv_matches_fresh_prefill(ens: &mut Ensemble) {
             "{}: probabilities differ by {d} from a fresh prefill",
             m.name()
         );
-        assert_eq!(
-            ensemble_support::argmax(&cached),
-            ensemble_support::argmax(&fresh),
-            "{}",
-            m.name()
-        );
+        assert_eq!(argmax(&cached), argmax(&fresh), "{}", m.name());
         let control = max_diff(&cached, &shifted);
         assert!(
             control > 0.05,

@@ -71,6 +71,11 @@ pub trait CausalLm: Send {
         let _ = ids;
         Ok(None)
     }
+    /// A second decoder over the same weights (shared, not copied) with an empty cache
+    /// of its own. `None` when the model cannot share its weights.
+    fn fork(&self) -> Option<Box<dyn CausalLm>> {
+        None
+    }
 }
 
 /// How to load a model.
@@ -130,6 +135,16 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
+    /// A second instance sharing this one's weights (see [`CausalLm::fork`]), with an
+    /// empty cache; `None` when the network cannot share them.
+    pub fn fork(&self) -> Option<Model> {
+        Some(Model {
+            lm: self.lm.fork()?,
+            tokenizer: self.tokenizer.clone(),
+            info: self.info.clone(),
+        })
+    }
+
     /// Loads a model from a spec: folder, `.gguf`, or `hf:ORG/NAME[@REV][/FILE.gguf]`.
     pub fn load(spec: &str, opts: &LoadOptions) -> Result<Self> {
         let source = ModelSource::resolve(spec)?;

@@ -259,11 +259,13 @@ impl RmsNorm {
     }
 }
 
+#[derive(Clone)]
 enum QkvProj {
     Separate { q: Linear, k: Linear, v: Linear },
     Fused(Linear),
 }
 
+#[derive(Clone)]
 struct Attention {
     qkv: QkvProj,
     o: Linear,
@@ -486,6 +488,7 @@ fn causal_mask(
     Tensor::from_vec(m, (s, t), device)
 }
 
+#[derive(Clone)]
 enum Mlp {
     Separate {
         gate: Linear,
@@ -544,6 +547,7 @@ impl Mlp {
     }
 }
 
+#[derive(Clone)]
 struct Block {
     attn_norm: RmsNorm,
     attn: Attention,
@@ -776,6 +780,7 @@ fn inv_freqs(head_dim: usize, rope: &RopeConfig, freq_factors: Option<&[f32]>) -
 }
 
 /// A loaded decoder with its KV caches.
+#[derive(Clone)]
 pub struct Transformer {
     cfg: TransformerConfig,
     embed: Embedding,
@@ -1200,6 +1205,18 @@ impl CausalLm for Transformer {
 
     fn encode(&mut self, ids: &[u32]) -> Result<Option<Tensor>> {
         self.encode_impl(ids).map(Some)
+    }
+
+    fn fork(&self) -> Option<Box<dyn CausalLm>> {
+        let mut twin = self.clone();
+        // New caches, not truncated clones: a cloned tensor cache shares its storage,
+        // which decoding overwrites in place.
+        for b in twin.blocks.iter_mut() {
+            b.attn.fresh_cache();
+        }
+        twin.scratch = Scratch::default();
+        twin.position = 0;
+        Some(Box::new(twin))
     }
 
     fn position(&self) -> usize {

@@ -246,6 +246,19 @@ impl MemberSpec {
         }
     }
 
+    /// What makes two local members the same loaded model (`None` for a served one).
+    fn load_key(&self) -> Option<LoadKey> {
+        if RemoteSpec::is_remote(&self.model) {
+            return None;
+        }
+        Some(LoadKey {
+            model: self.model.clone(),
+            device: self.device,
+            dtype: self.dtype,
+            arch: self.arch,
+        })
+    }
+
     /// Loads the member's backend (connects to a served member's server).
     pub fn load(&self) -> Result<Box<dyn Backend>> {
         if let Some(remote) = self.remote() {
@@ -260,6 +273,15 @@ impl MemberSpec {
         let model = Model::load(&self.model, &opts).map_err(|e| self.err(e))?;
         Ok(Box::new(LocalModel::new(model)))
     }
+}
+
+/// The load settings of a local member: members with equal keys share one set of weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LoadKey {
+    model: String,
+    device: DeviceSpec,
+    dtype: DTypeSpec,
+    arch: Option<Architecture>,
 }
 
 /// What building an ensemble reports while it works (for progress displays; the
@@ -420,7 +442,9 @@ impl EnsembleBuilder {
             }
         };
         let t0 = Instant::now();
-        let mut members = Vec::with_capacity(self.sources.len());
+        let mut members: Vec<Member> = Vec::with_capacity(self.sources.len());
+        // Which slot loaded each local model: the same model again shares its weights.
+        let mut loaded: Vec<(LoadKey, usize)> = Vec::new();
         for (slot, s) in self.sources.into_iter().enumerate() {
             let (backend, w, t) = match s {
                 MemberSource::Spec(spec) => {
@@ -428,7 +452,23 @@ impl EnsembleBuilder {
                         slot,
                         spec: &spec.model,
                     });
-                    (spec.load()?, spec.weight, spec.temperature)
+                    let key = spec.load_key();
+                    let twin = key.as_ref().and_then(|k| {
+                        let (_, first) = loaded.iter().find(|(l, _)| l == k)?;
+                        let model = members[*first].backend().local()?.fork()?;
+                        tracing::info!("member {slot}: shares the weights of member {first}");
+                        Some(Box::new(LocalModel::new(model)) as Box<dyn Backend>)
+                    });
+                    let backend = match twin {
+                        Some(b) => b,
+                        None => {
+                            if let Some(k) = key {
+                                loaded.push((k, slot));
+                            }
+                            spec.load()?
+                        }
+                    };
+                    (backend, spec.weight, spec.temperature)
                 }
                 MemberSource::Backend(b, w, t) => (b, w, t),
             };

@@ -2,7 +2,9 @@
 //! greedy loop written directly against `CausalLm`, as the reference.
 #![allow(dead_code)]
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 use tutti_models::{LoadOptions, Model};
 
@@ -22,7 +24,24 @@ pub fn demo(name: &str) -> String {
     p.display().to_string()
 }
 
+/// A demo model with an empty cache. Each file is read once per test binary; later
+/// calls get forks sharing its weights (`Model::fork`), which decode like fresh loads
+/// (`tests/ensemble.rs` checks that) at a fraction of the start-up time.
 pub fn load(name: &str) -> Model {
+    static LOADED: OnceLock<Mutex<HashMap<String, Model>>> = OnceLock::new();
+    let mut loaded = LOADED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let model = match loaded.entry(name.to_string()) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => e.insert(load_fresh(name)),
+    };
+    model.fork().expect("demo models share their weights")
+}
+
+/// A demo model read from its file.
+pub fn load_fresh(name: &str) -> Model {
     Model::load(&demo(name), &LoadOptions::default()).expect("demo model loads")
 }
 
