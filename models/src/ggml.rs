@@ -40,7 +40,9 @@ pub fn v_expf(x: f32) -> f32 {
         .mul_add(u, c3.mul_add(b, c2))
         .mul_add(u, c1.mul_add(b, 1.0));
     // _mm512_scalef_ps: j * 2^n with one rounding.
-    ((j as f64) * 2f64.powi(n as i32)) as f32
+    // 2^n is exact in f64 for |n| <= 192: build it from its exponent bits.
+    let two_n = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    ((j as f64) * two_n) as f32
 }
 
 /// `silu(x) * g` as `ggml_vec_swiglu_f32` (AVX-512) computes it.
@@ -257,9 +259,9 @@ impl<'a> KvRows<'a> {
 }
 
 thread_local! {
-    /// Per-thread rows of the attention (scores, a gathered column, lane sums).
-    static ATT_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+    /// Per-thread rows of the attention (scores, lane sums).
+    static ATT_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Attention for one sequence on f16-valued data, like llama.cpp's non-flash CPU path.
@@ -282,15 +284,31 @@ pub fn attention(
     let several = s >= 2;
     let t = kv.t;
     let out = &mut out[..s * nh * hd];
+    // Several queries read every value column once per query: transpose each kv head's
+    // values once (`[kv head][head dim][position]`) instead of gathering the columns.
+    let vt_all: Vec<f32> = if several {
+        let mut vt = vec![0f32; nkv * hd * t];
+        for kvh in 0..nkv {
+            let vh = kv.head(kv.v, kvh, hd);
+            let dst = &mut vt[kvh * hd * t..(kvh + 1) * hd * t];
+            for (j, row) in vh.chunks_exact(hd).enumerate() {
+                for (dd, &x) in row.iter().enumerate() {
+                    dst[dd * t + j] = x;
+                }
+            }
+        }
+        vt
+    } else {
+        Vec::new()
+    };
     let out_ptr = out.as_mut_ptr() as usize;
     // Every (query, head) pair is independent: spread them over the cores. Each pair
     // still sums in ggml's order, so the result does not depend on the thread count.
     crate::pool::for_ranges(s * nh, 1, &|pairs| {
         ATT_SCRATCH.with(|cell| {
             let mut scratch = cell.borrow_mut();
-            let (w, vt, acc) = &mut *scratch;
+            let (w, acc) = &mut *scratch;
             w.resize(t, 0.0);
-            vt.resize(t, 0.0);
             for c in pairs {
                 // SAFETY: pair `c` owns `out[c * hd..(c + 1) * hd]`; no other pair writes it.
                 let o = unsafe {
@@ -323,11 +341,9 @@ pub fn attention(
                     weighted_rows_vec_f16(vh, w, hd, acc, o);
                     continue;
                 }
-                for (dd, od) in o.iter_mut().enumerate() {
-                    for j in 0..t {
-                        vt[j] = vh[j * hd + dd];
-                    }
-                    *od = dot_tinyblas(vt, w);
+                let vth = &vt_all[kvh * hd * t..(kvh + 1) * hd * t];
+                for (od, col) in o.iter_mut().zip(vth.chunks_exact(t)) {
+                    *od = dot_tinyblas(col, w);
                 }
             }
         })
@@ -361,7 +377,10 @@ mod tests {
     fn chunked_dot_is_the_element_order_dot() {
         for n in [1, 15, 64, 100, 128, 256, 1000] {
             let (a, b) = (values(n, 1), values(n, 2));
-            assert_eq!(dot_vec_f16(&a, &b).to_bits(), dot_by_element(&a, &b).to_bits());
+            assert_eq!(
+                dot_vec_f16(&a, &b).to_bits(),
+                dot_by_element(&a, &b).to_bits()
+            );
         }
     }
 
@@ -374,7 +393,11 @@ mod tests {
             weighted_rows_vec_f16(&v, &w, hd, &mut Vec::new(), &mut out);
             for (d, &o) in out.iter().enumerate() {
                 let col: Vec<f32> = (0..t).map(|j| v[j * hd + d]).collect();
-                assert_eq!(o.to_bits(), dot_by_element(&col, &w).to_bits(), "t {t} d {d}");
+                assert_eq!(
+                    o.to_bits(),
+                    dot_by_element(&col, &w).to_bits(),
+                    "t {t} d {d}"
+                );
             }
         }
     }

@@ -3,8 +3,9 @@
 //! A decode step of a small model is a few hundred short parallel sections (one per
 //! matmul, a few microseconds to a millisecond each), so waking sleeping threads for each
 //! would cost more than the work. Workers therefore poll for the next section for a short
-//! while after finishing one, yielding the core on every poll so that another process's
-//! threads run instead of a spin, and sleep when nothing comes (between generations).
+//! while after finishing one: first spinning (the next section usually comes within
+//! microseconds), then yielding the core on every poll so that another process's threads
+//! run instead, and they sleep when nothing comes (between generations).
 //! A section is cut into more chunks than there are threads and the chunks are claimed
 //! one by one, so a thread the OS has descheduled (two processes sharing the cores) does
 //! not hold the others up: the rest take its share.
@@ -18,8 +19,41 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-/// How long an idle worker keeps polling before it sleeps.
-const POLL: Duration = Duration::from_micros(200);
+/// How long a waiting thread spins on the CPU before it starts yielding the core: the
+/// gaps between the sections of one step are shorter, and a yield can hand the core to
+/// another process for a whole time slice.
+const SPIN: Duration = Duration::from_micros(50);
+/// How long an idle worker keeps polling (spinning, then yielding) before it sleeps.
+const POLL: Duration = Duration::from_micros(500);
+
+/// Waits politely: spins for [`SPIN`], then yields the core on every poll.
+struct Backoff {
+    start: Option<Instant>,
+    polls: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            start: None,
+            polls: 0,
+        }
+    }
+
+    /// One poll; returns the time waited so far (checked every 64 polls).
+    fn snooze(&mut self) -> Duration {
+        self.polls += 1;
+        if self.polls % 64 != 0 {
+            std::hint::spin_loop();
+            return Duration::ZERO;
+        }
+        let waited = self.start.get_or_insert_with(Instant::now).elapsed();
+        if waited >= SPIN {
+            thread::yield_now();
+        }
+        waited
+    }
+}
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 static POOL: OnceLock<Pool> = OnceLock::new();
@@ -174,14 +208,9 @@ impl Pool {
                 Err(c) => cur = c,
             }
         }
-        let mut polls = 0u32;
+        let mut backoff = Backoff::new();
         while s.state.load(Ordering::SeqCst) & MEMBERS != 0 {
-            polls += 1;
-            if polls < 64 {
-                std::hint::spin_loop();
-            } else {
-                thread::yield_now();
-            }
+            backoff.snooze();
         }
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
@@ -203,26 +232,20 @@ fn worker(s: &Shared, index: usize) {
     let mut seen = 0u64;
     loop {
         // Wait for a section newer than the last one seen: poll, then sleep.
-        let started = Instant::now();
-        let mut polls = 0u32;
+        let mut backoff = Backoff::new();
         let state = loop {
             let st = s.state.load(Ordering::SeqCst);
             if st >> 32 != seen && st & CLOSED == 0 {
                 break st;
             }
-            polls += 1;
-            if polls < 64 {
-                std::hint::spin_loop();
-            } else if started.elapsed() < POLL {
-                thread::yield_now();
-            } else {
+            if backoff.snooze() >= POLL {
                 s.sleeping[index].store(true, Ordering::SeqCst);
                 let st = s.state.load(Ordering::SeqCst);
                 if st >> 32 == seen || st & CLOSED != 0 {
                     thread::park();
                 }
                 s.sleeping[index].store(false, Ordering::SeqCst);
-                polls = 0;
+                backoff = Backoff::new();
             }
         };
         seen = state >> 32;

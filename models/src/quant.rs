@@ -443,16 +443,22 @@ fn dot_all_rows(
     let arow = k / 32 * ablock;
     let dst_ptr = dst.as_mut_ptr() as usize;
     const COLS: usize = 8;
+    // Tiles of 8 weight rows × 16 activation rows: the weight rows stay in the cache
+    // while every activation row of the tile passes them.
+    const ROWS: usize = 16;
     let groups = n.div_ceil(COLS);
-    crate::pool::for_ranges(groups * m, 1, &|range| {
+    let tiles = m.div_ceil(ROWS);
+    crate::pool::for_ranges(groups * tiles, 1, &|range| {
         for it in range {
-            let r = it / groups;
-            let c0 = (it % groups) * COLS;
-            let a = &act[r * arow..(r + 1) * arow];
-            for c in c0..n.min(c0 + COLS) {
-                let v = dot(&w[c * wrow..(c + 1) * wrow], a);
-                // SAFETY: each (r, c) is written by exactly one work item.
-                unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
+            let (g, tile) = (it / tiles, it % tiles);
+            let c0 = g * COLS;
+            for r in tile * ROWS..m.min(tile * ROWS + ROWS) {
+                let a = &act[r * arow..(r + 1) * arow];
+                for c in c0..n.min(c0 + COLS) {
+                    let v = dot(&w[c * wrow..(c + 1) * wrow], a);
+                    // SAFETY: each (r, c) is written by exactly one work item.
+                    unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
+                }
             }
         }
     });
@@ -530,16 +536,22 @@ fn dot_all_rows_k(
     let arow = k / QK_K * ab;
     let dst_ptr = dst.as_mut_ptr() as usize;
     const COLS: usize = 8;
+    // Tiles of 8 weight rows × 16 activation rows: the weight rows stay in the cache
+    // while every activation row of the tile passes them.
+    const ROWS: usize = 16;
     let groups = n.div_ceil(COLS);
-    crate::pool::for_ranges(groups * m, 1, &|range| {
+    let tiles = m.div_ceil(ROWS);
+    crate::pool::for_ranges(groups * tiles, 1, &|range| {
         for it in range {
-            let r = it / groups;
-            let c0 = (it % groups) * COLS;
-            let a = &act[r * arow..(r + 1) * arow];
-            for c in c0..n.min(c0 + COLS) {
-                let v = dot(&w[c * wrow..(c + 1) * wrow], a, r);
-                // SAFETY: each (r, c) is written by exactly one work item.
-                unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
+            let (g, tile) = (it / tiles, it % tiles);
+            let c0 = g * COLS;
+            for r in tile * ROWS..m.min(tile * ROWS + ROWS) {
+                let a = &act[r * arow..(r + 1) * arow];
+                for c in c0..n.min(c0 + COLS) {
+                    let v = dot(&w[c * wrow..(c + 1) * wrow], a, r);
+                    // SAFETY: each (r, c) is written by exactly one work item.
+                    unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
+                }
             }
         }
     });
@@ -968,7 +980,9 @@ fn dot_q4k_tiled(w: &[u8], a: &[u8]) -> f32 {
         let bs = &y[4 + QK_K..];
         let bsum = |g: usize| i16::from_le_bytes([bs[2 * g], bs[2 * g + 1]]) as i32;
         let s1: i32 = simd::q4k_pair_sums(x, y, &scales).iter().sum();
-        let s2: i32 = (0..8).map(|j| mins[j] * (bsum(2 * j) + bsum(2 * j + 1))).sum();
+        let s2: i32 = (0..8)
+            .map(|j| mins[j] * (bsum(2 * j) + bsum(2 * j + 1)))
+            .sum();
         let r = (-dmin).mul_add(s2 as f32, s1 as f32 * d);
         acc = r.mul_add(dy, acc);
     }

@@ -615,11 +615,16 @@ impl Block {
             }
             Mlp::Fused { gate_up, down, .. } => gate_up.is_quantized() && down.is_quantized(),
         };
-        let norms = [Some(&self.attn_norm), Some(&self.ffn_norm), a.q_norm.as_ref(), a.k_norm.as_ref()]
-            .into_iter()
-            .chain([self.post_attn_norm.as_ref(), self.post_ffn_norm.as_ref()])
-            .flatten()
-            .all(|n| !n.host.is_empty());
+        let norms = [
+            Some(&self.attn_norm),
+            Some(&self.ffn_norm),
+            a.q_norm.as_ref(),
+            a.k_norm.as_ref(),
+        ]
+        .into_iter()
+        .chain([self.post_attn_norm.as_ref(), self.post_ffn_norm.as_ref()])
+        .flatten()
+        .all(|n| !n.host.is_empty());
         qkv && mlp && norms && a.o.is_quantized() && a.host_cache.is_some() && a.ggml_compat
     }
 
@@ -655,7 +660,12 @@ impl Block {
 impl Attention {
     /// [`Attention::forward`] for one position on host buffers: `sc.normed` in,
     /// `sc.proj` out.
-    fn forward_host(&mut self, pos: usize, table: &[f32], sc: &mut Scratch) -> candle_core::Result<()> {
+    fn forward_host(
+        &mut self,
+        pos: usize,
+        table: &[f32],
+        sc: &mut Scratch,
+    ) -> candle_core::Result<()> {
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         match &self.qkv {
             QkvProj::Separate { q, k, v } => {
@@ -1065,7 +1075,8 @@ impl Transformer {
             crate::ggml::rope_table(rope.theta as f32, fs, self.cfg.head_dim, pos, 1)
         };
         let global = table(&self.cfg.rope_global);
-        let local = (self.inv_freq_local != self.inv_freq_global).then(|| table(&self.cfg.rope_local));
+        let local =
+            (self.inv_freq_local != self.inv_freq_global).then(|| table(&self.cfg.rope_local));
         let act = self.cfg.activation;
         let result = (|| -> candle_core::Result<Tensor> {
             for block in self.blocks.iter_mut() {
