@@ -166,6 +166,14 @@ fn dot_tinyblas(a: &[f32], b: &[f32]) -> f32 {
 /// `ggml_vec_dot_f16` (AVX-512: four 16-lane accumulators over 64-element steps).
 #[inline]
 fn dot_vec_f16(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    if a.len().min(b.len()).is_multiple_of(64) {
+        return avx2::dot_vec_f16_whole(a, b);
+    }
     let mut acc = [[0f32; 16]; 4];
     let n = a.len().min(b.len());
     let full = n / 64 * 64;
@@ -185,6 +193,110 @@ fn dot_vec_f16(a: &[f32], b: &[f32]) -> f32 {
     reduce_vec_f16(&acc)
 }
 
+/// AVX2 forms of the kernels above with the same per-lane operations (same results).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// [`super::dot_vec_f16`] for lengths that are whole 64-element steps: the 16-lane
+    /// accumulator `j` is the register pair `acc[2j]`, `acc[2j + 1]`.
+    pub fn dot_vec_f16_whole(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len()) / 64 * 64;
+        // SAFETY: AVX2/FMA are enabled at compile time; loads stay below `n`.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let (pa, pb) = (a.as_ptr(), b.as_ptr());
+            for c in (0..n).step_by(64) {
+                for (q, r) in acc.iter_mut().enumerate() {
+                    let x = _mm256_loadu_ps(pa.add(c + 8 * q));
+                    let y = _mm256_loadu_ps(pb.add(c + 8 * q));
+                    *r = _mm256_fmadd_ps(x, y, *r);
+                }
+            }
+            // s = (acc0 + acc2) + (acc1 + acc3) per lane, lanes 0..8 and 8..16.
+            let s_lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+            let s_hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+            // reduce16: h[l] = s[l + 8] + s[l], g[l] = h[l + 4] + h[l],
+            // (g2 + g0) + (g3 + g1).
+            let h = _mm256_add_ps(s_hi, s_lo);
+            let g = _mm_add_ps(_mm256_extractf128_ps(h, 1), _mm256_castps256_ps128(h));
+            let e = _mm_add_ps(_mm_movehl_ps(g, g), g);
+            _mm_cvtss_f32(_mm_add_ss(e, _mm_movehdup_ps(e)))
+        }
+    }
+
+    /// `reduce16` of the 16 lanes `lo` (0..8), `hi` (8..16).
+    #[inline(always)]
+    unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
+        let h = _mm256_add_ps(hi, lo);
+        let g = _mm_add_ps(_mm256_extractf128_ps(h, 1), _mm256_castps256_ps128(h));
+        let e = _mm_add_ps(_mm_movehl_ps(g, g), g);
+        _mm_cvtss_f32(_mm_add_ss(e, _mm_movehdup_ps(e)))
+    }
+
+    /// [`super::dot_tinyblas`] of four rows against one: `[dot(a[i], b)]`, each with
+    /// its own 16-lane accumulator (four independent chains run side by side).
+    pub fn dot_tinyblas4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+        let n = b.len();
+        assert!(a.iter().all(|r| r.len() >= n));
+        let full = n / 16 * 16;
+        // SAFETY: AVX2/FMA are enabled at compile time; loads stay below `full <= n`.
+        unsafe {
+            let mut lo = [_mm256_setzero_ps(); 4];
+            let mut hi = [_mm256_setzero_ps(); 4];
+            let pb = b.as_ptr();
+            for c in (0..full).step_by(16) {
+                let (b0, b1) = (_mm256_loadu_ps(pb.add(c)), _mm256_loadu_ps(pb.add(c + 8)));
+                for i in 0..4 {
+                    let pa = a[i].as_ptr();
+                    lo[i] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(c)), b0, lo[i]);
+                    hi[i] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(c + 8)), b1, hi[i]);
+                }
+            }
+            let mut out = [0f32; 4];
+            for i in 0..4 {
+                if full < n {
+                    let mut lanes = [0f32; 16];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), lo[i]);
+                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi[i]);
+                    for (l, lane) in lanes.iter_mut().enumerate().take(n - full) {
+                        *lane = a[i][full + l].mul_add(b[full + l], *lane);
+                    }
+                    lo[i] = _mm256_loadu_ps(lanes.as_ptr());
+                    hi[i] = _mm256_loadu_ps(lanes.as_ptr().add(8));
+                }
+                out[i] = reduce16(lo[i], hi[i]);
+            }
+            out
+        }
+    }
+}
+
+/// [`dot_tinyblas`] of four rows against one.
+#[inline]
+fn dot_tinyblas4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        avx2::dot_tinyblas4(a, b)
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    {
+        a.map(|r| dot_tinyblas(&r[..b.len()], b))
+    }
+}
+
 /// The final reduction of `ggml_vec_dot_f16`'s four 16-lane accumulators.
 #[inline]
 fn reduce_vec_f16(acc: &[[f32; 16]; 4]) -> f32 {
@@ -199,7 +311,8 @@ fn reduce_vec_f16(acc: &[[f32; 16]; 4]) -> f32 {
 
 /// `out[d] = dot_vec_f16(column d of v, w)` for every `d < hd`, where `v` is `[t, hd]`
 /// row-major: the same per-lane sums, accumulated row by row (`acc[j % 64][d]`) so that
-/// `v` is read in order instead of one strided column at a time.
+/// `v` is read in order instead of one strided column at a time, then reduced lane by
+/// lane for all `d` at once.
 fn weighted_rows_vec_f16(v: &[f32], w: &[f32], hd: usize, acc: &mut Vec<f32>, out: &mut [f32]) {
     acc.clear();
     acc.resize(64 * hd, 0.0);
@@ -209,14 +322,31 @@ fn weighted_rows_vec_f16(v: &[f32], w: &[f32], hd: usize, acc: &mut Vec<f32>, ou
             *x = vd.mul_add(wj, *x);
         }
     }
-    for (d, o) in out.iter_mut().enumerate().take(hd) {
-        let mut lanes = [[0f32; 16]; 4];
-        for (j, lj) in lanes.iter_mut().enumerate() {
-            for (l, x) in lj.iter_mut().enumerate() {
-                *x = acc[(16 * j + l) * hd + d];
-            }
+    // Lane l of 16-lane accumulator j is row 16j + l. s[l] = (acc0 + acc2) + (acc1 + acc3)
+    // goes to row l; then reduce16 over rows 0..16.
+    for l in 0..16 {
+        let (head, rest) = acc.split_at_mut(16 * hd);
+        let s = &mut head[l * hd..(l + 1) * hd];
+        let a1 = &rest[l * hd..(l + 1) * hd];
+        let a2 = &rest[(16 + l) * hd..(17 + l) * hd];
+        let a3 = &rest[(32 + l) * hd..(33 + l) * hd];
+        for d in 0..hd {
+            s[d] = (s[d] + a2[d]) + (a1[d] + a3[d]);
         }
-        *o = reduce_vec_f16(&lanes);
+    }
+    let fold = |acc: &mut [f32], rows: usize| {
+        let (lo, hi) = acc.split_at_mut(rows * hd);
+        for (x, &y) in lo.iter_mut().zip(&hi[..rows * hd]) {
+            *x += y;
+        }
+    };
+    fold(acc, 8);
+    fold(acc, 4);
+    let r = |i: usize| i * hd;
+    for (d, o) in out.iter_mut().enumerate().take(hd) {
+        let e0 = acc[r(2) + d] + acc[r(0) + d];
+        let e1 = acc[r(3) + d] + acc[r(1) + d];
+        *o = e0 + e1;
     }
 }
 
@@ -259,9 +389,9 @@ impl<'a> KvRows<'a> {
 }
 
 thread_local! {
-    /// Per-thread rows of the attention (scores, lane sums).
-    static ATT_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// Per-thread rows of the attention (scores, lane sums, visible keys).
+    static ATT_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>, Vec<usize>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Attention for one sequence on f16-valued data, like llama.cpp's non-flash CPU path.
@@ -307,7 +437,7 @@ pub fn attention(
     crate::pool::for_ranges(s * nh, 1, &|pairs| {
         ATT_SCRATCH.with(|cell| {
             let mut scratch = cell.borrow_mut();
-            let (w, acc) = &mut *scratch;
+            let (w, acc, seen) = &mut *scratch;
             w.resize(t, 0.0);
             for c in pairs {
                 // SAFETY: pair `c` owns `out[c * hd..(c + 1) * hd]`; no other pair writes it.
@@ -319,19 +449,31 @@ pub fn attention(
                 let kh = kv.head(kv.k, kvh, hd);
                 let vh = kv.head(kv.v, kvh, hd);
                 let qi = &q[(h * s + i) * hd..(h * s + i + 1) * hd];
-                for j in 0..t {
-                    // A masked key's score is not needed (its weight is exactly 0).
-                    w[j] = if visible(i, j) {
-                        let kj = &kh[j * hd..(j + 1) * hd];
-                        let d = if several {
-                            dot_tinyblas(kj, qi)
-                        } else {
-                            dot_vec_f16(kj, qi)
-                        };
-                        d * scale
+                let key = |j: usize| &kh[j * hd..(j + 1) * hd];
+                // A masked key's score is not needed (its weight is exactly 0).
+                seen.clear();
+                for (j, wj) in w.iter_mut().enumerate() {
+                    if visible(i, j) {
+                        seen.push(j);
                     } else {
-                        f32::NEG_INFINITY
-                    };
+                        *wj = f32::NEG_INFINITY;
+                    }
+                }
+                if several {
+                    let mut quads = seen.chunks_exact(4);
+                    for js in quads.by_ref() {
+                        let d = dot_tinyblas4([key(js[0]), key(js[1]), key(js[2]), key(js[3])], qi);
+                        for (&j, d) in js.iter().zip(d) {
+                            w[j] = d * scale;
+                        }
+                    }
+                    for &j in quads.remainder() {
+                        w[j] = dot_tinyblas(key(j), qi) * scale;
+                    }
+                } else {
+                    for &j in seen.iter() {
+                        w[j] = dot_vec_f16(key(j), qi) * scale;
+                    }
                 }
                 softmax_row(w);
                 for p in w.iter_mut() {
@@ -341,9 +483,20 @@ pub fn attention(
                     weighted_rows_vec_f16(vh, w, hd, acc, o);
                     continue;
                 }
+                // Keys past the last visible one have weight +0: leaving them out
+                // leaves every lane's sum as it is.
+                let end = seen.last().map_or(0, |&j| j + 1);
                 let vth = &vt_all[kvh * hd * t..(kvh + 1) * hd * t];
-                for (od, col) in o.iter_mut().zip(vth.chunks_exact(t)) {
-                    *od = dot_tinyblas(col, w);
+                let col = |dd: usize| &vth[dd * t..dd * t + end];
+                let mut dd = 0;
+                while dd + 4 <= hd {
+                    let d =
+                        dot_tinyblas4([col(dd), col(dd + 1), col(dd + 2), col(dd + 3)], &w[..end]);
+                    o[dd..dd + 4].copy_from_slice(&d);
+                    dd += 4;
+                }
+                for (k, od) in o.iter_mut().enumerate().skip(dd) {
+                    *od = dot_tinyblas(col(k), &w[..end]);
                 }
             }
         })
@@ -382,6 +535,30 @@ mod tests {
                 dot_by_element(&a, &b).to_bits()
             );
         }
+    }
+
+    #[test]
+    fn four_tinyblas_dots_at_once_are_four_dots() {
+        for n in [0, 5, 16, 64, 100, 513] {
+            let rows: Vec<Vec<f32>> = (0..4).map(|i| values(n + 3, 10 + i)).collect();
+            let b = values(n, 20);
+            let got = dot_tinyblas4([&rows[0], &rows[1], &rows[2], &rows[3]], &b);
+            for (r, g) in rows.iter().zip(got) {
+                assert_eq!(g.to_bits(), dot_tinyblas(&r[..n], &b).to_bits(), "n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_zero_weight_tail_changes_no_tinyblas_dot() {
+        let (a, mut w) = (values(300, 7), values(300, 8));
+        for x in w[211..].iter_mut() {
+            *x = 0.0;
+        }
+        assert_eq!(
+            dot_tinyblas(&a, &w).to_bits(),
+            dot_tinyblas(&a[..211], &w[..211]).to_bits()
+        );
     }
 
     #[test]

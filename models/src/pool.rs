@@ -43,7 +43,7 @@ impl Backoff {
     /// One poll; returns the time waited so far (checked every 64 polls).
     fn snooze(&mut self) -> Duration {
         self.polls += 1;
-        if self.polls % 64 != 0 {
+        if !self.polls.is_multiple_of(64) {
             std::hint::spin_loop();
             return Duration::ZERO;
         }

@@ -753,7 +753,6 @@ fn dot_q4k(w: &[u8], a: &[u8]) -> f32 {
     target_feature = "fma"
 ))]
 mod simd {
-    use super::f16_at;
     use std::arch::x86_64::*;
 
     #[inline]
@@ -787,10 +786,11 @@ mod simd {
             let mut summs = 0f32;
             let low = _mm256_set1_epi8(0x0f);
             for (wb, ab) in w.chunks_exact(20).zip(a.chunks_exact(36)) {
-                let d0 = f16_at(wb, 0);
-                let d1 = f16_at(ab, 0);
-                summs += f16_at(wb, 2) * f16_at(ab, 2);
-                let d0d1 = _mm256_set1_ps(d0 * d1);
+                // [d0, m0, d1, s1]; products [d0 * d1, m0 * s1] (rounded as f32 each).
+                let scales = half4(wb, ab);
+                let prod = _mm_mul_ps(scales, _mm_movehl_ps(scales, scales));
+                summs += _mm_cvtss_f32(_mm_movehdup_ps(prod));
+                let d0d1 = _mm256_broadcastss_ps(prod);
                 let tmp = _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i);
                 let qx = _mm256_and_si256(
                     _mm256_insertf128_si256(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4), 1),
@@ -810,7 +810,8 @@ mod simd {
             let mut acc = _mm256_setzero_ps();
             let mut q = [0i8; 32];
             for (wb, ab) in w.chunks_exact(wblock).zip(a.chunks_exact(34)) {
-                let dd = _mm256_set1_ps(f16_at(wb, 0) * f16_at(ab, 0));
+                let scales = half2(wb, ab);
+                let dd = _mm256_broadcastss_ps(_mm_mul_ss(scales, _mm_movehdup_ps(scales)));
                 let qx = if wblock == 34 {
                     _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i)
                 } else if wblock == 22 {
@@ -845,6 +846,25 @@ mod simd {
             }
             hsum_float_8(acc)
         }
+    }
+
+    /// The f16 pairs at the start of two blocks as `[x0, x1, y0, y1]` in f32, converted
+    /// together: one conversion of a full register, where converting each value alone
+    /// lets the compiler insert it into a live register and chain the loop iterations
+    /// on that register.
+    #[inline(always)]
+    unsafe fn half4(x: &[u8], y: &[u8]) -> __m128 {
+        let lo = u32::from_le_bytes([x[0], x[1], x[2], x[3]]) as u64;
+        let hi = u32::from_le_bytes([y[0], y[1], y[2], y[3]]) as u64;
+        _mm_cvtph_ps(_mm_cvtsi64_si128((lo | hi << 32) as i64))
+    }
+
+    /// `[x0, y0, 0, 0]`: the first f16 of each block in f32 (see [`half4`]).
+    #[inline(always)]
+    unsafe fn half2(x: &[u8], y: &[u8]) -> __m128 {
+        let bits = u16::from_le_bytes([x[0], x[1]]) as u32
+            | (u16::from_le_bytes([y[0], y[1]]) as u32) << 16;
+        _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
     }
 
     /// Sum of 8 int32 lanes (exact, any order).
