@@ -259,8 +259,33 @@ fn run<T: GgmlType>(
         // SAFETY: every byte was written with the `#[repr(C)]` layout of `T::VecDotType`
         // (size checked above); all bit patterns of its fields are valid.
         match T::DTYPE {
+            GgmlDType::Q4_1 if m >= 2 => {
+                dot_tiles_32(data, bytes, m, k, n, dst, &Q41Tiles { vnni: has_vnni() });
+                return Ok(());
+            }
             GgmlDType::Q4_1 => {
                 dot_all_rows(data, bytes, m, k, n, 20, 36, dst, simd::dot_q4_1);
+                return Ok(());
+            }
+            GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0 if m >= 2 => {
+                let (wblock, unpack): (usize, Unpack) = match T::DTYPE {
+                    GgmlDType::Q4_0 => (18, unpack_q4_0),
+                    GgmlDType::Q5_0 => (22, unpack_q5_0),
+                    _ => (34, unpack_q8_0),
+                };
+                dot_tiles_32(
+                    data,
+                    bytes,
+                    m,
+                    k,
+                    n,
+                    dst,
+                    &Q0Tiles {
+                        wblock,
+                        unpack,
+                        vnni: has_vnni(),
+                    },
+                );
                 return Ok(());
             }
             GgmlDType::Q4_0 => {
@@ -284,9 +309,21 @@ fn run<T: GgmlType>(
             // llama.cpp repacks Q4_K weights with 8 | rows into its 8x8 layout on AVX2.
             GgmlDType::Q4K if n.is_multiple_of(8) => {
                 // Rows in whole groups of 4 go through the gemm kernel, the rest through gemv.
-                let gemm_rows = m - m % 4;
-                dot_all_rows_k(data, bytes, m, k, n, 144, dst, |w, a, r| {
-                    dot_q4k_repacked(w, a, r < gemm_rows)
+                dot_tiles_k(data, bytes, m, k, n, 144, dst, &|w, a, dst_row| {
+                    // Rows in whole groups of 4 go through the gemm kernel, the rest gemv.
+                    let gemm_rows = m - m % 4;
+                    let mut r = 0;
+                    while r + 4 <= a.len() {
+                        let rows: [&[u8]; 4] = std::array::from_fn(|j| a[r + j].1);
+                        let gemm = a[r + 3].0 < gemm_rows;
+                        for (j, v) in simd::tile_q4k(w, rows, gemm).into_iter().enumerate() {
+                            dst_row(a[r + j].0, v);
+                        }
+                        r += 4;
+                    }
+                    for &(row, act) in &a[r..] {
+                        dst_row(row, simd::tile_q4k(w, [act], row < gemm_rows)[0]);
+                    }
                 });
                 return Ok(());
             }
@@ -302,8 +339,18 @@ fn run<T: GgmlType>(
                 return Ok(());
             }
             GgmlDType::Q6K if m >= 8 => {
-                dot_all_rows_k(data, bytes, m, k, n, 210, dst, |w, a, _| {
-                    dot_q6k_tiled(w, a)
+                dot_tiles_k(data, bytes, m, k, n, 210, dst, &|w, a, dst_row| {
+                    let mut r = 0;
+                    while r + 4 <= a.len() {
+                        let rows: [&[u8]; 4] = std::array::from_fn(|j| a[r + j].1);
+                        for (j, v) in simd::tile_q6k(w, rows).into_iter().enumerate() {
+                            dst_row(a[r + j].0, v);
+                        }
+                        r += 4;
+                    }
+                    for &(row, act) in &a[r..] {
+                        dst_row(row, simd::tile_q6k(w, [act])[0]);
+                    }
                 });
                 return Ok(());
             }
@@ -464,6 +511,202 @@ fn dot_all_rows(
     });
 }
 
+/// Weight rows × activation rows of one register tile (tinyBLAS's AVX2 tile for the
+/// 32-value formats).
+const TILE_W: usize = 4;
+const TILE_A: usize = 3;
+
+/// Whether the tile kernels may use AVX-512 VNNI (checked once; `TUTTI_NO_VNNI` turns it
+/// off, for comparing the two kernels).
+fn has_vnni() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        {
+            simd::has_vnni() && std::env::var_os("TUTTI_NO_VNNI").is_none()
+        }
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )))]
+        {
+            false
+        }
+    })
+}
+
+/// Writes one weight block's 32 signed values (the scalar unpacking).
+type Unpack = fn(&[u8], &mut [i8; 32]);
+
+/// A register-tile kernel of one 32-value weight format against its activation blocks.
+trait Tiles32: Sync {
+    /// Bytes of one weight block and of one activation block.
+    fn blocks(&self) -> (usize, usize);
+    /// The dot products of `RM` weight rows × `RN` activation rows.
+    fn tile<const RM: usize, const RN: usize>(
+        &self,
+        w: [&[u8]; RM],
+        a: [&[u8]; RN],
+    ) -> [[f32; RN]; RM];
+}
+
+/// Q4_0, Q5_0 and Q8_0 against Q8_0 activations.
+struct Q0Tiles {
+    wblock: usize,
+    unpack: fn(&[u8], &mut [i8; 32]),
+    /// Use the AVX-512 VNNI kernel (the CPU has it).
+    vnni: bool,
+}
+
+impl Tiles32 for Q0Tiles {
+    fn blocks(&self) -> (usize, usize) {
+        (self.wblock, 34)
+    }
+    fn tile<const RM: usize, const RN: usize>(
+        &self,
+        w: [&[u8]; RM],
+        a: [&[u8]; RN],
+    ) -> [[f32; RN]; RM] {
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        if self.vnni {
+            // SAFETY: `vnni` is set only where the CPU has the features (`has_vnni`).
+            return unsafe { simd::tile_q0_vnni(w, a, self.wblock, self.unpack) };
+        }
+        simd::tile_q0(w, a, self.wblock, self.unpack)
+    }
+}
+
+/// Q4_1 against Q8_1 activations.
+struct Q41Tiles {
+    /// Use the AVX-512 VNNI kernel (the CPU has it).
+    vnni: bool,
+}
+
+impl Tiles32 for Q41Tiles {
+    fn blocks(&self) -> (usize, usize) {
+        (20, 36)
+    }
+    fn tile<const RM: usize, const RN: usize>(
+        &self,
+        w: [&[u8]; RM],
+        a: [&[u8]; RN],
+    ) -> [[f32; RN]; RM] {
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        if self.vnni {
+            // SAFETY: as above.
+            return unsafe { simd::tile_q4_1_vnni(w, a) };
+        }
+        simd::tile_q4_1(w, a)
+    }
+}
+
+/// The 32-value formats for several activation rows (prefill): each weight block is
+/// unpacked once for [`TILE_A`] activation rows and each activation block loaded once for
+/// [`TILE_W`] weight rows. Every (row, column) keeps the lanes and float operations of
+/// the one-row kernel ([`dot_q0`], [`dot_q4_1`]), so the results are the same bits.
+fn dot_tiles_32(
+    w: &[u8],
+    act: &[u8],
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: &mut [f32],
+    kern: &impl Tiles32,
+) {
+    let (wblock, ablock) = kern.blocks();
+    let wrow = k / 32 * wblock;
+    let arow = k / 32 * ablock;
+    let dst_ptr = dst.as_mut_ptr() as usize;
+    // SAFETY (raw writes): each (r, c) is written by exactly one work item.
+    let write = |r: usize, c: usize, v: f32| unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
+    let wr = |c: usize| &w[c * wrow..(c + 1) * wrow];
+    let ar = |r: usize| &act[r * arow..(r + 1) * arow];
+    // Work items of 8 weight rows × 24 activation rows: the activation rows of an item
+    // stay in the L1 cache while both groups of weight rows pass them.
+    const COLS: usize = 2 * TILE_W;
+    const ROWS: usize = 8 * TILE_A;
+    let groups = n.div_ceil(COLS);
+    let tiles = m.div_ceil(ROWS);
+    crate::pool::for_ranges(groups * tiles, 1, &|range| {
+        for it in range {
+            let (g, tile) = (it / tiles, it % tiles);
+            let (c0, c_end) = (g * COLS, n.min(g * COLS + COLS));
+            let (r0, r_end) = (tile * ROWS, m.min(tile * ROWS + ROWS));
+            let mut c = c0;
+            while c + TILE_W <= c_end {
+                let ws: [&[u8]; TILE_W] = std::array::from_fn(|i| wr(c + i));
+                let mut r = r0;
+                while r + TILE_A <= r_end {
+                    let acts: [&[u8]; TILE_A] = std::array::from_fn(|j| ar(r + j));
+                    let out = kern.tile(ws, acts);
+                    for (i, row) in out.iter().enumerate() {
+                        for (j, &v) in row.iter().enumerate() {
+                            write(r + j, c + i, v);
+                        }
+                    }
+                    r += TILE_A;
+                }
+                for r in r..r_end {
+                    let out = kern.tile(ws, [ar(r)]);
+                    for (i, row) in out.iter().enumerate() {
+                        write(r, c + i, row[0]);
+                    }
+                }
+                c += TILE_W;
+            }
+            for c in c..c_end {
+                for r in r0..r_end {
+                    write(r, c, kern.tile([wr(c)], [ar(r)])[0][0]);
+                }
+            }
+        }
+    });
+}
+
+/// [`dot_q0`] of every weight row against every activation row (the scalar tile).
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn tile_q0<const RM: usize, const RN: usize>(
+    w: [&[u8]; RM],
+    a: [&[u8]; RN],
+    wblock: usize,
+    unpack: fn(&[u8], &mut [i8; 32]),
+) -> [[f32; RN]; RM] {
+    std::array::from_fn(|i| std::array::from_fn(|j| dot_q0(w[i], a[j], wblock, unpack)))
+}
+
+/// [`dot_q4_1`] of every weight row against every activation row (the scalar tile).
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn tile_q4_1<const RM: usize, const RN: usize>(w: [&[u8]; RM], a: [&[u8]; RN]) -> [[f32; RN]; RM] {
+    std::array::from_fn(|i| std::array::from_fn(|j| dot_q4_1(w[i], a[j])))
+}
+
 fn unpack_q4_0(b: &[u8], q: &mut [i8; 32]) {
     for j in 0..16 {
         q[j] = (b[2 + j] & 0x0f) as i8 - 8;
@@ -555,6 +798,72 @@ fn dot_all_rows_k(
             }
         }
     });
+}
+
+/// A tile kernel of [`dot_tiles_k`]: one weight row, the activation rows of a work item
+/// as `(row index, row)`, and where to write `(row index, value)`.
+type KTile<'a> = dyn Fn(&[u8], &[(usize, &[u8])], &dyn Fn(usize, f32)) + Sync + 'a;
+
+/// [`dot_all_rows_k`] for kernels that take several activation rows per weight row (the
+/// weight super-blocks are decoded once for all of them).
+#[allow(clippy::too_many_arguments)]
+fn dot_tiles_k(
+    w: &[u8],
+    act: &[u8],
+    m: usize,
+    k: usize,
+    n: usize,
+    wblock: usize,
+    dst: &mut [f32],
+    tile: &KTile,
+) {
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let wrow = k / QK_K * wblock;
+    let arow = k / QK_K * ab;
+    let dst_ptr = dst.as_mut_ptr() as usize;
+    const COLS: usize = 8;
+    const ROWS: usize = 16;
+    let groups = n.div_ceil(COLS);
+    let tiles = m.div_ceil(ROWS);
+    crate::pool::for_ranges(groups * tiles, 1, &|range| {
+        for it in range {
+            let (g, tile_i) = (it / tiles, it % tiles);
+            let rows: Vec<(usize, &[u8])> = (tile_i * ROWS..m.min(tile_i * ROWS + ROWS))
+                .map(|r| (r, &act[r * arow..(r + 1) * arow]))
+                .collect();
+            for c in g * COLS..n.min(g * COLS + COLS) {
+                // SAFETY: each (r, c) is written by exactly one work item.
+                let write = |r: usize, v: f32| unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
+                tile(&w[c * wrow..(c + 1) * wrow], &rows, &write);
+            }
+        }
+    });
+}
+
+/// [`dot_q4k_repacked`] of one weight row against `RN` activation rows.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn tile_q4k<const RN: usize>(w: &[u8], a: [&[u8]; RN], gemm: bool) -> [f32; RN] {
+    a.map(|a| dot_q4k_repacked(w, a, gemm))
+}
+
+/// [`dot_q6k_tiled`] of one weight row against `RN` activation rows.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn tile_q6k<const RN: usize>(w: &[u8], a: [&[u8]; RN]) -> [f32; RN] {
+    a.map(|a| dot_q6k_tiled(w, a))
 }
 
 /// `ggml_vec_dot_q6_K_q8_K` (x86 AVX2) bit for bit. Per super-block the integer dot
@@ -804,48 +1113,359 @@ mod simd {
         }
     }
 
+    /// One weight block's 32 signed values (`q - 8`, `q - 16` or `q`).
+    #[inline(always)]
+    unsafe fn load_q0(wb: &[u8], wblock: usize, unpack: fn(&[u8], &mut [i8; 32])) -> __m256i {
+        if wblock == 34 {
+            _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i)
+        } else if wblock == 22 {
+            // Q5_0: ggml's bytes_from_nibbles_32 | (bit ? 0 : 0xF0), i.e. q - 16.
+            let tmp = _mm_loadu_si128(wb.as_ptr().add(6) as *const __m128i);
+            let nib = _mm256_and_si256(
+                _mm256_insertf128_si256(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4), 1),
+                _mm256_set1_epi8(0x0f),
+            );
+            let x32 = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]) as i32;
+            let shuf = _mm256_set_epi64x(
+                0x0303030303030303,
+                0x0202020202020202,
+                0x0101010101010101,
+                0,
+            );
+            let mut bits = _mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuf);
+            bits = _mm256_or_si256(bits, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+            let bits = _mm256_cmpeq_epi8(bits, _mm256_set1_epi64x(-1));
+            let hi = _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8));
+            _mm256_or_si256(nib, hi)
+        } else if wblock == 18 {
+            // Q4_0: nibbles minus 8.
+            let tmp = _mm_loadu_si128(wb.as_ptr().add(2) as *const __m128i);
+            let nib = _mm256_and_si256(
+                _mm256_insertf128_si256(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4), 1),
+                _mm256_set1_epi8(0x0f),
+            );
+            _mm256_sub_epi8(nib, _mm256_set1_epi8(8))
+        } else {
+            let mut q = [0i8; 32];
+            unpack(wb, &mut q);
+            _mm256_loadu_si256(q.as_ptr() as *const __m256i)
+        }
+    }
+
     pub fn dot_q0(w: &[u8], a: &[u8], wblock: usize, unpack: fn(&[u8], &mut [i8; 32])) -> f32 {
         // SAFETY: as above.
         unsafe {
             let mut acc = _mm256_setzero_ps();
-            let mut q = [0i8; 32];
             for (wb, ab) in w.chunks_exact(wblock).zip(a.chunks_exact(34)) {
                 let scales = half2(wb, ab);
                 let dd = _mm256_broadcastss_ps(_mm_mul_ss(scales, _mm_movehdup_ps(scales)));
-                let qx = if wblock == 34 {
-                    _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i)
-                } else if wblock == 22 {
-                    // Q5_0: ggml's bytes_from_nibbles_32 | (bit ? 0 : 0xF0), i.e. q - 16.
-                    let tmp = _mm_loadu_si128(wb.as_ptr().add(6) as *const __m128i);
-                    let nib = _mm256_and_si256(
-                        _mm256_insertf128_si256(
-                            _mm256_castsi128_si256(tmp),
-                            _mm_srli_epi16(tmp, 4),
-                            1,
-                        ),
-                        _mm256_set1_epi8(0x0f),
-                    );
-                    let x32 = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]) as i32;
-                    let shuf = _mm256_set_epi64x(
-                        0x0303030303030303,
-                        0x0202020202020202,
-                        0x0101010101010101,
-                        0,
-                    );
-                    let mut bits = _mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuf);
-                    bits = _mm256_or_si256(bits, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
-                    let bits = _mm256_cmpeq_epi8(bits, _mm256_set1_epi64x(-1));
-                    let hi = _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8));
-                    _mm256_or_si256(nib, hi)
-                } else {
-                    unpack(wb, &mut q);
-                    _mm256_loadu_si256(q.as_ptr() as *const __m256i)
-                };
+                let qx = load_q0(wb, wblock, unpack);
                 let qy = _mm256_loadu_si256(ab.as_ptr().add(2) as *const __m256i);
                 acc = _mm256_fmadd_ps(dd, mul_sum_i8_pairs_float(qx, qy), acc);
             }
             hsum_float_8(acc)
         }
+    }
+
+    /// [`super::tile_q0`]: `RM` weight rows × `RN` activation rows, each weight block
+    /// unpacked once; per (row, column) the float operations of [`dot_q0`].
+    #[inline(always)]
+    pub fn tile_q0<const RM: usize, const RN: usize>(
+        w: [&[u8]; RM],
+        a: [&[u8]; RN],
+        wblock: usize,
+        unpack: fn(&[u8], &mut [i8; 32]),
+    ) -> [[f32; RN]; RM] {
+        const { assert!(RM <= 4 && RN <= 4) };
+        let nb = a[0].len() / 34;
+        assert!(w.iter().all(|r| r.len() >= nb * wblock) && a.iter().all(|r| r.len() >= nb * 34));
+        // SAFETY: AVX2 and FMA are enabled at compile time; every block read is inside its
+        // row (lengths checked above).
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); RN]; RM];
+            for b in 0..nb {
+                let mut dw = [0u16; 4];
+                let mut da = [0u16; 4];
+                let mut qx = [_mm256_setzero_si256(); RM];
+                let mut ax = [_mm256_setzero_si256(); RM];
+                for i in 0..RM {
+                    let wb = &w[i][b * wblock..(b + 1) * wblock];
+                    dw[i] = u16::from_le_bytes([wb[0], wb[1]]);
+                    qx[i] = load_q0(wb, wblock, unpack);
+                    ax[i] = _mm256_sign_epi8(qx[i], qx[i]);
+                }
+                for j in 0..RN {
+                    da[j] = u16::from_le_bytes([a[j][b * 34], a[j][b * 34 + 1]]);
+                }
+                let dwf = cvt4(dw);
+                let daf = cvt4(da);
+                for j in 0..RN {
+                    let qy = _mm256_loadu_si256(a[j].as_ptr().add(b * 34 + 2) as *const __m256i);
+                    for i in 0..RM {
+                        let dd = _mm256_set1_ps(dwf[i] * daf[j]);
+                        let sy = _mm256_sign_epi8(qy, qx[i]);
+                        acc[i][j] =
+                            _mm256_fmadd_ps(dd, mul_sum_us8_pairs_float(ax[i], sy), acc[i][j]);
+                    }
+                }
+            }
+            let mut out = [[0f32; RN]; RM];
+            for i in 0..RM {
+                for j in 0..RN {
+                    out[i][j] = hsum_float_8(acc[i][j]);
+                }
+            }
+            out
+        }
+    }
+
+    /// [`super::tile_q4_1`]: `RM` weight rows × `RN` activation rows, each weight block
+    /// unpacked once; per (row, column) the float operations of [`dot_q4_1`].
+    #[inline(always)]
+    pub fn tile_q4_1<const RM: usize, const RN: usize>(
+        w: [&[u8]; RM],
+        a: [&[u8]; RN],
+    ) -> [[f32; RN]; RM] {
+        const { assert!(RM <= 4 && RN <= 4) };
+        let nb = a[0].len() / 36;
+        assert!(w.iter().all(|r| r.len() >= nb * 20) && a.iter().all(|r| r.len() >= nb * 36));
+        // SAFETY: AVX2 and FMA are enabled at compile time; every block read is inside its
+        // row (lengths checked above).
+        unsafe {
+            let low = _mm256_set1_epi8(0x0f);
+            let mut acc = [[_mm256_setzero_ps(); RN]; RM];
+            let mut summs = [[0f32; RN]; RM];
+            for b in 0..nb {
+                let mut dw = [0u16; 8];
+                let mut da = [0u16; 8];
+                let mut qx = [_mm256_setzero_si256(); RM];
+                for i in 0..RM {
+                    let wb = w[i].as_ptr().add(b * 20);
+                    dw[2 * i] = u16::from_le_bytes([*wb, *wb.add(1)]);
+                    dw[2 * i + 1] = u16::from_le_bytes([*wb.add(2), *wb.add(3)]);
+                    let tmp = _mm_loadu_si128(wb.add(4) as *const __m128i);
+                    qx[i] = _mm256_and_si256(
+                        _mm256_insertf128_si256(
+                            _mm256_castsi128_si256(tmp),
+                            _mm_srli_epi16(tmp, 4),
+                            1,
+                        ),
+                        low,
+                    );
+                }
+                for j in 0..RN {
+                    let ab = a[j].as_ptr().add(b * 36);
+                    da[2 * j] = u16::from_le_bytes([*ab, *ab.add(1)]);
+                    da[2 * j + 1] = u16::from_le_bytes([*ab.add(2), *ab.add(3)]);
+                }
+                let dwf = cvt8(dw);
+                let daf = cvt8(da);
+                for j in 0..RN {
+                    let qy = _mm256_loadu_si256(a[j].as_ptr().add(b * 36 + 4) as *const __m256i);
+                    for i in 0..RM {
+                        summs[i][j] += dwf[2 * i + 1] * daf[2 * j + 1];
+                        let d0d1 = _mm256_set1_ps(dwf[2 * i] * daf[2 * j]);
+                        acc[i][j] =
+                            _mm256_fmadd_ps(d0d1, mul_sum_us8_pairs_float(qx[i], qy), acc[i][j]);
+                    }
+                }
+            }
+            let mut out = [[0f32; RN]; RM];
+            for i in 0..RM {
+                for j in 0..RN {
+                    out[i][j] = hsum_float_8(acc[i][j]) + summs[i][j];
+                }
+            }
+            out
+        }
+    }
+
+    /// Eight f16 values in f32, converted in one instruction.
+    #[inline(always)]
+    unsafe fn cvt8(h: [u16; 8]) -> [f32; 8] {
+        let mut out = [0f32; 8];
+        let v = _mm_loadu_si128(h.as_ptr() as *const __m128i);
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_cvtph_ps(v));
+        out
+    }
+
+    /// Whether the CPU has AVX-512 VNNI (with VL and BW) for the tile kernels below.
+    pub fn has_vnni() -> bool {
+        is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512bw")
+    }
+
+    /// [`tile_q0`] with AVX-512 VNNI: `vpdpbusd` forms each lane's sum of four products
+    /// in one instruction from the unsigned stored values (`q + c`), and the offset is
+    /// taken back exactly (`c Σ y` per lane, once per activation block). The integers,
+    /// and so every float operation after them, are those of [`dot_q0`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 VNNI, VL and BW ([`has_vnni`]).
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub unsafe fn tile_q0_vnni<const RM: usize, const RN: usize>(
+        w: [&[u8]; RM],
+        a: [&[u8]; RN],
+        wblock: usize,
+        unpack: fn(&[u8], &mut [i8; 32]),
+    ) -> [[f32; RN]; RM] {
+        const { assert!(RM <= 4 && RN <= 4) };
+        let nb = a[0].len() / 34;
+        assert!(w.iter().all(|r| r.len() >= nb * wblock) && a.iter().all(|r| r.len() >= nb * 34));
+        let offset: i8 = match wblock {
+            18 => 8,
+            22 => 16,
+            _ => -128,
+        };
+        let low = _mm256_set1_epi8(0x0f);
+        let cv = _mm256_set1_epi8(offset);
+        let mut acc = [[_mm256_setzero_ps(); RN]; RM];
+        for b in 0..nb {
+            let mut dw = [0u16; 4];
+            let mut da = [0u16; 4];
+            let mut qu = [_mm256_setzero_si256(); RM];
+            for i in 0..RM {
+                let wb = &w[i][b * wblock..(b + 1) * wblock];
+                dw[i] = u16::from_le_bytes([wb[0], wb[1]]);
+                qu[i] = match wblock {
+                    34 => _mm256_xor_si256(
+                        _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i),
+                        _mm256_set1_epi8(-128),
+                    ),
+                    18 | 22 => {
+                        let at = if wblock == 18 { 2 } else { 6 };
+                        let tmp = _mm_loadu_si128(wb.as_ptr().add(at) as *const __m128i);
+                        let nib = _mm256_and_si256(
+                            _mm256_insertf128_si256(
+                                _mm256_castsi128_si256(tmp),
+                                _mm_srli_epi16(tmp, 4),
+                                1,
+                            ),
+                            low,
+                        );
+                        if wblock == 18 {
+                            nib
+                        } else {
+                            let x32 = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]) as i32;
+                            let shuf = _mm256_set_epi64x(
+                                0x0303030303030303,
+                                0x0202020202020202,
+                                0x0101010101010101,
+                                0,
+                            );
+                            let mut bits = _mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuf);
+                            bits = _mm256_or_si256(bits, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+                            let set = _mm256_cmpeq_epi8(bits, _mm256_set1_epi64x(-1));
+                            _mm256_or_si256(nib, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+                        }
+                    }
+                    _ => {
+                        let mut q = [0i8; 32];
+                        unpack(wb, &mut q);
+                        _mm256_xor_si256(
+                            _mm256_loadu_si256(q.as_ptr() as *const __m256i),
+                            _mm256_set1_epi8(-128),
+                        )
+                    }
+                };
+            }
+            for j in 0..RN {
+                da[j] = u16::from_le_bytes([a[j][b * 34], a[j][b * 34 + 1]]);
+            }
+            let dwf = cvt4(dw);
+            let daf = cvt4(da);
+            let bw: [__m256; RM] = std::array::from_fn(|i| _mm256_set1_ps(dwf[i]));
+            for j in 0..RN {
+                let qy = _mm256_loadu_si256(a[j].as_ptr().add(b * 34 + 2) as *const __m256i);
+                let neg = _mm256_sub_epi32(
+                    _mm256_setzero_si256(),
+                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), cv, qy),
+                );
+                let ba = _mm256_set1_ps(daf[j]);
+                for i in 0..RM {
+                    let lanes = _mm256_dpbusd_epi32(neg, qu[i], qy);
+                    let dd = _mm256_mul_ps(bw[i], ba);
+                    acc[i][j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(lanes), acc[i][j]);
+                }
+            }
+        }
+        let mut out = [[0f32; RN]; RM];
+        for i in 0..RM {
+            for j in 0..RN {
+                out[i][j] = hsum_float_8(acc[i][j]);
+            }
+        }
+        out
+    }
+
+    /// [`tile_q4_1`] with AVX-512 VNNI (`vpdpbusd` for the lanes; the same integers).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 VNNI, VL and BW ([`has_vnni`]).
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub unsafe fn tile_q4_1_vnni<const RM: usize, const RN: usize>(
+        w: [&[u8]; RM],
+        a: [&[u8]; RN],
+    ) -> [[f32; RN]; RM] {
+        const { assert!(RM <= 4 && RN <= 4) };
+        let nb = a[0].len() / 36;
+        assert!(w.iter().all(|r| r.len() >= nb * 20) && a.iter().all(|r| r.len() >= nb * 36));
+        let low = _mm256_set1_epi8(0x0f);
+        let mut acc = [[_mm256_setzero_ps(); RN]; RM];
+        let mut summs = [[0f32; RN]; RM];
+        for b in 0..nb {
+            let mut dw = [0u16; 8];
+            let mut da = [0u16; 8];
+            let mut qx = [_mm256_setzero_si256(); RM];
+            for i in 0..RM {
+                let wb = w[i].as_ptr().add(b * 20);
+                dw[2 * i] = u16::from_le_bytes([*wb, *wb.add(1)]);
+                dw[2 * i + 1] = u16::from_le_bytes([*wb.add(2), *wb.add(3)]);
+                let tmp = _mm_loadu_si128(wb.add(4) as *const __m128i);
+                qx[i] = _mm256_and_si256(
+                    _mm256_insertf128_si256(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4), 1),
+                    low,
+                );
+            }
+            for j in 0..RN {
+                let ab = a[j].as_ptr().add(b * 36);
+                da[2 * j] = u16::from_le_bytes([*ab, *ab.add(1)]);
+                da[2 * j + 1] = u16::from_le_bytes([*ab.add(2), *ab.add(3)]);
+            }
+            let dwf = cvt8(dw);
+            let daf = cvt8(da);
+            let bw: [__m256; RM] = std::array::from_fn(|i| _mm256_set1_ps(dwf[2 * i]));
+            for j in 0..RN {
+                let qy = _mm256_loadu_si256(a[j].as_ptr().add(b * 36 + 4) as *const __m256i);
+                let ba = _mm256_set1_ps(daf[2 * j]);
+                for i in 0..RM {
+                    summs[i][j] += dwf[2 * i + 1] * daf[2 * j + 1];
+                    let lanes = _mm256_dpbusd_epi32(_mm256_setzero_si256(), qx[i], qy);
+                    let d0d1 = _mm256_mul_ps(bw[i], ba);
+                    acc[i][j] = _mm256_fmadd_ps(d0d1, _mm256_cvtepi32_ps(lanes), acc[i][j]);
+                }
+            }
+        }
+        let mut out = [[0f32; RN]; RM];
+        for i in 0..RM {
+            for j in 0..RN {
+                out[i][j] = hsum_float_8(acc[i][j]) + summs[i][j];
+            }
+        }
+        out
+    }
+
+    /// Four f16 values in f32, converted in one instruction (see [`half4`]).
+    #[inline(always)]
+    unsafe fn cvt4(h: [u16; 4]) -> [f32; 4] {
+        let bits = h[0] as u64 | (h[1] as u64) << 16 | (h[2] as u64) << 32 | (h[3] as u64) << 48;
+        let mut out = [0f32; 4];
+        _mm_storeu_ps(
+            out.as_mut_ptr(),
+            _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64)),
+        );
+        out
     }
 
     /// The f16 pairs at the start of two blocks as `[x0, x1, y0, y1]` in f32, converted
@@ -931,6 +1551,152 @@ mod simd {
         }
     }
 
+    /// [`super::tile_q4k`]: each super-block's scales, mins and nibbles decoded once for
+    /// all `RN` activation rows; per row the integer sums and float operations of
+    /// [`super::dot_q4k_repacked`].
+    pub fn tile_q4k<const RN: usize>(w: &[u8], a: [&[u8]; RN], gemm: bool) -> [f32; RN] {
+        let ab = 4 + 256 + 32;
+        let nb = w.len() / 144;
+        assert!(a.iter().all(|r| r.len() >= nb * ab));
+        // SAFETY: AVX2 and FMA are enabled at compile time; every load is inside a
+        // super-block of `w` or of an activation row (lengths checked above).
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0f);
+            let mut acc = [0f32; RN];
+            let mut acc_min = [0f32; RN];
+            for (b, x) in w.chunks_exact(144).enumerate() {
+                let d = super::f16_at(x, 0);
+                let dmin = super::f16_at(x, 2);
+                let (scales, mins) = super::q4k_scales(&x[4..16]);
+                let mut q = [_mm256_setzero_si256(); 8];
+                let mut sv = [_mm256_setzero_si256(); 8];
+                for pair in 0..4 {
+                    let v = _mm256_loadu_si256(x.as_ptr().add(16 + 32 * pair) as *const __m256i);
+                    q[2 * pair] = _mm256_and_si256(v, m4);
+                    q[2 * pair + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                }
+                for j in 0..8 {
+                    sv[j] = _mm256_set1_epi16(scales[j] as i16);
+                }
+                let mut m16 = [0i16; 16];
+                for j in 0..8 {
+                    m16[2 * j] = mins[j] as i16;
+                    m16[2 * j + 1] = mins[j] as i16;
+                }
+                let mv = _mm256_loadu_si256(m16.as_ptr() as *const __m256i);
+                for r in 0..RN {
+                    let y = a[r].as_ptr().add(b * ab);
+                    let dy = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
+                    let mut v = [_mm256_setzero_si256(); 4];
+                    for (pair, vp) in v.iter_mut().enumerate() {
+                        let ya = _mm256_loadu_si256(y.add(4 + 64 * pair) as *const __m256i);
+                        let yb = _mm256_loadu_si256(y.add(4 + 64 * pair + 32) as *const __m256i);
+                        let sa =
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(q[2 * pair], ya), sv[2 * pair]);
+                        let sb = _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(q[2 * pair + 1], yb),
+                            sv[2 * pair + 1],
+                        );
+                        *vp = _mm256_add_epi32(sa, sb);
+                    }
+                    // [Σ v0, Σ v1, Σ v2, Σ v3]: the four pair sums.
+                    let h = _mm256_hadd_epi32(
+                        _mm256_hadd_epi32(v[0], v[1]),
+                        _mm256_hadd_epi32(v[2], v[3]),
+                    );
+                    let ps =
+                        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+                    let mut psums = [0i32; 4];
+                    _mm_storeu_si128(psums.as_mut_ptr() as *mut __m128i, ps);
+                    // Sub-block j: min_j (bsum_2j + bsum_2j+1); pairs sum two neighbours.
+                    let bs = _mm256_loadu_si256(y.add(4 + 256) as *const __m256i);
+                    let mm = _mm256_madd_epi16(bs, mv);
+                    let hm = _mm256_hadd_epi32(mm, mm);
+                    let mut mlanes = [0i32; 8];
+                    _mm256_storeu_si256(mlanes.as_mut_ptr() as *mut __m256i, hm);
+                    let pmin = [mlanes[0], mlanes[1], mlanes[4], mlanes[5]];
+                    let (dd, dm) = (d * dy, dmin * dy);
+                    if gemm {
+                        for p in 0..4 {
+                            acc[r] = (psums[p] as f32).mul_add(dd, acc[r]);
+                            acc_min[r] = (pmin[p] as f32).mul_add(dm, acc_min[r]);
+                        }
+                    } else {
+                        let isum: i32 = psums.iter().sum();
+                        let imin: i32 = pmin.iter().sum();
+                        acc[r] = (isum as f32).mul_add(dd, acc[r]);
+                        acc_min[r] = (imin as f32).mul_add(dm, acc_min[r]);
+                    }
+                }
+            }
+            std::array::from_fn(|r| acc[r] - acc_min[r])
+        }
+    }
+
+    /// [`super::tile_q6k`]: each super-block's 6-bit values and scales decoded once for
+    /// all `RN` activation rows; per row the exact integer total of
+    /// [`super::q6k_lanes`] and the float operations of [`super::dot_q6k_tiled`].
+    pub fn tile_q6k<const RN: usize>(w: &[u8], a: [&[u8]; RN]) -> [f32; RN] {
+        let ab = 4 + 256 + 32;
+        let nb = w.len() / 210;
+        assert!(a.iter().all(|r| r.len() >= nb * ab));
+        // SAFETY: as above.
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0f);
+            let m2 = _mm256_set1_epi8(3);
+            let mut acc = [0f32; RN];
+            for (b, x) in w.chunks_exact(210).enumerate() {
+                let dx = super::f16_at(x, 208);
+                let ql = x.as_ptr();
+                let qh = x.as_ptr().add(128);
+                let sc = x.as_ptr().add(192) as *const i8;
+                let mut q = [_mm256_setzero_si256(); 8];
+                let mut sv = [_mm256_setzero_si256(); 8];
+                for half in 0..2 {
+                    let b1 = _mm256_loadu_si256(ql.add(64 * half) as *const __m256i);
+                    let b2 = _mm256_loadu_si256(ql.add(64 * half + 32) as *const __m256i);
+                    let bh = _mm256_loadu_si256(qh.add(32 * half) as *const __m256i);
+                    let hi = |h: __m256i| _mm256_slli_epi16(_mm256_and_si256(h, m2), 4);
+                    q[4 * half] = _mm256_or_si256(_mm256_and_si256(b1, m4), hi(bh));
+                    q[4 * half + 1] =
+                        _mm256_or_si256(_mm256_and_si256(b2, m4), hi(_mm256_srli_epi16(bh, 2)));
+                    q[4 * half + 2] = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                        hi(_mm256_srli_epi16(bh, 4)),
+                    );
+                    q[4 * half + 3] = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                        hi(_mm256_srli_epi16(bh, 6)),
+                    );
+                    for v in 0..4 {
+                        let g = (128 * half + 32 * v) / 16;
+                        sv[4 * half + v] = _mm256_set_m128i(
+                            _mm_set1_epi16(*sc.add(g + 1) as i16),
+                            _mm_set1_epi16(*sc.add(g) as i16),
+                        );
+                    }
+                }
+                let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+                for r in 0..RN {
+                    let y = a[r].as_ptr().add(b * ab);
+                    let dy = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
+                    let mut lanes = _mm256_setzero_si256();
+                    for v in 0..8 {
+                        let y8 = _mm256_loadu_si256(y.add(4 + 32 * v) as *const __m256i);
+                        let p = _mm256_maddubs_epi16(q[v], y8);
+                        lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(p, sv[v]));
+                    }
+                    let bsums = _mm256_loadu_si256(y.add(4 + 256) as *const __m256i);
+                    let sub = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
+                    let s1 = hsum_i32_8(_mm256_sub_epi32(lanes, sub));
+                    let rr = s1 as f32 * dx;
+                    acc[r] = rr.mul_add(dy, acc[r]);
+                }
+            }
+            acc
+        }
+    }
+
     /// [`super::q4k_pair_sums`] with AVX2 (the same integers).
     pub fn q4k_pair_sums(x: &[u8], y: &[u8], scales: &[i32; 8]) -> [i32; 4] {
         assert!(x.len() >= 144 && y.len() >= 4 + 256);
@@ -967,7 +1733,9 @@ mod simd {
     target_feature = "fma"
 )))]
 mod simd {
-    pub(super) use super::{dot_q0, dot_q4_1, q4k_pair_sums, q6k_lanes};
+    pub(super) use super::{
+        dot_q0, dot_q4_1, q4k_pair_sums, q6k_lanes, tile_q0, tile_q4_1, tile_q4k, tile_q6k,
+    };
 }
 
 /// Q4_K / Q6_K through ggml's tiled K-quant matmul (`ggml-cpu/tiled`, AVX-512 VNNI
@@ -1085,6 +1853,55 @@ mod tests {
         }
     }
 
+    #[test]
+    fn prefill_tiles_equal_pairwise_dots() {
+        // Shapes that leave partial tiles on both sides (9 weight rows, 7 activation rows).
+        let mut rng = Lcg(13);
+        let (k, n, m) = (96, 9, 7);
+        let xs: Vec<f32> = (0..m * k).map(|_| rng.f() * 3.0).collect();
+        let mut act = vec![0u8; m * k / 32 * 34];
+        quantize_q8_0_or_1(&xs, &mut act, false);
+        let formats: [(usize, Unpack); 3] =
+            [(18, unpack_q4_0), (22, unpack_q5_0), (34, unpack_q8_0)];
+        for (wblock, unpack) in formats {
+            let w = random_blocks(&mut rng, n * k / 32, wblock, &[0]);
+            for vnni in [false, has_vnni()] {
+                let mut dst = vec![0f32; m * n];
+                let kern = Q0Tiles {
+                    wblock,
+                    unpack,
+                    vnni,
+                };
+                dot_tiles_32(&w, &act, m, k, n, &mut dst, &kern);
+                let (wrow, arow) = (k / 32 * wblock, k / 32 * 34);
+                for r in 0..m {
+                    for c in 0..n {
+                        let wc = &w[c * wrow..(c + 1) * wrow];
+                        let want = dot_q0(wc, &act[r * arow..(r + 1) * arow], wblock, unpack);
+                        let got = dst[r * n + c];
+                        assert_eq!(got.to_bits(), want.to_bits(), "{wblock} {vnni} ({r}, {c})");
+                    }
+                }
+            }
+        }
+        let mut act1 = vec![0u8; m * k / 32 * 36];
+        quantize_q8_0_or_1(&xs, &mut act1, true);
+        let w = random_blocks(&mut rng, n * k / 32, 20, &[0, 2]);
+        for vnni in [false, has_vnni()] {
+            let mut dst = vec![0f32; m * n];
+            dot_tiles_32(&w, &act1, m, k, n, &mut dst, &Q41Tiles { vnni });
+            let (wrow, arow) = (k / 32 * 20, k / 32 * 36);
+            for r in 0..m {
+                for c in 0..n {
+                    let wc = &w[c * wrow..(c + 1) * wrow];
+                    let want = dot_q4_1(wc, &act1[r * arow..(r + 1) * arow]);
+                    let got = dst[r * n + c];
+                    assert_eq!(got.to_bits(), want.to_bits(), "Q4_1 {vnni} ({r}, {c})");
+                }
+            }
+        }
+    }
+
     /// Q8_K activations of a random row of `k` values.
     fn q8k_row(rng: &mut Lcg, k: usize) -> Vec<u8> {
         let xs: Vec<f32> = (0..k).map(|_| rng.f() * 3.0).collect();
@@ -1107,6 +1924,77 @@ mod tests {
                 simd::q4k_pair_sums(&x4, &a[..ab], &scales),
                 q4k_pair_sums(&x4, &a[..ab], &scales)
             );
+        }
+    }
+
+    #[test]
+    fn k_quant_tiles_equal_pairwise_dots() {
+        let mut rng = Lcg(17);
+        let k = 2 * QK_K;
+        let ab = act_block_bytes(ActFormat::Q8K);
+        for _ in 0..20 {
+            let rows: Vec<Vec<u8>> = (0..4).map(|_| q8k_row(&mut rng, k)).collect();
+            let a: [&[u8]; 4] = std::array::from_fn(|j| &rows[j][..k / QK_K * ab]);
+            let w4 = random_blocks(&mut rng, k / QK_K, 144, &[0, 2]);
+            for gemm in [false, true] {
+                let got = simd::tile_q4k(&w4, a, gemm);
+                for j in 0..4 {
+                    assert_eq!(
+                        got[j].to_bits(),
+                        dot_q4k_repacked(&w4, a[j], gemm).to_bits()
+                    );
+                }
+            }
+            let w6 = random_blocks(&mut rng, k / QK_K, 210, &[208]);
+            let got = simd::tile_q6k(&w6, a);
+            for j in 0..4 {
+                assert_eq!(got[j].to_bits(), dot_q6k_tiled(&w6, a[j]).to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn k_quant_prefill_matmul_keeps_the_row_kernels() {
+        // 9 rows: Q4_K has two gemm groups of 4 and one gemv row; Q6_K is tiled (m >= 8).
+        let mut rng = Lcg(19);
+        let (k, n, m) = (2 * QK_K, 8, 9);
+        let xs: Vec<f32> = (0..m * k).map(|_| rng.f() * 2.0).collect();
+        let ab = act_block_bytes(ActFormat::Q8K);
+        let mut act = vec![0u8; m * k / QK_K * ab];
+        quantize_q8k(&xs, &mut act);
+        let arow = |r: usize| &act[r * k / QK_K * ab..(r + 1) * k / QK_K * ab];
+        for wblock in [144, 210] {
+            let dmin: &[usize] = if wblock == 144 { &[0, 2] } else { &[208] };
+            let bytes = random_blocks(&mut rng, n * k / QK_K, wblock, dmin);
+            // Block structs need their alignment: copy into u64 storage.
+            let mut store = vec![0u64; bytes.len().div_ceil(8)];
+            // SAFETY: `store` holds at least `bytes.len()` bytes.
+            let w: &mut [u8] = unsafe {
+                std::slice::from_raw_parts_mut(store.as_mut_ptr() as *mut u8, bytes.len())
+            };
+            w.copy_from_slice(&bytes);
+            let mut dst = vec![0f32; m * n];
+            if wblock == 144 {
+                run::<BlockQ4K>(w, &xs, m, k, n, &mut dst).unwrap();
+            } else {
+                run::<BlockQ6K>(w, &xs, m, k, n, &mut dst).unwrap();
+            }
+            let wrow = k / QK_K * wblock;
+            for r in 0..m {
+                for c in 0..n {
+                    let wc = &w[c * wrow..(c + 1) * wrow];
+                    let want = if wblock == 144 {
+                        dot_q4k_repacked(wc, arow(r), r < 8)
+                    } else {
+                        dot_q6k_tiled(wc, arow(r))
+                    };
+                    assert_eq!(
+                        dst[r * n + c].to_bits(),
+                        want.to_bits(),
+                        "{wblock} ({r}, {c})"
+                    );
+                }
+            }
         }
     }
 
