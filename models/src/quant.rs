@@ -273,19 +273,7 @@ fn run<T: GgmlType>(
                     GgmlDType::Q5_0 => (22, unpack_q5_0),
                     _ => (34, unpack_q8_0),
                 };
-                dot_tiles_32(
-                    data,
-                    bytes,
-                    m,
-                    k,
-                    n,
-                    dst,
-                    &Q0Tiles {
-                        wblock,
-                        unpack,
-                        vnni: has_vnni(),
-                    },
-                );
+                dot_tiles_q0(data, bytes, m, k, n, wblock, unpack, has_vnni(), dst);
                 return Ok(());
             }
             GgmlDType::Q4_0 => {
@@ -316,7 +304,7 @@ fn run<T: GgmlType>(
                     while r + 4 <= a.len() {
                         let rows: [&[u8]; 4] = std::array::from_fn(|j| a[r + j].1);
                         let gemm = a[r + 3].0 < gemm_rows;
-                        for (j, v) in simd::tile_q4k(w, rows, gemm).into_iter().enumerate() {
+                        for (j, v) in simd::tile_q4k_x4(w, rows, gemm).into_iter().enumerate() {
                             dst_row(a[r + j].0, v);
                         }
                         r += 4;
@@ -543,6 +531,188 @@ fn has_vnni() -> bool {
 /// Writes one weight block's 32 signed values (the scalar unpacking).
 type Unpack = fn(&[u8], &mut [i8; 32]);
 
+/// One weight block of a 32-value format unpacked for the prefill tiles: its 32 values as
+/// signed bytes, or offset by 128 (unsigned) for the VNNI kernel.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct QBlock([u8; 32]);
+
+thread_local! {
+    /// The unpacked weight rows of the work item a thread is running, and their scales.
+    static W_UNPACKED: std::cell::RefCell<(Vec<QBlock>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Q4_0, Q5_0 and Q8_0 for several activation rows (prefill). A work item (8 weight rows
+/// × up to 192 activation rows) first unpacks its weight rows into bytes and f32 scales, once;
+/// register tiles of [`TILE_W`] weight rows × [`TILE_A`] activation rows then only load.
+/// Every (row, column) keeps the lanes and float operations of [`dot_q0`], so the results
+/// are the same bits.
+#[allow(clippy::too_many_arguments)]
+fn dot_tiles_q0(
+    w: &[u8],
+    act: &[u8],
+    m: usize,
+    k: usize,
+    n: usize,
+    wblock: usize,
+    unpack: Unpack,
+    vnni: bool,
+    dst: &mut [f32],
+) {
+    let kb = k / 32;
+    let (wrow, arow) = (kb * wblock, kb * 34);
+    let da: Vec<f32> = (0..m * kb)
+        .map(|i| f16_at(act, (i / kb) * arow + (i % kb) * 34))
+        .collect();
+    let dst_ptr = dst.as_mut_ptr() as usize;
+    // SAFETY (raw writes): each (r, c) is written by exactly one work item.
+    let write = |r: usize, c: usize, v: f32| unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
+    let aq = |r: usize| &act[r * arow..(r + 1) * arow];
+    let ad = |r: usize| &da[r * kb..(r + 1) * kb];
+    const COLS: usize = 2 * TILE_W;
+    const ROWS: usize = 64 * TILE_A;
+    let groups = n.div_ceil(COLS);
+    let tiles = m.div_ceil(ROWS);
+    crate::pool::for_ranges(groups * tiles, 1, &|range| {
+        W_UNPACKED.with(|cell| {
+            let (qs, ds) = &mut *cell.borrow_mut();
+            qs.resize(COLS * kb, QBlock([0; 32]));
+            ds.resize(COLS * kb, 0.0);
+            for it in range.clone() {
+                let (g, tile) = (it / tiles, it % tiles);
+                let (c0, c_end) = (g * COLS, n.min(g * COLS + COLS));
+                let (r0, r_end) = (tile * ROWS, m.min(tile * ROWS + ROWS));
+                for c in c0..c_end {
+                    for b in 0..kb {
+                        let blk = &w[c * wrow + b * wblock..c * wrow + (b + 1) * wblock];
+                        let i = (c - c0) * kb + b;
+                        qs[i] = QBlock(simd::unpack_q0(blk, wblock, unpack, vnni));
+                        ds[i] = f16_at(blk, 0);
+                    }
+                }
+                let (qs, ds) = (&*qs, &*ds);
+                let wq = |c: usize| &qs[(c - c0) * kb..(c - c0 + 1) * kb];
+                let wd = |c: usize| &ds[(c - c0) * kb..(c - c0 + 1) * kb];
+                let mut c = c0;
+                while c + TILE_W <= c_end {
+                    let qw: [&[QBlock]; TILE_W] = std::array::from_fn(|i| wq(c + i));
+                    let dw: [&[f32]; TILE_W] = std::array::from_fn(|i| wd(c + i));
+                    let mut r = r0;
+                    while r + TILE_A <= r_end {
+                        let qa: [&[u8]; TILE_A] = std::array::from_fn(|j| aq(r + j));
+                        let das: [&[f32]; TILE_A] = std::array::from_fn(|j| ad(r + j));
+                        let out = tile_q0u(qw, dw, qa, das, vnni);
+                        for (i, row) in out.iter().enumerate() {
+                            for (j, &v) in row.iter().enumerate() {
+                                write(r + j, c + i, v);
+                            }
+                        }
+                        r += TILE_A;
+                    }
+                    for r in r..r_end {
+                        let out = tile_q0u(qw, dw, [aq(r)], [ad(r)], vnni);
+                        for (i, row) in out.iter().enumerate() {
+                            write(r, c + i, row[0]);
+                        }
+                    }
+                    c += TILE_W;
+                }
+                for c in c..c_end {
+                    for r in r0..r_end {
+                        write(
+                            r,
+                            c,
+                            tile_q0u([wq(c)], [wd(c)], [aq(r)], [ad(r)], vnni)[0][0],
+                        );
+                    }
+                }
+            }
+        })
+    });
+}
+
+/// One register tile of [`dot_tiles_q0`] on the best kernel the CPU has.
+#[inline(always)]
+fn tile_q0u<const RM: usize, const RN: usize>(
+    qw: [&[QBlock]; RM],
+    dw: [&[f32]; RM],
+    qa: [&[u8]; RN],
+    da: [&[f32]; RN],
+    vnni: bool,
+) -> [[f32; RN]; RM] {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        if vnni {
+            // SAFETY: `vnni` is set only where the CPU has the features (`has_vnni`).
+            return unsafe { simd::tile_q0u_vnni(qw, dw, qa, da) };
+        }
+        simd::tile_q0u(qw, dw, qa, da)
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    {
+        let _ = vnni;
+        tile_q0u_scalar(qw, dw, qa, da)
+    }
+}
+
+/// The scalar [`tile_q0u`] (signed values): per (row, column) the lanes and float
+/// operations of [`dot_q0`].
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn tile_q0u_scalar<const RM: usize, const RN: usize>(
+    qw: [&[QBlock]; RM],
+    dw: [&[f32]; RM],
+    qa: [&[u8]; RN],
+    da: [&[f32]; RN],
+) -> [[f32; RN]; RM] {
+    std::array::from_fn(|i| {
+        std::array::from_fn(|j| {
+            let mut acc = [0f32; 8];
+            for b in 0..dw[i].len() {
+                let dd = dw[i][b] * da[j][b];
+                let (q, y) = (&qw[i][b].0, &qa[j][b * 34 + 2..b * 34 + 34]);
+                for (l, lane) in acc.iter_mut().enumerate() {
+                    let t: i32 = (4 * l..4 * l + 4)
+                        .map(|e| q[e] as i8 as i32 * y[e] as i8 as i32)
+                        .sum();
+                    *lane = dd.mul_add(t as f32, *lane);
+                }
+            }
+            hsum8(&acc)
+        })
+    })
+}
+
+/// One weight block's signed values as bytes (offset by 128 for the VNNI kernel).
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn unpack_q0(blk: &[u8], _wblock: usize, unpack: Unpack, vnni: bool) -> [u8; 32] {
+    let mut q = [0i8; 32];
+    unpack(blk, &mut q);
+    q.map(|v| if vnni { (v as u8) ^ 0x80 } else { v as u8 })
+}
+
 /// A register-tile kernel of one 32-value weight format against its activation blocks.
 trait Tiles32: Sync {
     /// Bytes of one weight block and of one activation block.
@@ -553,36 +723,6 @@ trait Tiles32: Sync {
         w: [&[u8]; RM],
         a: [&[u8]; RN],
     ) -> [[f32; RN]; RM];
-}
-
-/// Q4_0, Q5_0 and Q8_0 against Q8_0 activations.
-struct Q0Tiles {
-    wblock: usize,
-    unpack: fn(&[u8], &mut [i8; 32]),
-    /// Use the AVX-512 VNNI kernel (the CPU has it).
-    vnni: bool,
-}
-
-impl Tiles32 for Q0Tiles {
-    fn blocks(&self) -> (usize, usize) {
-        (self.wblock, 34)
-    }
-    fn tile<const RM: usize, const RN: usize>(
-        &self,
-        w: [&[u8]; RM],
-        a: [&[u8]; RN],
-    ) -> [[f32; RN]; RM] {
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma"
-        ))]
-        if self.vnni {
-            // SAFETY: `vnni` is set only where the CPU has the features (`has_vnni`).
-            return unsafe { simd::tile_q0_vnni(w, a, self.wblock, self.unpack) };
-        }
-        simd::tile_q0(w, a, self.wblock, self.unpack)
-    }
 }
 
 /// Q4_1 against Q8_1 activations.
@@ -674,24 +814,6 @@ fn dot_tiles_32(
             }
         }
     });
-}
-
-/// [`dot_q0`] of every weight row against every activation row (the scalar tile).
-#[cfg_attr(
-    all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ),
-    allow(dead_code)
-)]
-fn tile_q0<const RM: usize, const RN: usize>(
-    w: [&[u8]; RM],
-    a: [&[u8]; RN],
-    wblock: usize,
-    unpack: fn(&[u8], &mut [i8; 32]),
-) -> [[f32; RN]; RM] {
-    std::array::from_fn(|i| std::array::from_fn(|j| dot_q0(w[i], a[j], wblock, unpack)))
 }
 
 /// [`dot_q4_1`] of every weight row against every activation row (the scalar tile).
@@ -851,6 +973,18 @@ fn dot_tiles_k(
 )]
 fn tile_q4k<const RN: usize>(w: &[u8], a: [&[u8]; RN], gemm: bool) -> [f32; RN] {
     a.map(|a| dot_q4k_repacked(w, a, gemm))
+}
+
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn tile_q4k_x4(w: &[u8], a: [&[u8]; 4], gemm: bool) -> [f32; 4] {
+    tile_q4k(w, a, gemm)
 }
 
 /// [`dot_q6k_tiled`] of one weight row against `RN` activation rows.
@@ -1167,58 +1301,6 @@ mod simd {
         }
     }
 
-    /// [`super::tile_q0`]: `RM` weight rows × `RN` activation rows, each weight block
-    /// unpacked once; per (row, column) the float operations of [`dot_q0`].
-    #[inline(always)]
-    pub fn tile_q0<const RM: usize, const RN: usize>(
-        w: [&[u8]; RM],
-        a: [&[u8]; RN],
-        wblock: usize,
-        unpack: fn(&[u8], &mut [i8; 32]),
-    ) -> [[f32; RN]; RM] {
-        const { assert!(RM <= 4 && RN <= 4) };
-        let nb = a[0].len() / 34;
-        assert!(w.iter().all(|r| r.len() >= nb * wblock) && a.iter().all(|r| r.len() >= nb * 34));
-        // SAFETY: AVX2 and FMA are enabled at compile time; every block read is inside its
-        // row (lengths checked above).
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); RN]; RM];
-            for b in 0..nb {
-                let mut dw = [0u16; 4];
-                let mut da = [0u16; 4];
-                let mut qx = [_mm256_setzero_si256(); RM];
-                let mut ax = [_mm256_setzero_si256(); RM];
-                for i in 0..RM {
-                    let wb = &w[i][b * wblock..(b + 1) * wblock];
-                    dw[i] = u16::from_le_bytes([wb[0], wb[1]]);
-                    qx[i] = load_q0(wb, wblock, unpack);
-                    ax[i] = _mm256_sign_epi8(qx[i], qx[i]);
-                }
-                for j in 0..RN {
-                    da[j] = u16::from_le_bytes([a[j][b * 34], a[j][b * 34 + 1]]);
-                }
-                let dwf = cvt4(dw);
-                let daf = cvt4(da);
-                for j in 0..RN {
-                    let qy = _mm256_loadu_si256(a[j].as_ptr().add(b * 34 + 2) as *const __m256i);
-                    for i in 0..RM {
-                        let dd = _mm256_set1_ps(dwf[i] * daf[j]);
-                        let sy = _mm256_sign_epi8(qy, qx[i]);
-                        acc[i][j] =
-                            _mm256_fmadd_ps(dd, mul_sum_us8_pairs_float(ax[i], sy), acc[i][j]);
-                    }
-                }
-            }
-            let mut out = [[0f32; RN]; RM];
-            for i in 0..RM {
-                for j in 0..RN {
-                    out[i][j] = hsum_float_8(acc[i][j]);
-                }
-            }
-            out
-        }
-    }
-
     /// [`super::tile_q4_1`]: `RM` weight rows × `RN` activation rows, each weight block
     /// unpacked once; per (row, column) the float operations of [`dot_q4_1`].
     #[inline(always)]
@@ -1296,109 +1378,6 @@ mod simd {
             && is_x86_feature_detected!("avx512bw")
     }
 
-    /// [`tile_q0`] with AVX-512 VNNI: `vpdpbusd` forms each lane's sum of four products
-    /// in one instruction from the unsigned stored values (`q + c`), and the offset is
-    /// taken back exactly (`c Σ y` per lane, once per activation block). The integers,
-    /// and so every float operation after them, are those of [`dot_q0`].
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512 VNNI, VL and BW ([`has_vnni`]).
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni")]
-    pub unsafe fn tile_q0_vnni<const RM: usize, const RN: usize>(
-        w: [&[u8]; RM],
-        a: [&[u8]; RN],
-        wblock: usize,
-        unpack: fn(&[u8], &mut [i8; 32]),
-    ) -> [[f32; RN]; RM] {
-        const { assert!(RM <= 4 && RN <= 4) };
-        let nb = a[0].len() / 34;
-        assert!(w.iter().all(|r| r.len() >= nb * wblock) && a.iter().all(|r| r.len() >= nb * 34));
-        let offset: i8 = match wblock {
-            18 => 8,
-            22 => 16,
-            _ => -128,
-        };
-        let low = _mm256_set1_epi8(0x0f);
-        let cv = _mm256_set1_epi8(offset);
-        let mut acc = [[_mm256_setzero_ps(); RN]; RM];
-        for b in 0..nb {
-            let mut dw = [0u16; 4];
-            let mut da = [0u16; 4];
-            let mut qu = [_mm256_setzero_si256(); RM];
-            for i in 0..RM {
-                let wb = &w[i][b * wblock..(b + 1) * wblock];
-                dw[i] = u16::from_le_bytes([wb[0], wb[1]]);
-                qu[i] = match wblock {
-                    34 => _mm256_xor_si256(
-                        _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i),
-                        _mm256_set1_epi8(-128),
-                    ),
-                    18 | 22 => {
-                        let at = if wblock == 18 { 2 } else { 6 };
-                        let tmp = _mm_loadu_si128(wb.as_ptr().add(at) as *const __m128i);
-                        let nib = _mm256_and_si256(
-                            _mm256_insertf128_si256(
-                                _mm256_castsi128_si256(tmp),
-                                _mm_srli_epi16(tmp, 4),
-                                1,
-                            ),
-                            low,
-                        );
-                        if wblock == 18 {
-                            nib
-                        } else {
-                            let x32 = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]) as i32;
-                            let shuf = _mm256_set_epi64x(
-                                0x0303030303030303,
-                                0x0202020202020202,
-                                0x0101010101010101,
-                                0,
-                            );
-                            let mut bits = _mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuf);
-                            bits = _mm256_or_si256(bits, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
-                            let set = _mm256_cmpeq_epi8(bits, _mm256_set1_epi64x(-1));
-                            _mm256_or_si256(nib, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
-                        }
-                    }
-                    _ => {
-                        let mut q = [0i8; 32];
-                        unpack(wb, &mut q);
-                        _mm256_xor_si256(
-                            _mm256_loadu_si256(q.as_ptr() as *const __m256i),
-                            _mm256_set1_epi8(-128),
-                        )
-                    }
-                };
-            }
-            for j in 0..RN {
-                da[j] = u16::from_le_bytes([a[j][b * 34], a[j][b * 34 + 1]]);
-            }
-            let dwf = cvt4(dw);
-            let daf = cvt4(da);
-            let bw: [__m256; RM] = std::array::from_fn(|i| _mm256_set1_ps(dwf[i]));
-            for j in 0..RN {
-                let qy = _mm256_loadu_si256(a[j].as_ptr().add(b * 34 + 2) as *const __m256i);
-                let neg = _mm256_sub_epi32(
-                    _mm256_setzero_si256(),
-                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), cv, qy),
-                );
-                let ba = _mm256_set1_ps(daf[j]);
-                for i in 0..RM {
-                    let lanes = _mm256_dpbusd_epi32(neg, qu[i], qy);
-                    let dd = _mm256_mul_ps(bw[i], ba);
-                    acc[i][j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(lanes), acc[i][j]);
-                }
-            }
-        }
-        let mut out = [[0f32; RN]; RM];
-        for i in 0..RM {
-            for j in 0..RN {
-                out[i][j] = hsum_float_8(acc[i][j]);
-            }
-        }
-        out
-    }
-
     /// [`tile_q4_1`] with AVX-512 VNNI (`vpdpbusd` for the lanes; the same integers).
     ///
     /// # Safety
@@ -1456,16 +1435,100 @@ mod simd {
         out
     }
 
-    /// Four f16 values in f32, converted in one instruction (see [`half4`]).
+    /// [`super::unpack_q0`] with AVX2.
+    #[inline]
+    pub fn unpack_q0(blk: &[u8], wblock: usize, unpack: super::Unpack, vnni: bool) -> [u8; 32] {
+        // SAFETY: AVX2 is enabled at compile time; `load_q0` reads inside the block.
+        unsafe {
+            let mut q = load_q0(blk, wblock, unpack);
+            if vnni {
+                q = _mm256_xor_si256(q, _mm256_set1_epi8(-128));
+            }
+            let mut out = [0u8; 32];
+            _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, q);
+            out
+        }
+    }
+
+    /// [`super::tile_q0u`] with AVX2 (signed values; the sign trick of [`dot_q0`]).
     #[inline(always)]
-    unsafe fn cvt4(h: [u16; 4]) -> [f32; 4] {
-        let bits = h[0] as u64 | (h[1] as u64) << 16 | (h[2] as u64) << 32 | (h[3] as u64) << 48;
-        let mut out = [0f32; 4];
-        _mm_storeu_ps(
-            out.as_mut_ptr(),
-            _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64)),
-        );
-        out
+    pub fn tile_q0u<const RM: usize, const RN: usize>(
+        qw: [&[super::QBlock]; RM],
+        dw: [&[f32]; RM],
+        qa: [&[u8]; RN],
+        da: [&[f32]; RN],
+    ) -> [[f32; RN]; RM] {
+        let nb = dw[0].len();
+        assert!((0..RM).all(|i| qw[i].len() >= nb && dw[i].len() >= nb));
+        assert!((0..RN).all(|j| qa[j].len() >= nb * 34 && da[j].len() >= nb));
+        // SAFETY: AVX2 and FMA are enabled at compile time; every index is below the
+        // lengths checked above; `QBlock` is 32-byte aligned.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); RN]; RM];
+            for b in 0..nb {
+                let mut x = [_mm256_setzero_si256(); RM];
+                let mut ax = [_mm256_setzero_si256(); RM];
+                let mut bw = [_mm256_setzero_ps(); RM];
+                for i in 0..RM {
+                    x[i] = _mm256_load_si256(qw[i].as_ptr().add(b) as *const __m256i);
+                    ax[i] = _mm256_sign_epi8(x[i], x[i]);
+                    bw[i] = _mm256_set1_ps(*dw[i].get_unchecked(b));
+                }
+                for j in 0..RN {
+                    let qy = _mm256_loadu_si256(qa[j].as_ptr().add(b * 34 + 2) as *const __m256i);
+                    let ba = _mm256_set1_ps(*da[j].get_unchecked(b));
+                    for i in 0..RM {
+                        let dd = _mm256_mul_ps(bw[i], ba);
+                        let sy = _mm256_sign_epi8(qy, x[i]);
+                        acc[i][j] =
+                            _mm256_fmadd_ps(dd, mul_sum_us8_pairs_float(ax[i], sy), acc[i][j]);
+                    }
+                }
+            }
+            std::array::from_fn(|i| std::array::from_fn(|j| hsum_float_8(acc[i][j])))
+        }
+    }
+
+    /// [`super::tile_q0u`] with AVX-512 VNNI: the values are stored offset by 128, one
+    /// `vpdpbusd` forms each lane's four products, and `128 Σ y` per lane (once per
+    /// activation block) is taken back; the integers are those of [`dot_q0`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 VNNI, VL and BW ([`has_vnni`]).
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub unsafe fn tile_q0u_vnni<const RM: usize, const RN: usize>(
+        qw: [&[super::QBlock]; RM],
+        dw: [&[f32]; RM],
+        qa: [&[u8]; RN],
+        da: [&[f32]; RN],
+    ) -> [[f32; RN]; RM] {
+        let nb = dw[0].len();
+        assert!((0..RM).all(|i| qw[i].len() >= nb && dw[i].len() >= nb));
+        assert!((0..RN).all(|j| qa[j].len() >= nb * 34 && da[j].len() >= nb));
+        let off = _mm256_set1_epi8(-128);
+        let mut acc = [[_mm256_setzero_ps(); RN]; RM];
+        for b in 0..nb {
+            let mut x = [_mm256_setzero_si256(); RM];
+            let mut bw = [_mm256_setzero_ps(); RM];
+            for i in 0..RM {
+                x[i] = _mm256_load_si256(qw[i].as_ptr().add(b) as *const __m256i);
+                bw[i] = _mm256_set1_ps(*dw[i].get_unchecked(b));
+            }
+            for j in 0..RN {
+                let qy = _mm256_loadu_si256(qa[j].as_ptr().add(b * 34 + 2) as *const __m256i);
+                let neg = _mm256_sub_epi32(
+                    _mm256_setzero_si256(),
+                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, qy),
+                );
+                let ba = _mm256_set1_ps(*da[j].get_unchecked(b));
+                for i in 0..RM {
+                    let lanes = _mm256_dpbusd_epi32(neg, x[i], qy);
+                    let dd = _mm256_mul_ps(bw[i], ba);
+                    acc[i][j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(lanes), acc[i][j]);
+                }
+            }
+        }
+        std::array::from_fn(|i| std::array::from_fn(|j| hsum_float_8(acc[i][j])))
     }
 
     /// The f16 pairs at the start of two blocks as `[x0, x1, y0, y1]` in f32, converted
@@ -1633,6 +1696,102 @@ mod simd {
         }
     }
 
+    /// [`tile_q4k`] for four activation rows, with the per-row float work done for the
+    /// four rows at once: each lane of a 4-wide vector is one row's accumulator, given the
+    /// same operands in the same order as the one-row kernel.
+    pub fn tile_q4k_x4(w: &[u8], a: [&[u8]; 4], gemm: bool) -> [f32; 4] {
+        let ab = 4 + 256 + 32;
+        let nb = w.len() / 144;
+        assert!(a.iter().all(|r| r.len() >= nb * ab));
+        // SAFETY: AVX2 and FMA are enabled at compile time; every load is inside a
+        // super-block of `w` or of an activation row (lengths checked above).
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0f);
+            let pick = _mm256_setr_epi32(0, 1, 4, 5, 0, 1, 4, 5);
+            let mut acc = _mm_setzero_ps();
+            let mut acc_min = _mm_setzero_ps();
+            for (b, x) in w.chunks_exact(144).enumerate() {
+                let d = super::f16_at(x, 0);
+                let dmin = super::f16_at(x, 2);
+                let (scales, mins) = super::q4k_scales(&x[4..16]);
+                let mut q = [_mm256_setzero_si256(); 8];
+                for pair in 0..4 {
+                    let v = _mm256_loadu_si256(x.as_ptr().add(16 + 32 * pair) as *const __m256i);
+                    q[2 * pair] = _mm256_and_si256(v, m4);
+                    q[2 * pair + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                }
+                let sv: [__m256i; 8] = std::array::from_fn(|j| _mm256_set1_epi16(scales[j] as i16));
+                let mut m16 = [0i16; 16];
+                for j in 0..8 {
+                    m16[2 * j] = mins[j] as i16;
+                    m16[2 * j + 1] = mins[j] as i16;
+                }
+                let mv = _mm256_loadu_si256(m16.as_ptr() as *const __m256i);
+                let mut ps = [_mm_setzero_si128(); 4];
+                let mut pm = [_mm_setzero_si128(); 4];
+                let mut dy = [0f32; 4];
+                for r in 0..4 {
+                    let y = a[r].as_ptr().add(b * ab);
+                    dy[r] = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
+                    let mut v = [_mm256_setzero_si256(); 4];
+                    for (pair, vp) in v.iter_mut().enumerate() {
+                        let ya = _mm256_loadu_si256(y.add(4 + 64 * pair) as *const __m256i);
+                        let yb = _mm256_loadu_si256(y.add(4 + 64 * pair + 32) as *const __m256i);
+                        let sa =
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(q[2 * pair], ya), sv[2 * pair]);
+                        let sb = _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(q[2 * pair + 1], yb),
+                            sv[2 * pair + 1],
+                        );
+                        *vp = _mm256_add_epi32(sa, sb);
+                    }
+                    let h = _mm256_hadd_epi32(
+                        _mm256_hadd_epi32(v[0], v[1]),
+                        _mm256_hadd_epi32(v[2], v[3]),
+                    );
+                    ps[r] =
+                        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+                    let bs = _mm256_loadu_si256(y.add(4 + 256) as *const __m256i);
+                    let hm = _mm256_hadd_epi32(_mm256_madd_epi16(bs, mv), _mm256_setzero_si256());
+                    pm[r] = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(hm, pick));
+                }
+                // Rows × pairs → pairs × rows.
+                let t = |m: [__m128i; 4]| -> [__m128i; 4] {
+                    let a01 = _mm_unpacklo_epi32(m[0], m[1]);
+                    let a23 = _mm_unpacklo_epi32(m[2], m[3]);
+                    let b01 = _mm_unpackhi_epi32(m[0], m[1]);
+                    let b23 = _mm_unpackhi_epi32(m[2], m[3]);
+                    [
+                        _mm_unpacklo_epi64(a01, a23),
+                        _mm_unpackhi_epi64(a01, a23),
+                        _mm_unpacklo_epi64(b01, b23),
+                        _mm_unpackhi_epi64(b01, b23),
+                    ]
+                };
+                let (ps, pm) = (t(ps), t(pm));
+                let dyv = _mm_loadu_ps(dy.as_ptr());
+                let dd = _mm_mul_ps(_mm_set1_ps(d), dyv);
+                let dm = _mm_mul_ps(_mm_set1_ps(dmin), dyv);
+                if gemm {
+                    for p in 0..4 {
+                        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(ps[p]), dd, acc);
+                        acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(pm[p]), dm, acc_min);
+                    }
+                } else {
+                    let isum =
+                        _mm_add_epi32(_mm_add_epi32(ps[0], ps[1]), _mm_add_epi32(ps[2], ps[3]));
+                    let imin =
+                        _mm_add_epi32(_mm_add_epi32(pm[0], pm[1]), _mm_add_epi32(pm[2], pm[3]));
+                    acc = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), dd, acc);
+                    acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(imin), dm, acc_min);
+                }
+            }
+            let mut out = [0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), _mm_sub_ps(acc, acc_min));
+            out
+        }
+    }
+
     /// [`super::tile_q6k`]: each super-block's 6-bit values and scales decoded once for
     /// all `RN` activation rows; per row the exact integer total of
     /// [`super::q6k_lanes`] and the float operations of [`super::dot_q6k_tiled`].
@@ -1734,7 +1893,8 @@ mod simd {
 )))]
 mod simd {
     pub(super) use super::{
-        dot_q0, dot_q4_1, q4k_pair_sums, q6k_lanes, tile_q0, tile_q4_1, tile_q4k, tile_q6k,
+        dot_q0, dot_q4_1, q4k_pair_sums, q6k_lanes, tile_q4_1, tile_q4k, tile_q4k_x4, tile_q6k,
+        unpack_q0,
     };
 }
 
@@ -1867,19 +2027,24 @@ mod tests {
             let w = random_blocks(&mut rng, n * k / 32, wblock, &[0]);
             for vnni in [false, has_vnni()] {
                 let mut dst = vec![0f32; m * n];
-                let kern = Q0Tiles {
-                    wblock,
-                    unpack,
-                    vnni,
-                };
-                dot_tiles_32(&w, &act, m, k, n, &mut dst, &kern);
+                dot_tiles_q0(&w, &act, m, k, n, wblock, unpack, vnni, &mut dst);
                 let (wrow, arow) = (k / 32 * wblock, k / 32 * 34);
                 for r in 0..m {
                     for c in 0..n {
                         let wc = &w[c * wrow..(c + 1) * wrow];
-                        let want = dot_q0(wc, &act[r * arow..(r + 1) * arow], wblock, unpack);
+                        let ar = &act[r * arow..(r + 1) * arow];
+                        let want = dot_q0(wc, ar, wblock, unpack);
                         let got = dst[r * n + c];
                         assert_eq!(got.to_bits(), want.to_bits(), "{wblock} {vnni} ({r}, {c})");
+                        // The portable tile gives the same bits.
+                        let qs: Vec<QBlock> = wc
+                            .chunks_exact(wblock)
+                            .map(|b| QBlock(unpack_q0(b, wblock, unpack, false)))
+                            .collect();
+                        let ds: Vec<f32> = wc.chunks_exact(wblock).map(|b| f16_at(b, 0)).collect();
+                        let da: Vec<f32> = ar.chunks_exact(34).map(|b| f16_at(b, 0)).collect();
+                        let scalar = tile_q0u_scalar([&qs[..]], [&ds[..]], [ar], [&da[..]]);
+                        assert_eq!(scalar[0][0].to_bits(), want.to_bits());
                     }
                 }
             }
@@ -1937,6 +2102,10 @@ mod tests {
             let a: [&[u8]; 4] = std::array::from_fn(|j| &rows[j][..k / QK_K * ab]);
             let w4 = random_blocks(&mut rng, k / QK_K, 144, &[0, 2]);
             for gemm in [false, true] {
+                assert_eq!(
+                    simd::tile_q4k_x4(&w4, a, gemm),
+                    simd::tile_q4k(&w4, a, gemm)
+                );
                 let got = simd::tile_q4k(&w4, a, gemm);
                 for j in 0..4 {
                     assert_eq!(
