@@ -247,13 +247,30 @@ fn run<T: GgmlType>(
         let bytes: &mut [u8] = unsafe {
             std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut u8, m * akb * abytes)
         };
-        for r in 0..m {
+        let quantize = |r: usize, out: &mut [u8]| {
             let row = &xs[r * k..(r + 1) * k];
-            let out = &mut bytes[r * akb * abytes..(r + 1) * akb * abytes];
             match fmt {
                 ActFormat::Q8_0 => quantize_q8_0_or_1(row, out, false),
                 ActFormat::Q8_1 => quantize_q8_0_or_1(row, out, true),
                 ActFormat::Q8K => quantize_q8k(row, out),
+            }
+        };
+        let arow = akb * abytes;
+        if m >= 8 {
+            // A prompt's rows are quantized on every thread (each row alone).
+            let base = bytes.as_mut_ptr() as usize;
+            crate::pool::for_ranges(m, 1, &|rows| {
+                for r in rows {
+                    // SAFETY: row `r` owns bytes `r * arow..(r + 1) * arow` of `bytes`.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut((base as *mut u8).add(r * arow), arow)
+                    };
+                    quantize(r, out);
+                }
+            });
+        } else {
+            for (r, out) in bytes.chunks_exact_mut(arow).enumerate() {
+                quantize(r, out);
             }
         }
         // SAFETY: every byte was written with the `#[repr(C)]` layout of `T::VecDotType`
@@ -544,7 +561,7 @@ thread_local! {
 }
 
 /// Q4_0, Q5_0 and Q8_0 for several activation rows (prefill). A work item (8 weight rows
-/// × up to 192 activation rows) first unpacks its weight rows into bytes and f32 scales, once;
+/// × up to 512 activation rows) first unpacks its weight rows into bytes and f32 scales, once;
 /// register tiles of [`TILE_W`] weight rows × [`TILE_A`] activation rows then only load.
 /// Every (row, column) keeps the lanes and float operations of [`dot_q0`], so the results
 /// are the same bits.
@@ -571,7 +588,7 @@ fn dot_tiles_q0(
     let aq = |r: usize| &act[r * arow..(r + 1) * arow];
     let ad = |r: usize| &da[r * kb..(r + 1) * kb];
     const COLS: usize = 2 * TILE_W;
-    const ROWS: usize = 64 * TILE_A;
+    const ROWS: usize = 171 * TILE_A;
     let groups = n.div_ceil(COLS);
     let tiles = m.div_ceil(ROWS);
     crate::pool::for_ranges(groups * tiles, 1, &|range| {
