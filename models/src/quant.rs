@@ -312,8 +312,11 @@ fn run<T: GgmlType>(
                 return Ok(());
             }
             // llama.cpp repacks Q4_K weights with 8 | rows into its 8x8 layout on AVX2.
+            GgmlDType::Q4K if n.is_multiple_of(8) && m >= 16 => {
+                dot_q4k_interleaved(data, bytes, m, k, n, dst, has_vnni());
+                return Ok(());
+            }
             GgmlDType::Q4K if n.is_multiple_of(8) => {
-                // Rows in whole groups of 4 go through the gemm kernel, the rest through gemv.
                 dot_tiles_k(data, bytes, m, k, n, 144, dst, &|w, a, dst_row| {
                     // Rows in whole groups of 4 go through the gemm kernel, the rest gemv.
                     let gemm_rows = m - m % 4;
@@ -977,6 +980,152 @@ fn dot_tiles_k(
             }
         }
     });
+}
+
+/// Eight Q4_K weight rows regrouped for [`dot_q4k_interleaved`], per super-block: the
+/// values of each 32-value sub-block as 8 groups of 4 consecutive values, each group
+/// holding the 4 bytes of all 8 rows side by side (so that one 32-bit lane is one row),
+/// and the rows' scales, mins, `d` and `dmin` likewise side by side.
+#[derive(Default)]
+struct Q4kGroup {
+    q: Vec<QBlock>,
+    scales: Vec<[i32; 8]>,
+    mins: Vec<[i32; 8]>,
+    d: Vec<[f32; 8]>,
+    dmin: Vec<[f32; 8]>,
+}
+
+thread_local! {
+    static Q4K_GROUP: std::cell::RefCell<Q4kGroup> = std::cell::RefCell::new(Q4kGroup::default());
+}
+
+/// Q4_K for a prompt (`ggml_gemm_q4_K_8x8_q8_K`'s arrangement): 8 weight rows at a time
+/// are regrouped so that each lane of a vector is one weight row; an activation row's
+/// 4 values are broadcast against them, so the per-(row, column) sums need no horizontal
+/// reduction and the float work is done for 8 columns per instruction. Per (row, column)
+/// the integers and float operations are those of [`dot_q4k_repacked`] (gemm for the rows
+/// in whole groups of 4, gemv for the rest), so the results are the same bits.
+fn dot_q4k_interleaved(
+    w: &[u8],
+    act: &[u8],
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: &mut [f32],
+    vnni: bool,
+) {
+    let nb = k / QK_K;
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let (wrow, arow) = (nb * 144, nb * ab);
+    let gemm_rows = m - m % 4;
+    let dst_ptr = dst.as_mut_ptr() as usize;
+    crate::pool::for_ranges(n / 8, 1, &|groups| {
+        Q4K_GROUP.with(|cell| {
+            let g = &mut *cell.borrow_mut();
+            g.q.resize(nb * 64, QBlock([0; 32]));
+            g.scales.resize(nb * 8, [0; 8]);
+            g.mins.resize(nb * 8, [0; 8]);
+            g.d.resize(nb, [0.0; 8]);
+            g.dmin.resize(nb, [0.0; 8]);
+            for grp in groups {
+                let c0 = grp * 8;
+                for b in 0..nb {
+                    let blocks: [&[u8]; 8] = std::array::from_fn(|c| {
+                        &w[(c0 + c) * wrow + b * 144..(c0 + c) * wrow + (b + 1) * 144]
+                    });
+                    for (c, x) in blocks.iter().enumerate() {
+                        g.d[b][c] = f16_at(x, 0);
+                        g.dmin[b][c] = f16_at(x, 2);
+                        let (scales, mins) = q4k_scales(&x[4..16]);
+                        for j in 0..8 {
+                            g.scales[b * 8 + j][c] = scales[j];
+                            g.mins[b * 8 + j][c] = mins[j];
+                        }
+                    }
+                    simd::regroup_q4k(blocks, &mut g.q[b * 64..(b + 1) * 64]);
+                }
+                for r in 0..m {
+                    let a = &act[r * arow..(r + 1) * arow];
+                    let out = simd::q4k_row_x8(g, a, r < gemm_rows, vnni);
+                    // SAFETY: columns c0..c0 + 8 of every row belong to this group alone.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            out.as_ptr(),
+                            (dst_ptr as *mut f32).add(r * n + c0),
+                            8,
+                        )
+                    };
+                }
+            }
+        })
+    });
+}
+
+/// The scalar [`simd::regroup_q4k`]: sub-block `j`'s group `t` holds values
+/// `4t..4t + 4` of each of the 8 rows.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn regroup_q4k(blocks: [&[u8]; 8], out: &mut [QBlock]) {
+    for (c, x) in blocks.iter().enumerate() {
+        for j in 0..8 {
+            for l in 0..32 {
+                let v = x[16 + 32 * (j / 2) + l];
+                let val = if j % 2 == 0 { v & 0x0f } else { v >> 4 };
+                out[j * 8 + l / 4].0[c * 4 + l % 4] = val;
+            }
+        }
+    }
+}
+
+/// The scalar [`simd::q4k_row_x8`]: one activation row against 8 regrouped weight rows.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn q4k_row_x8(g: &Q4kGroup, a: &[u8], gemm: bool, _vnni: bool) -> [f32; 8] {
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let mut acc = [0f32; 8];
+    let mut acc_min = [0f32; 8];
+    for (b, y) in a.chunks_exact(ab).enumerate() {
+        let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        let bs = &y[4 + QK_K..];
+        let bsum = |i: usize| i16::from_le_bytes([bs[2 * i], bs[2 * i + 1]]) as i32;
+        for c in 0..8 {
+            let mut psum = [0i32; 4];
+            let mut pmin = [0i32; 4];
+            for j in 0..8 {
+                let mut t = 0i32;
+                for l in 0..32 {
+                    let q = g.q[b * 64 + j * 8 + l / 4].0[c * 4 + l % 4] as i32;
+                    t += q * (y[4 + 32 * j + l] as i8 as i32);
+                }
+                psum[j / 2] += g.scales[b * 8 + j][c] * t;
+                pmin[j / 2] += g.mins[b * 8 + j][c] * (bsum(2 * j) + bsum(2 * j + 1));
+            }
+            let (dd, dm) = (g.d[b][c] * dy, g.dmin[b][c] * dy);
+            if gemm {
+                for p in 0..4 {
+                    acc[c] = (psum[p] as f32).mul_add(dd, acc[c]);
+                    acc_min[c] = (pmin[p] as f32).mul_add(dm, acc_min[c]);
+                }
+            } else {
+                let (is, im) = (psum.iter().sum::<i32>(), pmin.iter().sum::<i32>());
+                acc[c] = (is as f32).mul_add(dd, acc[c]);
+                acc_min[c] = (im as f32).mul_add(dm, acc_min[c]);
+            }
+        }
+    }
+    std::array::from_fn(|c| acc[c] - acc_min[c])
 }
 
 /// [`dot_q4k_repacked`] of one weight row against `RN` activation rows.
@@ -1809,6 +1958,150 @@ mod simd {
         }
     }
 
+    /// [`super::regroup_q4k`] with AVX2: each sub-block's 32 values of the 8 rows are an
+    /// 8 × 8 matrix of 4-byte groups, transposed.
+    pub fn regroup_q4k(blocks: [&[u8]; 8], out: &mut [super::QBlock]) {
+        assert!(blocks.iter().all(|x| x.len() >= 144) && out.len() >= 64);
+        // SAFETY: AVX2 is enabled at compile time; loads are inside the 144-byte blocks,
+        // stores inside `out` (lengths checked above).
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0f);
+            for j in 0..8 {
+                let mut v = [_mm256_setzero_si256(); 8];
+                for (c, x) in blocks.iter().enumerate() {
+                    let raw =
+                        _mm256_loadu_si256(x.as_ptr().add(16 + 32 * (j / 2)) as *const __m256i);
+                    v[c] = if j % 2 == 0 {
+                        _mm256_and_si256(raw, m4)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4)
+                    };
+                }
+                // 8 × 8 transpose of 32-bit elements: row c, element t → row t, element c.
+                let a0 = _mm256_unpacklo_epi32(v[0], v[1]);
+                let a1 = _mm256_unpackhi_epi32(v[0], v[1]);
+                let a2 = _mm256_unpacklo_epi32(v[2], v[3]);
+                let a3 = _mm256_unpackhi_epi32(v[2], v[3]);
+                let a4 = _mm256_unpacklo_epi32(v[4], v[5]);
+                let a5 = _mm256_unpackhi_epi32(v[4], v[5]);
+                let a6 = _mm256_unpacklo_epi32(v[6], v[7]);
+                let a7 = _mm256_unpackhi_epi32(v[6], v[7]);
+                let b0 = _mm256_unpacklo_epi64(a0, a2);
+                let b1 = _mm256_unpackhi_epi64(a0, a2);
+                let b2 = _mm256_unpacklo_epi64(a1, a3);
+                let b3 = _mm256_unpackhi_epi64(a1, a3);
+                let b4 = _mm256_unpacklo_epi64(a4, a6);
+                let b5 = _mm256_unpackhi_epi64(a4, a6);
+                let b6 = _mm256_unpacklo_epi64(a5, a7);
+                let b7 = _mm256_unpackhi_epi64(a5, a7);
+                let t = [
+                    _mm256_permute2x128_si256(b0, b4, 0x20),
+                    _mm256_permute2x128_si256(b1, b5, 0x20),
+                    _mm256_permute2x128_si256(b2, b6, 0x20),
+                    _mm256_permute2x128_si256(b3, b7, 0x20),
+                    _mm256_permute2x128_si256(b0, b4, 0x31),
+                    _mm256_permute2x128_si256(b1, b5, 0x31),
+                    _mm256_permute2x128_si256(b2, b6, 0x31),
+                    _mm256_permute2x128_si256(b3, b7, 0x31),
+                ];
+                for (g, tv) in t.iter().enumerate() {
+                    _mm256_store_si256(out.as_mut_ptr().add(j * 8 + g) as *mut __m256i, *tv);
+                }
+            }
+        }
+    }
+
+    /// [`super::q4k_row_x8`] with AVX2, or AVX-512 VNNI for the integer sums.
+    #[inline]
+    pub fn q4k_row_x8(g: &super::Q4kGroup, a: &[u8], gemm: bool, vnni: bool) -> [f32; 8] {
+        if vnni {
+            // SAFETY: `vnni` is set only where the CPU has the features.
+            unsafe { q4k_row_x8_vnni(g, a, gemm) }
+        } else {
+            // SAFETY: AVX2 is enabled at compile time.
+            unsafe { q4k_row_x8_avx2(g, a, gemm) }
+        }
+    }
+
+    macro_rules! q4k_row_x8_body {
+        ($g:ident, $a:ident, $gemm:ident, $dot:expr) => {{
+            let ab = 4 + 256 + 32;
+            let nb = $a.len() / ab;
+            assert!($g.q.len() >= nb * 64 && $g.scales.len() >= nb * 8 && $g.d.len() >= nb);
+            let mut acc = _mm256_setzero_ps();
+            let mut acc_min = _mm256_setzero_ps();
+            for b in 0..nb {
+                let y = $a.as_ptr().add(b * ab);
+                let dy = _mm256_set1_ps(f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]));
+                let bs = y.add(4 + 256) as *const i16;
+                let mut ps = [_mm256_setzero_si256(); 4];
+                let mut pm = [_mm256_setzero_si256(); 4];
+                for j in 0..8 {
+                    let mut sum = _mm256_setzero_si256();
+                    for t in 0..8 {
+                        let wq = _mm256_load_si256(
+                            $g.q.as_ptr().add(b * 64 + j * 8 + t) as *const __m256i
+                        );
+                        let a4 = _mm256_set1_epi32(
+                            (y.add(4 + 32 * j + 4 * t) as *const i32).read_unaligned(),
+                        );
+                        sum = $dot(sum, wq, a4);
+                    }
+                    let sc =
+                        _mm256_loadu_si256($g.scales.as_ptr().add(b * 8 + j) as *const __m256i);
+                    let mn = _mm256_loadu_si256($g.mins.as_ptr().add(b * 8 + j) as *const __m256i);
+                    let bsum = *bs.add(2 * j) as i32 + *bs.add(2 * j + 1) as i32;
+                    ps[j / 2] = _mm256_add_epi32(ps[j / 2], _mm256_mullo_epi32(sum, sc));
+                    pm[j / 2] = _mm256_add_epi32(
+                        pm[j / 2],
+                        _mm256_mullo_epi32(mn, _mm256_set1_epi32(bsum)),
+                    );
+                }
+                let dd = _mm256_mul_ps(_mm256_loadu_ps($g.d[b].as_ptr()), dy);
+                let dm = _mm256_mul_ps(_mm256_loadu_ps($g.dmin[b].as_ptr()), dy);
+                if $gemm {
+                    for p in 0..4 {
+                        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ps[p]), dd, acc);
+                        acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pm[p]), dm, acc_min);
+                    }
+                } else {
+                    let is = _mm256_add_epi32(
+                        _mm256_add_epi32(ps[0], ps[1]),
+                        _mm256_add_epi32(ps[2], ps[3]),
+                    );
+                    let im = _mm256_add_epi32(
+                        _mm256_add_epi32(pm[0], pm[1]),
+                        _mm256_add_epi32(pm[2], pm[3]),
+                    );
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), dd, acc);
+                    acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(im), dm, acc_min);
+                }
+            }
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(acc, acc_min));
+            out
+        }};
+    }
+
+    /// # Safety
+    /// AVX2 and FMA (enabled at compile time).
+    #[inline]
+    unsafe fn q4k_row_x8_avx2(g: &super::Q4kGroup, a: &[u8], gemm: bool) -> [f32; 8] {
+        // Unsigned 4-bit × signed 8-bit: the pair sums stay far inside i16.
+        let ones = _mm256_set1_epi16(1);
+        q4k_row_x8_body!(g, a, gemm, |s, w, y| _mm256_add_epi32(
+            s,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), ones)
+        ))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512 VNNI, VL and BW ([`has_vnni`]).
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni")]
+    unsafe fn q4k_row_x8_vnni(g: &super::Q4kGroup, a: &[u8], gemm: bool) -> [f32; 8] {
+        q4k_row_x8_body!(g, a, gemm, |s, w, y| _mm256_dpbusd_epi32(s, w, y))
+    }
+
     /// [`super::tile_q6k`]: each super-block's 6-bit values and scales decoded once for
     /// all `RN` activation rows; per row the exact integer total of
     /// [`super::q6k_lanes`] and the float operations of [`super::dot_q6k_tiled`].
@@ -1910,8 +2203,8 @@ mod simd {
 )))]
 mod simd {
     pub(super) use super::{
-        dot_q0, dot_q4_1, q4k_pair_sums, q6k_lanes, tile_q4_1, tile_q4k, tile_q4k_x4, tile_q6k,
-        unpack_q0,
+        dot_q0, dot_q4_1, q4k_pair_sums, q4k_row_x8, q6k_lanes, regroup_q4k, tile_q4_1, tile_q4k,
+        tile_q4k_x4, tile_q6k, unpack_q0,
     };
 }
 
@@ -2181,6 +2474,60 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn interleaved_q4k_equals_the_row_kernels() {
+        // 18 rows: four gemm groups of 4 and two gemv rows; 16 weight rows (two groups).
+        let mut rng = Lcg(23);
+        let (k, n, m) = (2 * QK_K, 16, 18);
+        let xs: Vec<f32> = (0..m * k).map(|_| rng.f() * 2.0).collect();
+        let ab = act_block_bytes(ActFormat::Q8K);
+        let arow = k / QK_K * ab;
+        let mut act = vec![0u8; m * arow];
+        quantize_q8k(&xs, &mut act);
+        let w = random_blocks(&mut rng, n * k / QK_K, 144, &[0, 2]);
+        let wrow = k / QK_K * 144;
+        for vnni in [false, has_vnni()] {
+            let mut dst = vec![0f32; m * n];
+            dot_q4k_interleaved(&w, &act, m, k, n, &mut dst, vnni);
+            for r in 0..m {
+                for c in 0..n {
+                    let wc = &w[c * wrow..(c + 1) * wrow];
+                    let want = dot_q4k_repacked(wc, &act[r * arow..(r + 1) * arow], r < 16);
+                    let got = dst[r * n + c];
+                    assert_eq!(got.to_bits(), want.to_bits(), "{vnni} ({r}, {c})");
+                }
+            }
+        }
+        // The portable versions agree.
+        let blocks: [&[u8]; 8] = std::array::from_fn(|c| &w[c * wrow..c * wrow + 144]);
+        let mut simd_q = vec![QBlock([0; 32]); 64];
+        let mut plain_q = vec![QBlock([0; 32]); 64];
+        simd::regroup_q4k(blocks, &mut simd_q);
+        regroup_q4k(blocks, &mut plain_q);
+        assert!(simd_q.iter().zip(&plain_q).all(|(a, b)| a.0 == b.0));
+        let mut g = Q4kGroup {
+            q: plain_q,
+            scales: vec![[0; 8]; 8],
+            mins: vec![[0; 8]; 8],
+            d: vec![[0.0; 8]],
+            dmin: vec![[0.0; 8]],
+        };
+        for (c, x) in blocks.iter().enumerate() {
+            g.d[0][c] = f16_at(x, 0);
+            g.dmin[0][c] = f16_at(x, 2);
+            let (scales, mins) = q4k_scales(&x[4..16]);
+            for j in 0..8 {
+                g.scales[j][c] = scales[j];
+                g.mins[j][c] = mins[j];
+            }
+        }
+        for gemm in [false, true] {
+            let a = &act[..ab];
+            let want = simd::q4k_row_x8(&g, a, gemm, false);
+            assert_eq!(q4k_row_x8(&g, a, gemm, false), want);
         }
     }
 
