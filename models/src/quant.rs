@@ -346,6 +346,10 @@ fn run<T: GgmlType>(
                 dot_all_rows_k(data, bytes, m, k, n, 144, dst, |w, a, _| dot_q4k(w, a));
                 return Ok(());
             }
+            GgmlDType::Q6K if n.is_multiple_of(8) && m >= 16 => {
+                dot_q6k_interleaved(data, bytes, m, k, n, dst, has_vnni());
+                return Ok(());
+            }
             GgmlDType::Q6K if m >= 8 => {
                 dot_tiles_k(data, bytes, m, k, n, 210, dst, &|w, a, dst_row| {
                     let mut r = 0;
@@ -1126,6 +1130,123 @@ fn q4k_row_x8(g: &Q4kGroup, a: &[u8], gemm: bool, _vnni: bool) -> [f32; 8] {
         }
     }
     std::array::from_fn(|c| acc[c] - acc_min[c])
+}
+
+/// Eight Q6_K weight rows regrouped for [`dot_q6k_interleaved`] (the layout of
+/// [`Q4kGroup`]: 4-byte groups of the 8 rows side by side), with the rows' 16 scales per
+/// super-block and `d`.
+#[derive(Default)]
+struct Q6kGroup {
+    q: Vec<QBlock>,
+    scales: Vec<[i32; 8]>,
+    d: Vec<[f32; 8]>,
+}
+
+thread_local! {
+    static Q6K_GROUP: std::cell::RefCell<Q6kGroup> = std::cell::RefCell::new(Q6kGroup::default());
+}
+
+/// Q6_K for a prompt, arranged like [`dot_q4k_interleaved`]; per (row, column) the
+/// integer total and the float operations of [`dot_q6k_tiled`], so the same bits.
+fn dot_q6k_interleaved(
+    w: &[u8],
+    act: &[u8],
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: &mut [f32],
+    vnni: bool,
+) {
+    let nb = k / QK_K;
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let (wrow, arow) = (nb * 210, nb * ab);
+    let dst_ptr = dst.as_mut_ptr() as usize;
+    crate::pool::for_ranges(n / 8, 1, &|groups| {
+        Q6K_GROUP.with(|cell| {
+            let g = &mut *cell.borrow_mut();
+            g.q.resize(nb * 64, QBlock([0; 32]));
+            g.scales.resize(nb * 16, [0; 8]);
+            g.d.resize(nb, [0.0; 8]);
+            for grp in groups {
+                let c0 = grp * 8;
+                for b in 0..nb {
+                    let blocks: [&[u8]; 8] = std::array::from_fn(|c| {
+                        &w[(c0 + c) * wrow + b * 210..(c0 + c) * wrow + (b + 1) * 210]
+                    });
+                    for (c, x) in blocks.iter().enumerate() {
+                        g.d[b][c] = f16_at(x, 208);
+                        for j in 0..16 {
+                            g.scales[b * 16 + j][c] = x[192 + j] as i8 as i32;
+                        }
+                    }
+                    simd::regroup_q6k(blocks, &mut g.q[b * 64..(b + 1) * 64]);
+                }
+                for r in 0..m {
+                    let a = &act[r * arow..(r + 1) * arow];
+                    let out = simd::q6k_row_x8(g, a, vnni);
+                    // SAFETY: columns c0..c0 + 8 of every row belong to this group alone.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            out.as_ptr(),
+                            (dst_ptr as *mut f32).add(r * n + c0),
+                            8,
+                        )
+                    };
+                }
+            }
+        })
+    });
+}
+
+/// The scalar [`simd::regroup_q6k`]: 32-value chunk `v` (values `32v..32v + 32` in
+/// [`q6k_lanes`]' order), group `t` holds its values `4t..4t + 4` of each of the 8 rows.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn regroup_q6k(blocks: [&[u8]; 8], out: &mut [QBlock]) {
+    for (c, x) in blocks.iter().enumerate() {
+        for half in 0..2 {
+            for l in 0..32 {
+                let vals = q6k_quads(&x[64 * half..128], &x[128 + 32 * half..192], l);
+                for (v, &q) in vals.iter().enumerate() {
+                    let chunk = 4 * half + v;
+                    out[chunk * 8 + l / 4].0[c * 4 + l % 4] = q as u8;
+                }
+            }
+        }
+    }
+}
+
+/// The scalar [`simd::q6k_row_x8`].
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn q6k_row_x8(g: &Q6kGroup, a: &[u8], _vnni: bool) -> [f32; 8] {
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let mut acc = [0f32; 8];
+    for (b, y) in a.chunks_exact(ab).enumerate() {
+        let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        for (c, acc) in acc.iter_mut().enumerate() {
+            let mut s1 = 0i32;
+            for e in 0..QK_K {
+                let q = g.q[b * 64 + (e / 32) * 8 + (e % 32) / 4].0[c * 4 + e % 4] as i32;
+                s1 += g.scales[b * 16 + e / 16][c] * (q - 32) * (y[4 + e] as i8 as i32);
+            }
+            let r = s1 as f32 * g.d[b][c];
+            *acc = r.mul_add(dy, *acc);
+        }
+    }
+    acc
 }
 
 /// [`dot_q4k_repacked`] of one weight row against `RN` activation rows.
@@ -1977,38 +2098,154 @@ mod simd {
                         _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4)
                     };
                 }
-                // 8 × 8 transpose of 32-bit elements: row c, element t → row t, element c.
-                let a0 = _mm256_unpacklo_epi32(v[0], v[1]);
-                let a1 = _mm256_unpackhi_epi32(v[0], v[1]);
-                let a2 = _mm256_unpacklo_epi32(v[2], v[3]);
-                let a3 = _mm256_unpackhi_epi32(v[2], v[3]);
-                let a4 = _mm256_unpacklo_epi32(v[4], v[5]);
-                let a5 = _mm256_unpackhi_epi32(v[4], v[5]);
-                let a6 = _mm256_unpacklo_epi32(v[6], v[7]);
-                let a7 = _mm256_unpackhi_epi32(v[6], v[7]);
-                let b0 = _mm256_unpacklo_epi64(a0, a2);
-                let b1 = _mm256_unpackhi_epi64(a0, a2);
-                let b2 = _mm256_unpacklo_epi64(a1, a3);
-                let b3 = _mm256_unpackhi_epi64(a1, a3);
-                let b4 = _mm256_unpacklo_epi64(a4, a6);
-                let b5 = _mm256_unpackhi_epi64(a4, a6);
-                let b6 = _mm256_unpacklo_epi64(a5, a7);
-                let b7 = _mm256_unpackhi_epi64(a5, a7);
-                let t = [
-                    _mm256_permute2x128_si256(b0, b4, 0x20),
-                    _mm256_permute2x128_si256(b1, b5, 0x20),
-                    _mm256_permute2x128_si256(b2, b6, 0x20),
-                    _mm256_permute2x128_si256(b3, b7, 0x20),
-                    _mm256_permute2x128_si256(b0, b4, 0x31),
-                    _mm256_permute2x128_si256(b1, b5, 0x31),
-                    _mm256_permute2x128_si256(b2, b6, 0x31),
-                    _mm256_permute2x128_si256(b3, b7, 0x31),
-                ];
+                let t = transpose8x8_epi32(&v);
                 for (g, tv) in t.iter().enumerate() {
                     _mm256_store_si256(out.as_mut_ptr().add(j * 8 + g) as *mut __m256i, *tv);
                 }
             }
         }
+    }
+
+    /// [`super::regroup_q6k`] with AVX2 (the 6-bit values of [`q6k_lanes`], then the
+    /// 8 × 8 transpose of [`regroup_q4k`]).
+    pub fn regroup_q6k(blocks: [&[u8]; 8], out: &mut [super::QBlock]) {
+        assert!(blocks.iter().all(|x| x.len() >= 210) && out.len() >= 64);
+        // SAFETY: AVX2 is enabled at compile time; loads are inside the 210-byte blocks,
+        // stores inside `out` (lengths checked above).
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0f);
+            let m2 = _mm256_set1_epi8(3);
+            let mut vals = [[_mm256_setzero_si256(); 8]; 8];
+            for (c, x) in blocks.iter().enumerate() {
+                let ql = x.as_ptr();
+                let qh = x.as_ptr().add(128);
+                for half in 0..2 {
+                    let b1 = _mm256_loadu_si256(ql.add(64 * half) as *const __m256i);
+                    let b2 = _mm256_loadu_si256(ql.add(64 * half + 32) as *const __m256i);
+                    let bh = _mm256_loadu_si256(qh.add(32 * half) as *const __m256i);
+                    let hi = |h: __m256i| _mm256_slli_epi16(_mm256_and_si256(h, m2), 4);
+                    vals[4 * half][c] = _mm256_or_si256(_mm256_and_si256(b1, m4), hi(bh));
+                    vals[4 * half + 1][c] =
+                        _mm256_or_si256(_mm256_and_si256(b2, m4), hi(_mm256_srli_epi16(bh, 2)));
+                    vals[4 * half + 2][c] = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                        hi(_mm256_srli_epi16(bh, 4)),
+                    );
+                    vals[4 * half + 3][c] = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                        hi(_mm256_srli_epi16(bh, 6)),
+                    );
+                }
+            }
+            for (chunk, v) in vals.iter().enumerate() {
+                let t = transpose8x8_epi32(v);
+                for (g, tv) in t.iter().enumerate() {
+                    _mm256_store_si256(out.as_mut_ptr().add(chunk * 8 + g) as *mut __m256i, *tv);
+                }
+            }
+        }
+    }
+
+    /// 8 × 8 transpose of 32-bit elements: row `c`, element `t` → row `t`, element `c`.
+    #[inline(always)]
+    unsafe fn transpose8x8_epi32(v: &[__m256i; 8]) -> [__m256i; 8] {
+        let a0 = _mm256_unpacklo_epi32(v[0], v[1]);
+        let a1 = _mm256_unpackhi_epi32(v[0], v[1]);
+        let a2 = _mm256_unpacklo_epi32(v[2], v[3]);
+        let a3 = _mm256_unpackhi_epi32(v[2], v[3]);
+        let a4 = _mm256_unpacklo_epi32(v[4], v[5]);
+        let a5 = _mm256_unpackhi_epi32(v[4], v[5]);
+        let a6 = _mm256_unpacklo_epi32(v[6], v[7]);
+        let a7 = _mm256_unpackhi_epi32(v[6], v[7]);
+        let b0 = _mm256_unpacklo_epi64(a0, a2);
+        let b1 = _mm256_unpackhi_epi64(a0, a2);
+        let b2 = _mm256_unpacklo_epi64(a1, a3);
+        let b3 = _mm256_unpackhi_epi64(a1, a3);
+        let b4 = _mm256_unpacklo_epi64(a4, a6);
+        let b5 = _mm256_unpackhi_epi64(a4, a6);
+        let b6 = _mm256_unpacklo_epi64(a5, a7);
+        let b7 = _mm256_unpackhi_epi64(a5, a7);
+        [
+            _mm256_permute2x128_si256(b0, b4, 0x20),
+            _mm256_permute2x128_si256(b1, b5, 0x20),
+            _mm256_permute2x128_si256(b2, b6, 0x20),
+            _mm256_permute2x128_si256(b3, b7, 0x20),
+            _mm256_permute2x128_si256(b0, b4, 0x31),
+            _mm256_permute2x128_si256(b1, b5, 0x31),
+            _mm256_permute2x128_si256(b2, b6, 0x31),
+            _mm256_permute2x128_si256(b3, b7, 0x31),
+        ]
+    }
+
+    /// [`super::q6k_row_x8`] with AVX2, or AVX-512 VNNI for the integer sums.
+    #[inline]
+    pub fn q6k_row_x8(g: &super::Q6kGroup, a: &[u8], vnni: bool) -> [f32; 8] {
+        if vnni {
+            // SAFETY: `vnni` is set only where the CPU has the features.
+            unsafe { q6k_row_x8_vnni(g, a) }
+        } else {
+            // SAFETY: AVX2 is enabled at compile time.
+            unsafe { q6k_row_x8_avx2(g, a) }
+        }
+    }
+
+    macro_rules! q6k_row_x8_body {
+        ($g:ident, $a:ident, $dot:expr) => {{
+            let ab = 4 + 256 + 32;
+            let nb = $a.len() / ab;
+            assert!($g.q.len() >= nb * 64 && $g.scales.len() >= nb * 16 && $g.d.len() >= nb);
+            let mut acc = _mm256_setzero_ps();
+            for b in 0..nb {
+                let y = $a.as_ptr().add(b * ab);
+                let dy = _mm256_set1_ps(f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]));
+                let bs = y.add(4 + 256) as *const i16;
+                let mut s = _mm256_setzero_si256();
+                let mut sub = _mm256_setzero_si256();
+                for grp in 0..16 {
+                    let mut sum = _mm256_setzero_si256();
+                    for t in 0..4 {
+                        let idx = grp * 4 + t;
+                        let wq =
+                            _mm256_load_si256($g.q.as_ptr().add(b * 64 + idx) as *const __m256i);
+                        let a4 =
+                            _mm256_set1_epi32((y.add(4 + 4 * idx) as *const i32).read_unaligned());
+                        sum = $dot(sum, wq, a4);
+                    }
+                    let sc =
+                        _mm256_loadu_si256($g.scales.as_ptr().add(b * 16 + grp) as *const __m256i);
+                    s = _mm256_add_epi32(s, _mm256_mullo_epi32(sum, sc));
+                    sub = _mm256_add_epi32(
+                        sub,
+                        _mm256_mullo_epi32(sc, _mm256_set1_epi32(*bs.add(grp) as i32)),
+                    );
+                }
+                let s1 = _mm256_sub_epi32(s, _mm256_slli_epi32(sub, 5));
+                let r = _mm256_mul_ps(_mm256_cvtepi32_ps(s1), _mm256_loadu_ps($g.d[b].as_ptr()));
+                acc = _mm256_fmadd_ps(r, dy, acc);
+            }
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), acc);
+            out
+        }};
+    }
+
+    /// # Safety
+    /// AVX2 and FMA (enabled at compile time).
+    #[inline]
+    unsafe fn q6k_row_x8_avx2(g: &super::Q6kGroup, a: &[u8]) -> [f32; 8] {
+        // Unsigned 6-bit × signed 8-bit: the pair sums stay inside i16 (2 · 63 · 128).
+        let ones = _mm256_set1_epi16(1);
+        q6k_row_x8_body!(g, a, |s, w, y| _mm256_add_epi32(
+            s,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), ones)
+        ))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512 VNNI, VL and BW ([`has_vnni`]).
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni")]
+    unsafe fn q6k_row_x8_vnni(g: &super::Q6kGroup, a: &[u8]) -> [f32; 8] {
+        q6k_row_x8_body!(g, a, |s, w, y| _mm256_dpbusd_epi32(s, w, y))
     }
 
     /// [`super::q4k_row_x8`] with AVX2, or AVX-512 VNNI for the integer sums.
@@ -2203,8 +2440,8 @@ mod simd {
 )))]
 mod simd {
     pub(super) use super::{
-        dot_q0, dot_q4_1, q4k_pair_sums, q4k_row_x8, q6k_lanes, regroup_q4k, tile_q4_1, tile_q4k,
-        tile_q4k_x4, tile_q6k, unpack_q0,
+        dot_q0, dot_q4_1, q4k_pair_sums, q4k_row_x8, q6k_lanes, q6k_row_x8, regroup_q4k,
+        regroup_q6k, tile_q4_1, tile_q4k, tile_q4k_x4, tile_q6k, unpack_q0,
     };
 }
 
@@ -2529,6 +2766,51 @@ mod tests {
             let want = simd::q4k_row_x8(&g, a, gemm, false);
             assert_eq!(q4k_row_x8(&g, a, gemm, false), want);
         }
+    }
+
+    #[test]
+    fn interleaved_q6k_equals_the_tiled_kernel() {
+        let mut rng = Lcg(29);
+        let (k, n, m) = (2 * QK_K, 16, 17);
+        let xs: Vec<f32> = (0..m * k).map(|_| rng.f() * 2.0).collect();
+        let ab = act_block_bytes(ActFormat::Q8K);
+        let arow = k / QK_K * ab;
+        let mut act = vec![0u8; m * arow];
+        quantize_q8k(&xs, &mut act);
+        let w = random_blocks(&mut rng, n * k / QK_K, 210, &[208]);
+        let wrow = k / QK_K * 210;
+        for vnni in [false, has_vnni()] {
+            let mut dst = vec![0f32; m * n];
+            dot_q6k_interleaved(&w, &act, m, k, n, &mut dst, vnni);
+            for r in 0..m {
+                for c in 0..n {
+                    let wc = &w[c * wrow..(c + 1) * wrow];
+                    let want = dot_q6k_tiled(wc, &act[r * arow..(r + 1) * arow]);
+                    let got = dst[r * n + c];
+                    assert_eq!(got.to_bits(), want.to_bits(), "{vnni} ({r}, {c})");
+                }
+            }
+        }
+        // The portable versions agree.
+        let blocks: [&[u8]; 8] = std::array::from_fn(|c| &w[c * wrow..c * wrow + 210]);
+        let mut simd_q = vec![QBlock([0; 32]); 64];
+        let mut plain_q = vec![QBlock([0; 32]); 64];
+        simd::regroup_q6k(blocks, &mut simd_q);
+        regroup_q6k(blocks, &mut plain_q);
+        assert!(simd_q.iter().zip(&plain_q).all(|(a, b)| a.0 == b.0));
+        let mut g = Q6kGroup {
+            q: plain_q,
+            scales: vec![[0; 8]; 16],
+            d: vec![[0.0; 8]],
+        };
+        for (c, x) in blocks.iter().enumerate() {
+            g.d[0][c] = f16_at(x, 208);
+            for j in 0..16 {
+                g.scales[j][c] = x[192 + j] as i8 as i32;
+            }
+        }
+        let a = &act[..ab];
+        assert_eq!(q6k_row_x8(&g, a, false), simd::q6k_row_x8(&g, a, false));
     }
 
     #[test]
