@@ -1018,39 +1018,81 @@ fn dot_q4k_interleaved(
     dst: &mut [f32],
     vnni: bool,
 ) {
+    let gemm_rows = m - m % 4;
+    dot_interleaved(w, act, m, k, n, dst, &Q4K_GROUP, &|g: &Q4kGroup, a, r| {
+        simd::q4k_row_x8(g, a, r < gemm_rows, vnni)
+    });
+}
+
+/// Eight weight rows of a K-quant regrouped so that one 32-bit lane is one row.
+trait Regrouped: Default + 'static {
+    /// Bytes of one weight super-block.
+    const WBLOCK: usize;
+    /// Makes room for `nb` super-blocks per row.
+    fn resize(&mut self, nb: usize);
+    /// Regroups super-block `b` of the 8 rows.
+    fn regroup(&mut self, b: usize, blocks: [&[u8]; 8]);
+}
+
+impl Regrouped for Q4kGroup {
+    const WBLOCK: usize = 144;
+    fn resize(&mut self, nb: usize) {
+        self.q.resize(nb * 64, QBlock([0; 32]));
+        self.scales.resize(nb * 8, [0; 8]);
+        self.mins.resize(nb * 8, [0; 8]);
+        self.d.resize(nb, [0.0; 8]);
+        self.dmin.resize(nb, [0.0; 8]);
+    }
+    fn regroup(&mut self, b: usize, blocks: [&[u8]; 8]) {
+        for (c, x) in blocks.iter().enumerate() {
+            self.d[b][c] = f16_at(x, 0);
+            self.dmin[b][c] = f16_at(x, 2);
+            let (scales, mins) = q4k_scales(&x[4..16]);
+            for j in 0..8 {
+                self.scales[b * 8 + j][c] = scales[j];
+                self.mins[b * 8 + j][c] = mins[j];
+            }
+        }
+        simd::regroup_q4k(blocks, &mut self.q[b * 64..(b + 1) * 64]);
+    }
+}
+
+/// One activation row (and its index) against a regrouped group: the 8 outputs.
+type RowX8<'a, G> = dyn Fn(&G, &[u8], usize) -> [f32; 8] + Sync + 'a;
+
+/// The driver of the interleaved kernels: each work item regroups 8 weight rows into the
+/// thread's `G` once, then `row(group, activation row, row index)` gives the 8 outputs of
+/// every activation row.
+#[allow(clippy::too_many_arguments)]
+fn dot_interleaved<G: Regrouped>(
+    w: &[u8],
+    act: &[u8],
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: &mut [f32],
+    scratch: &'static std::thread::LocalKey<std::cell::RefCell<G>>,
+    row: &RowX8<'_, G>,
+) {
     let nb = k / QK_K;
     let ab = act_block_bytes(ActFormat::Q8K);
-    let (wrow, arow) = (nb * 144, nb * ab);
-    let gemm_rows = m - m % 4;
+    let (wrow, arow) = (nb * G::WBLOCK, nb * ab);
     let dst_ptr = dst.as_mut_ptr() as usize;
     crate::pool::for_ranges(n / 8, 1, &|groups| {
-        Q4K_GROUP.with(|cell| {
+        scratch.with(|cell| {
             let g = &mut *cell.borrow_mut();
-            g.q.resize(nb * 64, QBlock([0; 32]));
-            g.scales.resize(nb * 8, [0; 8]);
-            g.mins.resize(nb * 8, [0; 8]);
-            g.d.resize(nb, [0.0; 8]);
-            g.dmin.resize(nb, [0.0; 8]);
+            g.resize(nb);
             for grp in groups {
                 let c0 = grp * 8;
                 for b in 0..nb {
                     let blocks: [&[u8]; 8] = std::array::from_fn(|c| {
-                        &w[(c0 + c) * wrow + b * 144..(c0 + c) * wrow + (b + 1) * 144]
+                        let start = (c0 + c) * wrow + b * G::WBLOCK;
+                        &w[start..start + G::WBLOCK]
                     });
-                    for (c, x) in blocks.iter().enumerate() {
-                        g.d[b][c] = f16_at(x, 0);
-                        g.dmin[b][c] = f16_at(x, 2);
-                        let (scales, mins) = q4k_scales(&x[4..16]);
-                        for j in 0..8 {
-                            g.scales[b * 8 + j][c] = scales[j];
-                            g.mins[b * 8 + j][c] = mins[j];
-                        }
-                    }
-                    simd::regroup_q4k(blocks, &mut g.q[b * 64..(b + 1) * 64]);
+                    g.regroup(b, blocks);
                 }
                 for r in 0..m {
-                    let a = &act[r * arow..(r + 1) * arow];
-                    let out = simd::q4k_row_x8(g, a, r < gemm_rows, vnni);
+                    let out = row(g, &act[r * arow..(r + 1) * arow], r);
                     // SAFETY: columns c0..c0 + 8 of every row belong to this group alone.
                     unsafe {
                         std::ptr::copy_nonoverlapping(
@@ -1157,45 +1199,27 @@ fn dot_q6k_interleaved(
     dst: &mut [f32],
     vnni: bool,
 ) {
-    let nb = k / QK_K;
-    let ab = act_block_bytes(ActFormat::Q8K);
-    let (wrow, arow) = (nb * 210, nb * ab);
-    let dst_ptr = dst.as_mut_ptr() as usize;
-    crate::pool::for_ranges(n / 8, 1, &|groups| {
-        Q6K_GROUP.with(|cell| {
-            let g = &mut *cell.borrow_mut();
-            g.q.resize(nb * 64, QBlock([0; 32]));
-            g.scales.resize(nb * 16, [0; 8]);
-            g.d.resize(nb, [0.0; 8]);
-            for grp in groups {
-                let c0 = grp * 8;
-                for b in 0..nb {
-                    let blocks: [&[u8]; 8] = std::array::from_fn(|c| {
-                        &w[(c0 + c) * wrow + b * 210..(c0 + c) * wrow + (b + 1) * 210]
-                    });
-                    for (c, x) in blocks.iter().enumerate() {
-                        g.d[b][c] = f16_at(x, 208);
-                        for j in 0..16 {
-                            g.scales[b * 16 + j][c] = x[192 + j] as i8 as i32;
-                        }
-                    }
-                    simd::regroup_q6k(blocks, &mut g.q[b * 64..(b + 1) * 64]);
-                }
-                for r in 0..m {
-                    let a = &act[r * arow..(r + 1) * arow];
-                    let out = simd::q6k_row_x8(g, a, vnni);
-                    // SAFETY: columns c0..c0 + 8 of every row belong to this group alone.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            out.as_ptr(),
-                            (dst_ptr as *mut f32).add(r * n + c0),
-                            8,
-                        )
-                    };
-                }
-            }
-        })
+    dot_interleaved(w, act, m, k, n, dst, &Q6K_GROUP, &|g: &Q6kGroup, a, _| {
+        simd::q6k_row_x8(g, a, vnni)
     });
+}
+
+impl Regrouped for Q6kGroup {
+    const WBLOCK: usize = 210;
+    fn resize(&mut self, nb: usize) {
+        self.q.resize(nb * 64, QBlock([0; 32]));
+        self.scales.resize(nb * 16, [0; 8]);
+        self.d.resize(nb, [0.0; 8]);
+    }
+    fn regroup(&mut self, b: usize, blocks: [&[u8]; 8]) {
+        for (c, x) in blocks.iter().enumerate() {
+            self.d[b][c] = f16_at(x, 208);
+            for j in 0..16 {
+                self.scales[b * 16 + j][c] = x[192 + j] as i8 as i32;
+            }
+        }
+        simd::regroup_q6k(blocks, &mut self.q[b * 64..(b + 1) * 64]);
+    }
 }
 
 /// The scalar [`simd::regroup_q6k`]: 32-value chunk `v` (values `32v..32v + 32` in
