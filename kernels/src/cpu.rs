@@ -319,8 +319,8 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 0.0);
     // Truncating a non-positive value rounds up: n = ceil(t - 1/2), so t - n ∈ (-1/2, 1/2].
-    let n = (x * std::f32::consts::LOG2_E - 0.5) as i32;
-    let nf = n as f32;
+    // `trunc` rather than `as i32`, whose saturation keeps the loop from vectorising.
+    let nf = (x * std::f32::consts::LOG2_E - 0.5).trunc();
     let y = (x - nf * LN2_HI) - nf * LN2_LO;
     let p = 1.0
         + y * (1.0
@@ -328,8 +328,13 @@ pub fn exp_nonpositive(x: f32) -> f32 {
                 + y * (1.0 / 6.0
                     + y * (1.0 / 24.0
                         + y * (1.0 / 120.0 + y * (1.0 / 720.0 + y * (1.0 / 5040.0)))))));
-    // n ∈ [-126, 0]: a normal power of two.
-    let scale = f32::from_bits(((n + 127) as u32) << 23);
+    // n ∈ [-126, 0]: a normal power of two. Its biased exponent n + 127 is read from the
+    // bits of 2^23 + n + 127 (exact), again so that the loop vectorises; a NaN input
+    // gives garbage bits here and NaN through `p`.
+    let biased = (nf + (127.0 + 8_388_608.0))
+        .to_bits()
+        .wrapping_sub(0x4B00_0000);
+    let scale = f32::from_bits(biased << 23);
     p * scale
 }
 
@@ -389,6 +394,42 @@ impl<F: FnMut(u32) -> bool> Selector<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `exp_nonpositive` with the exponent taken through integers (`as i32`), the plain
+    /// form of the bit manipulation the kernel does in floats.
+    fn exp_via_integers(x: f32) -> f32 {
+        let x = x.clamp(-87.0, 0.0);
+        let n = (x * std::f32::consts::LOG2_E - 0.5) as i32;
+        let nf = n as f32;
+        let y = (x - nf * 0.693_359_4) - nf * -2.121_944_4e-4;
+        let p = 1.0
+            + y * (1.0
+                + y * (0.5
+                    + y * (1.0 / 6.0
+                        + y * (1.0 / 24.0
+                            + y * (1.0 / 120.0 + y * (1.0 / 720.0 + y * (1.0 / 5040.0)))))));
+        p * f32::from_bits(((n + 127) as u32) << 23)
+    }
+
+    #[test]
+    fn float_exponent_is_the_integer_exponent() {
+        let mut x = 0.0f32;
+        while x > -100.0 {
+            assert_eq!(
+                exp_nonpositive(x).to_bits(),
+                exp_via_integers(x).to_bits(),
+                "{x}"
+            );
+            x = x * 1.000_1 - 1e-4;
+        }
+        for x in [f32::NEG_INFINITY, -87.0, -86.999, -0.5, -0.0, f32::MIN] {
+            assert_eq!(
+                exp_nonpositive(x).to_bits(),
+                exp_via_integers(x).to_bits(),
+                "{x}"
+            );
+        }
+    }
 
     #[test]
     fn fast_exp_is_accurate() {

@@ -104,6 +104,18 @@ pub fn rope(x: &mut [f32], heads: usize, s: usize, hd: usize, table: &[f32], int
     }
 }
 
+/// [`rope`] for `[s, heads, hd]` (the rows as a projection writes them): row `(i, h)`
+/// takes the angles of position `i` of `table`.
+pub fn rope_rows(x: &mut [f32], heads: usize, hd: usize, table: &[f32], interleaved: bool) {
+    let half = hd / 2;
+    for (i, pos) in x.chunks_exact_mut(heads * hd).enumerate() {
+        let cs = &table[i * half * 2..(i + 1) * half * 2];
+        for row in pos.chunks_exact_mut(hd) {
+            rope(row, 1, 1, hd, cs, interleaved);
+        }
+    }
+}
+
 fn gelu_table() -> &'static [f32] {
     static TABLE: OnceLock<Vec<f32>> = OnceLock::new();
     TABLE.get_or_init(|| {
@@ -229,6 +241,52 @@ mod avx2 {
         }
     }
 
+    /// [`super::dot_tinyblas_4xq`] with AVX-512: pair `(q, r)`'s 16 lanes are one
+    /// register, the same lanes as `dot_tinyblas`'s accumulator.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_tinyblas_4xq_avx512<const Q: usize>(
+        a: [&[f32]; 4],
+        b: [&[f32]; Q],
+        n: usize,
+    ) -> [[f32; 4]; Q] {
+        assert!(a.iter().all(|r| r.len() >= n) && b.iter().all(|r| r.len() >= n));
+        let full = n / 16 * 16;
+        let mut acc = [[_mm512_setzero_ps(); 4]; Q];
+        let pa = [a[0].as_ptr(), a[1].as_ptr(), a[2].as_ptr(), a[3].as_ptr()];
+        let mut c = 0;
+        // SAFETY (loads): every row holds at least `n >= full` values.
+        while c < full {
+            let av = [
+                _mm512_loadu_ps(pa[0].add(c)),
+                _mm512_loadu_ps(pa[1].add(c)),
+                _mm512_loadu_ps(pa[2].add(c)),
+                _mm512_loadu_ps(pa[3].add(c)),
+            ];
+            for q in 0..Q {
+                let bv = _mm512_loadu_ps(b[q].as_ptr().add(c));
+                for r in 0..4 {
+                    acc[q][r] = _mm512_fmadd_ps(av[r], bv, acc[q][r]);
+                }
+            }
+            c += 16;
+        }
+        let mut out = [[0f32; 4]; Q];
+        for q in 0..Q {
+            for r in 0..4 {
+                let mut lanes = [0f32; 16];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), acc[q][r]);
+                for l in 0..n - full {
+                    lanes[l] = a[r][full + l].mul_add(b[q][full + l], lanes[l]);
+                }
+                out[q][r] = super::reduce16(&lanes);
+            }
+        }
+        out
+    }
+
     /// `reduce16` of the 16 lanes `lo` (0..8), `hi` (8..16).
     #[inline(always)]
     unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
@@ -295,6 +353,37 @@ fn dot_tinyblas4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
     {
         a.map(|r| dot_tinyblas(&r[..b.len()], b))
     }
+}
+
+/// `out[q][r] = dot_tinyblas(a[r][..n], b[q][..n])`: four rows against `Q` others. With
+/// AVX-512 each pair's 16-lane accumulator is one register and every row loaded serves
+/// all its pairs; the lanes and their reduction are those of [`dot_tinyblas`].
+#[inline]
+fn dot_tinyblas_4xq<const Q: usize>(a: [&[f32]; 4], b: [&[f32]; Q], n: usize) -> [[f32; 4]; Q] {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512F (checked).
+        return unsafe { avx2::dot_tinyblas_4xq_avx512(a, b, n) };
+    }
+    std::array::from_fn(|q| dot_tinyblas4(a, &b[q][..n]))
+}
+
+/// Whether the CPU has AVX-512F (checked once; `TUTTI_NO_AVX512` turns its use off, for
+/// comparing the two kernels).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+fn has_avx512() -> bool {
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(|| {
+        is_x86_feature_detected!("avx512f") && std::env::var_os("TUTTI_NO_AVX512").is_none()
+    })
 }
 
 /// The final reduction of `ggml_vec_dot_f16`'s four 16-lane accumulators.
@@ -396,8 +485,9 @@ thread_local! {
 
 /// Attention for one sequence on f16-valued data, like llama.cpp's non-flash CPU path.
 ///
-/// `q`: `[nh, s, hd]` (already rounded to f16), `kv`: f16 values, `visible(i, j)`:
-/// whether query `i` sees key `j` (counted from `kv.first`). Writes `out`, `[s, nh * hd]`.
+/// `q`: `[s, nh, hd]` as the projection writes it (already rounded to f16), `kv`: f16
+/// values, `visible(i, j)`: whether query `i` sees key `j` (counted from `kv.first`).
+/// Writes `out`, `[s, nh * hd]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
@@ -411,96 +501,162 @@ pub fn attention(
     out: &mut [f32],
 ) {
     let n_rep = nh / nkv;
-    let several = s >= 2;
     let t = kv.t;
     let out = &mut out[..s * nh * hd];
-    // Several queries read every value column once per query: transpose each kv head's
-    // values once (`[kv head][head dim][position]`) instead of gathering the columns.
-    let vt_all: Vec<f32> = if several {
-        let mut vt = vec![0f32; nkv * hd * t];
-        for kvh in 0..nkv {
-            let vh = kv.head(kv.v, kvh, hd);
-            let dst = &mut vt[kvh * hd * t..(kvh + 1) * hd * t];
-            for (j, row) in vh.chunks_exact(hd).enumerate() {
-                for (dd, &x) in row.iter().enumerate() {
-                    dst[dd * t + j] = x;
+    let out_ptr = out.as_mut_ptr() as usize;
+    let q_row = |i: usize, h: usize| &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
+    if s == 1 {
+        // One query row: llama.cpp's `ggml_vec_dot_f16` path, one head per work item.
+        crate::pool::for_ranges(nh, 1, &|heads| {
+            ATT_SCRATCH.with(|cell| {
+                let mut scratch = cell.borrow_mut();
+                let (w, acc, seen) = &mut *scratch;
+                visible_keys(t, |j| visible(0, j), seen);
+                for h in heads {
+                    // SAFETY: head `h` owns `out[h * hd..(h + 1) * hd]`; no other item writes it.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(h * hd), hd)
+                    };
+                    let kh = kv.head(kv.k, h / n_rep, hd);
+                    let qi = q_row(0, h);
+                    w.clear();
+                    w.resize(t, f32::NEG_INFINITY);
+                    for &j in seen.iter() {
+                        w[j] = dot_vec_f16(&kh[j * hd..(j + 1) * hd], qi) * scale;
+                    }
+                    softmax_row(w);
+                    for p in w.iter_mut() {
+                        *p = f16::from_f32(*p).to_f32();
+                    }
+                    weighted_rows_vec_f16(kv.head(kv.v, h / n_rep, hd), w, hd, acc, o);
                 }
+            })
+        });
+        return;
+    }
+    // Several query rows (tinyBLAS): every query reads every value column once, so each
+    // kv head's values are transposed once (`[kv head][head dim][position]`).
+    let mut vt_all = vec![0f32; nkv * hd * t];
+    for kvh in 0..nkv {
+        let vh = kv.head(kv.v, kvh, hd);
+        let dst = &mut vt_all[kvh * hd * t..(kvh + 1) * hd * t];
+        for (j, row) in vh.chunks_exact(hd).enumerate() {
+            for (dd, &x) in row.iter().enumerate() {
+                dst[dd * t + j] = x;
             }
         }
-        vt
-    } else {
-        Vec::new()
-    };
-    let out_ptr = out.as_mut_ptr() as usize;
-    // Every (query, head) pair is independent: spread them over the cores. Each pair
-    // still sums in ggml's order, so the result does not depend on the thread count.
-    crate::pool::for_ranges(s * nh, 1, &|pairs| {
+    }
+    // The query heads of one position that share a kv head see the same keys: they are
+    // scored together, up to four per pass, so that each key and value row loaded serves
+    // all of them. Every (query, key) pair still sums in ggml's order, so the result
+    // depends neither on the grouping nor on the thread count.
+    crate::pool::for_ranges(s * nkv, 1, &|groups| {
         ATT_SCRATCH.with(|cell| {
             let mut scratch = cell.borrow_mut();
-            let (w, acc, seen) = &mut *scratch;
-            w.resize(t, 0.0);
-            for c in pairs {
-                // SAFETY: pair `c` owns `out[c * hd..(c + 1) * hd]`; no other pair writes it.
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(c * hd), hd)
+            let (w, _, seen) = &mut *scratch;
+            w.resize(4 * t, 0.0);
+            for g in groups {
+                let (i, kvh) = (g / nkv, g % nkv);
+                visible_keys(t, |j| visible(i, j), seen);
+                let at = AttendAt {
+                    keys: kv.head(kv.k, kvh, hd),
+                    vt: &vt_all[kvh * hd * t..(kvh + 1) * hd * t],
+                    t,
+                    hd,
+                    scale,
+                    seen,
                 };
-                let (i, h) = (c / nh, c % nh);
-                let kvh = h / n_rep;
-                let kh = kv.head(kv.k, kvh, hd);
-                let vh = kv.head(kv.v, kvh, hd);
-                let qi = &q[(h * s + i) * hd..(h * s + i + 1) * hd];
-                let key = |j: usize| &kh[j * hd..(j + 1) * hd];
-                // A masked key's score is not needed (its weight is exactly 0).
-                seen.clear();
-                for (j, wj) in w.iter_mut().enumerate() {
-                    if visible(i, j) {
-                        seen.push(j);
-                    } else {
-                        *wj = f32::NEG_INFINITY;
+                let mut h0 = kvh * n_rep;
+                while h0 < (kvh + 1) * n_rep {
+                    let nq = ((kvh + 1) * n_rep - h0).min(4);
+                    // SAFETY: heads `h0..h0 + nq` of position `i` own these `nq * hd`
+                    // values of `out`; no other item writes them.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            (out_ptr as *mut f32).add((i * nh + h0) * hd),
+                            nq * hd,
+                        )
+                    };
+                    let qs = |k: usize| q_row(i, h0 + k.min(nq - 1));
+                    match nq {
+                        4 => at.heads::<4>([qs(0), qs(1), qs(2), qs(3)], w, o),
+                        3 => at.heads::<3>([qs(0), qs(1), qs(2)], w, o),
+                        2 => at.heads::<2>([qs(0), qs(1)], w, o),
+                        _ => at.heads::<1>([qs(0)], w, o),
                     }
-                }
-                if several {
-                    let mut quads = seen.chunks_exact(4);
-                    for js in quads.by_ref() {
-                        let d = dot_tinyblas4([key(js[0]), key(js[1]), key(js[2]), key(js[3])], qi);
-                        for (&j, d) in js.iter().zip(d) {
-                            w[j] = d * scale;
-                        }
-                    }
-                    for &j in quads.remainder() {
-                        w[j] = dot_tinyblas(key(j), qi) * scale;
-                    }
-                } else {
-                    for &j in seen.iter() {
-                        w[j] = dot_vec_f16(key(j), qi) * scale;
-                    }
-                }
-                softmax_row(w);
-                for p in w.iter_mut() {
-                    *p = f16::from_f32(*p).to_f32();
-                }
-                if !several {
-                    weighted_rows_vec_f16(vh, w, hd, acc, o);
-                    continue;
-                }
-                // Keys past the last visible one have weight +0: leaving them out
-                // leaves every lane's sum as it is.
-                let end = seen.last().map_or(0, |&j| j + 1);
-                let vth = &vt_all[kvh * hd * t..(kvh + 1) * hd * t];
-                let col = |dd: usize| &vth[dd * t..dd * t + end];
-                let mut dd = 0;
-                while dd + 4 <= hd {
-                    let d =
-                        dot_tinyblas4([col(dd), col(dd + 1), col(dd + 2), col(dd + 3)], &w[..end]);
-                    o[dd..dd + 4].copy_from_slice(&d);
-                    dd += 4;
-                }
-                for (k, od) in o.iter_mut().enumerate().skip(dd) {
-                    *od = dot_tinyblas(col(k), &w[..end]);
+                    h0 += nq;
                 }
             }
         })
     });
+}
+
+/// The keys `j < t` for which `visible(j)`, in order, into `seen`.
+fn visible_keys(t: usize, visible: impl Fn(usize) -> bool, seen: &mut Vec<usize>) {
+    seen.clear();
+    seen.extend((0..t).filter(|&j| visible(j)));
+}
+
+/// One position's view of one kv head in the several-query attention.
+struct AttendAt<'a> {
+    /// `[t][hd]` keys.
+    keys: &'a [f32],
+    /// `[hd][t]` values, transposed.
+    vt: &'a [f32],
+    t: usize,
+    hd: usize,
+    scale: f32,
+    /// The keys this position sees.
+    seen: &'a [usize],
+}
+
+impl AttendAt<'_> {
+    /// Attention of the `Q` query rows `qs` (heads sharing this kv head) into `out`
+    /// (`[Q][hd]`); `w` holds `Q` rows of `t` scores.
+    fn heads<const Q: usize>(&self, qs: [&[f32]; Q], w: &mut [f32], out: &mut [f32]) {
+        let (t, hd) = (self.t, self.hd);
+        let key = |j: usize| &self.keys[j * hd..(j + 1) * hd];
+        let w = &mut w[..Q * t];
+        w.fill(f32::NEG_INFINITY);
+        let mut quads = self.seen.chunks_exact(4);
+        for js in quads.by_ref() {
+            let d = dot_tinyblas_4xq([key(js[0]), key(js[1]), key(js[2]), key(js[3])], qs, hd);
+            for (qi, dq) in d.iter().enumerate() {
+                for (&j, &v) in js.iter().zip(dq) {
+                    w[qi * t + j] = v * self.scale;
+                }
+            }
+        }
+        for &j in quads.remainder() {
+            for (qi, qr) in qs.iter().enumerate() {
+                w[qi * t + j] = dot_tinyblas(key(j), qr) * self.scale;
+            }
+        }
+        for row in w.chunks_exact_mut(t) {
+            softmax_row(row);
+            for p in row.iter_mut() {
+                *p = f16::from_f32(*p).to_f32();
+            }
+        }
+        // Keys past the last visible one have weight +0: leaving them out leaves every
+        // lane's sum as it is.
+        let end = self.seen.last().map_or(0, |&j| j + 1);
+        let ws: [&[f32]; Q] = std::array::from_fn(|qi| &w[qi * t..qi * t + end]);
+        let col = |dd: usize| &self.vt[dd * t..dd * t + end];
+        let mut dd = 0;
+        while dd + 4 <= hd {
+            let d = dot_tinyblas_4xq([col(dd), col(dd + 1), col(dd + 2), col(dd + 3)], ws, end);
+            for (qi, dq) in d.iter().enumerate() {
+                out[qi * hd + dd..qi * hd + dd + 4].copy_from_slice(dq);
+            }
+            dd += 4;
+        }
+        for k in dd..hd {
+            for (qi, wq) in ws.iter().enumerate() {
+                out[qi * hd + k] = dot_tinyblas(col(k), wq);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -546,6 +702,98 @@ mod tests {
             for (r, g) in rows.iter().zip(got) {
                 assert_eq!(g.to_bits(), dot_tinyblas(&r[..n], &b).to_bits(), "n {n}");
             }
+        }
+    }
+
+    #[test]
+    fn four_by_q_dots_are_the_single_dots() {
+        for n in [0, 7, 16, 64, 100, 256, 513] {
+            let a: Vec<Vec<f32>> = (0..4).map(|i| values(n + 1, 30 + i)).collect();
+            let b: Vec<Vec<f32>> = (0..4).map(|i| values(n, 40 + i)).collect();
+            let ar = [&a[0][..], &a[1][..], &a[2][..], &a[3][..]];
+            let check = |got: &[[f32; 4]]| {
+                for (q, row) in got.iter().enumerate() {
+                    for (r, g) in row.iter().enumerate() {
+                        let want = dot_tinyblas(&a[r][..n], &b[q]);
+                        assert_eq!(g.to_bits(), want.to_bits(), "n {n} q {q} r {r}");
+                    }
+                }
+            };
+            check(&dot_tinyblas_4xq(ar, [&b[0][..], &b[1], &b[2], &b[3]], n));
+            check(&dot_tinyblas_4xq(ar, [&b[0][..], &b[1], &b[2]], n));
+            check(&dot_tinyblas_4xq(ar, [&b[0][..]], n));
+        }
+    }
+
+    /// The several-query attention written pair by pair, in `[s, nh, hd]` rows.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_by_pairs(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        nh: usize,
+        nkv: usize,
+        s: usize,
+        t: usize,
+        hd: usize,
+        visible: impl Fn(usize, usize) -> bool,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; s * nh * hd];
+        for i in 0..s {
+            for h in 0..nh {
+                let kvh = h / (nh / nkv);
+                let qi = &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
+                let key = |j: usize| &k[(kvh * t + j) * hd..(kvh * t + j + 1) * hd];
+                let mut w: Vec<f32> = (0..t)
+                    .map(|j| {
+                        if visible(i, j) {
+                            dot_tinyblas(key(j), qi) * 0.125
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                    .collect();
+                softmax_row(&mut w);
+                let w: Vec<f32> = w.iter().map(|&p| f16::from_f32(p).to_f32()).collect();
+                let end = (0..t).rev().find(|&j| visible(i, j)).map_or(0, |j| j + 1);
+                for d in 0..hd {
+                    let col: Vec<f32> = (0..end).map(|j| v[(kvh * t + j) * hd + d]).collect();
+                    out[(i * nh + h) * hd + d] = dot_tinyblas(&col, &w[..end]);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn grouped_attention_is_the_pairwise_attention() {
+        // Heads per kv head: 4 (one group), 3, 5 (a group of 4 and one of 1), 1.
+        for (nh, nkv, s, hd, window) in [
+            (8, 2, 9, 64, None),
+            (6, 2, 7, 40, Some(4)),
+            (5, 1, 13, 36, None),
+            (3, 3, 6, 64, Some(3)),
+        ] {
+            let t = s + 2; // two cached positions before the queries
+            let q = values(s * nh * hd, 1);
+            let k = values(nkv * t * hd, 2);
+            let v = values(nkv * t * hd, 3);
+            let visible = |i: usize, j: usize| {
+                let qp = i + 2;
+                j <= qp && window.is_none_or(|w: usize| qp - j < w)
+            };
+            let kv = KvRows {
+                k: &k,
+                v: &v,
+                stride: t,
+                first: 0,
+                t,
+            };
+            let mut out = vec![0f32; s * nh * hd];
+            attention(&q, kv, nh, nkv, s, hd, 0.125, visible, &mut out);
+            let want = attention_by_pairs(&q, &k, &v, nh, nkv, s, t, hd, visible);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&want), "nh {nh} nkv {nkv} s {s}");
         }
     }
 

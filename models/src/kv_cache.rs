@@ -118,7 +118,7 @@ impl HostKv {
         self.len = self.len.min(len);
     }
 
-    /// Appends `s` positions given as `[heads][s][head dim]`.
+    /// Appends `s` positions given as `[s][heads][head dim]` (as a projection writes them).
     pub fn append(&mut self, k: &[f32], v: &[f32], s: usize) -> Result<()> {
         let (h, d) = (self.heads, self.head_dim);
         if k.len() != h * s * d || v.len() != h * s * d {
@@ -142,11 +142,13 @@ impl HostKv {
             }
             self.cap = cap;
         }
-        for head in 0..h {
-            let dst = (head * self.cap + self.len) * d;
-            let src = head * s * d;
-            self.k[dst..dst + s * d].copy_from_slice(&k[src..src + s * d]);
-            self.v[dst..dst + s * d].copy_from_slice(&v[src..src + s * d]);
+        for i in 0..s {
+            for head in 0..h {
+                let dst = (head * self.cap + self.len + i) * d;
+                let src = (i * h + head) * d;
+                self.k[dst..dst + d].copy_from_slice(&k[src..src + d]);
+                self.v[dst..dst + d].copy_from_slice(&v[src..src + d]);
+            }
         }
         self.len = needed;
         Ok(())
@@ -176,13 +178,18 @@ mod tests {
             let r = c.rows(0);
             r.k[head * r.stride * 3..(head * r.stride + r.t) * 3].to_vec()
         };
-        // Two positions: head 0 gets 0..6, head 1 gets 10..16.
-        let k: Vec<f32> = (0..6).chain(10..16).map(|x| x as f32).collect();
+        // Two positions, `[position][head][dim]`: head 0 gets 0..6, head 1 gets 10..16.
+        let k: Vec<f32> = [0., 1., 2., 10., 11., 12., 3., 4., 5., 13., 14., 15.].to_vec();
         c.append(&k, &k, 2).unwrap();
         c.truncate(1);
         let k2: Vec<f32> = [7., 7., 7., 17., 17., 17.].to_vec();
         c.append(&k2, &k2, 1).unwrap();
         assert_eq!(rows(&c, 0), [0., 1., 2., 7., 7., 7.]);
+        c.truncate(2);
+        c.append(&k, &k, 2).unwrap();
+        assert_eq!(&rows(&c, 0)[6..], [0., 1., 2., 3., 4., 5.]);
+        assert_eq!(&rows(&c, 1)[6..], [10., 11., 12., 13., 14., 15.]);
+        c.truncate(2);
         assert_eq!(rows(&c, 1), [10., 11., 12., 17., 17., 17.]);
         // Grow past the first chunk: old rows survive at their new stride.
         let n = c.capacity();

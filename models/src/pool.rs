@@ -118,6 +118,30 @@ pub fn for_ranges(n: usize, align: usize, f: &(dyn Fn(std::ops::Range<usize>) + 
     });
 }
 
+/// Runs `f(offset, piece)` over disjoint pieces of `data`, each a whole number of
+/// `align`-sized groups starting at `offset` (see [`for_ranges`]); inline when `data` is
+/// shorter than `min_len`, where a section would cost more than the work.
+pub fn for_pieces_mut<T: Send>(
+    data: &mut [T],
+    align: usize,
+    min_len: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    let align = align.max(1);
+    if data.len() < min_len || threads() == 1 {
+        f(0, data);
+        return;
+    }
+    let groups = data.len().div_ceil(align);
+    let per = groups.div_ceil(threads() * 4).max(1) * align;
+    let pieces: Vec<Mutex<&mut [T]>> = data.chunks_mut(per).map(Mutex::new).collect();
+    run(pieces.len(), &|c| {
+        // Each piece is locked by exactly one chunk, so the lock never waits.
+        let mut piece = pieces[c].lock().unwrap_or_else(|e| e.into_inner());
+        f(c * per, &mut piece);
+    });
+}
+
 /// The section being run: the closure (lifetime erased; valid while `state` says the
 /// section is open or has members) and its chunk count.
 struct Job {
@@ -285,6 +309,26 @@ fn worker(s: &Shared, index: usize) {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU32;
+
+    #[test]
+    fn pieces_cover_the_data_once_at_their_offsets() {
+        for (n, align, min) in [
+            (0, 4, 0),
+            (10, 1, 0),
+            (1000, 8, 0),
+            (1003, 8, 16),
+            (5, 2, 100),
+        ] {
+            let mut data = vec![0usize; n];
+            for_pieces_mut(&mut data, align, min, &|off, piece| {
+                assert!(off.is_multiple_of(align));
+                for (i, x) in piece.iter_mut().enumerate() {
+                    *x += off + i + 1;
+                }
+            });
+            assert!(data.iter().enumerate().all(|(i, &x)| x == i + 1), "n {n}");
+        }
+    }
 
     #[test]
     fn every_chunk_runs_once() {

@@ -251,11 +251,25 @@ impl RmsNorm {
         Ok(())
     }
 
+    /// [`RmsNorm::rows`] with the rows spread over the CPU threads when there are many.
+    fn rows_par(&self, x: &[f32], out: &mut [f32]) -> candle_core::Result<()> {
+        let n = self.host.len();
+        if n == 0 || !x.len().is_multiple_of(n) || out.len() < x.len() {
+            return self.rows(x, out);
+        }
+        let out = &mut out[..x.len()];
+        crate::pool::for_pieces_mut(out, n, PAR_MIN, &|off, piece| {
+            // The shapes were checked above, so the pieces cannot fail.
+            let _ = self.rows(&x[off..off + piece.len()], piece);
+        });
+        Ok(())
+    }
+
     /// [`RmsNorm::rows`] in place (`tmp` holds the input).
     fn rows_in_place(&self, x: &mut [f32], tmp: &mut Vec<f32>) -> candle_core::Result<()> {
         tmp.clear();
         tmp.extend_from_slice(x);
-        self.rows(tmp, x)
+        self.rows_par(tmp, x)
     }
 }
 
@@ -411,9 +425,11 @@ impl Attention {
             if b != 1 {
                 candle_core::bail!("the llama.cpp-exact attention takes one sequence, got {b}");
             }
-            let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
-            let kv: Vec<f32> = k.flatten_all()?.to_vec1()?;
-            let vv: Vec<f32> = v.flatten_all()?.to_vec1()?;
+            // `[b, heads, s, hd]` to the `[s, heads, hd]` rows the host cache takes.
+            let rows = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+                t.transpose(1, 2)?.contiguous()?.flatten_all()?.to_vec1()
+            };
+            let (qv, kv, vv) = (rows(&q)?, rows(&k)?, rows(&v)?);
             cache.append(&kv, &vv, s)?;
             let mut out = vec![0f32; s * nh * hd];
             self.attend_host(&qv, pos0, s, &mut out);
@@ -628,61 +644,96 @@ impl Block {
         qkv && mlp && norms && a.o.is_quantized() && a.host_cache.is_some() && a.ggml_compat
     }
 
-    /// [`Block::forward`] for one position on host buffers: `sc.x` in and out.
-    fn forward_host(
+    /// [`Block::attend`] for `s` positions from `pos0` on host buffers: `sc.x` (`[s,
+    /// hidden]`) in and out.
+    fn attend_host(
         &mut self,
-        pos: usize,
+        pos0: usize,
+        s: usize,
         table: &[f32],
+        sc: &mut Scratch,
+    ) -> candle_core::Result<()> {
+        sc.normed.resize(sc.x.len(), 0.0);
+        self.attn_norm.rows_par(&sc.x, &mut sc.normed)?;
+        self.attn.forward_host(pos0, s, table, sc)?;
+        if let Some(n) = &self.post_attn_norm {
+            n.rows_in_place(&mut sc.proj, &mut sc.tmp)?;
+        }
+        add_rows(&mut sc.x, &sc.proj);
+        Ok(())
+    }
+
+    /// [`Block::feed_forward`] for the `m` rows of `sc.x` on host buffers.
+    fn feed_forward_host(
+        &self,
+        m: usize,
         act: Activation,
         sc: &mut Scratch,
     ) -> candle_core::Result<()> {
         sc.normed.resize(sc.x.len(), 0.0);
-        self.attn_norm.rows(&sc.x, &mut sc.normed)?;
-        self.attn.forward_host(pos, table, sc)?;
-        if let Some(n) = &self.post_attn_norm {
-            n.rows_in_place(&mut sc.proj, &mut sc.tmp)?;
-        }
-        for (x, h) in sc.x.iter_mut().zip(&sc.proj) {
-            *x += h;
-        }
-        self.ffn_norm.rows(&sc.x, &mut sc.normed)?;
-        self.mlp.forward_host(act, sc)?;
+        self.ffn_norm.rows_par(&sc.x, &mut sc.normed)?;
+        self.mlp.forward_host(m, act, sc)?;
         if let Some(n) = &self.post_ffn_norm {
             n.rows_in_place(&mut sc.proj, &mut sc.tmp)?;
         }
-        for (x, h) in sc.x.iter_mut().zip(&sc.proj) {
-            *x += h;
-        }
+        add_rows(&mut sc.x, &sc.proj);
         Ok(())
     }
 }
 
+/// Element-wise work shorter than this runs on the calling thread: a parallel section
+/// costs more than a decode step's few thousand values.
+const PAR_MIN: usize = 16 * 1024;
+
+/// `x += h` (the residual), spread over the CPU threads when long.
+fn add_rows(x: &mut [f32], h: &[f32]) {
+    crate::pool::for_pieces_mut(x, 1, PAR_MIN, &|off, piece| {
+        for (x, &h) in piece.iter_mut().zip(&h[off..]) {
+            *x += h;
+        }
+    });
+}
+
+/// Rounds every value to the nearest f16 (kept as f32), like a store to an f16 cache.
+fn round_f16_rows(x: &mut [f32]) {
+    crate::pool::for_pieces_mut(x, 1, PAR_MIN, &|_, piece| {
+        for x in piece.iter_mut() {
+            *x = half::f16::from_f32(*x).to_f32();
+        }
+    });
+}
+
+/// Copies columns `cols` of every `width`-wide row of `src` into `dst` (rows kept).
+fn take_columns(src: &[f32], width: usize, cols: std::ops::Range<usize>, dst: &mut Vec<f32>) {
+    dst.clear();
+    for row in src.chunks_exact(width) {
+        dst.extend_from_slice(&row[cols.clone()]);
+    }
+}
+
 impl Attention {
-    /// [`Attention::forward`] for one position on host buffers: `sc.normed` in,
-    /// `sc.proj` out.
+    /// [`Attention::forward`] for `s` positions from `pos0` on host buffers: `sc.normed`
+    /// in, `sc.proj` out. `table` holds ggml's rotary angles of those positions.
     fn forward_host(
         &mut self,
-        pos: usize,
+        pos0: usize,
+        s: usize,
         table: &[f32],
         sc: &mut Scratch,
     ) -> candle_core::Result<()> {
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         match &self.qkv {
             QkvProj::Separate { q, k, v } => {
-                q.forward_host(&sc.normed, 1, &mut sc.q)?;
-                k.forward_host(&sc.normed, 1, &mut sc.k)?;
-                v.forward_host(&sc.normed, 1, &mut sc.v)?;
+                q.forward_host(&sc.normed, s, &mut sc.q)?;
+                k.forward_host(&sc.normed, s, &mut sc.k)?;
+                v.forward_host(&sc.normed, s, &mut sc.v)?;
             }
             QkvProj::Fused(qkv) => {
-                qkv.forward_host(&sc.normed, 1, &mut sc.fused)?;
-                let (q, rest) = sc.fused.split_at(nh * hd);
-                let (k, v) = rest.split_at(nkv * hd);
-                sc.q.clear();
-                sc.q.extend_from_slice(q);
-                sc.k.clear();
-                sc.k.extend_from_slice(k);
-                sc.v.clear();
-                sc.v.extend_from_slice(&v[..nkv * hd]);
+                qkv.forward_host(&sc.normed, s, &mut sc.fused)?;
+                let width = (nh + 2 * nkv) * hd;
+                take_columns(&sc.fused, width, 0..nh * hd, &mut sc.q);
+                take_columns(&sc.fused, width, nh * hd..(nh + nkv) * hd, &mut sc.k);
+                take_columns(&sc.fused, width, (nh + nkv) * hd..width, &mut sc.v);
             }
         }
         if let Some(n) = &self.q_norm {
@@ -692,46 +743,50 @@ impl Attention {
             n.rows_in_place(&mut sc.k, &mut sc.tmp)?;
         }
         let il = self.rope_style == RopeStyle::Interleaved;
-        crate::ggml::rope(&mut sc.q, nh, 1, hd, table, il);
-        crate::ggml::rope(&mut sc.k, nkv, 1, hd, table, il);
+        for (t, heads) in [(&mut sc.q, nh), (&mut sc.k, nkv)] {
+            crate::pool::for_pieces_mut(t, heads * hd, PAR_MIN, &|off, piece| {
+                let first = off / (heads * hd);
+                crate::ggml::rope_rows(piece, heads, hd, &table[first * hd..], il);
+            });
+        }
         for t in [&mut sc.q, &mut sc.k, &mut sc.v] {
-            for x in t.iter_mut() {
-                *x = half::f16::from_f32(*x).to_f32();
-            }
+            round_f16_rows(t);
         }
         let Some(cache) = self.host_cache.as_mut() else {
-            candle_core::bail!("host decode without a host cache");
+            candle_core::bail!("host forward without a host cache");
         };
-        cache.append(&sc.k, &sc.v, 1)?;
-        sc.att.resize(nh * hd, 0.0);
-        self.attend_host(&sc.q, pos, 1, &mut sc.att);
-        self.o.forward_host(&sc.att, 1, &mut sc.proj)
+        cache.append(&sc.k, &sc.v, s)?;
+        sc.att.resize(s * nh * hd, 0.0);
+        self.attend_host(&sc.q, pos0, s, &mut sc.att);
+        self.o.forward_host(&sc.att, s, &mut sc.proj)
     }
 }
 
 impl Mlp {
-    /// [`Mlp::forward`] (ggml arithmetic) for one position: `sc.normed` in, `sc.proj` out.
-    fn forward_host(&self, act: Activation, sc: &mut Scratch) -> candle_core::Result<()> {
+    /// [`Mlp::forward`] (ggml arithmetic) for `m` rows: `sc.normed` in, `sc.proj` out.
+    fn forward_host(&self, m: usize, act: Activation, sc: &mut Scratch) -> candle_core::Result<()> {
         let down = match self {
             Mlp::Separate { gate, up, down } => {
-                gate.forward_host(&sc.normed, 1, &mut sc.gate)?;
-                up.forward_host(&sc.normed, 1, &mut sc.up)?;
+                gate.forward_host(&sc.normed, m, &mut sc.gate)?;
+                up.forward_host(&sc.normed, m, &mut sc.up)?;
                 down
             }
             Mlp::Fused { gate_up, down, ff } => {
-                gate_up.forward_host(&sc.normed, 1, &mut sc.fused)?;
-                sc.gate.clear();
-                sc.gate.extend_from_slice(&sc.fused[..*ff]);
-                sc.up.clear();
-                sc.up.extend_from_slice(&sc.fused[*ff..2 * *ff]);
+                gate_up.forward_host(&sc.normed, m, &mut sc.fused)?;
+                take_columns(&sc.fused, 2 * ff, 0..*ff, &mut sc.gate);
+                take_columns(&sc.fused, 2 * ff, *ff..2 * ff, &mut sc.up);
                 down
             }
         };
-        match act {
-            Activation::Silu => crate::ggml::swiglu(&mut sc.gate, &sc.up),
-            Activation::GeluTanh => crate::ggml::geglu(&mut sc.gate, &sc.up),
-        }
-        down.forward_host(&sc.gate, 1, &mut sc.proj)
+        let up = &sc.up;
+        crate::pool::for_pieces_mut(&mut sc.gate, 1, PAR_MIN, &|off, g| {
+            let u = &up[off..off + g.len()];
+            match act {
+                Activation::Silu => crate::ggml::swiglu(g, u),
+                Activation::GeluTanh => crate::ggml::geglu(g, u),
+            }
+        });
+        down.forward_host(&sc.gate, m, &mut sc.proj)
     }
 }
 
@@ -806,13 +861,13 @@ pub struct Transformer {
     /// Follow llama.cpp's CPU arithmetic (GGUF weights on the CPU in f32, see `ggml.rs`).
     ggml: bool,
     has_freq_factors: bool,
-    /// Decode single tokens on host buffers ([`Transformer::decode_host`]): `ggml` with
-    /// every layer on the exact quantized path and ggml's rotary tables.
-    host_decode: bool,
+    /// Run forwards on host buffers ([`Transformer::forward_host`]): `ggml` with every
+    /// layer on the exact quantized path and ggml's rotary tables.
+    host_path: bool,
     scratch: Scratch,
 }
 
-/// The buffers of a host decode step, kept from step to step.
+/// The buffers of a host forward, kept from decode step to decode step.
 #[derive(Clone, Default)]
 struct Scratch {
     x: Vec<f32>,
@@ -940,15 +995,15 @@ impl Transformer {
         let inv_freq_global = inv_freqs(hd, &cfg.rope_global, freq_factors.as_deref());
         let inv_freq_local = inv_freqs(hd, &cfg.rope_local, freq_factors.as_deref());
         let ggml_tables = |r: &RopeConfig| !matches!(r.scaling, RopeScaling::Llama3 { .. });
-        let host_decode = ggml
+        let host_path = ggml
             && !has_freq_factors
             && ggml_tables(&cfg.rope_global)
             && ggml_tables(&cfg.rope_local)
             && lm_head.is_quantized()
             && blocks.iter().all(Block::is_host_exact)
-            && std::env::var_os("TUTTI_NO_HOST_DECODE").is_none();
+            && std::env::var_os("TUTTI_NO_HOST_PATH").is_none();
         Ok(Self {
-            host_decode,
+            host_path,
             scratch: Scratch::default(),
             embed,
             blocks,
@@ -1054,12 +1109,20 @@ impl Transformer {
         Ok(())
     }
 
-    /// One decode step of the llama.cpp-exact CPU path on host buffers: the same
-    /// arithmetic as the tensor path in `ggml_compat` mode (so the same logits), without
-    /// a tensor per operation or an allocation per layer.
-    fn decode_host(&mut self, id: u32) -> candle_core::Result<Tensor> {
-        let pos = self.position;
-        let ids_t = Tensor::new(&[id], &self.device)?;
+    /// A forward of the llama.cpp-exact CPU path on host buffers: the same arithmetic,
+    /// row batches and results as the tensor path in `ggml_compat` mode (see
+    /// [`Transformer::forward_scoring`]), without a tensor per operation, with the
+    /// element-wise work (norms, rope, activations, residuals) spread over the threads
+    /// for a prompt and the buffers kept from call to call for decode steps.
+    fn forward_host(
+        &mut self,
+        ids: &[u32],
+        score: bool,
+    ) -> candle_core::Result<(Tensor, Vec<f32>)> {
+        let pos0 = self.position;
+        let s = ids.len();
+        let hidden = self.cfg.hidden_size;
+        let ids_t = Tensor::new(ids, &self.device)?;
         let mut x0 = self.embed.forward(&ids_t, self.dtype)?;
         if let Some(scale) = self.cfg.embed_scale {
             x0 = (x0 * scale)?;
@@ -1072,20 +1135,44 @@ impl Transformer {
                 RopeScaling::Linear { factor } => (1.0 / factor) as f32,
                 _ => 1.0,
             };
-            crate::ggml::rope_table(rope.theta as f32, fs, self.cfg.head_dim, pos, 1)
+            crate::ggml::rope_table(rope.theta as f32, fs, self.cfg.head_dim, pos0, s)
         };
         let global = table(&self.cfg.rope_global);
         let local =
             (self.inv_freq_local != self.inv_freq_global).then(|| table(&self.cfg.rope_local));
         let act = self.cfg.activation;
-        let result = (|| -> candle_core::Result<Tensor> {
-            for block in self.blocks.iter_mut() {
+        let n_blocks = self.blocks.len();
+        let result = (|| -> candle_core::Result<(Tensor, Vec<f32>)> {
+            let mut earlier = None;
+            for (i, block) in self.blocks.iter_mut().enumerate() {
                 let rot = match (&local, block.sliding) {
                     (Some(l), true) => l,
                     _ => &global,
                 };
-                block.forward_host(pos, rot, act, &mut sc)?;
+                block.attend_host(pos0, s, rot, &mut sc)?;
+                if i + 1 < n_blocks || s == 1 {
+                    block.feed_forward_host(s, act, &mut sc)?;
+                    continue;
+                }
+                // The last block: only the last row feeds the logits, and its MLP runs on
+                // that row alone (the batch size selects llama.cpp's kernels); under
+                // `score` the earlier rows go through the MLP as one batch of their own.
+                let last = sc.x.split_off((s - 1) * hidden);
+                if score {
+                    block.feed_forward_host(s - 1, act, &mut sc)?;
+                    earlier = Some(std::mem::replace(&mut sc.x, last));
+                } else {
+                    sc.x = last;
+                }
+                block.feed_forward_host(1, act, &mut sc)?;
             }
+            let scores = match earlier {
+                Some(rows) => {
+                    let h = Tensor::from_vec(rows, (1, s - 1, hidden), &self.device)?;
+                    self.score_rows(&h, &ids[1..])?
+                }
+                None => Vec::new(),
+            };
             sc.normed.resize(sc.x.len(), 0.0);
             self.norm.rows(&sc.x, &mut sc.normed)?;
             self.lm_head.forward_host(&sc.normed, 1, &mut sc.logits)?;
@@ -1093,8 +1180,12 @@ impl Transformer {
             if let Some(cap) = self.cfg.final_softcap {
                 logits = ((logits / cap)?.tanh()? * cap)?;
             }
-            Ok(logits)
+            Ok((logits, scores))
         })();
+        // A prompt's buffers are as long as the prompt: keep only a decode step's worth.
+        if s > 1 {
+            sc = Scratch::default();
+        }
         self.scratch = sc;
         result
     }
@@ -1151,12 +1242,12 @@ impl Transformer {
     fn forward_scoring(&mut self, ids: &[u32], score: bool) -> Result<(Tensor, Vec<f32>)> {
         let pos0 = self.position;
         let s = ids.len();
-        if s == 1 && self.host_decode {
+        if self.host_path {
             self.check_input(ids)?;
-            return match self.decode_host(ids[0]) {
-                Ok(logits) => {
-                    self.position = pos0 + 1;
-                    Ok((logits, Vec::new()))
+            return match self.forward_host(ids, score) {
+                Ok(out) => {
+                    self.position = pos0 + s;
+                    Ok(out)
                 }
                 Err(e) => {
                     self.truncate(pos0);
