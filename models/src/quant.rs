@@ -752,6 +752,14 @@ trait Tiles32: Sync {
 /// Q4_1 against Q8_1 activations.
 struct Q41Tiles {
     /// Use the AVX-512 VNNI kernel (the CPU has it).
+    #[cfg_attr(
+        not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )),
+        allow(dead_code)
+    )]
     vnni: bool,
 }
 

@@ -129,8 +129,10 @@ fn parse_parquet(bytes: Vec<u8>) -> Result<Vec<Row>, String> {
 
 fn read_parquet_rows(bytes: Vec<u8>) -> Result<Vec<Row>, String> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    let reader = SerializedFileReader::new(bytes::Bytes::from(bytes))
-        .map_err(|e| format!("not a Parquet file: {e}"))?;
+    let bytes = bytes::Bytes::from(bytes);
+    let reader =
+        SerializedFileReader::new(bytes.clone()).map_err(|e| format!("not a Parquet file: {e}"))?;
+    check_page_sizes(&bytes, reader.metadata())?;
     let iter = reader.get_row_iter(None).map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for row in iter {
@@ -141,6 +143,209 @@ fn read_parquet_rows(bytes: Vec<u8>) -> Result<Vec<Row>, String> {
         }
     }
     Ok(rows)
+}
+
+/// The largest uncompressed page a data file may claim. Writers cut pages at about 1 MiB;
+/// the Parquet reader reserves a compressed page's claimed size before decompressing it,
+/// so a damaged header could otherwise make a file of a few bytes take up to 2 GiB.
+const MAX_PAGE_BYTES: i64 = 64 << 20;
+
+/// Walks every column chunk's page headers (as the reader will read them) and refuses a
+/// page whose claimed uncompressed size is past [`MAX_PAGE_BYTES`], or a header that
+/// cannot be read at all.
+fn check_page_sizes(
+    bytes: &[u8],
+    meta: &parquet::file::metadata::ParquetMetaData,
+) -> Result<(), String> {
+    let damaged = || "not a readable Parquet file: a damaged page header (download it again)";
+    for group in meta.row_groups() {
+        for col in group.columns() {
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or(col.data_page_offset());
+            let (Ok(start), Ok(len)) = (
+                usize::try_from(start),
+                usize::try_from(col.compressed_size()),
+            ) else {
+                return Err(damaged().into());
+            };
+            let end = start.saturating_add(len).min(bytes.len());
+            let mut pos = start;
+            while pos < end {
+                let page = thrift::page_sizes(&bytes[pos..end]).ok_or_else(damaged)?;
+                if page.uncompressed > MAX_PAGE_BYTES {
+                    return Err(format!(
+                        "not a readable Parquet file: a page claims {} bytes uncompressed, \
+                         past the {MAX_PAGE_BYTES} tutti reads per page (the file is damaged; \
+                         download it again)",
+                        page.uncompressed
+                    ));
+                }
+                let body = usize::try_from(page.compressed).map_err(|_| damaged())?;
+                pos = pos.saturating_add(page.header_len).saturating_add(body);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Just enough of Thrift's compact protocol to read a Parquet page header's sizes the way
+/// the Parquet reader reads them: varints of any length with the bits past 64 dropped,
+/// fields 2 and 3 by id whatever their type, 32-bit values truncated, unknown fields
+/// skipped by type.
+mod thrift {
+    /// A page header's length in bytes and the sizes it claims for the page.
+    #[derive(Debug, PartialEq)]
+    pub struct PageSizes {
+        pub header_len: usize,
+        pub uncompressed: i64,
+        pub compressed: i64,
+    }
+
+    /// Nesting past this is refused (real headers nest two structs deep).
+    const MAX_DEPTH: usize = 32;
+
+    struct Reader<'a> {
+        b: &'a [u8],
+        pos: usize,
+    }
+
+    impl Reader<'_> {
+        fn byte(&mut self) -> Option<u8> {
+            let v = *self.b.get(self.pos)?;
+            self.pos += 1;
+            Some(v)
+        }
+
+        fn advance(&mut self, n: usize) -> Option<()> {
+            let to = self.pos.checked_add(n)?;
+            (to <= self.b.len()).then(|| self.pos = to)
+        }
+
+        fn varint(&mut self) -> Option<u64> {
+            let mut v = 0u64;
+            let mut shift = 0u32;
+            loop {
+                let byte = self.byte()?;
+                v |= u64::from(byte & 0x7f).wrapping_shl(shift);
+                if byte & 0x80 == 0 {
+                    return Some(v);
+                }
+                shift = shift.wrapping_add(7);
+            }
+        }
+
+        fn zigzag(&mut self) -> Option<i64> {
+            let n = self.varint()?;
+            Some((n >> 1) as i64 ^ -((n & 1) as i64))
+        }
+
+        /// A collection's size (past `i32::MAX` is malformed).
+        fn size(&mut self) -> Option<u64> {
+            let n = self.varint()?;
+            (n <= i32::MAX as u64).then_some(n)
+        }
+
+        /// Skips one value of compact type `ty`.
+        fn skip(&mut self, ty: u8, depth: usize) -> Option<()> {
+            if depth > MAX_DEPTH {
+                return None;
+            }
+            match ty {
+                // Booleans carry no data (a field's value is in its type).
+                1 | 2 => Some(()),
+                3 => self.advance(1),
+                4..=6 => self.varint().map(drop),
+                7 => self.advance(8),
+                8 => {
+                    let n = usize::try_from(self.varint()?).ok()?;
+                    self.advance(n)
+                }
+                9 | 10 => {
+                    let head = self.byte()?;
+                    if head == 0 {
+                        return Some(());
+                    }
+                    let n = match head >> 4 {
+                        15 => self.size()?,
+                        n => u64::from(n),
+                    };
+                    let ty = head & 0x0f;
+                    if matches!(ty, 1 | 2) {
+                        return Some(());
+                    }
+                    for _ in 0..n {
+                        self.skip(ty, depth + 1)?;
+                    }
+                    Some(())
+                }
+                11 => {
+                    let n = self.size()?;
+                    if n > 0 {
+                        let kv = self.byte()?;
+                        for _ in 0..n {
+                            self.skip(kv >> 4, depth + 1)?;
+                            self.skip(kv & 0x0f, depth + 1)?;
+                        }
+                    }
+                    Some(())
+                }
+                12 => self.fields(depth + 1, |_, _, _| Some(false)),
+                13 => self.advance(16),
+                _ => None,
+            }
+        }
+
+        /// Reads a struct's fields up to its stop: `each(id, type, reader)` returns
+        /// `Some(true)` when it read the value itself, `Some(false)` to have it skipped.
+        fn fields(
+            &mut self,
+            depth: usize,
+            mut each: impl FnMut(i16, u8, &mut Self) -> Option<bool>,
+        ) -> Option<()> {
+            if depth > MAX_DEPTH {
+                return None;
+            }
+            let mut last = 0i16;
+            loop {
+                let head = self.byte()?;
+                let ty = head & 0x0f;
+                if ty == 0 {
+                    return Some(());
+                }
+                let id = match head >> 4 {
+                    0 => self.zigzag()? as i16,
+                    delta => last.checked_add(i16::from(delta))?,
+                };
+                if !each(id, ty, self)? {
+                    self.skip(ty, depth)?;
+                }
+                last = id;
+            }
+        }
+    }
+
+    /// The sizes in the page header at the start of `b` (`None` when it cannot be read).
+    pub fn page_sizes(b: &[u8]) -> Option<PageSizes> {
+        let mut r = Reader { b, pos: 0 };
+        let (mut uncompressed, mut compressed) = (None, None);
+        r.fields(0, |id, _, r| match id {
+            2 => {
+                uncompressed = Some(i64::from(r.zigzag()? as i32));
+                Some(true)
+            }
+            3 => {
+                compressed = Some(i64::from(r.zigzag()? as i32));
+                Some(true)
+            }
+            _ => Some(false),
+        })?;
+        Some(PageSizes {
+            header_len: r.pos,
+            uncompressed: uncompressed?,
+            compressed: compressed?,
+        })
+    }
 }
 
 /// The string field `key` of `row`, trimmed; an error naming the row when missing.
@@ -165,6 +370,65 @@ pub fn text_field(row: &Row, keys: &[&str], n: usize) -> Result<String, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_header_sizes_are_read_past_fields_and_structs_they_skip() {
+        // type = 0, uncompressed 100, compressed 50, crc (skipped), a data page header
+        // struct with a nested list and binary (skipped), stop.
+        let header = [
+            0x15, 0x00, // 1: i32 0
+            0x15, 0xc8, 0x01, // 2: i32 100
+            0x15, 0x64, // 3: i32 50
+            0x15, 0x02, // 4: i32 1
+            0x1c, // 5: struct
+            0x15, 0x06, // 1: i32 3
+            0x19, 0x25, 0x02, 0x04, // 2: list of two i32
+            0x18, 0x03, b'a', b'b', b'c', // 3: binary "abc"
+            0x00, // end of struct
+            0x00, // stop
+        ];
+        let mut file = header.to_vec();
+        file.extend_from_slice(b"page body follows");
+        assert_eq!(
+            thrift::page_sizes(&file),
+            Some(thrift::PageSizes {
+                header_len: header.len(),
+                uncompressed: 100,
+                compressed: 50
+            })
+        );
+        // Cut short, or a struct nested past the limit: unreadable, left to the reader.
+        assert_eq!(thrift::page_sizes(&header[..6]), None);
+        let deep: Vec<u8> = std::iter::repeat_n(0x1c, 70).collect();
+        assert_eq!(thrift::page_sizes(&deep), None);
+    }
+
+    #[test]
+    fn damaged_page_headers_are_refused_before_the_reader_reads_them() {
+        // A 1,068-byte file found by the `bench_rows` fuzzer: one page header claims
+        // 1,352,744,965 bytes uncompressed, which the reader would reserve and fill.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/regressions/bench_rows/parquet-page-claims-1.3-gb");
+        let bytes = std::fs::read(&path).unwrap();
+        let e = parse_rows(bytes[1..].to_vec(), "parquet").unwrap_err();
+        assert!(
+            e.contains("a page claims 1352744965 bytes uncompressed"),
+            "{e}"
+        );
+        // A page header whose skipped fields the reader's own decoder took over ten
+        // seconds to walk (found by the same fuzzer): refused by the walk first.
+        let slow = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/regressions/bench_rows/parquet-page-header-slow-skip"),
+        )
+        .unwrap();
+        let e = parse_rows(slow[1..].to_vec(), "parquet").unwrap_err();
+        assert!(e.contains("a damaged page header"), "{e}");
+        // A file as the hub serves it (compressed pages, dictionary pages) walks through.
+        let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gsm8k/test.parquet");
+        let rows = parse_rows(std::fs::read(real).unwrap(), "parquet").unwrap();
+        assert!(!rows.is_empty());
+    }
 
     #[test]
     fn reads_jsonl_and_json_arrays() {
