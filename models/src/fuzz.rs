@@ -82,8 +82,19 @@ fn conversation() -> Vec<(String, String)> {
     ]
 }
 
-/// Encodes, decodes and renders with a loaded tokenizer, as a prompt would.
+/// Encodes, decodes and renders with a loaded tokenizer, as a prompt would, on a thread
+/// of its own: the `tokenizers` crate's BPE keeps a per-thread cache keyed by tokenizer
+/// instance that outlives the instance (bounded for a process's few tokenizers, but one
+/// per input here), and the thread takes it along when it ends.
 fn exercise_tokenizer(tok: &ModelTokenizer) -> Outcome {
+    std::thread::scope(|s| {
+        s.spawn(|| exercise_tokenizer_here(tok))
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn exercise_tokenizer_here(tok: &ModelTokenizer) -> Outcome {
     for text in ["Hello, world!", " café\n\tZürich 日本語 🇨🇭", ""] {
         let ids = tok.encode(text, tok.add_bos()).map_err(msg)?;
         tok.decode(&ids, false).map_err(msg)?;
