@@ -148,7 +148,7 @@ fn read_parquet_rows(bytes: Vec<u8>) -> Result<Vec<Row>, String> {
 /// The largest uncompressed page a data file may claim. Writers cut pages at about 1 MiB;
 /// the Parquet reader reserves a compressed page's claimed size before decompressing it,
 /// so a damaged header could otherwise make a file of a few bytes take up to 2 GiB.
-const MAX_PAGE_BYTES: i64 = 64 << 20;
+const MAX_PAGE_BYTES: i64 = 16 << 20;
 
 /// Walks every column chunk's page headers (as the reader will read them) and refuses a
 /// page whose claimed uncompressed size is past [`MAX_PAGE_BYTES`], or a header that
@@ -170,6 +170,16 @@ fn check_page_sizes(
                 return Err(damaged().into());
             };
             let end = start.saturating_add(len).min(bytes.len());
+            // Dictionary values are stored plainly, each at least this many bytes.
+            let value_bytes: i64 = match col.column_type() {
+                parquet::basic::Type::BOOLEAN => 1,
+                parquet::basic::Type::INT32
+                | parquet::basic::Type::FLOAT
+                | parquet::basic::Type::BYTE_ARRAY => 4,
+                parquet::basic::Type::INT64 | parquet::basic::Type::DOUBLE => 8,
+                parquet::basic::Type::INT96 => 12,
+                parquet::basic::Type::FIXED_LEN_BYTE_ARRAY => 1,
+            };
             let mut pos = start;
             while pos < end {
                 let page = thrift::page_sizes(&bytes[pos..end]).ok_or_else(damaged)?;
@@ -180,6 +190,16 @@ fn check_page_sizes(
                          download it again)",
                         page.uncompressed
                     ));
+                }
+                if let Some(n) = page.dictionary_values {
+                    // The reader makes room for every entry before decoding them.
+                    if n < 0 || n.saturating_mul(value_bytes) > page.uncompressed {
+                        return Err(format!(
+                            "not a readable Parquet file: a dictionary page claims {n} values \
+                             in {} bytes (the file is damaged; download it again)",
+                            page.uncompressed
+                        ));
+                    }
                 }
                 let body = usize::try_from(page.compressed).map_err(|_| damaged())?;
                 pos = pos.saturating_add(page.header_len).saturating_add(body);
@@ -200,6 +220,8 @@ mod thrift {
         pub header_len: usize,
         pub uncompressed: i64,
         pub compressed: i64,
+        /// A dictionary page's number of values.
+        pub dictionary_values: Option<i64>,
     }
 
     /// Nesting past this is refused (real headers nest two structs deep).
@@ -335,7 +357,7 @@ mod thrift {
     /// The sizes in the page header at the start of `b` (`None` when it cannot be read).
     pub fn page_sizes(b: &[u8]) -> Option<PageSizes> {
         let mut r = Reader { b, pos: 0 };
-        let (mut uncompressed, mut compressed) = (None, None);
+        let (mut uncompressed, mut compressed, mut dictionary_values) = (None, None, None);
         r.fields(0, |id, _, r| match id {
             2 => {
                 uncompressed = Some(i64::from(r.zigzag()? as i32));
@@ -347,14 +369,25 @@ mod thrift {
             }
             // The page type and the checksum: 32-bit values, read whatever the type says.
             1 | 4 => r.zigzag().map(|_| true),
-            // The page kinds' own headers: structs, read whatever the type says.
-            5..=8 => r.fields(1, |_, _, _| Some(false)).map(|_| true),
+            // The dictionary page's header: its field 1 is the number of values.
+            7 => r
+                .fields(1, |id, _, r| match id {
+                    1 => {
+                        dictionary_values = Some(i64::from(r.zigzag()? as i32));
+                        Some(true)
+                    }
+                    _ => Some(false),
+                })
+                .map(|_| true),
+            // The other page kinds' headers: structs, read whatever the type says.
+            5 | 6 | 8 => r.fields(1, |_, _, _| Some(false)).map(|_| true),
             _ => Some(false),
         })?;
         Some(PageSizes {
             header_len: r.pos,
             uncompressed: uncompressed?,
             compressed: compressed?,
+            dictionary_values,
         })
     }
 }
@@ -405,7 +438,8 @@ mod tests {
             Some(thrift::PageSizes {
                 header_len: header.len(),
                 uncompressed: 100,
-                compressed: 50
+                compressed: 50,
+                dictionary_values: None,
             })
         );
         // Cut short, or a struct nested past the limit: unreadable, left to the reader.
@@ -426,6 +460,15 @@ mod tests {
             e.contains("a page claims 1352744965 bytes uncompressed"),
             "{e}"
         );
+        // A dictionary page claiming about 2^31 entries in a few hundred bytes (the
+        // reader made room for them first and aborted on the failed allocation).
+        let dict = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/regressions/bench_rows/parquet-dictionary-claims-2e31-values"),
+        )
+        .unwrap();
+        let e = parse_rows(dict[1..].to_vec(), "parquet").unwrap_err();
+        assert!(e.contains("a dictionary page claims"), "{e}");
         // Page headers whose skipped fields the reader's own decoder took over ten
         // seconds to walk (found by the same fuzzer; the second nests lists claiming
         // more booleans than there are bytes): refused by the walk first.
