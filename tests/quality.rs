@@ -161,6 +161,11 @@ fn auto_weights_follow_the_prompts_perplexity() {
     // The prefill ran once per member, in the first step's time.
     assert!(out.steps[0].forward_ms.iter().all(|&ms| ms > 0.0));
     assert_eq!(ens.members()[1].distributions(), out.steps.len());
+    assert!(
+        out.timing.total_ms >= out.timing.prefill_ms,
+        "the generation's time leaves out the auto-weight prefill: {:?}",
+        out.timing
+    );
     // The demo pair fit such a prompt about equally well: neither is silenced.
     let mut pair = pair();
     let out = pair

@@ -908,6 +908,8 @@ impl Run {
     /// Checks the request against the ensemble and gives every taking-part member its
     /// prompt.
     fn start(ens: &mut Ensemble, request: &Request) -> Result<Run> {
+        // The clock starts before the prompts: auto weights prefill here.
+        let started = Instant::now();
         request.validate()?;
         let n = ens.members.len();
         let slots: Vec<usize> = request.members.clone().unwrap_or_else(|| (0..n).collect());
@@ -1007,7 +1009,7 @@ impl Run {
             rng: StdRng::seed_from_u64(seed),
             steps: Vec::new(),
             stop: None,
-            started: Instant::now(),
+            started,
             dropped: vec![None; n_slots],
             trips,
         })
