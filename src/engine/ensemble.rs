@@ -1153,6 +1153,14 @@ impl Run {
         };
         let cand = &step.union.candidates[chosen];
         let t_pick = Instant::now();
+        let rolled_before: Vec<usize> = match req.explain {
+            true => self
+                .slots
+                .iter()
+                .map(|&s| ens.members[s].rolled_back_tokens())
+                .collect(),
+            false => Vec::new(),
+        };
 
         // 7. Feedback: every taking-part member commits the chosen bytes in its own
         // tokens (a member the gate skipped re-encodes them).
@@ -1170,12 +1178,34 @@ impl Run {
             }
         };
         let t_end = Instant::now();
+        let explain = req.explain.then(|| {
+            let rolled: Vec<usize> = self
+                .slots
+                .iter()
+                .zip(&rolled_before)
+                .map(|(&s, &b)| ens.members[s].rolled_back_tokens().saturating_sub(b))
+                .collect();
+            Box::new(super::explain::from_step(
+                self.steps.len(),
+                &step,
+                &self.slots,
+                &probs,
+                &weights,
+                &tops,
+                req.combine,
+                &combined.probs,
+                chosen,
+                &rolled,
+            ))
+        });
+        // The record's making counts in the step's time: its cost shows in ms/token.
+        let t_explain = Instant::now();
 
         let time = StepTime {
             forward_ms,
             align_combine_ms: (t_pick - t_fwd).as_secs_f64() * 1e3,
             feedback_ms: (t_end - t_pick).as_secs_f64() * 1e3,
-            total_ms: (t_end - t_step).as_secs_f64() * 1e3 + earlier_ms,
+            total_ms: (t_explain - t_step).as_secs_f64() * 1e3 + earlier_ms,
             ensembled,
         };
         let choice = |c: usize| {
@@ -1220,6 +1250,7 @@ impl Run {
             union_size: step.union.len(),
             members,
             time: time.clone(),
+            explain,
         }));
         self.steps.push(time);
         match ended {

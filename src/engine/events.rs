@@ -97,6 +97,10 @@ pub struct StepEvent {
     /// One entry per taking-part member, in request order.
     pub members: Vec<MemberStep>,
     pub time: StepTime,
+    /// The step's attribution record, when the request asked for it
+    /// ([`crate::engine::Request::explain`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explain: Option<Box<crate::engine::explain::StepExplain>>,
 }
 
 /// Time split of one step, in milliseconds.

@@ -39,6 +39,7 @@ pub mod config;
 mod ensemble;
 mod error;
 pub mod events;
+pub mod explain;
 pub mod member;
 pub mod output;
 pub mod remote;
@@ -53,6 +54,7 @@ pub use events::{
     Choice, Discard, Event, Finish, Flow, Generation, MemberReport, MemberStep, Sink, StepEvent,
     StepTime, StopReason, Timing, Usage,
 };
+pub use explain::{Agreement, MemberAttribution, StepExplain, Summary};
 pub use member::{Member, PromptScore};
 pub use remote::{Protocol, RemoteModel, RemoteSpec};
 pub use request::{

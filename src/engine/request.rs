@@ -320,6 +320,9 @@ pub struct Request {
     pub alternatives: usize,
     /// What happens when a member fails during the generation (default: fail).
     pub on_member_failure: OnMemberFailure,
+    /// Attach a per-token attribution record to every step
+    /// ([`crate::engine::StepEvent::explain`]); the generated text is the same.
+    pub explain: bool,
 }
 
 impl Request {
@@ -337,6 +340,7 @@ impl Request {
             combine: Combine::Mean,
             alternatives: 0,
             on_member_failure: OnMemberFailure::Fail,
+            explain: false,
         }
     }
 
@@ -419,6 +423,12 @@ impl Request {
 
     pub fn alternatives(mut self, n: usize) -> Request {
         self.alternatives = n;
+        self
+    }
+
+    /// Per-token attribution records on the step events ([`Request::explain`]).
+    pub fn explain(mut self, on: bool) -> Request {
+        self.explain = on;
         self
     }
 
