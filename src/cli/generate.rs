@@ -8,6 +8,7 @@ use serde_json::json;
 use tutti::engine::{Ensemble, Event, Flow, Generation, Message, Prompt, Request};
 
 use super::ensemble_args::{self, EnsembleArgs};
+use super::explain::Printer;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct GenerateArgs {
@@ -24,6 +25,11 @@ pub struct GenerateArgs {
     /// Print one JSON object (text, ids per member, timings) instead of streaming.
     #[arg(long)]
     pub json: bool,
+    /// Mark each token by the member that contributed most to its choice (colour on a
+    /// terminal, `[A:…]` otherwise or with NO_COLOR), then print a legend and a
+    /// summary; with --json, add the per-token records.
+    #[arg(long)]
+    pub explain: bool,
     /// ensemble (token-level, every step) or route (members answer one after another;
     /// see `tutti route`).
     #[arg(long, default_value = "ensemble", value_parser = ["ensemble", "route"])]
@@ -62,6 +68,9 @@ pub fn read_prompt(arg: Option<&str>) -> Result<String> {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     if args.mode == "route" {
+        if args.explain {
+            bail!("--explain shows a token-level ensemble; route mode has no per-token choices");
+        }
         return super::route::ask(super::route::AskArgs {
             ens: args.ens,
             route: args.route,
@@ -80,10 +89,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         Prompt::Chat(vec![Message::user(text)])
     };
-    let request = plan.request(prompt);
+    let request = plan.request(prompt).explain(args.explain);
     let mut ens = ensemble_args::build(&plan)?;
     for note in ens.prompt_notes(&request.prompt) {
         tracing::info!("{note}");
+    }
+    if args.explain {
+        return run_explained(&mut ens, &request, args.json);
     }
     let out = if args.json {
         ens.generate_quiet(&request)?
@@ -106,6 +118,35 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             serde_json::to_string(&json_report(&ens, &request, &out))?
         );
     } else {
+        tracing::info!("{}", summary(&out, ens.load_ms()));
+    }
+    Ok(())
+}
+
+/// `--explain`: marked text, legend and summary; or, with `--json`, the JSON object
+/// with the records.
+fn run_explained(ens: &mut Ensemble, request: &Request, as_json: bool) -> Result<()> {
+    let mut printer = Printer::new(!as_json && super::explain::use_colour());
+    let mut stdout = std::io::stdout().lock();
+    let out = ens.generate(request, &mut |e: &Event| {
+        match e {
+            Event::Step(s) => printer.step(s),
+            Event::Text(t) if !as_json => {
+                // A closed pipe (e.g. `| head`) is not an error of generation.
+                let _ = printer.text(t, &mut stdout);
+                let _ = stdout.flush();
+            }
+            _ => {}
+        }
+        Flow::Continue
+    })?;
+    if as_json {
+        let mut report = json_report(ens, request, &out);
+        report["explain"] = super::explain::json(&printer.records, &out);
+        let _ = writeln!(stdout, "{}", serde_json::to_string(&report)?);
+    } else {
+        let _ = printer.finish(&mut stdout);
+        let _ = writeln!(stdout, "\n\n{}", printer.report(&out));
         tracing::info!("{}", summary(&out, ens.load_ms()));
     }
     Ok(())

@@ -6,6 +6,7 @@ pub mod bench_serve;
 pub mod bench_speed;
 pub mod common;
 pub mod ensemble_args;
+pub mod explain;
 pub mod generate;
 pub mod info;
 pub mod log;
