@@ -122,6 +122,8 @@ struct TuttiExtension {
     top_k: Option<usize>,
     gate: Option<String>,
     combine: Option<String>,
+    /// Per-token attribution records in the response (`tutti.explain`).
+    explain: Option<bool>,
 }
 
 /// Every field read from either endpoint's body; unknown fields are ignored, as other
@@ -317,6 +319,9 @@ pub fn parse(
         request.gate = g
             .parse::<Gate>()
             .map_err(|e| ApiError::param("tutti.gate", e.to_string()))?;
+    }
+    if let Some(on) = ext.explain {
+        request.explain = on;
     }
     if let Some(c) = ext.combine {
         request.combine = c

@@ -2,7 +2,8 @@
 //! feature `serve`).
 //!
 //! Endpoints: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`,
-//! `GET /health` and `GET /metrics` (Prometheus text). One engine thread owns the
+//! `GET /health` and `GET /metrics` (Prometheus text); `GET /` is a web view of the
+//! ensemble at work (`page.rs`). One engine thread owns the
 //! ensemble and decodes one request at a time; the HTTP handlers (on tokio) check each
 //! request, tokenize its prompt for every member, and queue it in a bounded FIFO queue
 //! (full: 429 with `Retry-After`). Each request's events come back on a channel of its
@@ -24,7 +25,9 @@
 
 pub(crate) mod api;
 mod error;
+mod explain;
 mod metrics;
+mod page;
 mod respond;
 mod worker;
 
@@ -111,6 +114,8 @@ struct AppState {
     draining: AtomicBool,
     next_id: AtomicU64,
     started: u64,
+    /// `GET /ui/config` of the web view.
+    page: serde_json::Value,
 }
 
 /// A bound server, ready to [`Server::run`].
@@ -167,6 +172,12 @@ impl Server {
             max_tokens_cap: options.max_tokens_cap,
         };
         let served = api::served_models(&limits, &members);
+        let page = page::config(
+            &limits.name,
+            &ensemble,
+            &limits.template,
+            limits.max_tokens_cap,
+        );
         let addr = SocketAddr::new(options.host, options.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -198,6 +209,7 @@ impl Server {
                 draining: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
                 started,
+                page,
             }),
             drain: options.drain,
         })
@@ -278,6 +290,10 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
+        .route("/", get(page::index))
+        .route("/ui/app.js", get(page::app_js))
+        .route("/ui/app.css", get(page::app_css))
+        .route("/ui/config", get(page::config_json))
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
@@ -286,6 +302,7 @@ fn router(state: Arc<AppState>) -> Router {
 /// Checks the API key and counts every response by endpoint and status.
 async fn guard(State(s): State<Arc<AppState>>, req: HttpRequest, next: Next) -> Response {
     let path = req.uri().path();
+    let public = path == "/health" || page::is_public(path);
     let endpoint = match path {
         "/v1/models" | "/v1/completions" | "/v1/chat/completions" | "/health" | "/metrics" => {
             path.to_string()
@@ -294,7 +311,7 @@ async fn guard(State(s): State<Arc<AppState>>, req: HttpRequest, next: Next) -> 
         _ => "other".to_string(),
     };
     let response = match (&s.key_hash, endpoint.as_str()) {
-        (Some(expected), e) if e != "/health" => match bearer(req.headers()) {
+        (Some(expected), _) if !public => match bearer(req.headers()) {
             None => ApiError::unauthorized(
                 "missing API key: send the header `Authorization: Bearer KEY` with the server's key",
             )

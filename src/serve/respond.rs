@@ -35,6 +35,8 @@ pub struct Render {
     eos_text: String,
     tracker: Tracker,
     started: Option<(f64, f64)>,
+    /// Attribution records not sent yet (`tutti: {"explain": true}`).
+    explain: super::explain::Records,
 }
 
 /// One reported token.
@@ -135,6 +137,7 @@ impl Render {
             eos_text,
             tracker: Tracker::default(),
             started: None,
+            explain: super::explain::Records::default(),
         }
     }
 
@@ -158,6 +161,7 @@ impl Render {
     }
 
     fn on_step(&mut self, s: &StepEvent) {
+        self.explain.step(s);
         if self.logprobs.is_none() || s.chosen.eos {
             return;
         }
@@ -258,7 +262,7 @@ impl Render {
         ))
     }
 
-    fn body(&self, g: &Generation, entries: &[Entry]) -> Value {
+    fn body(&mut self, g: &Generation, entries: &[Entry]) -> Value {
         let reason = finish_reason(g.stop_reason);
         let choice = match self.endpoint {
             Endpoint::Completions => json!({
@@ -284,7 +288,7 @@ impl Render {
             "model": self.model,
             "choices": [choice],
             "usage": usage_json(g),
-            "tutti": self.details(g),
+            "tutti": self.explain.finish(self.details(g)),
         })
     }
 
@@ -355,13 +359,15 @@ impl Render {
             Msg::Text(t) => {
                 let entries = self.tracker.text(&t);
                 let lp = self.logprobs_json(&entries);
-                out.push_back(self.chunk(self.text_choice(&t, lp, None), None));
+                let records = self.explain.take();
+                out.push_back(self.chunk(self.text_choice(&t, lp, None), records));
                 false
             }
             Msg::Done(Ok(g)) => {
                 let reason = finish_reason(g.stop_reason);
                 let choices = self.text_choice("", Value::Null, Some(reason));
-                out.push_back(self.chunk(choices, Some(("tutti", self.details(&g)))));
+                let details = self.explain.finish(self.details(&g));
+                out.push_back(self.chunk(choices, Some(("tutti", details))));
                 if self.include_usage {
                     let mut c = json!({
                         "id": self.id,
