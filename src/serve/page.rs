@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::AppState;
-use crate::engine::{Ensemble, Request};
+use crate::engine::{Ensemble, Request, Sampling};
 
 const INDEX_HTML: &str = include_str!("web/index.html");
 const APP_JS: &str = include_str!("web/app.js");
@@ -42,7 +42,10 @@ pub fn config(name: &str, ensemble: &Ensemble, template: &Request, max_tokens_ca
             "gate": template.gate.to_string(),
             "combine": template.combine.to_string(),
             "max_tokens": template.max_tokens.min(max_tokens_cap),
-            "temperature": template.sampling.temperature(),
+            "temperature": match template.sampling {
+                Sampling::Greedy => 0.0,
+                Sampling::Sample { temperature, .. } => temperature,
+            },
         },
         "max_tokens_cap": max_tokens_cap,
     })

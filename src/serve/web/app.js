@@ -339,7 +339,11 @@
     for (const slot of slotsInRun) {
       box.append(el("span", {}, el("span", { class: "dot " + colourOf(slot) }), memberName(slot)));
     }
-    if (slotsInRun.length > 1) box.append(el("span", {}, el("span", { class: "dot agree" }), "all agreed"));
+    if (slotsInRun.length > 1) {
+      box.append(el("span", {}, el("span", { class: "dot agree" }), "all agreed"));
+      box.append(el("span", {}, el("span", { class: "sample tok alone" }, "abc"), " gate: one member alone"));
+      box.append(el("span", {}, el("span", { class: "sample tok rb" }, "abc"), " rollback"));
+    }
   }
 
   // The summary as the page computes it from the records (the server's arrives at the
@@ -407,6 +411,7 @@
       el("div", { class: "muted" }, "combined p " + prob(r.chosen.prob) + " · " + verdict +
         (r.rolled_back ? " · rolled back " + r.rolled_back + " token(s)" : "")));
     const table = el("table", { class: "members-table" },
+      el("colgroup", {}, ...["name", "p", "top", "w", "share"].map((c) => el("col", { class: "c-" + c }))),
       el("thead", {}, el("tr", {},
         el("th", {}, "member"), el("th", { class: "num" }, "p(token)"), el("th", {}, "own top"),
         el("th", { class: "num" }, "weight"), el("th", { class: "num" }, "share"))));
@@ -424,7 +429,7 @@
     box.append(table, el("div", { class: "label" }, "combined alternatives"));
     const alts = el("ul", { class: "alts" });
     for (const a of r.alternatives) {
-      const fill = el("div", { class: "bar-fill", style: "" });
+      const fill = el("div", { class: "bar-fill" });
       fill.style.width = (100 * a.prob).toFixed(1) + "%";
       fill.style.background = "var(--accent)";
       const won = a.eos === r.chosen.eos && a.text === r.chosen.text;
