@@ -2,23 +2,23 @@
 //! the generation, asking for them changes no text (library, `tutti generate --explain`
 //! and the API), and the API streams them with the text.
 
-mod ensemble_support;
 mod serve_support;
 
 use std::process::Command;
 
-use ensemble_support::{demo, load, GEMMA, SMOL};
 use serde_json::{json, Value};
-use serve_support::{post, stream, ServerProc};
-use tutti::engine::{Agreement, Ensemble, Event, Flow, Gate, Request, StepEvent, Summary};
+use serve_support::{demo, post, stream, ServerProc, GEMMA, SMOL};
+use tutti::engine::{
+    Agreement, Ensemble, Event, Flow, Gate, MemberSpec, Request, StepEvent, Summary,
+};
 
 const PROMPT: &str = "The three most important inventions of the twentieth century are";
 const N: usize = 20;
 
 fn pair() -> Ensemble {
     Ensemble::builder()
-        .model(load(SMOL), 1.0)
-        .model(load(GEMMA), 1.0)
+        .member(MemberSpec::new(demo(SMOL)))
+        .member(MemberSpec::new(demo(GEMMA)))
         .build()
         .unwrap()
 }
