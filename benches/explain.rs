@@ -2,14 +2,21 @@
 //! bench; target: at most 2% of a step).
 //!
 //! Two measures, release build, demo pair on the CPU:
-//! 1. Whole steps, explain off against on: greedy, 64 tokens per prompt, the same
-//!    prompts in alternating order (off-on, then on-off) so that drift cancels; the
-//!    step time is the engine's own (`StepTime::total_ms`, which includes making the
-//!    record), the first step (prefill) excluded.
-//! 2. Making one record alone (`explain::attribute`) on a step of the demo pair's
+//! 1. Whole steps, explain off against on: greedy, 64 tokens per prompt, each prompt
+//!    run off and on back to back in alternating order (off-on, then on-off) so that
+//!    drift cancels. Wall time is the engine's own step time (`StepTime::total_ms`,
+//!    which includes making the record; the first step, the prefill, excluded), as the
+//!    mean over all steps and as the median of the pairs' ratios; on Linux also the
+//!    process's CPU time per step (every thread's, from `/proc/self/task/*/schedstat`,
+//!    prefill included), which other processes on a busy machine disturb far less.
+//! 2. The record's own time inside those steps (`StepTime::explain_ms`, measured by
+//!    the engine around the making of each record) over the step time.
+//! 3. Making one record alone (`explain::attribute`) on a step of the demo pair's
 //!    shape: two members, a union of 16 candidates, averaged over many calls.
 //!
-//! `cargo bench --bench explain` (needs the demo models: scripts/fetch-models.sh).
+//! `cargo bench --bench explain` (needs the demo models: scripts/fetch-models.sh);
+//! `cargo bench --bench explain -- --aa` runs both arms with explain off, which shows
+//! how far apart two identical arms come out on the machine at hand (its noise floor).
 //! `cargo test --bench explain` (as `cargo test --all-targets` does) runs the same code
 //! at smoke size: one prompt, 4 tokens.
 
@@ -33,13 +40,30 @@ const TOKENS: usize = 64;
 struct Totals {
     steps: usize,
     ms: f64,
+    /// Time spent making records, in the steps counted in `ms`.
+    explain_ms: f64,
+    /// CPU nanoseconds of the whole generations, and their steps (prefill included).
+    cpu_ns: u64,
+    all_steps: usize,
+}
+
+/// CPU time of every thread of this process, in nanoseconds (None off Linux).
+fn cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let text = std::fs::read_to_string(path).ok()?;
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Under `cargo test` (no `--bench` argument) the code runs, the numbers mean nothing.
     let full = std::env::args().any(|a| a == "--bench");
+    let same_arms = std::env::args().any(|a| a == "--aa");
     let (prompts, tokens, rounds, calls) = if full {
-        (&PROMPTS[..], TOKENS, 2, 200_000)
+        (&PROMPTS[..], TOKENS, 4, 200_000)
     } else {
         (&PROMPTS[..1], 4, 1, 100)
     };
@@ -64,6 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     ens.generate_quiet(&request(PROMPTS[0], true))?;
     let (mut off, mut on) = (Totals::default(), Totals::default());
+    let mut ratios = Vec::new();
     for round in 0..rounds {
         for &p in prompts {
             let order = if round % 2 == 0 {
@@ -72,28 +97,58 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 [true, false]
             };
             let mut texts = Vec::new();
+            let mut pair = [0.0f64; 2];
             for explain in order {
-                let out = ens.generate_quiet(&request(p, explain))?;
+                let cpu0 = cpu_ns();
+                let out = ens.generate_quiet(&request(p, explain && !same_arms))?;
+                let cpu = cpu_ns().zip(cpu0).map_or(0, |(b, a)| b.saturating_sub(a));
                 let t = if explain { &mut on } else { &mut off };
-                for s in out.steps.iter().skip(1) {
-                    t.steps += 1;
-                    t.ms += s.total_ms;
-                }
+                let ms: f64 = out.steps.iter().skip(1).map(|s| s.total_ms).sum();
+                t.explain_ms += out.steps.iter().skip(1).map(|s| s.explain_ms).sum::<f64>();
+                let n = out.steps.len().saturating_sub(1);
+                t.steps += n;
+                t.ms += ms;
+                t.cpu_ns += cpu;
+                t.all_steps += out.steps.len();
+                pair[usize::from(explain)] = ms / n.max(1) as f64;
                 texts.push(out.text);
             }
             if texts[0] != texts[1] {
                 return Err(format!("explain changed the text of {p:?}").into());
             }
+            ratios.push(pair[1] / pair[0]);
         }
     }
     let ms = |t: &Totals| t.ms / t.steps.max(1) as f64;
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(1.0);
     println!(
-        "explain off: {:.3} ms/step, on: {:.3} ms/step ({} steps each): {:+.2}%",
+        "wall: explain off {:.3} ms/step, on {:.3} ms/step ({} steps each): {:+.2}% \
+         (median of {} pairs: {:+.2}%)",
         ms(&off),
         ms(&on),
         on.steps,
-        100.0 * (ms(&on) / ms(&off) - 1.0)
+        100.0 * (ms(&on) / ms(&off) - 1.0),
+        ratios.len(),
+        100.0 * (median - 1.0)
     );
+    println!(
+        "inside the steps: making the records took {:.4} ms/step = {:.4}% of the step",
+        on.explain_ms / on.steps.max(1) as f64,
+        100.0 * on.explain_ms / on.ms.max(f64::MIN_POSITIVE)
+    );
+    if off.explain_ms != 0.0 || (same_arms && on.explain_ms != 0.0) {
+        return Err("a request without explain spent time on records".into());
+    }
+    if off.cpu_ns > 0 {
+        let cpu = |t: &Totals| t.cpu_ns as f64 / 1e6 / t.all_steps.max(1) as f64;
+        println!(
+            "cpu: explain off {:.3} ms/step, on {:.3} ms/step: {:+.2}%",
+            cpu(&off),
+            cpu(&on),
+            100.0 * (cpu(&on) / cpu(&off) - 1.0)
+        );
+    }
 
     // One record of a step shaped like the demo pair's: 16 candidates in the union.
     let keys: Vec<CandidateKey> = (0..16)

@@ -1205,6 +1205,10 @@ impl Run {
             forward_ms,
             align_combine_ms: (t_pick - t_fwd).as_secs_f64() * 1e3,
             feedback_ms: (t_end - t_pick).as_secs_f64() * 1e3,
+            explain_ms: match req.explain {
+                true => (t_explain - t_end).as_secs_f64() * 1e3,
+                false => 0.0,
+            },
             total_ms: (t_explain - t_step).as_secs_f64() * 1e3 + earlier_ms,
             ensembled,
         };

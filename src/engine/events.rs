@@ -112,6 +112,8 @@ pub struct StepTime {
     pub align_combine_ms: f64,
     /// Commit of the chosen bytes into every member (re-encoding, rollback).
     pub feedback_ms: f64,
+    /// Making the step's attribution record (0 unless the request asked for one).
+    pub explain_ms: f64,
     /// Wall time of the whole step.
     pub total_ms: f64,
     /// Whether more than one member was consulted.

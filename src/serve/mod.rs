@@ -68,7 +68,8 @@ pub struct ServeOptions {
     pub port: u16,
     /// The model name clients use; default: the members' names joined by `+`.
     pub name: Option<String>,
-    /// When set, every endpoint but `/health` needs `Authorization: Bearer KEY`.
+    /// When set, every endpoint but `/health` and the web view's page and assets needs
+    /// `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
     /// Requests that may wait for the engine (more: 429).
     pub queue: usize,

@@ -223,7 +223,7 @@
     const cls = ["tok"];
     if (r.agreement === "all") cls.push("agree");
     else if (r.leader !== null && r.leader !== undefined) cls.push("lead", colourOf(r.leader));
-    if (r.agreement === "alone") cls.push("alone");
+    if (r.agreement === "alone" && slotsInRun.length > 1) cls.push("alone");
     if (r.rolled_back > 0) cls.push("rb");
     let shownText;
     if (r.chosen.eos) {
@@ -404,7 +404,8 @@
     const close = el("button", { type: "button", class: "ghost close", "aria-label": "close" }, "×");
     close.addEventListener("click", hideDetails);
     const verdict = r.agreement === "all" ? "all members agreed"
-      : r.agreement === "alone" ? "decided by " + memberName(r.leader) + " alone (gate)"
+      : r.agreement === "alone"
+        ? (slotsInRun.length > 1 ? "decided by " + memberName(r.leader) + " alone (the gate skipped the others)" : "one member")
       : "carried by " + memberName(r.leader);
     box.append(close,
       el("h3", {}, "token ", el("span", { class: "tokentext" }, shown(r.chosen)), " · step " + r.index),
