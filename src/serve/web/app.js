@@ -30,6 +30,7 @@
   }
 
   const pct = (x) => (100 * x).toFixed(1) + "%";
+  const pct0 = (x) => Math.round(100 * x) + "%";
   const prob = (x) => (x === null || x === undefined ? "–" : x < 0.001 && x > 0 ? x.toExponential(1) : x.toFixed(3));
 
   // How a token's text reads in the details: quotes, and visible whitespace.
@@ -414,16 +415,19 @@
     const table = el("table", { class: "members-table" },
       el("colgroup", {}, ...["name", "p", "top", "w", "share"].map((c) => el("col", { class: "c-" + c }))),
       el("thead", {}, el("tr", {},
-        el("th", {}, "member"), el("th", { class: "num" }, "p(token)"), el("th", {}, "own top"),
-        el("th", { class: "num" }, "weight"), el("th", { class: "num" }, "share"))));
+        el("th", {}, "member"),
+        el("th", { class: "num", title: "the member's probability of this token" }, "p"),
+        el("th", {}, "own top"),
+        el("th", { class: "num", title: "the member's weight at this step" }, "weight"),
+        el("th", { class: "num", title: "its share of the support for this token" }, "share"))));
     const body = el("tbody");
     for (const m of r.members) {
       const row = el("tr", { "data-slot": String(m.slot) },
         el("td", {}, el("span", { class: "dot " + colourOf(m.slot) }), memberName(m.slot)),
         el("td", { class: "num" }, m.consulted ? prob(m.prob) : "skipped"),
         el("td", {}, m.top ? shown(m.top) + " " + prob(m.top.prob) + (m.agreed ? " ✓" : " ✗") : "–"),
-        el("td", { class: "num" }, m.consulted ? pct(m.weight) : "–"),
-        el("td", { class: "num" }, m.consulted ? pct(m.contribution) : "–"));
+        el("td", { class: "num" }, m.consulted ? pct0(m.weight) : "–"),
+        el("td", { class: "num" }, m.consulted ? pct0(m.contribution) : "–"));
       body.append(row);
     }
     table.append(body);
