@@ -53,5 +53,9 @@ if ! wait "$LLAMA_BUILD"; then
 fi
 
 phase "cargo test --workspace"
-cargo test --workspace --all-targets "$@"
+# Every target runs even when one fails, so that one run shows every failure; the exit
+# status stays non-zero.
+FAIL_FAST=(--no-fail-fast)
+for a in "$@"; do [ "$a" = --no-fail-fast ] && FAIL_FAST=(); done
+cargo test --workspace --all-targets "${FAIL_FAST[@]}" "$@"
 phase "every check and test passed"

@@ -103,6 +103,61 @@ fn llama_server_member_against_the_all_local_pair() {
     }
 }
 
+/// A llama-server that cannot start is reported at once, with how it ended, its last
+/// log lines and the likely cause, instead of a wait for an address that never comes.
+#[test]
+fn llama_server_start_failure_is_reported_at_once() {
+    let missing = std::env::temp_dir().join("tutti-test-no-such-model.gguf");
+    let _ = std::fs::remove_file(&missing);
+    let t0 = Instant::now();
+    let e = LlamaServer::try_start(&missing.display().to_string(), 1, false, &[])
+        .err()
+        .expect("a missing model file cannot be served");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let code = e.status.and_then(|s| s.code());
+    assert!(code.is_some_and(|c| c != 0), "{:?}", e.status);
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("exited with status {}", code.unwrap_or(0))),
+        "{msg}"
+    );
+    assert!(!e.log_tail.is_empty(), "{msg}");
+    for line in &e.log_tail {
+        assert!(msg.contains(line.as_str()), "{msg}");
+    }
+    assert!(
+        msg.contains("likely cause: the model file could not be loaded"),
+        "{msg}"
+    );
+    assert!(!e.crashed());
+}
+
+/// A start-up crash by signal is named as such, and a crash with repacking on points
+/// at `--no-repack`.
+#[test]
+fn llama_server_crash_message_names_the_signal_and_the_fix() {
+    use std::os::unix::process::ExitStatusExt;
+    let status = std::process::ExitStatus::from_raw(11);
+    let e = remote_support::StartError {
+        args: vec!["-m".into(), "m.gguf".into()],
+        status: Some(status),
+        log_tail: vec!["llama threadpool init, n_threads = 2".into()],
+        cause: None,
+    };
+    assert!(e.crashed());
+    assert_eq!(e.how(), "killed by signal 11 (SIGSEGV)");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("killed by signal 11 (SIGSEGV) during start-up"),
+        "{msg}"
+    );
+    assert!(msg.contains("llama threadpool init"), "{msg}");
+    let with_repack = remote_support::likely_cause(Some(status), &e.log_tail, true);
+    assert!(with_repack.is_some_and(|c| c.contains("--no-repack")));
+    let without = remote_support::likely_cause(Some(status), &e.log_tail, false);
+    assert!(without.is_some_and(|c| !c.contains("--no-repack")));
+}
+
 /// Lookahead answers later steps from one request while the ensemble follows the
 /// server's greedy path: fewer round trips, and the text of one request per step.
 #[test]
