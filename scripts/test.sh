@@ -26,6 +26,8 @@ trap 'kill -- -"$LLAMA_BUILD" 2>/dev/null || true' EXIT
 phase "fetching demo models and tokenizers"
 scripts/fetch-models.sh
 scripts/fetch-tokenizers.sh
+phase "scripts find the binary they build under a custom CARGO_TARGET_DIR"
+scripts/check-target-dir.sh
 phase "the openai SDK venv for the server tests"
 scripts/openai-venv.sh
 
