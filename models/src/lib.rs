@@ -11,6 +11,7 @@
 mod chat;
 pub mod config;
 pub mod device;
+pub mod durable;
 pub(crate) mod error;
 pub mod fuzz;
 mod ggml;
