@@ -770,3 +770,64 @@ fn sigterm_lets_the_running_request_finish_and_exits_zero() {
         "the port still answers"
     );
 }
+
+/// Serves `ens` in this process on a loopback port while `f` runs with its base URL.
+fn serve_in_process<T>(ens: tutti::Ensemble, f: impl FnOnce(&str) -> T) -> T {
+    use tutti::serve::{ServeOptions, Server};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let options = ServeOptions {
+        port: 0,
+        ..ServeOptions::default()
+    };
+    let server = rt.block_on(Server::bind(ens, options)).unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = rt.spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let out = f(&base);
+    let _ = stop.send(());
+    rt.block_on(running).unwrap().unwrap();
+    out
+}
+
+/// A panic part-way through a member's layers (injected by the test) answers 500, and
+/// the next request is answered exactly as by a fresh server: no KV row the failed
+/// forward left in the first layers' caches is attended to.
+#[test]
+fn a_caught_panic_leaves_no_stale_kv_rows() {
+    use tutti::engine::{Ensemble, MemberSpec};
+    let build = || {
+        Ensemble::builder()
+            .member(MemberSpec::new(demo(SMOL)))
+            .build()
+            .unwrap()
+    };
+    let body = json!({"prompt": PROMPT, "max_tokens": 6, "temperature": 0, "logprobs": 3});
+    let reference = serve_in_process(build(), |base| {
+        ok(&post(&format!("{base}/v1/completions"), &body))
+    });
+    let mut ens = build();
+    ens.members_mut()[0]
+        .model_mut()
+        .unwrap()
+        .lm
+        .inject_panic_after_layer(5);
+    serve_in_process(ens, |base| {
+        let url = format!("{base}/v1/completions");
+        let failed = post(
+            &url,
+            &json!({"prompt": "Once upon a time, in a land far away, there lived a",
+                    "max_tokens": 2, "temperature": 0}),
+        );
+        failed.error(500);
+        let after = ok(&post(&url, &body));
+        assert_eq!(after["choices"], reference["choices"]);
+        let again = ok(&post(&url, &body));
+        assert_eq!(again["choices"], reference["choices"]);
+    });
+}

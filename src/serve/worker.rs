@@ -189,7 +189,11 @@ fn run(mut ens: Ensemble, rx: Receiver<Job>, cancel: &AtomicBool, metrics: &Metr
                 Err(ApiError::from(e))
             }
             Err(_) => {
-                // The next request starts from a fresh member state (`Run::start`).
+                // Nothing the failed request left in a member (its ids, its prefix-cache
+                // rows) is trusted by the next one.
+                for m in ens.members_mut() {
+                    m.reset();
+                }
                 tracing::error!("the engine panicked on a request; it goes on with the next");
                 Err(ApiError::internal(
                     "the engine failed on this request; the server goes on with the next",
