@@ -771,6 +771,30 @@ fn sigterm_lets_the_running_request_finish_and_exits_zero() {
     );
 }
 
+/// A server started with `--temperature` and no `--seed` gives each seedless request a
+/// draw of its own; a request's `seed` still makes its sample reproducible.
+#[test]
+fn seedless_requests_draw_their_own_samples_under_a_server_temperature() {
+    let s = ServerProc::solo(&["--temperature", "1.5"]);
+    let url = s.url("/v1/completions");
+    let draw = |extra: Value| {
+        let mut body = json!({"prompt": PROMPT, "max_tokens": 12});
+        merge(&mut body, extra);
+        let c = ok(&post(&url, &body));
+        c["tutti"]["members"][0]["ids"].clone()
+    };
+    let seedless: Vec<Value> = (0..3).map(|_| draw(json!({}))).collect();
+    assert!(
+        seedless.iter().any(|d| *d != seedless[0]),
+        "three seedless requests drew one sample: {seedless:?}"
+    );
+    assert_eq!(
+        draw(json!({"seed": 3})),
+        draw(json!({"seed": 3})),
+        "a seed makes the draw reproducible"
+    );
+}
+
 /// Serves `ens` in this process on a loopback port while `f` runs with its base URL.
 fn serve_in_process<T>(ens: tutti::Ensemble, f: impl FnOnce(&str) -> T) -> T {
     use tutti::serve::{ServeOptions, Server};

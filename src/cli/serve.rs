@@ -93,6 +93,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_tokens_cap: args.max_tokens_cap,
         max_body_bytes: args.max_body_bytes,
         drain: Duration::from_secs(args.drain_seconds),
+        seed: args.ens.seed,
         template,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

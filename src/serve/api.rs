@@ -56,6 +56,39 @@ pub struct Limits {
     /// combine rule, stop strings and default `max_tokens`).
     pub template: Request,
     pub max_tokens_cap: usize,
+    /// Where requests without a `seed` get theirs.
+    pub seeds: std::sync::Arc<Seeds>,
+}
+
+/// The seeds of sampled requests that give none: each request draws its own, whatever
+/// seed the server's sampling settings carry.
+#[derive(Debug, Default)]
+pub struct Seeds {
+    /// The server's `--seed`: the n-th seedless request then samples with a seed mixed
+    /// from it and n, so that a restarted server answers the same requests, sent in the
+    /// same order, the same way. `None`: seeds from the operating system.
+    base: Option<u64>,
+    drawn: std::sync::atomic::AtomicU64,
+}
+
+impl Seeds {
+    pub fn new(base: Option<u64>) -> Seeds {
+        Seeds {
+            base,
+            drawn: Default::default(),
+        }
+    }
+
+    /// The seed of the next request that gives none.
+    pub fn next(&self) -> u64 {
+        let Some(base) = self.base else {
+            return rand::random();
+        };
+        let n = self
+            .drawn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::engine::request::derived_seed(base, n)
+    }
 }
 
 /// A checked request, ready to be encoded and queued.
@@ -274,7 +307,7 @@ pub fn parse(
     };
     request.max_tokens = max_tokens;
 
-    request.sampling = sampling(&body, limits.template.sampling)?;
+    request.sampling = sampling(&body, limits.template.sampling, &limits.seeds)?;
 
     // Stop strings add to the server's own.
     match body.stop {
@@ -485,7 +518,7 @@ fn unsupported(body: &Body, endpoint: Endpoint) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn sampling(body: &Body, template: Sampling) -> Result<Sampling, ApiError> {
+fn sampling(body: &Body, template: Sampling, seeds: &Seeds) -> Result<Sampling, ApiError> {
     if let Some(t) = body.temperature {
         if !(0.0..=2.0).contains(&t) {
             return Err(ApiError::param(
@@ -510,13 +543,12 @@ fn sampling(body: &Body, template: Sampling) -> Result<Sampling, ApiError> {
                 .ok_or_else(|| ApiError::param("seed", "seed must be an integer"))?,
         ),
     };
-    let (t_template, p_template, s_template) = match template {
-        Sampling::Greedy => (None, 1.0, None),
+    // The template's seed is not used: it would give every seedless request one draw.
+    let (t_template, p_template) = match template {
+        Sampling::Greedy => (None, 1.0),
         Sampling::Sample {
-            temperature,
-            top_p,
-            seed,
-        } => (Some(temperature), top_p, Some(seed)),
+            temperature, top_p, ..
+        } => (Some(temperature), top_p),
     };
     let temperature = body.temperature.map(|t| t as f32).or(t_template);
     Ok(match temperature {
@@ -525,8 +557,7 @@ fn sampling(body: &Body, template: Sampling) -> Result<Sampling, ApiError> {
         Some(t) => Sampling::Sample {
             temperature: t,
             top_p: body.top_p.map_or(p_template, |p| p as f32),
-            // Without a seed every call draws its own.
-            seed: seed.or(s_template).unwrap_or_else(rand::random),
+            seed: seed.unwrap_or_else(|| seeds.next()),
         },
     })
 }
@@ -672,6 +703,7 @@ mod tests {
             name: "pair".into(),
             template: Request::raw(""),
             max_tokens_cap: 100,
+            seeds: Default::default(),
         }
     }
 

@@ -75,6 +75,10 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// After a shutdown signal, how long requests already accepted may still run.
     pub drain: Duration,
+    /// Seeds the sampling of requests that give no `seed`: the n-th such request gets a
+    /// seed mixed from this one and n. `None`: each draws a seed from the operating
+    /// system. Either way no two seedless requests share a draw.
+    pub seed: Option<u64>,
     /// Settings every call starts from (sampling, top-k, gate, combine, stop strings,
     /// `max_tokens` for chat requests that give none); the request overrides them.
     pub template: Request,
@@ -91,6 +95,7 @@ impl Default for ServeOptions {
             max_tokens_cap: 4096,
             max_body_bytes: 2 << 20,
             drain: Duration::from_secs(30),
+            seed: None,
             template: Request::raw(""),
         }
     }
@@ -165,6 +170,7 @@ impl Server {
             name,
             template: options.template.clone(),
             max_tokens_cap: options.max_tokens_cap,
+            seeds: Arc::new(api::Seeds::new(options.seed)),
         };
         let served = api::served_models(&limits, &members);
         let addr = SocketAddr::new(options.host, options.port);
