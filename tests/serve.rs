@@ -795,6 +795,56 @@ fn seedless_requests_draw_their_own_samples_under_a_server_temperature() {
     );
 }
 
+/// A folder model whose chat template refuses some conversations: the tiny Gemma 3
+/// fixture with Gemma 3's tokenizer and template (roles must alternate).
+fn refusing_template_model() -> String {
+    let dir = std::env::temp_dir().join(format!("tutti-serve-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(root.join("tests/fixtures/tiny/gemma3").join(f), dir.join(f)).unwrap();
+    }
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        let from = root.join("models-cache/tokenizers/gemma3").join(f);
+        assert!(
+            from.exists(),
+            "{} is missing: run scripts/fetch-tokenizers.sh",
+            from.display()
+        );
+        std::fs::copy(from, dir.join(f)).unwrap();
+    }
+    dir.display().to_string()
+}
+
+/// What the client got wrong is a 400 `invalid_request_error` (SDKs retry 5xx): a chat
+/// template's `raise_exception`; a wrong method is a 405 with the OpenAI error object.
+#[test]
+fn client_errors_are_400_and_wrong_methods_405_with_an_error_object() {
+    let model = refusing_template_model();
+    let s = ServerProc::start(&["-m", &model], &[]);
+    let chat = s.url("/v1/chat/completions");
+    let e = post(
+        &chat,
+        &json!({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+                "max_tokens": 1}),
+    )
+    .error(400);
+    assert_eq!(e["type"], "invalid_request_error", "{e}");
+    assert_eq!(e["param"], "messages", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("alternate"),
+        "the template's own words: {e}"
+    );
+    // Wrong methods.
+    let e = get(&s.url("/v1/completions"), None).error(405);
+    assert_eq!(e["type"], "invalid_request_error", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("POST"), "{e}");
+    get(&chat, None).error(405);
+    let e = post(&s.url("/v1/models"), &json!({})).error(405);
+    assert!(e["message"].as_str().unwrap().contains("GET"), "{e}");
+    post(&s.url("/health"), &json!({})).error(405);
+}
+
 /// Serves `ens` in this process on a loopback port while `f` runs with its base URL.
 fn serve_in_process<T>(ens: tutti::Ensemble, f: impl FnOnce(&str) -> T) -> T {
     use tutti::serve::{ServeOptions, Server};

@@ -668,7 +668,7 @@ pub fn encode(mut call: Call, members: &[MemberInfo]) -> Result<Call, ApiError> 
             .map(|&s| {
                 let m = &members[s];
                 encode_prompt(&m.tokenizer, &m.name, prompt)
-                    .map_err(|e| ApiError::from(e).with_param(param))
+                    .map_err(|e| prompt_error(e).with_param(param))
             })
             .collect::<Result<_, _>>()?,
     };
@@ -692,6 +692,27 @@ pub fn encode(mut call: Call, members: &[MemberInfo]) -> Result<Call, ApiError> 
     }
     call.request.prompt = Prompt::Ids(ids);
     Ok(call)
+}
+
+/// An error of turning the client's text into ids. A member's tokenizer or chat
+/// template that fails on it (a template's `raise_exception`, its step budget spent on
+/// a huge conversation, text the tokenizer cannot encode) is the request's fault: 400,
+/// which clients do not retry.
+fn prompt_error(e: EngineError) -> ApiError {
+    let EngineError::Model { member, source } = &e else {
+        return ApiError::from(e);
+    };
+    match source {
+        tutti_models::Error::ChatTemplate(why) => ApiError::bad(format!(
+            "the chat template of member `{member}` refused these messages: {why}; \
+             change the messages (many templates need user and assistant turns that \
+             alternate, or no system message) or send a raw prompt to /v1/completions"
+        )),
+        tutti_models::Error::Tokenizer(why) => ApiError::bad(format!(
+            "member `{member}` cannot tokenize this prompt: {why}; change the text"
+        )),
+        _ => ApiError::from(e),
+    }
 }
 
 #[cfg(test)]
@@ -845,6 +866,60 @@ mod tests {
         assert_eq!(c.request.max_tokens, 100, "the template's 256, capped");
         assert!(c.stream && c.include_usage);
         assert_eq!(c.logprobs, Some(2));
+    }
+
+    /// A WordLevel tokenizer without an unknown token (encoding an unknown word fails)
+    /// and a template whose work grows with the square of a message's length.
+    fn strict_tokenizer() -> ModelTokenizer {
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"a": 0, "b": 1}, "unk_token": "<unk>"}
+        });
+        let template =
+            "{% for m in messages %}{% for c in m['content'] %}{% for d in m['content'] %}\
+                        {% endfor %}{% endfor %}{{ m['content'] }}{% endfor %}";
+        let tcfg = serde_json::json!({ "chat_template": template });
+        ModelTokenizer::from_tokenizer_json_bytes(
+            std::path::Path::new("strict/tokenizer.json"),
+            json.to_string().as_bytes(),
+            Some(&tcfg),
+            None,
+            None,
+        )
+        .unwrap()
+    }
+
+    /// The client's text is at fault when its tokenizer or a member's template fails on
+    /// it: 400, never a 500 that SDKs would retry.
+    #[test]
+    fn tokenizer_and_template_failures_on_client_text_are_400() {
+        let mut members = fake_members(1);
+        members[0].tokenizer = strict_tokenizer();
+        members[0].context_length = 100_000;
+        let l = limits();
+        let call = |body: &str, ep| {
+            let c = parse(body.as_bytes(), ep, &l, &members).unwrap();
+            encode(c, &members).unwrap_err()
+        };
+        let e = call(r#"{"prompt":"a zzz b"}"#, Endpoint::Completions);
+        assert_eq!(
+            (e.status.as_u16(), e.kind, e.param.as_deref()),
+            (400, "invalid_request_error", Some("prompt")),
+            "{e}"
+        );
+        let long = format!(
+            r#"{{"messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "a".repeat(4000)
+        );
+        let e = call(&long, Endpoint::Chat);
+        assert_eq!(
+            (e.status.as_u16(), e.kind, e.param.as_deref()),
+            (400, "invalid_request_error", Some("messages")),
+            "{e}"
+        );
+        assert!(e.message.contains("steps"), "{e}");
     }
 
     #[test]

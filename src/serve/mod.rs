@@ -277,13 +277,15 @@ impl Server {
 }
 
 fn router(state: Arc<AppState>) -> Router {
+    let only_get = |r: HttpRequest| async move { wrong_method(&r, "GET") };
+    let only_post = |r: HttpRequest| async move { wrong_method(&r, "POST") };
     Router::new()
-        .route("/v1/models", get(models))
-        .route("/v1/models/{model}", get(model))
-        .route("/v1/completions", post(completions))
-        .route("/v1/chat/completions", post(chat))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
+        .route("/v1/models", get(models).fallback(only_get))
+        .route("/v1/models/{model}", get(model).fallback(only_get))
+        .route("/v1/completions", post(completions).fallback(only_post))
+        .route("/v1/chat/completions", post(chat).fallback(only_post))
+        .route("/health", get(health).fallback(only_get))
+        .route("/metrics", get(metrics_text).fallback(only_get))
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
@@ -329,6 +331,16 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 async fn no_route(req: HttpRequest) -> Response {
     ApiError::no_route(req.uri().path()).into_response()
+}
+
+/// 405 with the OpenAI error object and the `Allow` header.
+fn wrong_method(req: &HttpRequest, allowed: &'static str) -> Response {
+    let mut response =
+        ApiError::wrong_method(req.method().as_str(), req.uri().path(), allowed).into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
+    response
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
