@@ -845,6 +845,91 @@ fn client_errors_are_400_and_wrong_methods_405_with_an_error_object() {
     post(&s.url("/health"), &json!({})).error(405);
 }
 
+/// Prometheus text value of `name` (a metric without labels).
+fn metric(s: &ServerProc, name: &str) -> f64 {
+    let text = get(&s.url("/metrics"), None).body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// With the queue full, a request is refused before its body is read: a client that
+/// announces a body and never sends it still gets its 429 at once.
+#[test]
+fn a_full_queue_answers_429_before_reading_the_body() {
+    let s = ServerProc::solo(&["--queue", "1"]);
+    let long = json!({"prompt": "1, 2, 3, 4, 5,", "max_tokens": 2000, "temperature": 0,
+                      "stream": true, "tutti": {"top_k": 1}});
+    // One request runs, one waits.
+    let mut running = raw_stream(&s.base, &long);
+    next_data(&mut running);
+    let mut waiting = raw_stream(&s.base, &long);
+    let mut status = String::new();
+    waiting.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(metric(&s, "tutti_queue_depth"), 1.0);
+    // Headers announcing a large body, and no body.
+    let addr = s.base.trim_start_matches("http://");
+    let mut sock = TcpStream::connect(addr).unwrap();
+    write!(
+        sock,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reply = BufReader::new(sock);
+    let mut status = String::new();
+    reply
+        .read_line(&mut status)
+        .expect("no answer while the body was still missing");
+    assert!(status.starts_with("HTTP/1.1 429"), "{status}");
+}
+
+/// A second SIGTERM (or Ctrl-C) during the drain ends the server at once.
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let mut s = ServerProc::solo(&["--drain-seconds", "600"]);
+    let long = json!({"prompt": "1, 2, 3, 4, 5,", "max_tokens": 4000, "temperature": 0,
+                      "stream": true, "tutti": {"top_k": 1}});
+    let mut running = raw_stream(&s.base, &long);
+    next_data(&mut running);
+    let pid = s.child.id().to_string();
+    let term = || {
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    term();
+    // The first signal drains: the request goes on.
+    for _ in 0..3 {
+        next_data(&mut running);
+    }
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "exited while draining"
+    );
+    term();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still running 5 s after the second SIGTERM:\n{}",
+            s.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        !status.success(),
+        "an interrupted drain is not a clean exit"
+    );
+}
+
 /// Serves `ens` in this process on a loopback port while `f` runs with its base URL.
 fn serve_in_process<T>(ens: tutti::Ensemble, f: impl FnOnce(&str) -> T) -> T {
     use tutti::serve::{ServeOptions, Server};

@@ -41,8 +41,19 @@ pub struct ServeArgs {
     pub drain_seconds: u64,
 }
 
-/// Completes on SIGINT or SIGTERM.
+/// Completes on the first SIGINT or SIGTERM, and from then on a second one ends the
+/// process at once (status 128 + the signal), without waiting for the drain.
 async fn shutdown_signal() {
+    let _ = next_signal().await;
+    tokio::spawn(async {
+        let signal = next_signal().await;
+        tracing::warn!("second signal: exiting now, without waiting for the running requests");
+        std::process::exit(128 + signal);
+    });
+}
+
+/// Waits for SIGINT or SIGTERM; returns the signal's number.
+async fn next_signal() -> i32 {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -60,8 +71,8 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        _ = ctrl_c => 2,
+        _ = term => 15,
     }
 }
 
@@ -103,7 +114,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let server = Server::bind(ens, options).await?;
         let addr = server.local_addr();
         if !host.is_loopback() && api_key.is_none() {
@@ -121,5 +132,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         server.run(shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok::<(), anyhow::Error>(())
-    })
+    });
+    // The server has given up waiting for an engine thread stuck in a step; dropping
+    // the runtime would wait for it again.
+    runtime.shutdown_background();
+    served
 }
