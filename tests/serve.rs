@@ -930,6 +930,63 @@ fn a_second_sigterm_exits_at_once() {
     );
 }
 
+/// `--api-key-file` reads the key from a file (nothing in `ps`); a key given on the
+/// command line works but is warned about; an empty key file is refused.
+#[test]
+fn api_key_file_and_a_warning_for_a_key_on_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("tutti-serve-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("key");
+    std::fs::write(&file, "s3cret-from-file\n").unwrap();
+    let key_file = file.display().to_string();
+    let s = ServerProc::solo(&["--api-key-file", &key_file]);
+    let models = s.url("/v1/models");
+    assert_eq!(get(&models, None).status, 401);
+    assert_eq!(get(&models, Some("s3cret-from-file")).status, 200);
+    assert!(
+        !s.stderr_text().contains("--api-key-file"),
+        "no warning for a key file:\n{}",
+        s.stderr_text()
+    );
+    drop(s);
+
+    let s = ServerProc::solo(&["--api-key", "on-the-command-line"]);
+    assert_eq!(
+        get(&s.url("/v1/models"), Some("on-the-command-line")).status,
+        200
+    );
+    let log = s.stderr_text();
+    assert!(
+        log.contains("--api-key-file") && log.contains("process list"),
+        "no warning for a key on the command line:\n{log}"
+    );
+    drop(s);
+
+    std::fs::write(&file, "  \n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tutti"))
+        .args([
+            "serve",
+            "-m",
+            &demo(SMOL),
+            "--port",
+            "0",
+            "--api-key-file",
+            &key_file,
+        ])
+        .env_remove("TUTTI_API_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("empty") && err.contains(&key_file), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tutti"))
+        .args(["serve", "-m", &demo(SMOL), "--port", "0"])
+        .args(["--api-key-file", &key_file, "--api-key", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "both ways to give a key at once");
+}
+
 /// Serves `ens` in this process on a loopback port while `f` runs with its base URL.
 fn serve_in_process<T>(ens: tutti::Ensemble, f: impl FnOnce(&str) -> T) -> T {
     use tutti::serve::{ServeOptions, Server};

@@ -1,6 +1,7 @@
 //! `tutti serve`: the ensemble behind an OpenAI-compatible HTTP API (see `tutti::serve`).
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -20,10 +21,15 @@ pub struct ServeArgs {
     /// Port (0: any free port; the log line says which).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Require `Authorization: Bearer KEY` (default: the TUTTI_API_KEY environment
-    /// variable; none when neither is set).
+    /// Require `Authorization: Bearer KEY`. A key given here shows in the process list
+    /// of every user of the machine: prefer --api-key-file or the TUTTI_API_KEY
+    /// environment variable (used when neither flag is given).
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Require `Authorization: Bearer KEY` with the key read from FILE (surrounding
+    /// whitespace and the final newline are not part of it).
+    #[arg(long, value_name = "FILE", conflicts_with = "api_key")]
+    pub api_key_file: Option<PathBuf>,
     /// Model name clients use [default: the members' names joined by `+`].
     #[arg(long)]
     pub name: Option<String>,
@@ -76,6 +82,37 @@ async fn next_signal() -> i32 {
     }
 }
 
+/// The API key: `--api-key-file`, `--api-key` (with a warning: it shows in `ps`), or the
+/// TUTTI_API_KEY environment variable; none when none is given.
+fn api_key(args: &ServeArgs) -> Result<Option<String>> {
+    if let Some(path) = &args.api_key_file {
+        return read_key_file(path).map(Some);
+    }
+    if let Some(key) = args.api_key.as_deref().filter(|k| !k.is_empty()) {
+        tracing::warn!(
+            "the key given with --api-key shows in the process list (ps) to every user of \
+             this machine; pass it with --api-key-file FILE or the TUTTI_API_KEY variable"
+        );
+        return Ok(Some(key.to_string()));
+    }
+    Ok(std::env::var("TUTTI_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty()))
+}
+
+fn read_key_file(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--api-key-file {}: cannot read the key", path.display()))?;
+    let key = text.trim();
+    if key.is_empty() {
+        bail!(
+            "--api-key-file {}: the file is empty; write the key into it",
+            path.display()
+        );
+    }
+    Ok(key.to_string())
+}
+
 pub fn run(args: ServeArgs) -> Result<()> {
     let host: IpAddr = args.host.parse().with_context(|| {
         format!(
@@ -83,11 +120,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             args.host
         )
     })?;
-    let api_key = args
-        .api_key
-        .clone()
-        .or_else(|| std::env::var("TUTTI_API_KEY").ok())
-        .filter(|k| !k.is_empty());
+    let api_key = api_key(&args)?;
     if args.max_tokens_cap == 0 {
         bail!("--max-tokens-cap must be at least 1");
     }
@@ -119,7 +152,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let addr = server.local_addr();
         if !host.is_loopback() && api_key.is_none() {
             tracing::warn!(
-                "listening on {host} without an API key: anyone who can reach this address can use the server (--api-key)"
+                "listening on {host} without an API key: anyone who can reach this address can use the server (--api-key-file)"
             );
         }
         tracing::info!(
