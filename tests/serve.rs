@@ -989,16 +989,23 @@ fn api_key_file_and_a_warning_for_a_key_on_the_command_line() {
 
 /// Serves `ens` in this process on a loopback port while `f` runs with its base URL.
 fn serve_in_process<T>(ens: tutti::Ensemble, f: impl FnOnce(&str) -> T) -> T {
+    serve_in_process_with(ens, tutti::serve::ServeOptions::default(), f).0
+}
+
+/// [`serve_in_process`] with `options` (the port is always a free one); also returns
+/// how long the server took to stop once `f` had returned.
+fn serve_in_process_with<T>(
+    ens: tutti::Ensemble,
+    options: tutti::serve::ServeOptions,
+    f: impl FnOnce(&str) -> T,
+) -> (T, Duration) {
     use tutti::serve::{ServeOptions, Server};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let options = ServeOptions {
-        port: 0,
-        ..ServeOptions::default()
-    };
+    let options = ServeOptions { port: 0, ..options };
     let server = rt.block_on(Server::bind(ens, options)).unwrap();
     let base = format!("http://{}", server.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1006,9 +1013,91 @@ fn serve_in_process<T>(ens: tutti::Ensemble, f: impl FnOnce(&str) -> T) -> T {
         let _ = stopped.await;
     }));
     let out = f(&base);
+    let t0 = Instant::now();
     let _ = stop.send(());
     rt.block_on(running).unwrap().unwrap();
-    out
+    let took = t0.elapsed();
+    // An engine thread still in a step is left behind, not waited for.
+    rt.shutdown_background();
+    (out, took)
+}
+
+/// A member whose forwards stall once `stall` is set (a served member that stopped
+/// answering), around a real local model.
+struct Stalling {
+    inner: tutti::engine::LocalModel,
+    stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tutti::engine::Backend for Stalling {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn tokenizer(&self) -> &tutti::models::ModelTokenizer {
+        self.inner.tokenizer()
+    }
+    fn logit_width(&self) -> usize {
+        self.inner.logit_width()
+    }
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
+    fn forward(
+        &mut self,
+        context: &[u32],
+        cached: usize,
+    ) -> tutti::engine::Result<tutti::engine::Logits> {
+        if self.stall.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        self.inner.forward(context, cached)
+    }
+    fn uses_host_cpu(&self) -> bool {
+        self.inner.uses_host_cpu()
+    }
+    fn device_name(&self) -> String {
+        self.inner.device_name()
+    }
+}
+
+/// After a shutdown, the server stops within the drain time plus its grace periods even
+/// when the engine thread hangs in a step: it does not wait for that step to end.
+#[test]
+fn shutdown_does_not_wait_for_a_hung_step_past_the_drain_time() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stall = Arc::new(AtomicBool::new(false));
+    let model = tutti::models::Model::load(&demo(SMOL), &Default::default()).unwrap();
+    let backend = Stalling {
+        inner: tutti::engine::LocalModel::new(model),
+        stall: stall.clone(),
+    };
+    let ens = tutti::Ensemble::builder()
+        .backend(Box::new(backend), 1.0)
+        .build()
+        .unwrap();
+    let options = tutti::serve::ServeOptions {
+        drain: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let ((), took) = serve_in_process_with(ens, options, |base| {
+        let body = json!({"prompt": PROMPT, "max_tokens": 200, "temperature": 0,
+                          "stream": true, "tutti": {"top_k": 1}});
+        let mut running = raw_stream(base, &body);
+        next_data(&mut running);
+        stall.store(true, Ordering::SeqCst);
+        // The engine is now inside a step that lasts a minute; the client stays.
+        std::mem::forget(running);
+    });
+    eprintln!(
+        "stopped {:.1} s after the shutdown signal",
+        took.as_secs_f64()
+    );
+    // 1 s of drain, at most 10 s for the connections, at most 10 s for the engine.
+    assert!(
+        took < Duration::from_secs(40),
+        "the server waited {took:?} for a hung step"
+    );
 }
 
 /// A panic part-way through a member's layers (injected by the test) answers 500, and
