@@ -843,6 +843,8 @@ fn client_errors_are_400_and_wrong_methods_405_with_an_error_object() {
     let e = post(&s.url("/v1/models"), &json!({})).error(405);
     assert!(e["message"].as_str().unwrap().contains("GET"), "{e}");
     post(&s.url("/health"), &json!({})).error(405);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&model);
 }
 
 /// Prometheus text value of `name` (a metric without labels).
@@ -985,6 +987,7 @@ fn api_key_file_and_a_warning_for_a_key_on_the_command_line() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "both ways to give a key at once");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Serves `ens` in this process on a loopback port while `f` runs with its base URL.
