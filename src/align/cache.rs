@@ -10,7 +10,6 @@
 //! `u32::MAX` = none), scores (A length × f32), SHA-256 of everything before (32 bytes).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -121,7 +120,7 @@ impl MapCache {
         }
     }
 
-    /// Writes `map` for `key` (atomically: temporary file, then rename).
+    /// Writes `map` for `key` ([`crate::durable::write_atomic`]).
     pub fn store(&self, key: &MapKey, map: &TokenMap) -> Result<PathBuf, AlignError> {
         let io = |path: &Path, source| AlignError::CacheIo {
             path: path.display().to_string(),
@@ -129,15 +128,7 @@ impl MapCache {
         };
         fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
         let path = self.path(key);
-        let tmp = self
-            .dir
-            .join(format!(".{}.{}.tmp", key.hex(), std::process::id()));
-        let bytes = encode(map, key);
-        let mut f = fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-        f.write_all(&bytes).map_err(|e| io(&tmp, e))?;
-        f.sync_all().map_err(|e| io(&tmp, e))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+        crate::durable::write_atomic(&path, &encode(map, key)).map_err(|e| io(&path, e))?;
         Ok(path)
     }
 
@@ -278,6 +269,40 @@ mod tests {
         let other = MapKey::new(AlignMethod::MinEd, &a, &b, &[]);
         fs::write(cache.path(&other), encode(&map, &key)).unwrap();
         assert!(matches!(cache.load(&other), Lookup::Invalid(r) if r.contains("key mismatch")));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Two threads (or processes) building the same map store it at the same time:
+    /// every store succeeds and the entry is whole.
+    #[test]
+    fn concurrent_stores_of_one_key_all_succeed() {
+        let words: Vec<String> = (0..3000).map(|i| format!("w{i}")).collect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let a = vocab_from(&words, &[]);
+        let map = exact_map(&a, &a);
+        let key = MapKey::new(AlignMethod::Exact, &a, &a, &[]);
+        let dir = temp_dir("race");
+        let cache = MapCache::new(&dir);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..20)
+                            .map(|_| cache.store(&key, &map).map(drop).map_err(|e| e.to_string()))
+                            .collect::<Result<Vec<()>, String>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        });
+        assert!(matches!(cache.load(&key), Lookup::Hit(m) if m == map));
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
         let _ = fs::remove_dir_all(&dir);
     }
 

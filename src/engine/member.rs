@@ -249,6 +249,16 @@ impl Member {
         Ok(())
     }
 
+    /// Forgets the text and everything the backend holds of it: the next forward
+    /// starts from position 0. For recovery after a failure that may have left the
+    /// state half updated.
+    pub fn reset(&mut self) {
+        self.prompt_len = 0;
+        self.committed.clear();
+        self.cached = 0;
+        self.logits = None;
+    }
+
     /// Whether one more token still fits the model's context.
     pub fn has_room(&self) -> bool {
         self.committed.len() < self.backend.context_length()

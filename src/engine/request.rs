@@ -109,6 +109,17 @@ impl Sampling {
     }
 }
 
+/// The `n`-th seed derived from `base` (splitmix64 of `base` stepped n + 1 times):
+/// neighbouring `n` give unrelated seeds. For callers that sample many generations from
+/// one configured seed (a server's requests, a route's answers), so that each draws its
+/// own numbers and the sequence still repeats for the same `base`.
+pub fn derived_seed(base: u64, n: u64) -> u64 {
+    let mut z = base.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 impl fmt::Display for Sampling {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
