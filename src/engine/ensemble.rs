@@ -1138,7 +1138,14 @@ impl Run {
             tops.push(dist.top());
         }
 
-        // 5. Combine, and 6. choose.
+        // 5. Combine, and 6. choose. A zero weight is never revived: when every member
+        // left has one (the others were dropped), there is nothing to decide with.
+        if weights.iter().all(|&w| w == 0.0) {
+            return Err(EngineError::BadWeights {
+                weights: self.weights.clone(),
+                reason: "every member with a weight above 0 has left the generation".into(),
+            });
+        }
         let combined = combine(req.combine, &probs, &weights, &tops);
         // Under `disagree`, members that agree on their top candidate decide without
         // the combination (it still gives the reported probabilities).

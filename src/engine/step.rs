@@ -419,27 +419,38 @@ pub fn top_entropy(top: &[(u32, f32)]) -> f32 {
 }
 
 /// The weights a rule gives the consulted members at this step, from their request
-/// weights and their top-k (`tops[m]`, most probable first). All-zero weights become
-/// equal ones (a step where only zero-weight members were consulted still chooses).
+/// weights and their top-k (`tops[m]`, most probable first). When the rule's factors
+/// leave every weight at zero (all tops flat under `entropy`, say), the request weights
+/// stand; a member the request gave zero keeps zero. Weights above
+/// [`MAX_WEIGHT`](super::request::MAX_WEIGHT) (which validation refuses; a library
+/// caller may still pass them) are scaled down by their largest, so that sums and
+/// products stay finite.
 pub fn step_weights(rule: Combine, weights: &[f32], tops: &[&[(u32, f32)]]) -> Vec<f32> {
+    let largest = weights.iter().copied().fold(0.0f32, f32::max);
+    let base: Vec<f32> = if largest > super::request::MAX_WEIGHT && largest.is_finite() {
+        weights.iter().map(|w| w / largest).collect()
+    } else {
+        weights.to_vec()
+    };
     let top_prob = |m: usize| tops.get(m).and_then(|t| t.first()).map_or(0.0, |&(_, p)| p);
-    let mut w: Vec<f32> = match rule {
-        Combine::Mean | Combine::Product | Combine::Max => weights.to_vec(),
-        Combine::Confidence => weights
+    let w: Vec<f32> = match rule {
+        Combine::Mean | Combine::Product | Combine::Max => return base,
+        Combine::Confidence => base
             .iter()
             .enumerate()
             .map(|(m, w)| w * top_prob(m))
             .collect(),
-        Combine::Entropy => weights
+        Combine::Entropy => base
             .iter()
             .enumerate()
             .map(|(m, w)| w * (1.0 - tops.get(m).map_or(1.0, |t| top_entropy(t))))
             .collect(),
     };
     if w.iter().all(|&x| x == 0.0) {
-        w.iter_mut().for_each(|x| *x = 1.0);
+        base
+    } else {
+        w
     }
-    w
 }
 
 /// Combines the consulted members' probabilities of each union candidate (`probs[m][c]`
@@ -534,17 +545,21 @@ pub fn auto_weights(prior: &[f32], nats_per_byte: &[f64], tau: f32) -> Vec<f32> 
     if !best.is_finite() {
         return prior.to_vec();
     }
-    let raw: Vec<f64> = prior
+    // In log space: a zero-prior member that fits the prompt far better than `best`
+    // would otherwise meet `0 · e^(>709) = 0 · ∞`, and huge priors would overflow the sum.
+    let log: Vec<f64> = prior
         .iter()
         .zip(nats_per_byte)
         .map(|(&w, &x)| {
-            if x.is_finite() {
-                f64::from(w) * (-(x - best) / f64::from(tau)).exp()
+            if w > 0.0 && x.is_finite() {
+                f64::from(w).ln() - (x - best) / f64::from(tau)
             } else {
-                0.0
+                f64::NEG_INFINITY
             }
         })
         .collect();
+    let top = log.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let raw: Vec<f64> = log.iter().map(|&l| (l - top).exp()).collect();
     let total: f64 = raw.iter().sum();
     raw.iter().map(|&r| (r / total) as f32).collect()
 }
@@ -788,10 +803,60 @@ mod tests {
             step_weights(Combine::Confidence, &[1.0, 2.0], &tops),
             [0.5, 0.5]
         );
-        assert_eq!(step_weights(Combine::Mean, &[0.0], &tops[..1]), [1.0]);
-        // A flat top gives entropy 1, weight 0; all-zero weights become equal.
+        // A flat top gives entropy 1, weight 0; all-zero step weights fall back to the
+        // request's.
         let flat: [(u32, f32); 2] = [(0, 0.5), (1, 0.5)];
         assert_eq!(step_weights(Combine::Entropy, &[1.0], &[&flat]), [1.0]);
+    }
+
+    #[test]
+    fn a_zero_weight_is_never_revived() {
+        // A flat first member (entropy weight 0) next to a member the request gave 0.
+        let flat: [(u32, f32); 2] = [(0, 0.5), (1, 0.5)];
+        let sure: [(u32, f32); 1] = [(1, 0.9)];
+        let tops: [&[(u32, f32)]; 2] = [&flat, &sure];
+        assert_eq!(
+            step_weights(Combine::Entropy, &[1.0, 0.0], &tops),
+            [1.0, 0.0]
+        );
+        let empty: [(u32, f32); 0] = [];
+        let tops: [&[(u32, f32)]; 2] = [&empty, &sure];
+        assert_eq!(
+            step_weights(Combine::Confidence, &[2.0, 0.0], &tops),
+            [2.0, 0.0]
+        );
+        // Only zero-weight members consulted: nothing is revived.
+        assert_eq!(step_weights(Combine::Mean, &[0.0], &tops[..1]), [0.0]);
+    }
+
+    #[test]
+    fn huge_weights_combine_like_their_ratios() {
+        for rule in Combine::ALL {
+            let huge = run(rule, &pair(), &[f32::MAX, f32::MAX]);
+            let unit = run(rule, &pair(), &[1.0, 1.0]);
+            assert!(huge.probs.iter().all(|p| p.is_finite()), "{rule}: {huge:?}");
+            assert!(close(&huge.probs, &unit.probs), "{rule}: {huge:?}");
+            let lopsided = run(rule, &pair(), &[f32::MAX, f32::MAX / 3.0]);
+            let ratio = run(rule, &pair(), &[3.0, 1.0]);
+            assert!(close(&lopsided.probs, &ratio.probs), "{rule}: {lopsided:?}");
+        }
+    }
+
+    #[test]
+    fn auto_weights_stay_finite_for_a_far_better_zero_weight_member() {
+        // The zero-weight member fits the prompt 9.9 nats/byte better: at τ = 0.01 the
+        // factor e^990 overflows, and 0 · ∞ must not become NaN.
+        let w = auto_weights(&[1.0, 0.0], &[10.0, 0.1], 0.01);
+        assert_eq!(w, [1.0, 0.0]);
+        let w = auto_weights(&[1.0, 0.0, 2.0], &[10.0, 0.1, 10.5], 0.01);
+        assert!(w.iter().all(|x| x.is_finite()), "{w:?}");
+        assert_eq!(w[1], 0.0);
+        assert!((w[0] + w[2] - 1.0).abs() < 1e-6, "{w:?}");
+        // Huge priors keep their proportions.
+        assert!(close(
+            &auto_weights(&[f32::MAX, f32::MAX / 3.0], &[0.4, 0.4], 0.1),
+            &[0.75, 0.25]
+        ));
     }
 
     #[test]
