@@ -725,7 +725,10 @@ fn sparse(mut top: Vec<(u32, f32)>) -> SparseLogits {
     // llama-server writes log(0) as the lowest float.
     top.retain(|&(_, lp)| lp.is_finite() && lp > -1e30);
     top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    top.dedup_by_key(|e| e.0);
+    // A server may list an id twice, not necessarily side by side: its most probable
+    // entry stands for it, so that its mass is counted once.
+    let mut seen = std::collections::HashSet::with_capacity(top.len());
+    top.retain(|e| seen.insert(e.0));
     let mass: f64 = top.iter().map(|&(_, lp)| f64::from(lp).exp()).sum();
     SparseLogits {
         top,
@@ -1058,6 +1061,20 @@ mod tests {
         assert!((s.rest - 0.3).abs() < 1e-5, "{}", s.rest);
         let s = sparse(vec![(1, 0.0), (2, f32::MIN)]);
         assert_eq!((s.top.len(), s.rest), (1, 0.0));
+    }
+
+    #[test]
+    fn a_repeated_id_counts_once_wherever_it_is_listed() {
+        // Id 2 twice with different log-probabilities and id 5 between them: the
+        // first, most probable, entry stands for it.
+        let s = sparse(vec![
+            (2, (0.3f32).ln()),
+            (5, (0.25f32).ln()),
+            (2, (0.2f32).ln()),
+        ]);
+        assert_eq!(s.top.iter().map(|e| e.0).collect::<Vec<_>>(), [2, 5]);
+        assert!((s.top[0].1 - 0.3f32.ln()).abs() < 1e-6);
+        assert!((s.rest - 0.45).abs() < 1e-5, "{}", s.rest);
     }
 
     #[test]
