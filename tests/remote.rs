@@ -20,6 +20,10 @@ use tutti::engine::{
 
 const TOKENS: usize = 24;
 
+/// How far a served member's top probabilities may lie from the exact ones at T = 1.5
+/// (the tail outside the top list is estimated; measured: within 25%).
+const TAIL_TOLERANCE: f32 = 0.3;
+
 fn build(specs: &[MemberSpec]) -> Ensemble {
     let mut b = Ensemble::builder().no_map_cache();
     for s in specs {
@@ -299,4 +303,59 @@ fn unreachable_server_is_a_clear_error() {
         msg.contains(&spec) && msg.contains("server running"),
         "{msg}"
     );
+}
+
+/// The first step's most probable candidates and their probabilities.
+fn first_alternatives(ens: &mut Ensemble, request: &Request) -> Vec<(Vec<u8>, f32)> {
+    let mut first = None;
+    let mut sink = |e: &Event| {
+        if let (Event::Step(s), None) = (e, &first) {
+            first = Some(
+                s.alternatives
+                    .iter()
+                    .map(|c| (c.bytes.clone(), c.prob))
+                    .collect(),
+            );
+        }
+        Flow::Continue
+    };
+    ens.generate(request, &mut sink)
+        .unwrap_or_else(|e| panic!("{e}"));
+    first.expect("a first step")
+}
+
+/// Above temperature 1, through the request's temperature or the member's own `:t=`, a
+/// served member's distribution follows the same model's exact tempered one in process:
+/// the mass outside the server's top list continues the list's decay instead of being
+/// spread over the whole vocabulary and flattened with it (which took the top
+/// probabilities to a half or a third of the exact ones).
+#[test]
+fn served_tails_above_temperature_one_follow_the_local_model() {
+    let server = ServerProc::solo(&["--name", "smol"]);
+    let served = remote(format!("openai+{}/v1#smol", server.base), SMOL);
+    for prompt in &PROMPTS[..4] {
+        for t in [1.5f32] {
+            for (member_t, request_t) in [(1.0, t), (t, 1.0)] {
+                let mut far = build(&[served.clone().temperature(member_t)]);
+                let mut near = build(&[local(SMOL).temperature(member_t)]);
+                let request = Request::raw(*prompt)
+                    .max_tokens(1)
+                    .alternatives(5)
+                    .sample(request_t, 1.0, 7);
+                let (got, want) = (
+                    first_alternatives(&mut far, &request),
+                    first_alternatives(&mut near, &request),
+                );
+                eprintln!("{prompt:?} T={t} member_t={member_t}: served {got:?}\n  local {want:?}");
+                assert_eq!(got[0].0, want[0].0, "{prompt:?} at {t}");
+                for ((gb, gp), (wb, wp)) in got.iter().zip(&want).take(3) {
+                    assert_eq!(gb, wb, "{prompt:?} at {t}");
+                    assert!(
+                        (gp - wp).abs() <= TAIL_TOLERANCE * wp,
+                        "{prompt:?} at {t} (member {member_t}): served {gp}, local {wp}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -74,10 +74,15 @@ impl<'a> Distribution<'a> {
     }
 }
 
-/// A distribution known by its head only ([`Logits::Sparse`]). Ids outside the head
-/// share the remaining mass evenly, each capped at the head's smallest probability (an
-/// id the server did not list cannot be likelier than one it did). A temperature other
-/// than 1 is applied to the head and to that even share, then renormalised.
+/// A distribution known by its head only ([`Logits::Sparse`]). At a temperature `T`
+/// every probability becomes `p^(1/T)`, renormalised; what the ids outside the head
+/// weigh then depends on how the remaining mass is spread among them, which the head
+/// does not say. It is modelled as continuing the head's own decay (see
+/// [`tail_mass`]): spreading it evenly over the whole vocabulary instead overstates it
+/// above `T = 1` many times (the head of a served member then all but vanishes from
+/// the ensemble), and keeping it as one token understates it. Each id outside the head
+/// gets an even share of the tempered tail, capped at the head's smallest probability
+/// (an id the server did not list cannot be likelier than one it did).
 pub struct SparseDist {
     probs: HashMap<u32, f32>,
     rest_each: f32,
@@ -86,33 +91,91 @@ pub struct SparseDist {
 impl SparseDist {
     pub fn new(s: &SparseLogits, width: usize, temperature: f32) -> SparseDist {
         let t = f64::from(temperature.max(1e-6));
-        let n_rest = width.saturating_sub(s.top.len()).max(1) as f64;
-        let floor = s
-            .top
-            .iter()
-            .map(|&(_, lp)| f64::from(lp).exp())
-            .fold(f64::INFINITY, f64::min);
-        let each = (f64::from(s.rest.max(0.0)) / n_rest).min(floor);
+        let n_rest = width.saturating_sub(s.top.len()).max(1);
+        let head: Vec<f64> = s.top.iter().map(|&(_, lp)| f64::from(lp).exp()).collect();
+        let rest = f64::from(s.rest.max(0.0));
+        let floor = head.iter().copied().fold(f64::INFINITY, f64::min);
         let q = |p: f64| if p > 0.0 { (p.ln() / t).exp() } else { 0.0 };
+        let (tail, each) = if t == 1.0 {
+            let each = (rest / n_rest as f64).min(floor);
+            (n_rest as f64 * each, each)
+        } else {
+            let tail = tail_mass(&head, rest, n_rest, 1.0 / t);
+            (tail, (tail / n_rest as f64).min(q(floor)))
+        };
         let head: Vec<(u32, f64)> = s
             .top
             .iter()
-            .map(|&(id, lp)| (id, q(f64::from(lp).exp())))
+            .zip(&head)
+            .map(|(&(id, _), &p)| (id, q(p)))
             .collect();
-        let rest_each = q(each);
-        let z = head.iter().map(|&(_, x)| x).sum::<f64>() + n_rest * rest_each;
+        let z = head.iter().map(|&(_, x)| x).sum::<f64>() + tail;
         let z = if z > 0.0 { z } else { 1.0 };
         SparseDist {
             probs: head
                 .into_iter()
                 .map(|(id, x)| (id, (x / z) as f32))
                 .collect(),
-            rest_each: (rest_each / z) as f32,
+            rest_each: (each / z) as f32,
         }
     }
 
     pub fn prob(&self, id: u32) -> f32 {
         self.probs.get(&id).copied().unwrap_or(self.rest_each)
+    }
+}
+
+/// `Σ p^a` over the ids outside a head (`head`: its probabilities, most probable
+/// first) that share the mass `rest`, `n_rest` of them: the tempered weight of the tail
+/// at `T = 1/a`. The tail is modelled as continuing the head's decay: a power law
+/// `p_k ∝ k^−α` in the rank `k`, its exponent fitted (least squares of log-probability
+/// on log-rank) on the head's ranks past the first quarter, where a language model's
+/// distribution is already close to one (`α = 1`, Zipf's, when the head is too short
+/// to fit), scaled so that ranks `len(head) + 1 ..= len(head) + n_rest` hold `rest`;
+/// sums over ranks are the power law's integrals. Measured on SmolLM2 over six prompts
+/// against the exact tempered distribution (top-20 heads): the top probabilities
+/// within 25% at `T = 1.5` and within a factor of 2 at `T = 2`, where an even spread
+/// of the tail gave a half to a fifth of them.
+pub fn tail_mass(head: &[f64], rest: f64, n_rest: usize, a: f64) -> f64 {
+    if rest <= 0.0 || n_rest == 0 {
+        return 0.0;
+    }
+    let n = head.len();
+    let ranks: Vec<(f64, f64)> = (n / 4 + 1..=n)
+        .filter(|&k| head[k - 1] > 0.0)
+        .map(|k| ((k as f64).ln(), head[k - 1].ln()))
+        .collect();
+    let alpha = if ranks.len() >= 3 {
+        let m = ranks.len() as f64;
+        let (mx, my) = (
+            ranks.iter().map(|r| r.0).sum::<f64>() / m,
+            ranks.iter().map(|r| r.1).sum::<f64>() / m,
+        );
+        let sxy: f64 = ranks.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+        let sxx: f64 = ranks.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+        if sxx > 0.0 {
+            (-sxy / sxx).clamp(0.0, 16.0)
+        } else {
+            1.0
+        }
+    } else {
+        1.0
+    };
+    let lo = n as f64 + 0.5;
+    let hi = lo + n_rest as f64;
+    let integral = |b: f64| {
+        if (b - 1.0).abs() < 1e-9 {
+            (hi / lo).ln()
+        } else {
+            (hi.powf(1.0 - b) - lo.powf(1.0 - b)) / (1.0 - b)
+        }
+    };
+    let scale = rest / integral(alpha);
+    let tail = scale.powf(a) * integral(alpha * a);
+    if tail.is_finite() {
+        tail
+    } else {
+        0.0
     }
 }
 
@@ -879,6 +942,32 @@ mod tests {
         // A lower temperature sharpens the head.
         let cold = SparseDist::new(&s, 12, 0.5);
         assert!(cold.prob(3) > 0.5 && cold.prob(7) < 0.02);
+    }
+
+    #[test]
+    fn a_tempered_head_keeps_its_share_of_a_power_law() {
+        // 1,000 ids with p_k ∝ k^−1.5, known by their top 20: at T = 1.5 the head's
+        // probabilities are those of the whole distribution, to the tail model's
+        // integral approximation; an even spread of the tail gave about half.
+        let raw: Vec<f64> = (1..=1000).map(|k| (k as f64).powf(-1.5)).collect();
+        let z: f64 = raw.iter().sum();
+        let p: Vec<f64> = raw.iter().map(|x| x / z).collect();
+        let s = SparseLogits {
+            top: (0..20).map(|i| (i as u32, p[i].ln() as f32)).collect(),
+            rest: p[20..].iter().sum::<f64>() as f32,
+        };
+        for t in [0.7f64, 1.5, 2.0] {
+            let zt: f64 = p.iter().map(|x| x.powf(1.0 / t)).sum();
+            let d = SparseDist::new(&s, 1000, t as f32);
+            for (i, &x) in p.iter().enumerate().take(5) {
+                let exact = x.powf(1.0 / t) / zt;
+                let got = f64::from(d.prob(i as u32));
+                assert!(
+                    (got - exact).abs() < 0.02 * exact,
+                    "T={t} #{i}: {got} vs {exact}"
+                );
+            }
+        }
     }
 
     #[test]
