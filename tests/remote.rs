@@ -359,3 +359,49 @@ fn served_tails_above_temperature_one_follow_the_local_model() {
         }
     }
 }
+
+/// `tutti serve` as a served member next to a local Gemma, on chat prompts where the
+/// served SmolLM2's greedy choice is end of text at some step with a probability under
+/// one half while the pair goes on: the pair must go on too (the server reports the
+/// end-of-text step with its distribution, and the member is not read as certain).
+#[test]
+fn tutti_serve_member_does_not_end_the_pair_early() {
+    use tutti::engine::{Message, Prompt};
+    let server = ServerProc::solo(&["--name", "smol"]);
+    let spec = remote(format!("openai+{}/v1#smol", server.base), SMOL);
+    let mut pair_remote = build(&[spec, local(GEMMA)]);
+    let mut pair_local = build(&[local(SMOL), local(GEMMA)]);
+    let mut smol = build(&[local(SMOL)]);
+    for p in ["What is 2 + 3?", "What is the capital of France?"] {
+        let prompt = Prompt::Chat(vec![Message::user(p)]);
+        let request = Request::chat(vec![Message::user(p)]).max_tokens(TOKENS);
+        let want = pair_local.generate_quiet(&request).unwrap();
+        // Where SmolLM2 alone would have ended the text, unsure, and the pair did not.
+        let head = pair_local.prompt_ids(0, &prompt).unwrap();
+        let smol_ids = &want.members[0].ids;
+        let unsure_end = (0..smol_ids.len()).find(|&k| {
+            let ctx = [head.as_slice(), &smol_ids[..k]].concat();
+            let mut first = None;
+            let mut sink = |e: &Event| {
+                if let (Event::Step(s), None) = (e, &first) {
+                    first = Some(s.chosen.clone());
+                }
+                Flow::Continue
+            };
+            let r = Request::ids(vec![ctx]).max_tokens(1);
+            smol.generate(&r, &mut sink).unwrap();
+            first.is_some_and(|c| c.eos && c.prob < 0.5)
+        });
+        assert!(
+            unsure_end.is_some(),
+            "{p:?}: no unsure end of text in {:?}",
+            want.text
+        );
+        let got = pair_remote.generate_quiet(&request).unwrap();
+        assert_eq!(
+            got.text, want.text,
+            "{p:?} (SmolLM2 unsure at {unsure_end:?})"
+        );
+        assert_eq!(ids(&got), ids(&want), "{p:?}");
+    }
+}

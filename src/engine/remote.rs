@@ -199,6 +199,7 @@ pub struct RemoteModel {
     /// The most the server returns (found at connect time or from its first refusal).
     cap: Option<usize>,
     warned_cap: bool,
+    warned_unreported_end: bool,
     ahead: Option<Ahead>,
     /// Present under `lookahead_auto`.
     planner: Option<LookaheadPlanner>,
@@ -380,6 +381,7 @@ impl RemoteModel {
             top_n: 10,
             cap: None,
             warned_cap: false,
+            warned_unreported_end: false,
             ahead: None,
             planner: None,
             round_trips: 0,
@@ -703,6 +705,33 @@ impl RemoteModel {
         }
     }
 
+    /// The distribution of a step the server ended without reporting it (a server that
+    /// leaves the end-of-text token out of its logprobs): end of text was its greedy
+    /// choice, but how sure it was is unknown. Counting it as certain would hand the
+    /// ensemble's choice to this member (under `mean` a certain end of text wins at
+    /// equal weights; under `product` it floors every other candidate), so the member
+    /// abstains instead: end of text is proposed at a uniform share and everything
+    /// else is the flat remainder, and the other members decide. A member alone ends
+    /// its text, as the server did.
+    fn unreported_end(&mut self) -> Result<Logits> {
+        let eos = self.tokenizer.eos_ids().first().copied().ok_or_else(|| {
+            self.err("the server reported no token and the tokenizer has no end-of-text id")
+        })?;
+        if !self.warned_unreported_end {
+            self.warned_unreported_end = true;
+            tracing::warn!(
+                "{}: the server ended a text without reporting the end-of-text token's \
+                 probability; this member abstains at such steps",
+                self.name
+            );
+        }
+        let share = 1.0 / self.width.max(1) as f32;
+        Ok(Logits::Sparse(Arc::new(SparseLogits {
+            top: vec![(eos, share.ln())],
+            rest: 1.0 - share,
+        })))
+    }
+
     fn exchange_counted(&mut self, url: &str, body: &Value) -> Result<Value> {
         self.call(url, Some(body))
     }
@@ -927,18 +956,8 @@ impl Backend for RemoteModel {
         if let (true, Some(p)) = (step_only, self.planner.as_mut()) {
             p.timed(lookahead, t0.elapsed().as_secs_f64() * 1e3);
         }
-        let eos = self.tokenizer.eos_ids().first().copied();
         if steps.is_empty() {
-            // The server ended the text at once without reporting the token (some
-            // servers leave the end-of-text token out of logprobs): end of text is its
-            // greedy choice, with unknown probability; it counts as certain.
-            let eos = eos.ok_or_else(|| {
-                self.err("the server reported no token and the tokenizer has no end-of-text id")
-            })?;
-            return Ok(Logits::Sparse(Arc::new(SparseLogits {
-                top: vec![(eos, 0.0)],
-                rest: 0.0,
-            })));
+            return self.unreported_end();
         }
         let tokens: Vec<u32> = steps.iter().map(|s| s.chosen).collect();
         let dists: Vec<Arc<SparseLogits>> =
