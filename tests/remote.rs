@@ -405,3 +405,215 @@ fn tutti_serve_member_does_not_end_the_pair_early() {
         assert_eq!(ids(&got), ids(&want), "{p:?}");
     }
 }
+
+/// A loopback HTTP proxy standing in for a busy server: it forwards every request to
+/// `backend`, except that it answers the next completion requests with 429 and a
+/// `Retry-After` while `throttle` says so, and it starts accepting connections only
+/// once `open` is set (until then its accept queue is kept full, so that a connection
+/// attempt times out).
+struct Proxy {
+    base: String,
+    /// Completion requests still to refuse, and the `Retry-After` seconds to send.
+    throttle: Arc<Mutex<(usize, u64)>>,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    /// When each completion request arrived, and the status it got.
+    seen: Arc<Mutex<Vec<(Instant, u16)>>>,
+    fillers: Mutex<Vec<std::net::TcpStream>>,
+}
+
+impl Proxy {
+    fn start(backend: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let proxy = Proxy {
+            base: format!("http://{addr}"),
+            throttle: Arc::new(Mutex::new((0, 0))),
+            open: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            seen: Arc::new(Mutex::new(Vec::new())),
+            fillers: Mutex::new(Vec::new()),
+        };
+        let (throttle, open, seen) = (
+            proxy.throttle.clone(),
+            proxy.open.clone(),
+            proxy.seen.clone(),
+        );
+        std::thread::spawn(move || loop {
+            if !open.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let (backend, throttle, seen) = (backend.clone(), throttle.clone(), seen.clone());
+            std::thread::spawn(move || forward(stream, &backend, &throttle, &seen));
+        });
+        proxy
+    }
+
+    /// Refuses the next `n` completion requests with `Retry-After: after`.
+    fn refuse(&self, n: usize, after: u64) {
+        *self.throttle.lock().unwrap() = (n, after);
+    }
+
+    /// Stops accepting and fills the accept queue, so that new connections time out.
+    fn close(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+        let addr: std::net::SocketAddr = self.base["http://".len()..].parse().unwrap();
+        let mut fillers = self.fillers.lock().unwrap();
+        for _ in 0..10_000 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => fillers.push(s),
+                Err(_) => return,
+            }
+        }
+        panic!("the accept queue never filled");
+    }
+
+    /// Accepts again (the queued fillers are read to their end and dropped).
+    fn reopen(&self) {
+        self.fillers.lock().unwrap().clear();
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Serves one request of `stream` (one per connection).
+fn forward(
+    mut stream: std::net::TcpStream,
+    backend: &str,
+    throttle: &Mutex<(usize, u64)>,
+    seen: &Mutex<Vec<(Instant, u16)>>,
+) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut words = head.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    if stream.read_exact(&mut body).is_err() {
+        return;
+    }
+    let completion = path.ends_with("/completions") || path.ends_with("/completion");
+    let refused = completion && {
+        let mut t = throttle.lock().unwrap();
+        let refuse = t.0 > 0;
+        t.0 = t.0.saturating_sub(1);
+        refuse.then_some(t.1)
+    }
+    .is_some();
+    let (status, extra, text) = if refused {
+        let after = throttle.lock().unwrap().1;
+        (
+            429,
+            format!("Retry-After: {after}\r\n"),
+            r#"{"error":{"message":"busy","type":"rate_limit_error"}}"#.to_string(),
+        )
+    } else {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let url = format!("{backend}{path}");
+        let answer = if method == "GET" {
+            agent.get(&url).call()
+        } else {
+            agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(&body[..])
+        };
+        let Ok(mut r) = answer else { return };
+        let status = r.status().as_u16();
+        (
+            status,
+            String::new(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        )
+    };
+    if completion {
+        seen.lock().unwrap().push((Instant::now(), status));
+    }
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n{extra}\r\n{text}",
+        text.len()
+    );
+}
+
+/// A 429 with `Retry-After` is retried after the wait the server asks for, and a
+/// connection attempt that times out is retried, both within the member's timeout; a
+/// wait past the timeout fails at once, saying so.
+#[test]
+fn throttled_and_unreachable_for_a_moment_servers_are_retried() {
+    let server = ServerProc::solo(&["--name", "smol"]);
+    let proxy = Arc::new(Proxy::start(server.base.clone()));
+    let spec =
+        remote(format!("openai+{}/v1#smol", proxy.base), SMOL).timeout(Duration::from_secs(30));
+    let mut ens = build(std::slice::from_ref(&spec));
+    let mut reference = build(&[local(SMOL)]);
+    let request = Request::raw(PROMPTS[0]).max_tokens(4);
+    let want = ids(&reference.generate_quiet(&request).unwrap());
+
+    proxy.seen.lock().unwrap().clear();
+    proxy.refuse(2, 1);
+    let g = ens
+        .generate_quiet(&request)
+        .unwrap_or_else(|e| panic!("two 429s are retried: {e}"));
+    assert_eq!(ids(&g), want);
+    let seen = std::mem::take(&mut *proxy.seen.lock().unwrap());
+    let statuses: Vec<u16> = seen.iter().map(|s| s.1).collect();
+    assert_eq!(&statuses[..3], [429, 429, 200], "{statuses:?}");
+    for w in seen[..3].windows(2) {
+        let gap = w[1].0 - w[0].0;
+        assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    }
+
+    // Retry-After beyond the member's timeout: no wait, a clear error.
+    proxy.refuse(1, 3600);
+    let t0 = Instant::now();
+    let e = ens
+        .generate_quiet(&request)
+        .expect_err("a wait past the deadline fails");
+    let msg = e.to_string();
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(msg.contains("429") && msg.contains("3600"), "{msg}");
+    proxy.refuse(0, 0);
+
+    // For six seconds new connections time out (the default connect timeout is five),
+    // then the server is back.
+    proxy.close();
+    let later = proxy.clone();
+    let reopen = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(6));
+        later.reopen();
+    });
+    let t0 = Instant::now();
+    let g = ens
+        .generate_quiet(&request)
+        .unwrap_or_else(|e| panic!("a connect timeout is retried: {e}"));
+    reopen.join().unwrap();
+    assert_eq!(ids(&g), want);
+    // Four steps, and at least one attempt that timed out while connecting.
+    assert!(
+        g.members[0].round_trips.is_some_and(|n| n > 4),
+        "{:?}",
+        g.members[0].round_trips
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(6), "{:?}", t0.elapsed());
+}
