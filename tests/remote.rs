@@ -418,6 +418,9 @@ struct Proxy {
     open: Arc<std::sync::atomic::AtomicBool>,
     /// When each completion request arrived, and the status it got.
     seen: Arc<Mutex<Vec<(Instant, u16)>>>,
+    /// Tokens (`token_id:<id>`) left out of every completion's logprobs, as a server
+    /// that does not report them would.
+    hidden: Arc<Mutex<Vec<String>>>,
     fillers: Mutex<Vec<std::net::TcpStream>>,
 }
 
@@ -430,12 +433,14 @@ impl Proxy {
             throttle: Arc::new(Mutex::new((0, 0))),
             open: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             seen: Arc::new(Mutex::new(Vec::new())),
+            hidden: Arc::new(Mutex::new(Vec::new())),
             fillers: Mutex::new(Vec::new()),
         };
-        let (throttle, open, seen) = (
+        let (throttle, open, seen, hidden) = (
             proxy.throttle.clone(),
             proxy.open.clone(),
             proxy.seen.clone(),
+            proxy.hidden.clone(),
         );
         std::thread::spawn(move || loop {
             if !open.load(std::sync::atomic::Ordering::SeqCst) {
@@ -446,7 +451,8 @@ impl Proxy {
                 return;
             };
             let (backend, throttle, seen) = (backend.clone(), throttle.clone(), seen.clone());
-            std::thread::spawn(move || forward(stream, &backend, &throttle, &seen));
+            let hidden = hidden.clone();
+            std::thread::spawn(move || forward(stream, &backend, &throttle, &seen, &hidden));
         });
         proxy
     }
@@ -484,6 +490,7 @@ fn forward(
     backend: &str,
     throttle: &Mutex<(usize, u64)>,
     seen: &Mutex<Vec<(Instant, u16)>>,
+    hidden: &Mutex<Vec<String>>,
 ) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -539,11 +546,12 @@ fn forward(
         };
         let Ok(mut r) = answer else { return };
         let status = r.status().as_u16();
-        (
-            status,
-            String::new(),
-            r.body_mut().read_to_string().unwrap_or_default(),
-        )
+        let mut text = r.body_mut().read_to_string().unwrap_or_default();
+        let hidden = hidden.lock().unwrap().clone();
+        if completion && !hidden.is_empty() {
+            text = hide_tokens(&text, &hidden);
+        }
+        (status, String::new(), text)
     };
     if completion {
         seen.lock().unwrap().push((Instant::now(), status));
@@ -554,6 +562,30 @@ fn forward(
          Connection: close\r\n{extra}\r\n{text}",
         text.len()
     );
+}
+
+/// A completions answer without the positions whose token is one of `hidden`.
+fn hide_tokens(answer: &str, hidden: &[String]) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(answer).unwrap();
+    let lp = &mut v["choices"][0]["logprobs"];
+    let keep: Vec<bool> = lp["tokens"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|x| !hidden.iter().any(|h| x == h.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for field in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+        if let Some(list) = lp[field].as_array_mut() {
+            let mut i = 0;
+            list.retain(|_| {
+                i += 1;
+                keep.get(i - 1).copied().unwrap_or(true)
+            });
+        }
+    }
+    v.to_string()
 }
 
 /// A 429 with `Retry-After` is retried after the wait the server asks for, and a
@@ -616,4 +648,36 @@ fn throttled_and_unreachable_for_a_moment_servers_are_retried() {
         g.members[0].round_trips
     );
     assert!(t0.elapsed() >= Duration::from_secs(6), "{:?}", t0.elapsed());
+}
+
+/// A server that leaves a winning end of text out of its logprobs (answers with no
+/// position and `finish_reason: stop`): the member abstains at that step instead of
+/// ending the text with certainty, so the pair goes on where the local pair does.
+#[test]
+fn a_server_hiding_its_end_of_text_does_not_end_the_pair() {
+    use tutti::engine::Message;
+    let server = ServerProc::solo(&["--name", "smol"]);
+    let proxy = Proxy::start(server.base.clone());
+    let spec = remote(format!("openai+{}/v1#smol", proxy.base), SMOL);
+    let mut pair_remote = build(&[spec, local(GEMMA)]);
+    let mut pair_local = build(&[local(SMOL), local(GEMMA)]);
+    *proxy.hidden.lock().unwrap() = pair_local.members()[0]
+        .vocab()
+        .eos_ids()
+        .iter()
+        .map(|id| format!("token_id:{id}"))
+        .collect();
+    // SmolLM2 alone ends this answer after "5", unsure (see
+    // `tutti_serve_member_does_not_end_the_pair_early`); the pair goes on.
+    let request = Request::chat(vec![Message::user("What is 2 + 3?")]).max_tokens(TOKENS);
+    let want = pair_local.generate_quiet(&request).unwrap();
+    let got = pair_remote.generate_quiet(&request).unwrap();
+    let unsure = "\n\n2 + 3 = 5";
+    assert!(want.text.len() > unsure.len(), "{:?}", want.text);
+    assert!(
+        got.text.starts_with(unsure) && got.text.len() > unsure.len(),
+        "{:?} against the local pair's {:?}",
+        got.text,
+        want.text
+    );
 }
