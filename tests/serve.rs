@@ -438,6 +438,57 @@ fn greedy_through_the_server_equals_tutti_generate() {
     compare(&served, &generate(PROMPT, true), "text");
 }
 
+/// Auto weights from the second request on: the server holds the prompts' shared
+/// template header from the request before, and each request must still be weighted
+/// as a fresh `tutti generate --weights auto` run weights it.
+#[test]
+fn auto_weights_through_the_server_equal_fresh_runs() {
+    let s = ServerProc::pair(&["--name", "pair", "--weights", "auto"]);
+    let (a, b) = (demo(SMOL), demo(GEMMA));
+    let weights_of = |v: &Value| -> Vec<f64> {
+        v["members"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no members in {v}"))
+            .iter()
+            .map(|m| m["weight"].as_f64().unwrap())
+            .collect()
+    };
+    for p in [
+        "Name a color.",
+        "What is the capital of Italy?",
+        "Write one word that rhymes with cat.",
+    ] {
+        let served = ok(&post(
+            &s.url("/v1/chat/completions"),
+            &json!({"model": "pair", "messages": [{"role": "user", "content": p}],
+                    "max_tokens": 2, "temperature": 0}),
+        ));
+        let out = Command::new(env!("CARGO_BIN_EXE_tutti"))
+            .args(["generate", "-m", &a, "-m", &b, "--weights", "auto"])
+            .args(["--greedy", "--max-tokens", "2", "--json", "-q", p])
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let fresh: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (got, want) = (weights_of(&served["tutti"]), weights_of(&fresh));
+        assert!(
+            want.iter().all(|&w| w > 0.0 && w < 1.0),
+            "{p:?}: fresh weights {want:?}"
+        );
+        assert_eq!(got, want, "{p:?}: served {got:?}, fresh {want:?}");
+    }
+    assert!(
+        !s.stderr_text().contains("cannot score its prompt"),
+        "{}",
+        s.stderr_text()
+    );
+}
+
 /// A one-member server: API keys, token-id prompts, and tokens as `token_id:<id>`.
 #[test]
 fn solo_server_keys_token_ids_and_token_id_logprobs() {

@@ -495,7 +495,11 @@ impl Request {
     }
 }
 
-/// Checks a weight vector: finite, non-negative, not all zero.
+/// The largest weight accepted: weights are relative, and a cap far below `f32::MAX`
+/// keeps their sums and products finite.
+pub const MAX_WEIGHT: f32 = 1e6;
+
+/// Checks a weight vector: finite, non-negative, at most [`MAX_WEIGHT`], not all zero.
 pub fn validate_weights(weights: &[f32]) -> Result<()> {
     let bad = |reason: &str| EngineError::BadWeights {
         weights: weights.to_vec(),
@@ -506,6 +510,11 @@ pub fn validate_weights(weights: &[f32]) -> Result<()> {
     }
     if weights.iter().any(|&w| w < 0.0) {
         return Err(bad("weights must not be negative"));
+    }
+    if weights.iter().any(|&w| w > MAX_WEIGHT) {
+        return Err(bad(&format!(
+            "weights must be at most {MAX_WEIGHT} (only their ratios count)"
+        )));
     }
     if !weights.is_empty() && weights.iter().all(|&w| w == 0.0) {
         return Err(bad("at least one weight must be positive"));
@@ -527,6 +536,12 @@ mod tests {
             Err(EngineError::BadTopK(0))
         ));
         assert!(Request::raw("  ").validate().is_err());
+        // Weights whose sum overflows an f32 are refused with the reason.
+        let huge = validate_weights(&[f32::MAX, f32::MAX])
+            .unwrap_err()
+            .to_string();
+        assert!(huge.contains("at most"), "{huge}");
+        assert!(validate_weights(&[MAX_WEIGHT, 1.0]).is_ok());
         assert!(Request::raw("a").sample(0.0, 1.0, 1).validate().is_err());
         assert!(Request::raw("a").sample(0.7, 1.5, 1).validate().is_err());
         assert!(Request::raw("a")

@@ -107,8 +107,8 @@ impl Default for ServeOptions {
 struct AppState {
     engine: Engine,
     members: Arc<[MemberInfo]>,
-    /// End-of-sequence text of each member (how an EOS candidate is shown).
-    eos_texts: Vec<String>,
+    /// End-of-sequence text and id of each member (how an EOS candidate is shown).
+    eos_texts: Vec<(String, Option<u32>)>,
     limits: Limits,
     served: Vec<String>,
     /// SHA-256 of the API key: compared in constant time with the hash of the one sent.
@@ -154,11 +154,11 @@ impl Server {
             .members()
             .iter()
             .map(|m| {
-                m.vocab()
-                    .eos_ids()
-                    .first()
-                    .and_then(|&id| m.tokenizer().decode(&[id], false).ok())
-                    .unwrap_or_default()
+                let id = m.vocab().eos_ids().first().copied();
+                let text = id
+                    .and_then(|id| m.tokenizer().decode(&[id], false).ok())
+                    .unwrap_or_default();
+                (text, id)
             })
             .collect();
         let name = options.name.clone().unwrap_or_else(|| {
