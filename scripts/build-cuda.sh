@@ -57,6 +57,9 @@ done
 PYTHON="${PYTHON:-python3}"
 JOBS="${JOBS:-2}"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+# The caller's own target dir (or none), for the CPU-side helper scripts below: they
+# build a debug `tutti`, which belongs with the CPU build rather than in the CUDA dir.
+CALLER_TARGET_DIR="${CARGO_TARGET_DIR-}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/cuda}"
 DIST="$CARGO_TARGET_DIR/dist"
 WHL="$ROOT/.whl/cuda-13.0"
@@ -202,7 +205,17 @@ fi
 # SmolLM2's tokenizer: the default shared tokenizer of `bench speed`'s random members
 # (found there by the binaries when run from the repository root).
 t="$ROOT/models-cache/tokenizers/smollm2/tokenizer.json"
-[ -f "$t" ] || "$ROOT/scripts/fetch-tokenizers.sh" >&2
+if [ ! -f "$t" ]; then
+  log "fetching the demo models and tokenizers (SmolLM2's tokenizer comes from its GGUF)"
+  # With the caller's target dir: the export builds a CPU `tutti` (debug), not the CUDA one.
+  (
+    if [ -n "$CALLER_TARGET_DIR" ]; then export CARGO_TARGET_DIR="$CALLER_TARGET_DIR"; else unset CARGO_TARGET_DIR; fi
+    unset CUDA_COMPUTE_CAP CUDARC_CUDA_VERSION
+    "$ROOT/scripts/fetch-models.sh" >&2
+    "$ROOT/scripts/fetch-tokenizers.sh" >&2
+  ) || die "fetching the tokenizer of bench speed's random members failed (log above)"
+fi
+[ -f "$t" ] || die "$t is missing after scripts/fetch-tokenizers.sh"
 cp "$t" "$DIST/smollm2-tokenizer.json"
 
 cat >"$DIST/run.sh" <<'EOF'

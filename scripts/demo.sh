@@ -9,8 +9,8 @@ cd "$ROOT"
 scripts/fetch-models.sh >&2
 PROMPT="${1:-The capital of France is}"
 shift || true
-cargo build --release --quiet
-exec target/release/tutti generate \
+TUTTI="$(scripts/cargo-bin.sh --release tutti)"
+exec "$TUTTI" generate \
   -m models-cache/SmolLM2-135M-Instruct.Q4_1.gguf \
   -m models-cache/gemma-3-270m-q4_k_m.gguf \
   --raw --greedy --max-tokens 48 "$@" "$PROMPT"

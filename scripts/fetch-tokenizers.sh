@@ -10,7 +10,8 @@
 #   smollm2: no registry package ships it, but the SmolLM2 GGUF that
 #     scripts/fetch-models.sh brings embeds its vocabulary: `tutti tokenize --export`
 #     writes it out as a tokenizer folder (built here in the debug profile, which the
-#     test suite builds anyway). tests check it against llama.cpp's tokenization.
+#     test suite builds anyway, wherever CARGO_TARGET_DIR points). tests check it
+#     against llama.cpp's tokenization.
 # Idempotent: a tokenizer.json already present (valid JSON) is kept.
 set -euo pipefail
 
@@ -56,9 +57,11 @@ from_gguf() {
   local name="$1" dest="$2" gguf="$3"
   [ -f "$gguf" ] || { warn "$name: $gguf not found; run scripts/fetch-models.sh first"; return 1; }
   log "$name: building tutti (debug) to export the tokenizer of $(basename "$gguf")"
-  (cd "$ROOT" && cargo build --quiet --bin tutti) || { warn "$name: cargo build failed"; return 1; }
-  "$ROOT/target/debug/tutti" tokenize -m "$gguf" --export "$dest" ||
-    { warn "$name: tutti tokenize --export failed"; return 1; }
+  local tutti
+  tutti="$("$ROOT/scripts/cargo-bin.sh" tutti)" || { warn "$name: cargo build failed"; return 1; }
+  log "$name: running $tutti"
+  "$tutti" tokenize -m "$gguf" --export "$dest" ||
+    { warn "$name: $tutti tokenize --export failed"; return 1; }
   log "$name: exported from $(basename "$gguf")"
 }
 

@@ -7,6 +7,9 @@
 #   PROGRAM: llama-server (default; the remote-member tests use it) or llama-bench
 #   (scripts/speed-vs-llamacpp.sh uses it). Both come from one configured build tree.
 # Environment: LLAMA_SERVER_JOBS (default 2) parallel compile jobs.
+#   LLAMA_CPU=native (default) builds for this CPU (GGML_NATIVE=ON, what users get);
+#   LLAMA_CPU=avx2 builds for AVX2/FMA/F16C only (GGML_NATIVE=OFF) into build-avx2/, as a
+#   laptop without AVX-512 would run it.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,7 +20,15 @@ case "$PROGRAM" in
   llama-server|llama-bench) ;;
   *) echo "scripts/llama-server.sh: unknown program \`$PROGRAM\`; use llama-server or llama-bench" >&2; exit 2 ;;
 esac
-BIN="$DIR/build/bin/$PROGRAM"
+CPU_SET="${LLAMA_CPU:-native}"
+case "$CPU_SET" in
+  native) BUILD="$DIR/build"; CPU_FLAGS=(-DGGML_NATIVE=ON) ;;
+  avx2) BUILD="$DIR/build-avx2"
+    CPU_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+      -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF) ;;
+  *) echo "scripts/llama-server.sh: unknown LLAMA_CPU \`$CPU_SET\`; use native or avx2" >&2; exit 2 ;;
+esac
+BIN="$BUILD/bin/$PROGRAM"
 JOBS="${LLAMA_SERVER_JOBS:-2}"
 
 log() { echo "[llama-server] $*" >&2; }
@@ -55,16 +66,16 @@ if [ ! -f "$SRC/CMakeLists.txt" ]; then
   tar -xzf "$DIR/llama_cpp_python-$VERSION.tar.gz" -C "$DIR"
 fi
 
-if [ ! -f "$DIR/build/CMakeCache.txt" ]; then
-  log "configuring (Release, CPU only)"
-  nice -n 10 "$CMAKE" -S "$SRC" -B "$DIR/build" -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
+if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+  log "configuring (Release, CPU only, $CPU_SET)"
+  nice -n 10 "$CMAKE" -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
+    "${CPU_FLAGS[@]}" -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
 fi
 log "building target $PROGRAM with $JOBS jobs"
 start=$(date +%s)
-nice -n 10 "$CMAKE" --build "$DIR/build" --target "$PROGRAM" -j "$JOBS" >&2
+nice -n 10 "$CMAKE" --build "$BUILD" --target "$PROGRAM" -j "$JOBS" >&2
 log "built in $(( $(date +%s) - start ))s"
 test -x "$BIN"
 echo "$BIN"

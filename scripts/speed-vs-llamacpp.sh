@@ -29,7 +29,7 @@ if [ ${#MODELS[@]} -eq 0 ]; then
 fi
 
 echo "[speed] building tutti (release)" >&2
-cargo build --release --quiet --bin tutti
+TUTTI="$(scripts/cargo-bin.sh --release tutti)"
 LLAMA_BENCH="$(scripts/llama-server.sh llama-bench)"
-exec python3 scripts/speed_vs_llamacpp.py --tutti target/release/tutti \
+exec python3 scripts/speed_vs_llamacpp.py --tutti "$TUTTI" \
   --llama-bench "$LLAMA_BENCH" "${ARGS[@]}" "${MODELS[@]}"

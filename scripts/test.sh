@@ -26,6 +26,8 @@ trap 'kill -- -"$LLAMA_BUILD" 2>/dev/null || true' EXIT
 phase "fetching demo models and tokenizers"
 scripts/fetch-models.sh
 scripts/fetch-tokenizers.sh
+phase "scripts find the binary they build under a custom CARGO_TARGET_DIR"
+scripts/check-target-dir.sh
 phase "the openai SDK venv for the server tests"
 scripts/openai-venv.sh
 
@@ -53,5 +55,9 @@ if ! wait "$LLAMA_BUILD"; then
 fi
 
 phase "cargo test --workspace"
-cargo test --workspace --all-targets "$@"
+# Every target runs even when one fails, so that one run shows every failure; the exit
+# status stays non-zero.
+FAIL_FAST=(--no-fail-fast)
+for a in "$@"; do [ "$a" = --no-fail-fast ] && FAIL_FAST=(); done
+cargo test --workspace --all-targets "${FAIL_FAST[@]}" "$@"
 phase "every check and test passed"

@@ -115,6 +115,7 @@ pub fn serve_request(data: &[u8]) -> Outcome {
         name: "pair".into(),
         template: Request::raw(""),
         max_tokens_cap: 64,
+        seeds: Default::default(),
     };
     let call = api::parse(body, endpoint, &limits, &members).map_err(|e| format!("{e:?}"))?;
     api::encode(call, &members)

@@ -22,6 +22,7 @@
 pub mod align;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod durable;
 pub mod engine;
 pub mod fuzz;
 pub mod route;

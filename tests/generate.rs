@@ -292,3 +292,47 @@ fn cli_empty_prompt_and_bad_device_are_clear_errors() {
         assert!(err.contains("--features cuda"), "{err}");
     }
 }
+
+/// A relrep pair without a full map prepares its alignment once: the first run stores
+/// the preparation in the map cache, the second loads it (and says so) and decodes the
+/// same tokens. (The times are printed: on a loaded machine they say little.)
+#[test]
+fn cli_relrep_preparation_is_cached_between_runs() {
+    let cache = std::env::temp_dir().join(format!("tutti-relrep-prep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let (smol, gemma) = (demo(SMOL), demo(GEMMA));
+    let run = || {
+        let t0 = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_tutti"))
+            .args(["generate", "-m", &smol, "-m", &gemma, "--align", "relrep"])
+            .args(["--raw", "--greedy", "--max-tokens", "4", "--json", PROMPT])
+            .env("TUTTI_CACHE", &cache)
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let seconds = t0.elapsed().as_secs_f64();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v, log, seconds)
+    };
+    let (first, log1, s1) = run();
+    let (second, log2, s2) = run();
+    eprintln!("relrep runs: {s1:.1} s, then {s2:.1} s");
+    assert_eq!(
+        log1.matches("relrep prepared and its preparation cached")
+            .count(),
+        2,
+        "{log1}"
+    );
+    assert_eq!(
+        log2.matches("relrep preparation loaded from the cache")
+            .count(),
+        2,
+        "{log2}"
+    );
+    assert_eq!(first["text"], second["text"]);
+    assert_eq!(first["ids"], second["ids"]);
+    let _ = std::fs::remove_dir_all(&cache);
+}

@@ -337,3 +337,32 @@ fn bad_policies_are_one_clear_error() {
         "--mode route",
     );
 }
+
+/// Under sampling, each answer of a route draws with its own seed: the same question
+/// asked twice gives two draws, not one draw repeated; and a rerun with the same base
+/// seed gives the same answers again.
+#[test]
+fn sampled_route_answers_draw_their_own_seeds() {
+    use tutti::engine::{Ensemble, MemberSpec, Request};
+    use tutti::route::{RouteContext, RouteQuestion};
+    let mut ens = Ensemble::builder()
+        .member(MemberSpec::new(model("SmolLM2-135M-Instruct.Q4_1.gguf")))
+        .build()
+        .unwrap();
+    let mut base = Request::raw("").sample(1.5, 1.0, 11);
+    base.max_tokens = 16;
+    let q = RouteQuestion::chat("Write a sentence about the sea.");
+    let answers = |ens: &mut Ensemble| {
+        let mut ctx = RouteContext::new(ens, base.clone(), None).unwrap();
+        let a = ctx.answer(&q, None, 0).unwrap().text;
+        let b = ctx.answer(&q, None, 0).unwrap().text;
+        (a, b)
+    };
+    let (a, b) = answers(&mut ens);
+    assert_ne!(a, b, "two sampled answers to one question were one draw");
+    assert_eq!(
+        answers(&mut ens),
+        (a, b),
+        "the same base seed gives the same route"
+    );
+}

@@ -438,6 +438,57 @@ fn greedy_through_the_server_equals_tutti_generate() {
     compare(&served, &generate(PROMPT, true), "text");
 }
 
+/// Auto weights from the second request on: the server holds the prompts' shared
+/// template header from the request before, and each request must still be weighted
+/// as a fresh `tutti generate --weights auto` run weights it.
+#[test]
+fn auto_weights_through_the_server_equal_fresh_runs() {
+    let s = ServerProc::pair(&["--name", "pair", "--weights", "auto"]);
+    let (a, b) = (demo(SMOL), demo(GEMMA));
+    let weights_of = |v: &Value| -> Vec<f64> {
+        v["members"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no members in {v}"))
+            .iter()
+            .map(|m| m["weight"].as_f64().unwrap())
+            .collect()
+    };
+    for p in [
+        "Name a color.",
+        "What is the capital of Italy?",
+        "Write one word that rhymes with cat.",
+    ] {
+        let served = ok(&post(
+            &s.url("/v1/chat/completions"),
+            &json!({"model": "pair", "messages": [{"role": "user", "content": p}],
+                    "max_tokens": 2, "temperature": 0}),
+        ));
+        let out = Command::new(env!("CARGO_BIN_EXE_tutti"))
+            .args(["generate", "-m", &a, "-m", &b, "--weights", "auto"])
+            .args(["--greedy", "--max-tokens", "2", "--json", "-q", p])
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let fresh: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (got, want) = (weights_of(&served["tutti"]), weights_of(&fresh));
+        assert!(
+            want.iter().all(|&w| w > 0.0 && w < 1.0),
+            "{p:?}: fresh weights {want:?}"
+        );
+        assert_eq!(got, want, "{p:?}: served {got:?}, fresh {want:?}");
+    }
+    assert!(
+        !s.stderr_text().contains("cannot score its prompt"),
+        "{}",
+        s.stderr_text()
+    );
+}
+
 /// A one-member server: API keys, token-id prompts, and tokens as `token_id:<id>`.
 #[test]
 fn solo_server_keys_token_ids_and_token_id_logprobs() {
@@ -769,4 +820,373 @@ fn sigterm_lets_the_running_request_finish_and_exits_zero() {
             .is_err(),
         "the port still answers"
     );
+}
+
+/// A server started with `--temperature` and no `--seed` gives each seedless request a
+/// draw of its own; a request's `seed` still makes its sample reproducible.
+#[test]
+fn seedless_requests_draw_their_own_samples_under_a_server_temperature() {
+    let s = ServerProc::solo(&["--temperature", "1.5"]);
+    let url = s.url("/v1/completions");
+    let draw = |extra: Value| {
+        let mut body = json!({"prompt": PROMPT, "max_tokens": 12});
+        merge(&mut body, extra);
+        let c = ok(&post(&url, &body));
+        c["tutti"]["members"][0]["ids"].clone()
+    };
+    let seedless: Vec<Value> = (0..3).map(|_| draw(json!({}))).collect();
+    assert!(
+        seedless.iter().any(|d| *d != seedless[0]),
+        "three seedless requests drew one sample: {seedless:?}"
+    );
+    assert_eq!(
+        draw(json!({"seed": 3})),
+        draw(json!({"seed": 3})),
+        "a seed makes the draw reproducible"
+    );
+}
+
+/// A folder model whose chat template refuses some conversations: the tiny Gemma 3
+/// fixture with Gemma 3's tokenizer and template (roles must alternate).
+fn refusing_template_model() -> String {
+    let dir = std::env::temp_dir().join(format!("tutti-serve-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(root.join("tests/fixtures/tiny/gemma3").join(f), dir.join(f)).unwrap();
+    }
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        let from = root.join("models-cache/tokenizers/gemma3").join(f);
+        assert!(
+            from.exists(),
+            "{} is missing: run scripts/fetch-tokenizers.sh",
+            from.display()
+        );
+        std::fs::copy(from, dir.join(f)).unwrap();
+    }
+    dir.display().to_string()
+}
+
+/// What the client got wrong is a 400 `invalid_request_error` (SDKs retry 5xx): a chat
+/// template's `raise_exception`; a wrong method is a 405 with the OpenAI error object.
+#[test]
+fn client_errors_are_400_and_wrong_methods_405_with_an_error_object() {
+    let model = refusing_template_model();
+    let s = ServerProc::start(&["-m", &model], &[]);
+    let chat = s.url("/v1/chat/completions");
+    let e = post(
+        &chat,
+        &json!({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+                "max_tokens": 1}),
+    )
+    .error(400);
+    assert_eq!(e["type"], "invalid_request_error", "{e}");
+    assert_eq!(e["param"], "messages", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("alternate"),
+        "the template's own words: {e}"
+    );
+    // Wrong methods.
+    let e = get(&s.url("/v1/completions"), None).error(405);
+    assert_eq!(e["type"], "invalid_request_error", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("POST"), "{e}");
+    get(&chat, None).error(405);
+    let e = post(&s.url("/v1/models"), &json!({})).error(405);
+    assert!(e["message"].as_str().unwrap().contains("GET"), "{e}");
+    post(&s.url("/health"), &json!({})).error(405);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&model);
+}
+
+/// Prometheus text value of `name` (a metric without labels).
+fn metric(s: &ServerProc, name: &str) -> f64 {
+    let text = get(&s.url("/metrics"), None).body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// With the queue full, a request is refused before its body is read: a client that
+/// announces a body and never sends it still gets its 429 at once.
+#[test]
+fn a_full_queue_answers_429_before_reading_the_body() {
+    let s = ServerProc::solo(&["--queue", "1"]);
+    let long = json!({"prompt": "1, 2, 3, 4, 5,", "max_tokens": 2000, "temperature": 0,
+                      "stream": true, "tutti": {"top_k": 1}});
+    // One request runs, one waits.
+    let mut running = raw_stream(&s.base, &long);
+    next_data(&mut running);
+    let mut waiting = raw_stream(&s.base, &long);
+    let mut status = String::new();
+    waiting.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(metric(&s, "tutti_queue_depth"), 1.0);
+    // Headers announcing a large body, and no body.
+    let addr = s.base.trim_start_matches("http://");
+    let mut sock = TcpStream::connect(addr).unwrap();
+    write!(
+        sock,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reply = BufReader::new(sock);
+    let mut status = String::new();
+    reply
+        .read_line(&mut status)
+        .expect("no answer while the body was still missing");
+    assert!(status.starts_with("HTTP/1.1 429"), "{status}");
+}
+
+/// A second SIGTERM (or Ctrl-C) during the drain ends the server at once.
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let mut s = ServerProc::solo(&["--drain-seconds", "600"]);
+    let long = json!({"prompt": "1, 2, 3, 4, 5,", "max_tokens": 4000, "temperature": 0,
+                      "stream": true, "tutti": {"top_k": 1}});
+    let mut running = raw_stream(&s.base, &long);
+    next_data(&mut running);
+    let pid = s.child.id().to_string();
+    let term = || {
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    term();
+    // The first signal drains: the request goes on.
+    for _ in 0..3 {
+        next_data(&mut running);
+    }
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "exited while draining"
+    );
+    term();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still running 5 s after the second SIGTERM:\n{}",
+            s.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        !status.success(),
+        "an interrupted drain is not a clean exit"
+    );
+}
+
+/// `--api-key-file` reads the key from a file (nothing in `ps`); a key given on the
+/// command line works but is warned about; an empty key file is refused.
+#[test]
+fn api_key_file_and_a_warning_for_a_key_on_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("tutti-serve-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("key");
+    std::fs::write(&file, "s3cret-from-file\n").unwrap();
+    let key_file = file.display().to_string();
+    let s = ServerProc::solo(&["--api-key-file", &key_file]);
+    let models = s.url("/v1/models");
+    assert_eq!(get(&models, None).status, 401);
+    assert_eq!(get(&models, Some("s3cret-from-file")).status, 200);
+    assert!(
+        !s.stderr_text().contains("--api-key-file"),
+        "no warning for a key file:\n{}",
+        s.stderr_text()
+    );
+    drop(s);
+
+    let s = ServerProc::solo(&["--api-key", "on-the-command-line"]);
+    assert_eq!(
+        get(&s.url("/v1/models"), Some("on-the-command-line")).status,
+        200
+    );
+    let log = s.stderr_text();
+    assert!(
+        log.contains("--api-key-file") && log.contains("process list"),
+        "no warning for a key on the command line:\n{log}"
+    );
+    drop(s);
+
+    std::fs::write(&file, "  \n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tutti"))
+        .args([
+            "serve",
+            "-m",
+            &demo(SMOL),
+            "--port",
+            "0",
+            "--api-key-file",
+            &key_file,
+        ])
+        .env_remove("TUTTI_API_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("empty") && err.contains(&key_file), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tutti"))
+        .args(["serve", "-m", &demo(SMOL), "--port", "0"])
+        .args(["--api-key-file", &key_file, "--api-key", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "both ways to give a key at once");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Serves `ens` in this process on a loopback port while `f` runs with its base URL.
+fn serve_in_process<T>(ens: tutti::Ensemble, f: impl FnOnce(&str) -> T) -> T {
+    serve_in_process_with(ens, tutti::serve::ServeOptions::default(), f).0
+}
+
+/// [`serve_in_process`] with `options` (the port is always a free one); also returns
+/// how long the server took to stop once `f` had returned.
+fn serve_in_process_with<T>(
+    ens: tutti::Ensemble,
+    options: tutti::serve::ServeOptions,
+    f: impl FnOnce(&str) -> T,
+) -> (T, Duration) {
+    use tutti::serve::{ServeOptions, Server};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let options = ServeOptions { port: 0, ..options };
+    let server = rt.block_on(Server::bind(ens, options)).unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = rt.spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let out = f(&base);
+    let t0 = Instant::now();
+    let _ = stop.send(());
+    rt.block_on(running).unwrap().unwrap();
+    let took = t0.elapsed();
+    // An engine thread still in a step is left behind, not waited for.
+    rt.shutdown_background();
+    (out, took)
+}
+
+/// A member whose forwards stall once `stall` is set (a served member that stopped
+/// answering), around a real local model.
+struct Stalling {
+    inner: tutti::engine::LocalModel,
+    stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tutti::engine::Backend for Stalling {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn tokenizer(&self) -> &tutti::models::ModelTokenizer {
+        self.inner.tokenizer()
+    }
+    fn logit_width(&self) -> usize {
+        self.inner.logit_width()
+    }
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
+    fn forward(
+        &mut self,
+        context: &[u32],
+        cached: usize,
+    ) -> tutti::engine::Result<tutti::engine::Logits> {
+        if self.stall.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        self.inner.forward(context, cached)
+    }
+    fn uses_host_cpu(&self) -> bool {
+        self.inner.uses_host_cpu()
+    }
+    fn device_name(&self) -> String {
+        self.inner.device_name()
+    }
+}
+
+/// After a shutdown, the server stops within the drain time plus its grace periods even
+/// when the engine thread hangs in a step: it does not wait for that step to end.
+#[test]
+fn shutdown_does_not_wait_for_a_hung_step_past_the_drain_time() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stall = Arc::new(AtomicBool::new(false));
+    let model = tutti::models::Model::load(&demo(SMOL), &Default::default()).unwrap();
+    let backend = Stalling {
+        inner: tutti::engine::LocalModel::new(model),
+        stall: stall.clone(),
+    };
+    let ens = tutti::Ensemble::builder()
+        .backend(Box::new(backend), 1.0)
+        .build()
+        .unwrap();
+    let options = tutti::serve::ServeOptions {
+        drain: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let ((), took) = serve_in_process_with(ens, options, |base| {
+        let body = json!({"prompt": PROMPT, "max_tokens": 200, "temperature": 0,
+                          "stream": true, "tutti": {"top_k": 1}});
+        let mut running = raw_stream(base, &body);
+        next_data(&mut running);
+        stall.store(true, Ordering::SeqCst);
+        // The engine is now inside a step that lasts a minute; the client stays.
+        std::mem::forget(running);
+    });
+    eprintln!(
+        "stopped {:.1} s after the shutdown signal",
+        took.as_secs_f64()
+    );
+    // 1 s of drain, at most 10 s for the connections, at most 10 s for the engine.
+    assert!(
+        took < Duration::from_secs(40),
+        "the server waited {took:?} for a hung step"
+    );
+}
+
+/// A panic part-way through a member's layers (injected by the test) answers 500, and
+/// the next request is answered exactly as by a fresh server: no KV row the failed
+/// forward left in the first layers' caches is attended to.
+#[test]
+fn a_caught_panic_leaves_no_stale_kv_rows() {
+    use tutti::engine::{Ensemble, MemberSpec};
+    let build = || {
+        Ensemble::builder()
+            .member(MemberSpec::new(demo(SMOL)))
+            .build()
+            .unwrap()
+    };
+    let body = json!({"prompt": PROMPT, "max_tokens": 6, "temperature": 0, "logprobs": 3});
+    let reference = serve_in_process(build(), |base| {
+        ok(&post(&format!("{base}/v1/completions"), &body))
+    });
+    let mut ens = build();
+    ens.members_mut()[0]
+        .model_mut()
+        .unwrap()
+        .lm
+        .inject_panic_after_layer(5);
+    serve_in_process(ens, |base| {
+        let url = format!("{base}/v1/completions");
+        let failed = post(
+            &url,
+            &json!({"prompt": "Once upon a time, in a land far away, there lived a",
+                    "max_tokens": 2, "temperature": 0}),
+        );
+        failed.error(500);
+        let after = ok(&post(&url, &body));
+        assert_eq!(after["choices"], reference["choices"]);
+        let again = ok(&post(&url, &body));
+        assert_eq!(again["choices"], reference["choices"]);
+    });
 }

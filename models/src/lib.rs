@@ -11,6 +11,7 @@
 mod chat;
 pub mod config;
 pub mod device;
+pub mod durable;
 pub(crate) mod error;
 pub mod fuzz;
 mod ggml;
@@ -55,6 +56,11 @@ pub trait CausalLm: Send {
     fn reset(&mut self) {
         self.truncate(0)
     }
+    /// For tests of the callers' recovery: the next forward panics right after layer
+    /// `layer` has appended its rows to its KV cache, leaving the caches of the layers
+    /// before it longer than [`CausalLm::position`]. Models without layers ignore it.
+    #[doc(hidden)]
+    fn inject_panic_after_layer(&mut self, _layer: usize) {}
     /// Width of the logits (may differ from the tokenizer's size).
     fn vocab_size(&self) -> usize;
     fn device(&self) -> &Device;

@@ -304,8 +304,9 @@ impl ModelTokenizer {
     /// `tokenizer_config.json` (BOS/EOS texts, `add_bos_token`, chat template) and
     /// `generation_config.json` (BOS/EOS ids). A model known only as a GGUF file can
     /// then be tokenized by tools that read HF folders, and loading the folder back
-    /// gives the same ids, EOS set, BOS rule and template. Each file is written under
-    /// a temporary name and renamed, so an interrupted export leaves no half file.
+    /// gives the same ids, EOS set, BOS rule and template. Each file is written
+    /// through [`crate::durable::write_atomic`]: an interrupted export, a power loss
+    /// or a concurrent export of the same folder leaves no half file.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let tokenizer = self
@@ -411,11 +412,9 @@ impl ModelTokenizer {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// [`crate::durable::write_atomic`] with the error naming `path`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("json.partial");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::durable::write_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 fn chat_template_of(v: Option<&Value>) -> Option<String> {
@@ -708,6 +707,37 @@ mod tests {
         md.insert("tokenizer.ggml.bos_token_id".into(), G::U32(1));
         md.insert("tokenizer.ggml.eos_token_id".into(), G::U32(2));
         md
+    }
+
+    /// Exports of one tokenizer into one folder at the same time (two `tutti tokenize
+    /// --export` runs, or threads) each leave whole files and no temporary behind.
+    #[test]
+    fn concurrent_exports_into_one_folder_all_succeed() {
+        let tok = load(&spm()).unwrap();
+        let dir = std::env::temp_dir().join(format!("tutti-export-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..25)
+                            .map(|_| tok.save(&dir).map_err(|e| e.to_string()))
+                            .collect::<std::result::Result<Vec<()>, String>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        });
+        let back = ModelTokenizer::from_source(dir.to_str().unwrap()).unwrap();
+        assert_eq!(back.vocab_size(), tok.vocab_size());
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn load(md: &HashMap<String, G>) -> Result<ModelTokenizer> {

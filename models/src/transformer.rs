@@ -865,6 +865,8 @@ pub struct Transformer {
     /// layer on the exact quantized path and ggml's rotary tables.
     host_path: bool,
     scratch: Scratch,
+    /// [`CausalLm::inject_panic_after_layer`]: armed for the next forward only.
+    panic_after_layer: Option<usize>,
 }
 
 /// The buffers of a host forward, kept from decode step to decode step.
@@ -1005,6 +1007,7 @@ impl Transformer {
         Ok(Self {
             host_path,
             scratch: Scratch::default(),
+            panic_after_layer: None,
             embed,
             blocks,
             norm,
@@ -1142,6 +1145,7 @@ impl Transformer {
             (self.inv_freq_local != self.inv_freq_global).then(|| table(&self.cfg.rope_local));
         let act = self.cfg.activation;
         let n_blocks = self.blocks.len();
+        let panic_at = self.panic_after_layer.take();
         let result = (|| -> candle_core::Result<(Tensor, Vec<f32>)> {
             let mut earlier = None;
             for (i, block) in self.blocks.iter_mut().enumerate() {
@@ -1150,6 +1154,9 @@ impl Transformer {
                     _ => &global,
                 };
                 block.attend_host(pos0, s, rot, &mut sc)?;
+                if panic_at == Some(i) {
+                    panic!("injected panic after layer {i}");
+                }
                 if i + 1 < n_blocks || s == 1 {
                     block.feed_forward_host(s, act, &mut sc)?;
                     continue;
@@ -1257,11 +1264,15 @@ impl Transformer {
         }
         let (mut x, rot_global, rot_local) = self.inputs(ids)?;
         let act = self.cfg.activation;
+        let panic_at = self.panic_after_layer.take();
         let result: candle_core::Result<(Tensor, Vec<f32>)> = (|| {
             let n_blocks = self.blocks.len();
             // Under `score`, the last block's MLP also runs on every earlier row.
             let mut earlier: Option<Tensor> = None;
             for (i, block) in self.blocks.iter_mut().enumerate() {
+                if i > 0 && panic_at == Some(i - 1) {
+                    panic!("injected panic after layer {}", i - 1);
+                }
                 let rot = match (&rot_local, block.sliding) {
                     (Some(r), true) => r,
                     _ => &rot_global,
@@ -1318,11 +1329,16 @@ impl CausalLm for Transformer {
         }
         twin.scratch = Scratch::default();
         twin.position = 0;
+        twin.panic_after_layer = None;
         Some(Box::new(twin))
     }
 
     fn position(&self) -> usize {
         self.position
+    }
+
+    fn inject_panic_after_layer(&mut self, layer: usize) {
+        self.panic_after_layer = Some(layer);
     }
 
     fn truncate(&mut self, len: usize) {

@@ -128,7 +128,7 @@ fn exported_smollm2_tokenizer_matches_llamacpp_and_the_gguf() {
             .unwrap()
             .file_name()
             .to_string_lossy()
-            .ends_with(".partial")),
+            .ends_with(".tmp")),
         "temporary files left behind"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,26 +1,35 @@
-//! On-disk cache of [`TokenMap`]s.
+//! On-disk cache of [`TokenMap`]s, and of relrep's preparation ([`Prepared`]) for
+//! pairs without a full map.
 //!
 //! A map file is named by its key: the SHA-256 of the method, its parameters and the
 //! fingerprints of both vocabularies (plus model weight fingerprints for relrep). The
 //! file repeats the key and ends with a checksum, so a truncated, corrupt, foreign or
 //! stale file is detected and rebuilt, never trusted.
 //!
-//! Layout (little endian): `TUTTIMAP` magic (8 bytes), format version (u32), key
-//! (32 bytes), method tag (u8), A length (u64), B length (u64), targets (A length × u32,
-//! `u32::MAX` = none), scores (A length × f32), SHA-256 of everything before (32 bytes).
+//! Map layout (little endian, `KEY.map`): `TUTTIMAP` magic (8 bytes), format version
+//! (u32), key (32 bytes), method tag (u8), A length (u64), B length (u64), targets
+//! (A length × u32, `u32::MAX` = none), scores (A length × f32), SHA-256 of everything
+//! before (32 bytes).
+//!
+//! Preparation layout (`KEY.relrep`, the key of the pair's relrep map): `TUTTIRRP`
+//! magic, format version (u32), key (32 bytes), then per side (A, B): rows (u64), cols
+//! (u64), whether an offset follows (u8), rows × cols f32, cols f32 when it does; then
+//! the SHA-256 of everything before.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::relrep::{Prepared, ProjectorParts};
 use super::{AlignError, AlignMethod, TokenMap};
 use crate::vocab::{hex, Vocab};
 
 const MAGIC: &[u8; 8] = b"TUTTIMAP";
 const VERSION: u32 = 1;
 const HEADER: usize = 8 + 4 + 32 + 1 + 8 + 8;
+const PREP_MAGIC: &[u8; 8] = b"TUTTIRRP";
+const PREP_VERSION: u32 = 1;
 
 /// Identity of a map: what it was built from and how.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,24 +130,40 @@ impl MapCache {
         }
     }
 
-    /// Writes `map` for `key` (atomically: temporary file, then rename).
+    /// Writes `map` for `key` ([`crate::durable::write_atomic`]).
     pub fn store(&self, key: &MapKey, map: &TokenMap) -> Result<PathBuf, AlignError> {
+        self.write(&self.path(key), &encode(map, key))
+    }
+
+    /// The file of the relrep preparation for `key` (a relrep map's key).
+    pub fn prepared_path(&self, key: &MapKey) -> PathBuf {
+        self.dir.join(format!("{}.relrep", key.hex()))
+    }
+
+    /// Reads and validates the relrep preparation stored for `key`: `Ok(None)` when
+    /// there is none, `Err(reason)` for a file that fails validation.
+    pub fn load_prepared(&self, key: &MapKey) -> Result<Option<Prepared>, String> {
+        match fs::read(self.prepared_path(key)) {
+            Ok(bytes) => decode_prepared(&bytes, key).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("unreadable: {e}")),
+        }
+    }
+
+    /// Writes the relrep preparation for `key` (atomically).
+    pub fn store_prepared(&self, key: &MapKey, p: &Prepared) -> Result<PathBuf, AlignError> {
+        self.write(&self.prepared_path(key), &encode_prepared(p, key))
+    }
+
+    /// Writes `bytes` to `path` in the cache directory ([`crate::durable::write_atomic`]).
+    fn write(&self, path: &Path, bytes: &[u8]) -> Result<PathBuf, AlignError> {
         let io = |path: &Path, source| AlignError::CacheIo {
             path: path.display().to_string(),
             source,
         };
         fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
-        let path = self.path(key);
-        let tmp = self
-            .dir
-            .join(format!(".{}.{}.tmp", key.hex(), std::process::id()));
-        let bytes = encode(map, key);
-        let mut f = fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-        f.write_all(&bytes).map_err(|e| io(&tmp, e))?;
-        f.sync_all().map_err(|e| io(&tmp, e))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
-        Ok(path)
+        crate::durable::write_atomic(path, bytes).map_err(|e| io(path, e))?;
+        Ok(path.to_path_buf())
     }
 
     /// Loads the map for `key`, or builds and stores it. `force` skips the lookup.
@@ -229,6 +254,87 @@ fn decode(bytes: &[u8], key: &MapKey) -> Result<TokenMap, String> {
     Ok(TokenMap::from_parts(method, b_len, targets, scores))
 }
 
+fn encode_prepared(p: &Prepared, key: &MapKey) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(PREP_MAGIC);
+    out.extend_from_slice(&PREP_VERSION.to_le_bytes());
+    out.extend_from_slice(&key.0);
+    for side in [&p.a, &p.b] {
+        out.extend_from_slice(&(side.rows as u64).to_le_bytes());
+        out.extend_from_slice(&(side.cols as u64).to_le_bytes());
+        out.push(u8::from(side.offset.is_some()));
+        for v in side.mat.iter().chain(side.offset.iter().flatten()) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let sum: [u8; 32] = Sha256::digest(&out).into();
+    out.extend_from_slice(&sum);
+    out
+}
+
+fn decode_prepared(bytes: &[u8], key: &MapKey) -> Result<Prepared, String> {
+    const HEAD: usize = 8 + 4 + 32;
+    if bytes.len() < HEAD + 32 {
+        return Err(format!("truncated ({} bytes)", bytes.len()));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if Sha256::digest(body).as_slice() != sum {
+        return Err("checksum mismatch".into());
+    }
+    if &body[..8] != PREP_MAGIC {
+        return Err("not a tutti relrep preparation".into());
+    }
+    let version = u32::from_le_bytes([body[8], body[9], body[10], body[11]]);
+    if version != PREP_VERSION {
+        return Err(format!("format version {version}, expected {PREP_VERSION}"));
+    }
+    if body[12..HEAD] != key.0 {
+        return Err("key mismatch (stale file)".into());
+    }
+    let mut at = HEAD;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let end = at.checked_add(n).filter(|&e| e <= body.len());
+        let end = end.ok_or("length does not match the header")?;
+        let s = &body[at..end];
+        at = end;
+        Ok(s)
+    };
+    let mut side = || -> Result<ProjectorParts, String> {
+        let u64_of = |b: &[u8]| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(b);
+            usize::try_from(u64::from_le_bytes(x)).map_err(|_| "length overflow".to_string())
+        };
+        let rows = u64_of(take(8)?)?;
+        let cols = u64_of(take(8)?)?;
+        let has_offset = take(1)?[0] == 1;
+        let floats = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let n = rows.checked_mul(cols).and_then(|n| n.checked_mul(4));
+        let mat = floats(take(n.ok_or("length overflow")?)?);
+        let offset = if has_offset {
+            Some(floats(take(cols.checked_mul(4).ok_or("length overflow")?)?))
+        } else {
+            None
+        };
+        Ok(ProjectorParts {
+            rows,
+            cols,
+            mat,
+            offset,
+        })
+    };
+    let a = side()?;
+    let b = side()?;
+    if at != body.len() {
+        return Err("length does not match the header".into());
+    }
+    Ok(Prepared { a, b })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +384,87 @@ mod tests {
         let other = MapKey::new(AlignMethod::MinEd, &a, &b, &[]);
         fs::write(cache.path(&other), encode(&map, &key)).unwrap();
         assert!(matches!(cache.load(&other), Lookup::Invalid(r) if r.contains("key mismatch")));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Two threads (or processes) building the same map store it at the same time:
+    /// every store succeeds and the entry is whole.
+    #[test]
+    fn concurrent_stores_of_one_key_all_succeed() {
+        let words: Vec<String> = (0..3000).map(|i| format!("w{i}")).collect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let a = vocab_from(&words, &[]);
+        let map = exact_map(&a, &a);
+        let key = MapKey::new(AlignMethod::Exact, &a, &a, &[]);
+        let dir = temp_dir("race");
+        let cache = MapCache::new(&dir);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..20)
+                            .map(|_| cache.store(&key, &map).map(drop).map_err(|e| e.to_string()))
+                            .collect::<Result<Vec<()>, String>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        });
+        assert!(matches!(cache.load(&key), Lookup::Hit(m) if m == map));
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn prepared_round_trip_and_corruption() {
+        let a = vocab_from(&["a", "b", "c"], &[]);
+        let b = vocab_from(&["b", "a"], &[]);
+        let key = MapKey::new(AlignMethod::RelRep, &a, &b, &["w"]);
+        let prepared = Prepared {
+            a: ProjectorParts {
+                rows: 3,
+                cols: 2,
+                mat: vec![1.0, -2.5, 0.0, 3.25, f32::MIN_POSITIVE, 7.0],
+                offset: Some(vec![0.5, -0.5]),
+            },
+            b: ProjectorParts {
+                rows: 1,
+                cols: 2,
+                mat: vec![9.0, 8.0],
+                offset: None,
+            },
+        };
+        let dir = temp_dir("prep");
+        let cache = MapCache::new(&dir);
+        assert_eq!(cache.load_prepared(&key), Ok(None));
+        cache.store_prepared(&key, &prepared).unwrap();
+        assert_eq!(cache.load_prepared(&key), Ok(Some(prepared.clone())));
+        let path = cache.prepared_path(&key);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[50] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(cache.load_prepared(&key).unwrap_err().contains("checksum"));
+        fs::write(&path, &bytes[..30]).unwrap();
+        assert!(cache.load_prepared(&key).unwrap_err().contains("truncated"));
+        // Another key's file is stale, and a map file is not a preparation.
+        let other = MapKey::new(AlignMethod::RelRep, &b, &a, &["w"]);
+        fs::write(
+            cache.prepared_path(&other),
+            encode_prepared(&prepared, &key),
+        )
+        .unwrap();
+        assert!(cache
+            .load_prepared(&other)
+            .unwrap_err()
+            .contains("key mismatch"));
+        fs::write(&path, encode(&exact_map(&a, &b), &key)).unwrap();
+        assert!(cache.load_prepared(&key).is_err());
         let _ = fs::remove_dir_all(&dir);
     }
 

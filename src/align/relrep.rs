@@ -350,6 +350,62 @@ struct Projector {
     offset: Option<Tensor>,
 }
 
+impl Projector {
+    fn parts(&self) -> Result<ProjectorParts, AlignError> {
+        let (rows, cols) = self.mat.dims2()?;
+        Ok(ProjectorParts {
+            rows,
+            cols,
+            mat: self.mat.flatten_all()?.to_vec1::<f32>()?,
+            offset: match &self.offset {
+                Some(o) => Some(o.flatten_all()?.to_vec1::<f32>()?),
+                None => None,
+            },
+        })
+    }
+
+    fn from_parts(p: &ProjectorParts, dev: &candle_core::Device) -> Result<Projector, AlignError> {
+        if p.mat.len() != p.rows * p.cols || p.offset.as_ref().is_some_and(|o| o.len() != p.cols) {
+            return Err(AlignError::BadEmbeddings(format!(
+                "a prepared {} × {} projection with {} entries",
+                p.rows,
+                p.cols,
+                p.mat.len()
+            )));
+        }
+        Ok(Projector {
+            mat: Tensor::from_slice(&p.mat, (p.rows, p.cols), dev)?,
+            offset: match &p.offset {
+                Some(o) => Some(Tensor::from_slice(o, (1, p.cols), dev)?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// One side's affine map into the shared basis as plain numbers: `rows × cols`
+/// row-major (`rows` = the side's hidden size, `cols` = the basis' dimension `r`) and
+/// the offset subtracted after it (`cols` numbers), when the side is centred.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProjectorParts {
+    pub rows: usize,
+    pub cols: usize,
+    pub mat: Vec<f32>,
+    pub offset: Option<Vec<f32>>,
+}
+
+/// What [`RelRep::new`] derives at length from the two embedding tables (means,
+/// covariances, whitening, the anchors' cross-similarity and its decomposition): both
+/// sides' affine maps into the shared basis. Kept on disk
+/// ([`crate::align::cache::MapCache::store_prepared`]), it lets [`RelRep::from_prepared`]
+/// skip all of that; what remains is one pass over the tables (B's projected targets
+/// and A's CSLS sample), with the same numbers as [`RelRep::new`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prepared {
+    pub a: ProjectorParts,
+    pub b: ProjectorParts,
+}
+
 /// One model's side: its embedding table and the per-model preprocessing (mean,
 /// whitening).
 struct Side {
@@ -417,6 +473,21 @@ impl Side {
         side.anchors = side.prep(anchor_ids)?;
         times.cross += lap(&mut t);
         Ok(side)
+    }
+
+    /// A side that only projects (its preprocessing is folded into a prepared
+    /// [`Projector`]).
+    fn plain(e: &Tensor) -> Result<Side, AlignError> {
+        let (rows, hidden) = e.dims2()?;
+        let e = e.to_dtype(DType::F32)?;
+        let dev = e.device().clone();
+        Ok(Side {
+            emb: e,
+            mean: None,
+            white: None,
+            anchors: Tensor::zeros((1, hidden), DType::F32, &dev)?,
+            rows,
+        })
     }
 
     /// Preprocessed rows of `ids`: centred, whitened, unit length. Relrep features of
@@ -560,6 +631,8 @@ pub struct RelRep {
     a: Side,
     /// A's rows to the shared singular basis.
     proj_a: Projector,
+    /// B's rows to it (kept for [`RelRep::prepared`]).
+    proj_b: Projector,
     b_ids: Vec<u32>,
     /// B targets' projected unit rows, transposed: `[r, targets]`.
     tb: Tensor,
@@ -588,6 +661,39 @@ impl RelRep {
         b: &Vocab,
         eb: &Tensor,
         cfg: &RelRepConfig,
+    ) -> Result<RelRep, AlignError> {
+        RelRep::build(a, ea, b, eb, cfg, None)
+    }
+
+    /// [`RelRep::new`] from what an earlier `new` over the same vocabularies, tables
+    /// and configuration prepared ([`RelRep::prepared`]): the same alignment, without
+    /// the set-up's decompositions.
+    pub fn from_prepared(
+        a: &Vocab,
+        ea: &Tensor,
+        b: &Vocab,
+        eb: &Tensor,
+        cfg: &RelRepConfig,
+        prepared: &Prepared,
+    ) -> Result<RelRep, AlignError> {
+        RelRep::build(a, ea, b, eb, cfg, Some(prepared))
+    }
+
+    /// What [`RelRep::from_prepared`] needs to make this alignment again.
+    pub fn prepared(&self) -> Result<Prepared, AlignError> {
+        Ok(Prepared {
+            a: self.proj_a.parts()?,
+            b: self.proj_b.parts()?,
+        })
+    }
+
+    fn build(
+        a: &Vocab,
+        ea: &Tensor,
+        b: &Vocab,
+        eb: &Tensor,
+        cfg: &RelRepConfig,
+        prepared: Option<&Prepared>,
     ) -> Result<RelRep, AlignError> {
         check_same_device(ea.device().location(), eb.device().location())?;
         let mut times = SetupTimes::default();
@@ -632,15 +738,37 @@ impl RelRep {
         let anchor_a: Vec<u32> = anchors.iter().map(|p| p.0).collect();
         let anchor_b: Vec<u32> = anchors.iter().map(|p| p.1).collect();
         times.select = lap(&mut t);
-        let side_a = Side::new(ea, &a_cands, &anchor_a, cfg, &mut times)?;
-        let side_b = Side::new(eb, &b_cands, &anchor_b, cfg, &mut times)?;
-        t = Instant::now();
-        let cross = side_a.anchors.t()?.matmul(&side_b.anchors)?;
-        times.cross += lap(&mut t);
-        let (proj_a, proj_b) = sv_projections(&cross, cfg.sv_power, &mut times)?;
-        t = Instant::now();
-        let proj_a = side_a.projector(&proj_a)?;
-        let proj_b = side_b.projector(&proj_b)?;
+        let (side_a, side_b, proj_a, proj_b) = match prepared {
+            Some(p) => {
+                let (side_a, side_b) = (Side::plain(ea)?, Side::plain(eb)?);
+                for (parts, e, who) in [(&p.a, ea, "A"), (&p.b, eb, "B")] {
+                    let (_, hidden) = e.dims2()?;
+                    if parts.rows != hidden || parts.cols != p.a.cols {
+                        return Err(AlignError::BadEmbeddings(format!(
+                            "{who}: a prepared projection of {} × {} for hidden size {hidden}",
+                            parts.rows, parts.cols
+                        )));
+                    }
+                }
+                let dev = ea.device();
+                let proj_a = Projector::from_parts(&p.a, dev)?;
+                let proj_b = Projector::from_parts(&p.b, dev)?;
+                t = Instant::now();
+                (side_a, side_b, proj_a, proj_b)
+            }
+            None => {
+                let side_a = Side::new(ea, &a_cands, &anchor_a, cfg, &mut times)?;
+                let side_b = Side::new(eb, &b_cands, &anchor_b, cfg, &mut times)?;
+                t = Instant::now();
+                let cross = side_a.anchors.t()?.matmul(&side_b.anchors)?;
+                times.cross += lap(&mut t);
+                let (proj_a, proj_b) = sv_projections(&cross, cfg.sv_power, &mut times)?;
+                t = Instant::now();
+                let proj_a = side_a.projector(&proj_a)?;
+                let proj_b = side_b.projector(&proj_b)?;
+                (side_a, side_b, proj_a, proj_b)
+            }
+        };
         let (_, hidden_b) = eb.dims2()?;
         let chunk = (cfg.block_elems / hidden_b.max(1)).clamp(1, 1 << 16);
         let mut parts = Vec::new();
@@ -652,6 +780,7 @@ impl RelRep {
         let mut rr = RelRep {
             a: side_a,
             proj_a,
+            proj_b,
             b_ids,
             tb,
             csls: None,
@@ -940,6 +1069,17 @@ mod tests {
         }
         assert_eq!(rr.memo.lock().unwrap().len(), 4);
         assert_eq!(rr.lookup(10_000).unwrap(), None);
+
+        // The same alignment again from its preparation: the same map, bit for bit,
+        // without the decompositions.
+        let prepared = rr.prepared().unwrap();
+        let again = RelRep::from_prepared(&a, &ea, &b, &eb, &cfg, &prepared).unwrap();
+        assert_eq!(again.setup_times().eigen, Duration::ZERO);
+        assert_eq!(again.anchors(), rr.anchors());
+        assert_eq!(again.full_map(&|_| {}).unwrap(), map);
+        // A preparation for other embeddings is refused.
+        let narrow = ea.narrow(1, 0, 20).unwrap();
+        assert!(RelRep::from_prepared(&a, &narrow, &b, &eb, &cfg, &prepared).is_err());
     }
 
     /// `a · b` for row-major `n × n` matrices.

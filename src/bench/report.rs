@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::metrics::{mean_ci, wilson, Estimate};
 use super::runner::ItemRow;
 use super::BenchError;
+use crate::durable::write_atomic;
 
 /// Quality and speed of one system over a task.
 #[derive(Clone, Debug, Serialize)]
@@ -374,24 +375,39 @@ pub fn write_report(
     .map_err(err)
 }
 
-/// Writes through a temporary file beside `path` and a rename, so a run killed while
-/// writing leaves the previous report whole, never half of one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    /// Two runs writing one report at the same time each leave a whole file.
+    #[test]
+    fn concurrent_report_writes_all_succeed() {
+        let dir = std::env::temp_dir().join(format!("tutti-report-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("report.md");
+        let texts: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'a' + i; 300_000]).collect();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = texts
+                .iter()
+                .map(|t| {
+                    let path = &path;
+                    s.spawn(move || {
+                        (0..10)
+                            .map(|_| write_atomic(path, t).map_err(|e| e.to_string()))
+                            .collect::<Result<Vec<()>, String>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        });
+        assert!(texts.contains(&std::fs::read(&path).unwrap()));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn row(system: &str, ok: bool, tokens: usize, time_ms: f64) -> ItemRow {
         ItemRow {

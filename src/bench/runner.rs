@@ -118,6 +118,7 @@ impl ResultsFile {
                     .open(path)
                     .map_err(|e| err(e.to_string()))?;
                 f.set_len(keep as u64).map_err(|e| err(e.to_string()))?;
+                f.sync_all().map_err(|e| err(e.to_string()))?;
             }
         } else if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
@@ -168,9 +169,11 @@ impl ResultsFile {
             reason: e.to_string(),
         })?;
         line.push('\n');
-        // One write per row, then flush: a kill leaves at most one partial line.
+        // One write per row, then flush and sync: a kill leaves at most one partial
+        // line, and a power loss keeps every row written before it.
         self.file.write_all(line.as_bytes()).map_err(err)?;
-        self.file.flush().map_err(err)
+        self.file.flush().map_err(err)?;
+        crate::durable::sync_appended(&self.file).map_err(err)
     }
 }
 

@@ -524,8 +524,8 @@ fn write_train_report(
     );
     md += &report_text(members, r);
     let _ = write!(md, "```\n\n![reward curve]({svg_name})\n");
-    tutti::bench::report::write_atomic(&svg_path, reward_svg(r).as_bytes())?;
-    tutti::bench::report::write_atomic(path, md.as_bytes())?;
+    tutti::durable::write_atomic(&svg_path, reward_svg(r).as_bytes())?;
+    tutti::durable::write_atomic(path, md.as_bytes())?;
     Ok(())
 }
 

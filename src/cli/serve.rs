@@ -1,6 +1,7 @@
 //! `tutti serve`: the ensemble behind an OpenAI-compatible HTTP API (see `tutti::serve`).
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -20,10 +21,15 @@ pub struct ServeArgs {
     /// Port (0: any free port; the log line says which).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Require `Authorization: Bearer KEY` (default: the TUTTI_API_KEY environment
-    /// variable; none when neither is set).
+    /// Require `Authorization: Bearer KEY`. A key given here shows in the process list
+    /// of every user of the machine: prefer --api-key-file or the TUTTI_API_KEY
+    /// environment variable (used when neither flag is given).
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Require `Authorization: Bearer KEY` with the key read from FILE (surrounding
+    /// whitespace and the final newline are not part of it).
+    #[arg(long, value_name = "FILE", conflicts_with = "api_key")]
+    pub api_key_file: Option<PathBuf>,
     /// Model name clients use [default: the members' names joined by `+`].
     #[arg(long)]
     pub name: Option<String>,
@@ -41,8 +47,19 @@ pub struct ServeArgs {
     pub drain_seconds: u64,
 }
 
-/// Completes on SIGINT or SIGTERM.
+/// Completes on the first SIGINT or SIGTERM, and from then on a second one ends the
+/// process at once (status 128 + the signal), without waiting for the drain.
 async fn shutdown_signal() {
+    let _ = next_signal().await;
+    tokio::spawn(async {
+        let signal = next_signal().await;
+        tracing::warn!("second signal: exiting now, without waiting for the running requests");
+        std::process::exit(128 + signal);
+    });
+}
+
+/// Waits for SIGINT or SIGTERM; returns the signal's number.
+async fn next_signal() -> i32 {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -60,9 +77,40 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        _ = ctrl_c => 2,
+        _ = term => 15,
     }
+}
+
+/// The API key: `--api-key-file`, `--api-key` (with a warning: it shows in `ps`), or the
+/// TUTTI_API_KEY environment variable; none when none is given.
+fn api_key(args: &ServeArgs) -> Result<Option<String>> {
+    if let Some(path) = &args.api_key_file {
+        return read_key_file(path).map(Some);
+    }
+    if let Some(key) = args.api_key.as_deref().filter(|k| !k.is_empty()) {
+        tracing::warn!(
+            "the key given with --api-key shows in the process list (ps) to every user of \
+             this machine; pass it with --api-key-file FILE or the TUTTI_API_KEY variable"
+        );
+        return Ok(Some(key.to_string()));
+    }
+    Ok(std::env::var("TUTTI_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty()))
+}
+
+fn read_key_file(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--api-key-file {}: cannot read the key", path.display()))?;
+    let key = text.trim();
+    if key.is_empty() {
+        bail!(
+            "--api-key-file {}: the file is empty; write the key into it",
+            path.display()
+        );
+    }
+    Ok(key.to_string())
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -72,11 +120,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             args.host
         )
     })?;
-    let api_key = args
-        .api_key
-        .clone()
-        .or_else(|| std::env::var("TUTTI_API_KEY").ok())
-        .filter(|k| !k.is_empty());
+    let api_key = api_key(&args)?;
     if args.max_tokens_cap == 0 {
         bail!("--max-tokens-cap must be at least 1");
     }
@@ -93,6 +137,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_tokens_cap: args.max_tokens_cap,
         max_body_bytes: args.max_body_bytes,
         drain: Duration::from_secs(args.drain_seconds),
+        seed: args.ens.seed,
         template,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -102,12 +147,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let server = Server::bind(ens, options).await?;
         let addr = server.local_addr();
         if !host.is_loopback() && api_key.is_none() {
             tracing::warn!(
-                "listening on {host} without an API key: anyone who can reach this address can use the server (--api-key)"
+                "listening on {host} without an API key: anyone who can reach this address can use the server (--api-key-file)"
             );
         }
         tracing::info!(
@@ -120,5 +165,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         server.run(shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok::<(), anyhow::Error>(())
-    })
+    });
+    // The server has given up waiting for an engine thread stuck in a step; dropping
+    // the runtime would wait for it again.
+    runtime.shutdown_background();
+    served
 }

@@ -112,9 +112,10 @@ impl LocalModel {
                 .checked_sub(1)
                 .ok_or_else(|| self.err(tutti_models::Error::EmptyInput))?;
         }
-        if self.model.lm.position() != start {
-            self.model.lm.truncate(start);
-        }
+        // Always, even when the position already says `start`: a forward that panicked
+        // part-way left rows past the position in its first layers' caches, and the
+        // cut is O(1).
+        self.model.lm.truncate(start);
         let ids = &context[start..];
         let (out, scores) = if score {
             self.model.lm.forward_scored(ids)

@@ -308,6 +308,14 @@ pub enum BuildEvent<'a> {
         source: &'a Source,
         seconds: f64,
     },
+    /// relrep without a full map is ready to map candidates as they appear: its
+    /// preparation was made now ([`Source::Built`], and cached) or loaded from the cache.
+    RelRepReady {
+        from: &'a str,
+        to: &'a str,
+        source: &'a Source,
+        seconds: f64,
+    },
 }
 
 type Progress = Box<dyn Fn(&BuildEvent) + Send + Sync>;
@@ -529,6 +537,8 @@ fn prepare_lookups(
     }
     // Relative representations shared by pairs with the same vocabularies and weights.
     let mut models: HashMap<[u8; 32], Arc<RelRep>> = HashMap::new();
+    // Each member's embedding table, read once for both directions of its pairs.
+    let mut tables: HashMap<usize, candle_core::Tensor> = HashMap::new();
     let mut lookups = Vec::with_capacity(members.len());
     for (bs, b) in members.iter().enumerate() {
         let mut lookup = TargetLookup::new(method, b.vocab(), members.len());
@@ -613,20 +623,37 @@ fn prepare_lookups(
                     let rr = match models.get(&key.0) {
                         Some(rr) => rr.clone(),
                         None => {
-                            let (ea, eb) = (
-                                embeddings(a).map_err(align_err)?,
-                                embeddings(b).map_err(align_err)?,
-                            );
-                            let rr = Arc::new(
-                                RelRep::new(a.vocab(), &ea, b.vocab(), &eb, &relrep.config)
-                                    .map_err(align_err)?,
-                            );
+                            let mut table = |slot: usize, m: &Member| match tables.get(&slot) {
+                                Some(t) => Ok(t.clone()),
+                                None => {
+                                    let t = embeddings(m)?;
+                                    tables.insert(slot, t.clone());
+                                    Ok(t)
+                                }
+                            };
+                            let ea = table(a_slot, a).map_err(align_err)?;
+                            let eb = table(bs, b).map_err(align_err)?;
+                            let (rr, source) =
+                                relrep_for(a, &ea, b, &eb, relrep, &key, cache, &pair)
+                                    .map_err(align_err)?;
+                            let seconds = started.elapsed().as_secs_f64();
                             tracing::info!(
-                                "{pair}: relrep prepared in {:.1} s; candidates are mapped as they \
-                                 appear (no cached full map: `tutti align --align relrep` or \
-                                 --build-maps caches one, and later runs start without this step)",
-                                started.elapsed().as_secs_f64()
+                                "{pair}: relrep {} in {seconds:.1} s; candidates are mapped as \
+                                 they appear (no cached full map: `tutti align --align relrep` \
+                                 or --build-maps caches one)",
+                                match source {
+                                    Source::Cached => "preparation loaded from the cache",
+                                    _ if cache.is_some() => "prepared and its preparation cached",
+                                    _ => "prepared (no cache)",
+                                }
                             );
+                            progress(&BuildEvent::RelRepReady {
+                                from: a.name(),
+                                to: b.name(),
+                                source: &source,
+                                seconds,
+                            });
+                            let rr = Arc::new(rr);
                             models.insert(key.0, rr.clone());
                             rr
                         }
@@ -638,6 +665,48 @@ fn prepare_lookups(
         lookups.push(lookup);
     }
     Ok(lookups)
+}
+
+/// The relrep alignment `a → b` from its cached preparation, or prepared now (and its
+/// preparation cached). A cache that cannot be read or written costs the time of a
+/// preparation, never the run: it is logged and passed over.
+#[allow(clippy::too_many_arguments)]
+fn relrep_for(
+    a: &Member,
+    ea: &candle_core::Tensor,
+    b: &Member,
+    eb: &candle_core::Tensor,
+    relrep: &RelRepSettings,
+    key: &crate::align::cache::MapKey,
+    cache: Option<&MapCache>,
+    pair: &str,
+) -> std::result::Result<(RelRep, Source), AlignError> {
+    let cfg = &relrep.config;
+    let mut source = Source::Built;
+    if let Some(c) = cache {
+        match c.load_prepared(key) {
+            Ok(Some(p)) => match RelRep::from_prepared(a.vocab(), ea, b.vocab(), eb, cfg, &p) {
+                Ok(rr) => return Ok((rr, Source::Cached)),
+                Err(e) => source = Source::Rebuilt(e.to_string()),
+            },
+            Ok(None) => {}
+            Err(reason) => source = Source::Rebuilt(reason),
+        }
+        if let Source::Rebuilt(reason) = &source {
+            tracing::warn!(
+                "{pair}: the cached relrep preparation {} is not usable ({reason}); preparing again",
+                c.prepared_path(key).display()
+            );
+        }
+    }
+    let rr = RelRep::new(a.vocab(), ea, b.vocab(), eb, cfg)?;
+    if let Some(c) = cache {
+        match rr.prepared().and_then(|p| c.store_prepared(key, &p)) {
+            Ok(path) => tracing::debug!("{pair}: relrep preparation cached in {}", path.display()),
+            Err(e) => tracing::warn!("{pair}: the relrep preparation is not cached: {e}"),
+        }
+    }
+    Ok((rr, source))
 }
 
 /// Identifies a member's weights in relrep cache keys.
@@ -1138,7 +1207,14 @@ impl Run {
             tops.push(dist.top());
         }
 
-        // 5. Combine, and 6. choose.
+        // 5. Combine, and 6. choose. A zero weight is never revived: when every member
+        // left has one (the others were dropped), there is nothing to decide with.
+        if weights.iter().all(|&w| w == 0.0) {
+            return Err(EngineError::BadWeights {
+                weights: self.weights.clone(),
+                reason: "every member with a weight above 0 has left the generation".into(),
+            });
+        }
         let combined = combine(req.combine, &probs, &weights, &tops);
         // Under `disagree`, members that agree on their top candidate decide without
         // the combination (it still gives the reported probabilities).

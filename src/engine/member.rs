@@ -249,6 +249,16 @@ impl Member {
         Ok(())
     }
 
+    /// Forgets the text and everything the backend holds of it: the next forward
+    /// starts from position 0. For recovery after a failure that may have left the
+    /// state half updated.
+    pub fn reset(&mut self) {
+        self.prompt_len = 0;
+        self.committed.clear();
+        self.cached = 0;
+        self.logits = None;
+    }
+
     /// Whether one more token still fits the model's context.
     pub fn has_room(&self) -> bool {
         self.committed.len() < self.backend.context_length()
@@ -278,10 +288,16 @@ impl Member {
     /// The prefill of a freshly started text, scoring the prompt on the way; returns
     /// the score (`None` when the backend cannot score or the prompt is one id) and the
     /// forward's milliseconds. Nothing to do (`None`, 0) once the member has run.
+    ///
+    /// A prefix the backend holds from an earlier text ([`Member::start_keeping_prefix`])
+    /// is prefilled again: its log-probabilities were not kept, and one forward over
+    /// the whole prompt gives the score (and the logits) a fresh run gives, bit for
+    /// bit, where a forward over the rest alone would round differently.
     pub fn score_prompt(&mut self) -> Result<(Option<PromptScore>, f64)> {
-        if self.cached > 0 || self.logits.is_some() || self.committed.is_empty() {
+        if self.logits.is_some() || self.committed.is_empty() {
             return Ok((None, 0.0));
         }
+        self.cached = 0;
         let t0 = Instant::now();
         let (logits, logp) = self.backend.forward_scored(&self.committed, 0)?;
         self.logits = Some(logits);

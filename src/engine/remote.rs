@@ -35,8 +35,9 @@ const PROBE: &str = "Tokenizer probe: naïve café, 1234 apples & 56.7% déjà-v
 /// Log-probabilities asked for at least per token (vLLM's default cap).
 const MIN_PROBS: usize = 20;
 
-/// Attempts per request for connection errors and 5xx answers (a step is a pure function
-/// of the ids, so repeating it is safe).
+/// Attempts per request for connection errors and timed-out connection attempts, 429
+/// and 5xx answers (a step is a pure function of the ids, so repeating it is safe); all
+/// of them within the member's timeout.
 const ATTEMPTS: u32 = 3;
 /// First backoff between attempts; doubled each time.
 const BACKOFF: Duration = Duration::from_millis(200);
@@ -167,8 +168,9 @@ impl RemoteSpec {
 
 /// What went wrong with one request, before it is turned into an [`EngineError`].
 enum Failure {
-    /// Worth another attempt: connection refused or reset, or a 5xx answer.
-    Transient(String),
+    /// Worth another attempt: connection refused, reset or timed out while connecting,
+    /// or a 429 or 5xx answer; with the wait the server asked for (`Retry-After`).
+    Transient(String, Option<Duration>),
     /// Not worth repeating.
     Fatal(String),
 }
@@ -199,6 +201,7 @@ pub struct RemoteModel {
     /// The most the server returns (found at connect time or from its first refusal).
     cap: Option<usize>,
     warned_cap: bool,
+    warned_unreported_end: bool,
     ahead: Option<Ahead>,
     /// Present under `lookahead_auto`.
     planner: Option<LookaheadPlanner>,
@@ -380,6 +383,7 @@ impl RemoteModel {
             top_n: 10,
             cap: None,
             warned_cap: false,
+            warned_unreported_end: false,
             ahead: None,
             planner: None,
             round_trips: 0,
@@ -408,8 +412,13 @@ impl RemoteModel {
             .unwrap_or(&self.spec.base)
     }
 
-    /// One HTTP exchange: JSON body in (or GET), status and JSON out.
-    fn exchange(&self, url: &str, body: Option<&Value>) -> std::result::Result<Value, Failure> {
+    /// One HTTP exchange: JSON body in (or GET), status and JSON out, within `limit`.
+    fn exchange(
+        &self,
+        url: &str,
+        body: Option<&Value>,
+        limit: Duration,
+    ) -> std::result::Result<Value, Failure> {
         let result = match body {
             Some(b) => {
                 let mut req = self
@@ -419,31 +428,42 @@ impl RemoteModel {
                 if let Some(k) = &self.key {
                     req = req.header("Authorization", format!("Bearer {k}"));
                 }
-                req.send(b.to_string().as_bytes())
+                req.config()
+                    .timeout_global(Some(limit))
+                    .build()
+                    .send(b.to_string().as_bytes())
             }
             None => {
                 let mut req = self.agent.get(url);
                 if let Some(k) = &self.key {
                     req = req.header("Authorization", format!("Bearer {k}"));
                 }
-                req.call()
+                req.config().timeout_global(Some(limit)).build().call()
             }
         };
         let mut resp = result.map_err(|e| classify(&e))?;
         let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry_after);
         let text = resp
             .body_mut()
             .with_config()
             .limit(64 << 20)
             .read_to_string()
             .map_err(|e| match classify(&e) {
-                Failure::Transient(m) | Failure::Fatal(m) => {
-                    Failure::Transient(format!("reading the answer failed: {m}"))
+                Failure::Transient(m, _) | Failure::Fatal(m) => {
+                    Failure::Transient(format!("reading the answer failed: {m}"), None)
                 }
             })?;
         let short: String = text.chars().take(300).collect();
-        if status >= 500 {
-            return Err(Failure::Transient(format!("HTTP {status}: {short}")));
+        if status >= 500 || status == 429 {
+            return Err(Failure::Transient(
+                format!("HTTP {status}: {short}"),
+                retry_after,
+            ));
         }
         if status >= 400 {
             return Err(Failure::Fatal(format!("HTTP {status}: {short}")));
@@ -455,25 +475,51 @@ impl RemoteModel {
         })
     }
 
-    /// [`RemoteModel::exchange`] with bounded retries and backoff on transient failures.
+    /// [`RemoteModel::exchange`] with bounded retries on transient failures, after the
+    /// wait the server asks for (`Retry-After`) or a doubling backoff, all within the
+    /// member's timeout: a wait that would pass it fails at once.
     fn call(&mut self, url: &str, body: Option<&Value>) -> Result<Value> {
+        let timeout = self.spec.timeout;
+        let deadline = std::time::Instant::now() + timeout;
         let mut wait = BACKOFF;
         let mut last = String::new();
         for attempt in 1..=ATTEMPTS {
             self.round_trips += 1;
-            match self.exchange(url, body) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(self.err(format!(
+                    "{url}: no answer within the member's timeout ({} s){}",
+                    timeout.as_secs_f64(),
+                    if last.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; last: {last}")
+                    }
+                )));
+            }
+            match self.exchange(url, body, left) {
                 Ok(v) => return Ok(v),
                 Err(Failure::Fatal(m)) => return Err(self.err(format!("{url}: {m}"))),
-                Err(Failure::Transient(m)) => {
+                Err(Failure::Transient(m, asked)) => {
                     tracing::warn!(
                         "{}: {url}: {m} (attempt {attempt} of {ATTEMPTS})",
                         self.name
                     );
-                    last = m;
                     if attempt < ATTEMPTS {
-                        std::thread::sleep(wait);
+                        let pause = asked.unwrap_or(wait);
+                        if std::time::Instant::now() + pause >= deadline {
+                            return Err(self.err(format!(
+                                "{url}: {m}; the next attempt would come after {} s (the \
+                                 server's Retry-After or the backoff), past the member's \
+                                 timeout of {} s",
+                                pause.as_secs_f64(),
+                                timeout.as_secs_f64()
+                            )));
+                        }
+                        std::thread::sleep(pause);
                         wait *= 2;
                     }
+                    last = m;
                 }
             }
         }
@@ -488,7 +534,11 @@ impl RemoteModel {
     fn optional(&mut self, url: &str) -> Result<Option<Value>> {
         match self.call(url, None) {
             Ok(v) => Ok(Some(v)),
-            Err(EngineError::Remote { reason, .. }) if reason.contains(": HTTP 4") => Ok(None),
+            Err(EngineError::Remote { reason, .. })
+                if reason.contains(": HTTP 4") && !reason.contains(": HTTP 429") =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -537,7 +587,7 @@ impl RemoteModel {
             "add_special": false, "add_special_tokens": false,
         });
         let url = format!("{}/tokenize", self.root());
-        match self.exchange(&url, Some(&tokenize_body)) {
+        match self.exchange(&url, Some(&tokenize_body), self.spec.timeout) {
             Ok(v) => {
                 let ids = v.get("tokens").and_then(ids_of);
                 match ids {
@@ -561,7 +611,7 @@ impl RemoteModel {
             Err(Failure::Fatal(m)) if m.starts_with("HTTP 4") => {
                 tracing::info!("{}: no /tokenize ({m}); checking by decoding", self.name)
             }
-            Err(Failure::Fatal(m)) | Err(Failure::Transient(m)) => {
+            Err(Failure::Fatal(m)) | Err(Failure::Transient(m, _)) => {
                 return Err(self.err(format!("{url}: {m}")))
             }
         }
@@ -703,6 +753,33 @@ impl RemoteModel {
         }
     }
 
+    /// The distribution of a step the server ended without reporting it (a server that
+    /// leaves the end-of-text token out of its logprobs): end of text was its greedy
+    /// choice, but how sure it was is unknown. Counting it as certain would hand the
+    /// ensemble's choice to this member (under `mean` a certain end of text wins at
+    /// equal weights; under `product` it floors every other candidate), so the member
+    /// abstains instead: end of text is proposed at a uniform share and everything
+    /// else is the flat remainder, and the other members decide. A member alone ends
+    /// its text, as the server did.
+    fn unreported_end(&mut self) -> Result<Logits> {
+        let eos = self.tokenizer.eos_ids().first().copied().ok_or_else(|| {
+            self.err("the server reported no token and the tokenizer has no end-of-text id")
+        })?;
+        if !self.warned_unreported_end {
+            self.warned_unreported_end = true;
+            tracing::warn!(
+                "{}: the server ended a text without reporting the end-of-text token's \
+                 probability; this member abstains at such steps",
+                self.name
+            );
+        }
+        let share = 1.0 / self.width.max(1) as f32;
+        Ok(Logits::Sparse(Arc::new(SparseLogits {
+            top: vec![(eos, share.ln())],
+            rest: 1.0 - share,
+        })))
+    }
+
     fn exchange_counted(&mut self, url: &str, body: &Value) -> Result<Value> {
         self.call(url, Some(body))
     }
@@ -725,7 +802,10 @@ fn sparse(mut top: Vec<(u32, f32)>) -> SparseLogits {
     // llama-server writes log(0) as the lowest float.
     top.retain(|&(_, lp)| lp.is_finite() && lp > -1e30);
     top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    top.dedup_by_key(|e| e.0);
+    // A server may list an id twice, not necessarily side by side: its most probable
+    // entry stands for it, so that its mass is counted once.
+    let mut seen = std::collections::HashSet::with_capacity(top.len());
+    top.retain(|e| seen.insert(e.0));
     let mass: f64 = top.iter().map(|&(_, lp)| f64::from(lp).exp()).sum();
     SparseLogits {
         top,
@@ -857,17 +937,27 @@ fn cap_from_message(msg: &str, asked: usize) -> Option<usize> {
         .max()
 }
 
+/// The wait a `Retry-After` header asks for, in its delta-seconds form (an HTTP date
+/// falls back to the backoff).
+fn retry_after(v: &str) -> Option<Duration> {
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
 fn classify(e: &ureq::Error) -> Failure {
     use std::io::ErrorKind;
     match e {
+        // Nothing was sent yet: the server may just be slow to accept (a full backlog).
+        ureq::Error::Timeout(ureq::Timeout::Connect) => {
+            Failure::Transient("no connection within the connect timeout".into(), None)
+        }
         ureq::Error::Timeout(t) => Failure::Fatal(format!("no answer within the timeout ({t})")),
-        ureq::Error::ConnectionFailed => Failure::Transient("connection failed".into()),
+        ureq::Error::ConnectionFailed => Failure::Transient("connection failed".into(), None),
         ureq::Error::Io(io) => match io.kind() {
             ErrorKind::ConnectionRefused
             | ErrorKind::ConnectionReset
             | ErrorKind::ConnectionAborted
             | ErrorKind::BrokenPipe
-            | ErrorKind::UnexpectedEof => Failure::Transient(io.to_string()),
+            | ErrorKind::UnexpectedEof => Failure::Transient(io.to_string(), None),
             ErrorKind::TimedOut | ErrorKind::WouldBlock => {
                 Failure::Fatal(format!("no answer within the timeout ({io})"))
             }
@@ -924,18 +1014,8 @@ impl Backend for RemoteModel {
         if let (true, Some(p)) = (step_only, self.planner.as_mut()) {
             p.timed(lookahead, t0.elapsed().as_secs_f64() * 1e3);
         }
-        let eos = self.tokenizer.eos_ids().first().copied();
         if steps.is_empty() {
-            // The server ended the text at once without reporting the token (some
-            // servers leave the end-of-text token out of logprobs): end of text is its
-            // greedy choice, with unknown probability; it counts as certain.
-            let eos = eos.ok_or_else(|| {
-                self.err("the server reported no token and the tokenizer has no end-of-text id")
-            })?;
-            return Ok(Logits::Sparse(Arc::new(SparseLogits {
-                top: vec![(eos, 0.0)],
-                rest: 0.0,
-            })));
+            return self.unreported_end();
         }
         let tokens: Vec<u32> = steps.iter().map(|s| s.chosen).collect();
         let dists: Vec<Arc<SparseLogits>> =
@@ -1058,6 +1138,20 @@ mod tests {
         assert!((s.rest - 0.3).abs() < 1e-5, "{}", s.rest);
         let s = sparse(vec![(1, 0.0), (2, f32::MIN)]);
         assert_eq!((s.top.len(), s.rest), (1, 0.0));
+    }
+
+    #[test]
+    fn a_repeated_id_counts_once_wherever_it_is_listed() {
+        // Id 2 twice with different log-probabilities and id 5 between them: the
+        // first, most probable, entry stands for it.
+        let s = sparse(vec![
+            (2, (0.3f32).ln()),
+            (5, (0.25f32).ln()),
+            (2, (0.2f32).ln()),
+        ]);
+        assert_eq!(s.top.iter().map(|e| e.0).collect::<Vec<_>>(), [2, 5]);
+        assert!((s.top[0].1 - 0.3f32.ln()).abs() < 1e-6);
+        assert!((s.rest - 0.45).abs() < 1e-5, "{}", s.rest);
     }
 
     #[test]

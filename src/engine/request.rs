@@ -109,6 +109,17 @@ impl Sampling {
     }
 }
 
+/// The `n`-th seed derived from `base` (splitmix64 of `base` stepped n + 1 times):
+/// neighbouring `n` give unrelated seeds. For callers that sample many generations from
+/// one configured seed (a server's requests, a route's answers), so that each draws its
+/// own numbers and the sequence still repeats for the same `base`.
+pub fn derived_seed(base: u64, n: u64) -> u64 {
+    let mut z = base.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 impl fmt::Display for Sampling {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -494,7 +505,11 @@ impl Request {
     }
 }
 
-/// Checks a weight vector: finite, non-negative, not all zero.
+/// The largest weight accepted: weights are relative, and a cap far below `f32::MAX`
+/// keeps their sums and products finite.
+pub const MAX_WEIGHT: f32 = 1e6;
+
+/// Checks a weight vector: finite, non-negative, at most [`MAX_WEIGHT`], not all zero.
 pub fn validate_weights(weights: &[f32]) -> Result<()> {
     let bad = |reason: &str| EngineError::BadWeights {
         weights: weights.to_vec(),
@@ -505,6 +520,11 @@ pub fn validate_weights(weights: &[f32]) -> Result<()> {
     }
     if weights.iter().any(|&w| w < 0.0) {
         return Err(bad("weights must not be negative"));
+    }
+    if weights.iter().any(|&w| w > MAX_WEIGHT) {
+        return Err(bad(&format!(
+            "weights must be at most {MAX_WEIGHT} (only their ratios count)"
+        )));
     }
     if !weights.is_empty() && weights.iter().all(|&w| w == 0.0) {
         return Err(bad("at least one weight must be positive"));
@@ -526,6 +546,12 @@ mod tests {
             Err(EngineError::BadTopK(0))
         ));
         assert!(Request::raw("  ").validate().is_err());
+        // Weights whose sum overflows an f32 are refused with the reason.
+        let huge = validate_weights(&[f32::MAX, f32::MAX])
+            .unwrap_err()
+            .to_string();
+        assert!(huge.contains("at most"), "{huge}");
+        assert!(validate_weights(&[MAX_WEIGHT, 1.0]).is_ok());
         assert!(Request::raw("a").sample(0.0, 1.0, 1).validate().is_err());
         assert!(Request::raw("a").sample(0.7, 1.5, 1).validate().is_err());
         assert!(Request::raw("a")

@@ -44,8 +44,8 @@ pub struct LearnedPolicy {
 }
 
 impl LearnedPolicy {
-    /// Writes the policy to `path` (through a temporary file, so a kill leaves the old
-    /// file or the new one).
+    /// Writes the policy to `path` ([`crate::durable::write_atomic`]: a kill or a power
+    /// loss leaves the old file or the new one).
     pub fn save(&self, path: &Path) -> Result<(), RouteError> {
         let err = |reason: String| RouteError::PolicyFile {
             path: path.display().to_string(),
@@ -55,16 +55,11 @@ impl LearnedPolicy {
         tensors.extend(self.terminator.tensors());
         let meta = serde_json::to_string(&self.meta).map_err(|e| err(e.to_string()))?;
         let info = HashMap::from([(META_KEY.to_string(), meta)]);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         }
-        safetensors::serialize_to_file(tensors, Some(info), &tmp)
-            .map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            err(e.to_string())
-        })
+        let bytes = safetensors::serialize(tensors, Some(info)).map_err(|e| err(e.to_string()))?;
+        crate::durable::write_atomic(path, &bytes).map_err(|e| err(e.to_string()))
     }
 
     /// Reads a policy written by [`LearnedPolicy::save`].
@@ -192,6 +187,41 @@ mod tests {
         std::fs::write(&plain, b"garbage").unwrap();
         let e = LearnedPolicy::load(&plain).err().unwrap().to_string();
         assert!(e.contains("not a safetensors file"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Saves of one policy file at the same time (two trainings writing one --out)
+    /// each succeed and leave a whole file, no temporary.
+    #[test]
+    fn concurrent_saves_of_one_path_all_succeed() {
+        let dir = std::env::temp_dir().join(format!("tutti-policy-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("p.safetensors");
+        let policy = LearnedPolicy {
+            agent: Agent::new(64, 3, PpoConfig::default()).unwrap(),
+            terminator: Terminator::new(64, 64, 1).unwrap(),
+            meta: meta(),
+        };
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..10)
+                            .map(|_| policy.save(&path).map_err(|e| e.to_string()))
+                            .collect::<Result<Vec<()>, String>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(LearnedPolicy::load(&path).unwrap().meta, meta());
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["p.safetensors"]);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -232,10 +232,13 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Saves the actor and critic (with their shapes) as safetensors.
+    /// Saves the actor and critic (with their shapes) as safetensors
+    /// ([`crate::durable::write_atomic`]).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let t: HashMap<String, Tensor> = self.tensors().into_iter().collect();
-        candle_core::safetensors::save(&t, path)
+        let bytes = safetensors::serialize(self.tensors(), None)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+        crate::durable::write_atomic(path, &bytes)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))
     }
 
     /// Loads what [`Agent::save`] wrote.

@@ -175,6 +175,11 @@ impl<'e> RouteContext<'e> {
         let mut request = self.base.clone().solo(slot);
         request.prompt = prompt;
         request.weights = None;
+        if let Sampling::Sample { seed, .. } = &mut request.sampling {
+            // Each answer its own draw: one seed for all would give every answer the
+            // same random numbers. Numbered by answer, the route stays reproducible.
+            *seed = crate::engine::request::derived_seed(*seed, self.generated as u64);
+        }
         let out = self.ens.generate_quiet(&request)?;
         self.generated += 1;
         let answer = Answer {

@@ -56,6 +56,39 @@ pub struct Limits {
     /// combine rule, stop strings and default `max_tokens`).
     pub template: Request,
     pub max_tokens_cap: usize,
+    /// Where requests without a `seed` get theirs.
+    pub seeds: std::sync::Arc<Seeds>,
+}
+
+/// The seeds of sampled requests that give none: each request draws its own, whatever
+/// seed the server's sampling settings carry.
+#[derive(Debug, Default)]
+pub struct Seeds {
+    /// The server's `--seed`: the n-th seedless request then samples with a seed mixed
+    /// from it and n, so that a restarted server answers the same requests, sent in the
+    /// same order, the same way. `None`: seeds from the operating system.
+    base: Option<u64>,
+    drawn: std::sync::atomic::AtomicU64,
+}
+
+impl Seeds {
+    pub fn new(base: Option<u64>) -> Seeds {
+        Seeds {
+            base,
+            drawn: Default::default(),
+        }
+    }
+
+    /// The seed of the next request that gives none.
+    pub fn next(&self) -> u64 {
+        let Some(base) = self.base else {
+            return rand::random();
+        };
+        let n = self
+            .drawn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::engine::request::derived_seed(base, n)
+    }
 }
 
 /// A checked request, ready to be encoded and queued.
@@ -276,7 +309,7 @@ pub fn parse(
     };
     request.max_tokens = max_tokens;
 
-    request.sampling = sampling(&body, limits.template.sampling)?;
+    request.sampling = sampling(&body, limits.template.sampling, &limits.seeds)?;
 
     // Stop strings add to the server's own.
     match body.stop {
@@ -490,7 +523,7 @@ fn unsupported(body: &Body, endpoint: Endpoint) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn sampling(body: &Body, template: Sampling) -> Result<Sampling, ApiError> {
+fn sampling(body: &Body, template: Sampling, seeds: &Seeds) -> Result<Sampling, ApiError> {
     if let Some(t) = body.temperature {
         if !(0.0..=2.0).contains(&t) {
             return Err(ApiError::param(
@@ -515,13 +548,12 @@ fn sampling(body: &Body, template: Sampling) -> Result<Sampling, ApiError> {
                 .ok_or_else(|| ApiError::param("seed", "seed must be an integer"))?,
         ),
     };
-    let (t_template, p_template, s_template) = match template {
-        Sampling::Greedy => (None, 1.0, None),
+    // The template's seed is not used: it would give every seedless request one draw.
+    let (t_template, p_template) = match template {
+        Sampling::Greedy => (None, 1.0),
         Sampling::Sample {
-            temperature,
-            top_p,
-            seed,
-        } => (Some(temperature), top_p, Some(seed)),
+            temperature, top_p, ..
+        } => (Some(temperature), top_p),
     };
     let temperature = body.temperature.map(|t| t as f32).or(t_template);
     Ok(match temperature {
@@ -530,8 +562,7 @@ fn sampling(body: &Body, template: Sampling) -> Result<Sampling, ApiError> {
         Some(t) => Sampling::Sample {
             temperature: t,
             top_p: body.top_p.map_or(p_template, |p| p as f32),
-            // Without a seed every call draws its own.
-            seed: seed.or(s_template).unwrap_or_else(rand::random),
+            seed: seed.unwrap_or_else(|| seeds.next()),
         },
     })
 }
@@ -642,7 +673,7 @@ pub fn encode(mut call: Call, members: &[MemberInfo]) -> Result<Call, ApiError> 
             .map(|&s| {
                 let m = &members[s];
                 encode_prompt(&m.tokenizer, &m.name, prompt)
-                    .map_err(|e| ApiError::from(e).with_param(param))
+                    .map_err(|e| prompt_error(e).with_param(param))
             })
             .collect::<Result<_, _>>()?,
     };
@@ -668,6 +699,27 @@ pub fn encode(mut call: Call, members: &[MemberInfo]) -> Result<Call, ApiError> 
     Ok(call)
 }
 
+/// An error of turning the client's text into ids. A member's tokenizer or chat
+/// template that fails on it (a template's `raise_exception`, its step budget spent on
+/// a huge conversation, text the tokenizer cannot encode) is the request's fault: 400,
+/// which clients do not retry.
+fn prompt_error(e: EngineError) -> ApiError {
+    let EngineError::Model { member, source } = &e else {
+        return ApiError::from(e);
+    };
+    match source {
+        tutti_models::Error::ChatTemplate(why) => ApiError::bad(format!(
+            "the chat template of member `{member}` refused these messages: {why}; \
+             change the messages (many templates need user and assistant turns that \
+             alternate, or no system message) or send a raw prompt to /v1/completions"
+        )),
+        tutti_models::Error::Tokenizer(why) => ApiError::bad(format!(
+            "member `{member}` cannot tokenize this prompt: {why}; change the text"
+        )),
+        _ => ApiError::from(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,6 +729,7 @@ mod tests {
             name: "pair".into(),
             template: Request::raw(""),
             max_tokens_cap: 100,
+            seeds: Default::default(),
         }
     }
 
@@ -818,6 +871,60 @@ mod tests {
         assert_eq!(c.request.max_tokens, 100, "the template's 256, capped");
         assert!(c.stream && c.include_usage);
         assert_eq!(c.logprobs, Some(2));
+    }
+
+    /// A WordLevel tokenizer without an unknown token (encoding an unknown word fails)
+    /// and a template whose work grows with the square of a message's length.
+    fn strict_tokenizer() -> ModelTokenizer {
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"a": 0, "b": 1}, "unk_token": "<unk>"}
+        });
+        let template =
+            "{% for m in messages %}{% for c in m['content'] %}{% for d in m['content'] %}\
+                        {% endfor %}{% endfor %}{{ m['content'] }}{% endfor %}";
+        let tcfg = serde_json::json!({ "chat_template": template });
+        ModelTokenizer::from_tokenizer_json_bytes(
+            std::path::Path::new("strict/tokenizer.json"),
+            json.to_string().as_bytes(),
+            Some(&tcfg),
+            None,
+            None,
+        )
+        .unwrap()
+    }
+
+    /// The client's text is at fault when its tokenizer or a member's template fails on
+    /// it: 400, never a 500 that SDKs would retry.
+    #[test]
+    fn tokenizer_and_template_failures_on_client_text_are_400() {
+        let mut members = fake_members(1);
+        members[0].tokenizer = strict_tokenizer();
+        members[0].context_length = 100_000;
+        let l = limits();
+        let call = |body: &str, ep| {
+            let c = parse(body.as_bytes(), ep, &l, &members).unwrap();
+            encode(c, &members).unwrap_err()
+        };
+        let e = call(r#"{"prompt":"a zzz b"}"#, Endpoint::Completions);
+        assert_eq!(
+            (e.status.as_u16(), e.kind, e.param.as_deref()),
+            (400, "invalid_request_error", Some("prompt")),
+            "{e}"
+        );
+        let long = format!(
+            r#"{{"messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "a".repeat(4000)
+        );
+        let e = call(&long, Endpoint::Chat);
+        assert_eq!(
+            (e.status.as_u16(), e.kind, e.param.as_deref()),
+            (400, "invalid_request_error", Some("messages")),
+            "{e}"
+        );
+        assert!(e.message.contains("steps"), "{e}");
     }
 
     #[test]

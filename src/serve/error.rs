@@ -77,6 +77,16 @@ impl ApiError {
         .with_code("unknown_url")
     }
 
+    /// 405 for a method the endpoint does not take.
+    pub fn wrong_method(method: &str, path: &str, allowed: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("{path} does not take {method} requests; send {allowed}"),
+        )
+        .with_code("method_not_allowed")
+    }
+
     /// 401: no key or a wrong one.
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)

@@ -18,7 +18,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     /// Generations by how they ended.
     finished: Mutex<BTreeMap<&'static str, u64>>,
-    /// Requests waiting in the queue now.
+    /// Requests waiting in the queue now, and those holding a place while being read.
     pub queue_depth: AtomicUsize,
     /// Requests the engine skipped because their client had left while they waited.
     pub skipped: AtomicU64,
@@ -145,7 +145,7 @@ impl Metrics {
         metric(
             "tutti_queue_depth",
             "gauge",
-            "Requests waiting for the engine.",
+            "Requests waiting for the engine (or being read and tokenized to wait).",
             plain(self.queue_depth.load(Ordering::Relaxed).to_string()),
         );
         metric(

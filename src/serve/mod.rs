@@ -6,9 +6,10 @@
 //! ensemble at work (`page.rs`). One engine thread owns the
 //! ensemble and decodes one request at a time; the HTTP handlers (on tokio) check each
 //! request, tokenize its prompt for every member, and queue it in a bounded FIFO queue
-//! (full: 429 with `Retry-After`). Each request's events come back on a channel of its
-//! own; when the client goes away the channel closes and the generation stops after its
-//! current step (a request still waiting is skipped).
+//! (full: 429 with `Retry-After`, answered before the body is read). Each request's
+//! events come back on a channel of its own; when the client goes away the channel
+//! closes and the generation stops after its current step (a request still waiting is
+//! skipped).
 //!
 //! ```no_run
 //! use tutti::engine::{Ensemble, MemberSpec};
@@ -77,8 +78,13 @@ pub struct ServeOptions {
     pub max_tokens_cap: usize,
     /// Largest request body in bytes (more: 413).
     pub max_body_bytes: usize,
-    /// After a shutdown signal, how long requests already accepted may still run.
+    /// After a shutdown signal, how long requests already accepted may still run (the
+    /// wait for the engine thread is bounded by it too).
     pub drain: Duration,
+    /// Seeds the sampling of requests that give no `seed`: the n-th such request gets a
+    /// seed mixed from this one and n. `None`: each draws a seed from the operating
+    /// system. Either way no two seedless requests share a draw.
+    pub seed: Option<u64>,
     /// Settings every call starts from (sampling, top-k, gate, combine, stop strings,
     /// `max_tokens` for chat requests that give none); the request overrides them.
     pub template: Request,
@@ -95,6 +101,7 @@ impl Default for ServeOptions {
             max_tokens_cap: 4096,
             max_body_bytes: 2 << 20,
             drain: Duration::from_secs(30),
+            seed: None,
             template: Request::raw(""),
         }
     }
@@ -104,8 +111,8 @@ impl Default for ServeOptions {
 struct AppState {
     engine: Engine,
     members: Arc<[MemberInfo]>,
-    /// End-of-sequence text of each member (how an EOS candidate is shown).
-    eos_texts: Vec<String>,
+    /// End-of-sequence text and id of each member (how an EOS candidate is shown).
+    eos_texts: Vec<(String, Option<u32>)>,
     limits: Limits,
     served: Vec<String>,
     /// SHA-256 of the API key: compared in constant time with the hash of the one sent.
@@ -153,11 +160,11 @@ impl Server {
             .members()
             .iter()
             .map(|m| {
-                m.vocab()
-                    .eos_ids()
-                    .first()
-                    .and_then(|&id| m.tokenizer().decode(&[id], false).ok())
-                    .unwrap_or_default()
+                let id = m.vocab().eos_ids().first().copied();
+                let text = id
+                    .and_then(|id| m.tokenizer().decode(&[id], false).ok())
+                    .unwrap_or_default();
+                (text, id)
             })
             .collect();
         let name = options.name.clone().unwrap_or_else(|| {
@@ -171,6 +178,7 @@ impl Server {
             name,
             template: options.template.clone(),
             max_tokens_cap: options.max_tokens_cap,
+            seeds: Arc::new(api::Seeds::new(options.seed)),
         };
         let served = api::served_models(&limits, &members);
         let page = page::config(
@@ -236,7 +244,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let state = self.state.clone();
-        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let (signalled_tx, mut signalled_rx) = tokio::sync::oneshot::channel::<()>();
         let graceful = {
             let state = state.clone();
             async move {
@@ -252,9 +260,11 @@ impl Server {
                 .with_graceful_shutdown(graceful)
                 .into_future(),
         );
+        let mut signalled_at = None;
         let served = tokio::select! {
             r = &mut serving => r,
-            _ = signalled_rx => {
+            _ = &mut signalled_rx => {
+                signalled_at = Some(Instant::now());
                 match tokio::time::timeout(self.drain, &mut serving).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -274,8 +284,25 @@ impl Server {
                 }
             }
         };
+        // The engine stops after its current step; a step that hangs (a stalled served
+        // member) must not hold the process past the drain time.
+        let drain_left = signalled_at.map_or(self.drain, |t: Instant| {
+            self.drain.saturating_sub(t.elapsed())
+        });
+        if drain_left.is_zero() {
+            state.engine.cancel_all();
+        }
         let engine_state = state.clone();
-        let _ = tokio::task::spawn_blocking(move || engine_state.engine.shut_down()).await;
+        let joined = tokio::task::spawn_blocking(move || engine_state.engine.shut_down());
+        if tokio::time::timeout(drain_left + JOIN_GRACE, joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the engine is still in a step {:.0} s after the drain time; stopping without it",
+                JOIN_GRACE.as_secs_f64()
+            );
+        }
         match served {
             Ok(r) => r.map_err(ServeError::Io),
             Err(e) => Err(ServeError::Io(std::io::Error::other(e.to_string()))),
@@ -283,18 +310,23 @@ impl Server {
     }
 }
 
+/// How long the engine thread may still take to stop once the drain time is over.
+const JOIN_GRACE: Duration = Duration::from_secs(10);
+
 fn router(state: Arc<AppState>) -> Router {
+    let only_get = |r: HttpRequest| async move { wrong_method(&r, "GET") };
+    let only_post = |r: HttpRequest| async move { wrong_method(&r, "POST") };
     Router::new()
-        .route("/v1/models", get(models))
-        .route("/v1/models/{model}", get(model))
-        .route("/v1/completions", post(completions))
-        .route("/v1/chat/completions", post(chat))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
-        .route("/", get(page::index))
-        .route("/ui/app.js", get(page::app_js))
-        .route("/ui/app.css", get(page::app_css))
-        .route("/ui/config", get(page::config_json))
+        .route("/v1/models", get(models).fallback(only_get))
+        .route("/v1/models/{model}", get(model).fallback(only_get))
+        .route("/v1/completions", post(completions).fallback(only_post))
+        .route("/v1/chat/completions", post(chat).fallback(only_post))
+        .route("/health", get(health).fallback(only_get))
+        .route("/metrics", get(metrics_text).fallback(only_get))
+        .route("/", get(page::index).fallback(only_get))
+        .route("/ui/app.js", get(page::app_js).fallback(only_get))
+        .route("/ui/app.css", get(page::app_css).fallback(only_get))
+        .route("/ui/config", get(page::config_json).fallback(only_get))
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
@@ -341,6 +373,16 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 async fn no_route(req: HttpRequest) -> Response {
     ApiError::no_route(req.uri().path()).into_response()
+}
+
+/// 405 with the OpenAI error object and the `Allow` header.
+fn wrong_method(req: &HttpRequest, allowed: &'static str) -> Response {
+    let mut response =
+        ApiError::wrong_method(req.method().as_str(), req.uri().path(), allowed).into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
+    response
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
@@ -446,6 +488,12 @@ async fn handle(
     if s.draining.load(Ordering::SeqCst) {
         return Err(ApiError::shutting_down());
     }
+    // A place in the queue first: a full queue costs a flood no reading or tokenizing.
+    let slot = match s.engine.reserve() {
+        Ok(slot) => slot,
+        Err(Refused::Full) => return Err(ApiError::queue_full(s.engine.capacity())),
+        Err(Refused::Stopped) => return Err(ApiError::shutting_down()),
+    };
     let bytes = read_body(headers, body, s.max_body_bytes).await?;
     let call = api::parse(&bytes, endpoint, &s.limits, &s.members)?;
     let members = s.members.clone();
@@ -460,7 +508,7 @@ async fn handle(
         events: tx,
         enqueued: Instant::now(),
     };
-    match s.engine.submit(job) {
+    match slot.submit(job) {
         Ok(()) => {}
         Err(Refused::Full) => return Err(ApiError::queue_full(s.engine.capacity())),
         Err(Refused::Stopped) => return Err(ApiError::shutting_down()),

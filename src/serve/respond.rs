@@ -4,7 +4,9 @@
 //! Logprobs come from the step events (the chosen candidate and the most probable
 //! alternatives of the combined distribution). A token's entry is sent with the text
 //! that covers its first byte; tokens whose bytes were all cut by a stop string are
-//! not reported, and neither is a winning end-of-sequence.
+//! not reported. A winning end-of-sequence is reported last, at the end of the text,
+//! with its distribution (a client that ensembles this server needs it: without it, it
+//! cannot tell how sure the server was that the text ends).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -33,6 +35,8 @@ pub struct Render {
     /// end-of-sequence text for an EOS candidate.
     slot0: usize,
     eos_text: String,
+    /// The first member's end-of-sequence id, for an EOS candidate it did not propose.
+    eos_id: Option<u32>,
     tracker: Tracker,
     started: Option<(f64, f64)>,
     /// Attribution records not sent yet (`tutti: {"explain": true}`).
@@ -49,6 +53,8 @@ struct Entry {
     top: Vec<(String, Vec<u8>, f64)>,
     /// Character offset in the text (set when released).
     char_offset: usize,
+    /// A winning end-of-sequence: no text covers it, the end of the generation does.
+    eos: bool,
 }
 
 /// Tokens waiting for the text that covers them.
@@ -88,6 +94,24 @@ impl Tracker {
         }
         out
     }
+
+    /// At the end of a generation: a winning end-of-sequence still waiting, when all
+    /// the text before it was released.
+    fn finish(&mut self) -> Vec<Entry> {
+        let text_chars = self.text.chars().count();
+        match self.pending.front() {
+            Some(e) if e.eos && e.start <= self.text.len() => self
+                .pending
+                .pop_front()
+                .map(|mut e| {
+                    e.char_offset = text_chars;
+                    e
+                })
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A log-probability that JSON can carry (−∞ is not a number there).
@@ -118,7 +142,9 @@ fn usage_json(g: &Generation) -> Value {
 }
 
 impl Render {
-    pub fn new(call: &Call, id_number: u64, eos_text: String) -> Render {
+    /// `eos` is the first taking-part member's end-of-sequence text and id.
+    pub fn new(call: &Call, id_number: u64, eos: (String, Option<u32>)) -> Render {
+        let (eos_text, eos_id) = eos;
         let prefix = match call.endpoint {
             Endpoint::Completions => "cmpl",
             Endpoint::Chat => "chatcmpl",
@@ -135,6 +161,7 @@ impl Render {
             include_usage: call.include_usage,
             slot0: call.slots[0],
             eos_text,
+            eos_id,
             tracker: Tracker::default(),
             started: None,
             explain: super::explain::Records::default(),
@@ -152,7 +179,8 @@ impl Render {
             .proposers
             .iter()
             .find(|(s, _)| *s == self.slot0)
-            .map(|&(_, id)| id);
+            .map(|&(_, id)| id)
+            .or(if c.eos { self.eos_id } else { None });
         let token = match (self.token_ids, id) {
             (true, Some(id)) => format!("token_id:{id}"),
             _ => String::from_utf8_lossy(&bytes).into_owned(),
@@ -162,7 +190,7 @@ impl Render {
 
     fn on_step(&mut self, s: &StepEvent) {
         self.explain.step(s);
-        if self.logprobs.is_none() || s.chosen.eos {
+        if self.logprobs.is_none() {
             return;
         }
         let (token, bytes) = self.show(&s.chosen);
@@ -183,6 +211,7 @@ impl Render {
                 logprob: logprob(s.chosen.prob),
                 top,
                 char_offset: 0,
+                eos: s.chosen.eos,
             },
             len,
         );
@@ -253,7 +282,10 @@ impl Render {
                 } => self.started = Some((queued_ms, at_unix_ms)),
                 Msg::Step(s) => self.on_step(&s),
                 Msg::Text(t) => entries.extend(self.tracker.text(&t)),
-                Msg::Done(Ok(g)) => return Ok(self.body(&g, &entries)),
+                Msg::Done(Ok(g)) => {
+                    entries.extend(self.tracker.finish());
+                    return Ok(self.body(&g, &entries));
+                }
                 Msg::Done(Err(e)) => return Err(e),
             }
         }
@@ -365,7 +397,13 @@ impl Render {
             }
             Msg::Done(Ok(g)) => {
                 let reason = finish_reason(g.stop_reason);
-                let choices = self.text_choice("", Value::Null, Some(reason));
+                let last = self.tracker.finish();
+                let lp = if last.is_empty() {
+                    Value::Null
+                } else {
+                    self.logprobs_json(&last)
+                };
+                let choices = self.text_choice("", lp, Some(reason));
                 let details = self.explain.finish(self.details(&g));
                 out.push_back(self.chunk(choices, Some(("tutti", details))));
                 if self.include_usage {
@@ -458,6 +496,7 @@ mod tests {
             logprob: -0.5,
             top: Vec::new(),
             char_offset: 0,
+            eos: false,
         }
     }
 

@@ -45,6 +45,43 @@ pub enum Refused {
     Stopped,
 }
 
+/// A place in the queue taken by [`Engine::reserve`]; given back when dropped unless
+/// [`Slot::submit`] queued a job with it.
+pub struct Slot<'e> {
+    engine: &'e Engine,
+    queued: bool,
+}
+
+impl Slot<'_> {
+    /// Queues `job` without waiting.
+    pub fn submit(mut self, job: Job) -> Result<(), Refused> {
+        let guard = self.engine.queue.lock().map_err(|_| Refused::Stopped)?;
+        let Some(tx) = guard.as_ref() else {
+            return Err(Refused::Stopped);
+        };
+        match tx.try_send(job) {
+            Ok(()) => {
+                // From now on the engine counts the place out when it takes the job.
+                self.queued = true;
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(Refused::Full),
+            Err(TrySendError::Disconnected(_)) => Err(Refused::Stopped),
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if !self.queued {
+            self.engine
+                .metrics
+                .queue_depth
+                .fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// The handlers' side of the engine thread.
 pub struct Engine {
     queue: std::sync::Mutex<Option<SyncSender<Job>>>,
@@ -85,22 +122,27 @@ impl Engine {
         self.capacity
     }
 
-    /// Queues `job` without waiting.
-    pub fn submit(&self, job: Job) -> Result<(), Refused> {
-        let guard = self.queue.lock().map_err(|_| Refused::Stopped)?;
-        let Some(tx) = guard.as_ref() else {
-            return Err(Refused::Stopped);
-        };
-        // Counted before the send: the engine may take the job at once and count it out.
-        self.metrics.queue_depth.fetch_add(1, Ordering::SeqCst);
-        match tx.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
-                Err(match e {
-                    TrySendError::Full(_) => Refused::Full,
-                    TrySendError::Disconnected(_) => Refused::Stopped,
-                })
+    /// Takes a place in the queue for a request about to be read and tokenized, so
+    /// that a full queue refuses it before any work is spent on it. The place counts
+    /// in the queue depth until the engine takes the job, or until the slot is dropped
+    /// unused.
+    pub fn reserve(&self) -> Result<Slot<'_>, Refused> {
+        let depth = &self.metrics.queue_depth;
+        // A queue of 0 still hands a request to an idle engine.
+        let most = self.capacity.max(1);
+        let mut now = depth.load(Ordering::SeqCst);
+        loop {
+            if now >= most {
+                return Err(Refused::Full);
+            }
+            match depth.compare_exchange_weak(now, now + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => {
+                    return Ok(Slot {
+                        engine: self,
+                        queued: false,
+                    })
+                }
+                Err(seen) => now = seen,
             }
         }
     }
@@ -189,7 +231,11 @@ fn run(mut ens: Ensemble, rx: Receiver<Job>, cancel: &AtomicBool, metrics: &Metr
                 Err(ApiError::from(e))
             }
             Err(_) => {
-                // The next request starts from a fresh member state (`Run::start`).
+                // Nothing the failed request left in a member (its ids, its prefix-cache
+                // rows) is trusted by the next one.
+                for m in ens.members_mut() {
+                    m.reset();
+                }
                 tracing::error!("the engine panicked on a request; it goes on with the next");
                 Err(ApiError::internal(
                     "the engine failed on this request; the server goes on with the next",
