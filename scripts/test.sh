@@ -2,7 +2,7 @@
 # The project's test command (the README's second quick-start command; CI runs it).
 #
 # Fetches what the tests need (the two demo GGUF models, the real tokenizers, a venv
-# with the pinned openai SDK and a llama-server build, all idempotent), checks
+# with the pinned openai SDK, Chromium and a llama-server build, all idempotent), checks
 # formatting, lints, docs and the engine-only build, then runs every test of the
 # workspace. Nothing is skipped: a test whose asset is missing fails and names the
 # script that fetches it.
@@ -30,6 +30,9 @@ phase "scripts find the binary they build under a custom CARGO_TARGET_DIR"
 scripts/check-target-dir.sh
 phase "the openai SDK venv for the server tests"
 scripts/openai-venv.sh
+phase "Chromium for the web view's browser tests (installed when missing)"
+TUTTI_CHROMIUM="$(scripts/chromium.sh)"
+export TUTTI_CHROMIUM
 
 phase "cargo fmt --check"
 cargo fmt --all -- --check
