@@ -708,7 +708,11 @@ fn throttled_and_unreachable_for_a_moment_servers_are_retried() {
         "{:?}",
         g.members[0].round_trips
     );
-    assert!(t0.elapsed() >= Duration::from_secs(11), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_secs(11),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 /// A server that leaves a winning end of text out of its logprobs (answers with no
