@@ -25,7 +25,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use tutti::engine::explain::{attribute, Consulted, MemberInput};
-use tutti::engine::step::CandidateKey;
+use tutti::engine::CandidateKey;
 use tutti::engine::{Ensemble, Gate, MemberSpec, Request};
 use tutti_models::DeviceSpec;
 

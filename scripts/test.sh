@@ -38,7 +38,7 @@ phase "cargo fmt --check"
 cargo fmt --all -- --check
 
 phase "cargo clippy --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features tutti/fuzz -- -D warnings
 
 phase "cargo doc --no-deps (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
@@ -49,7 +49,7 @@ phase "the engine with the embeddable server builds"
 cargo check --lib --no-default-features --features serve --quiet
 
 phase "cargo test --workspace --no-run (building the tests)"
-cargo test --workspace --all-targets --no-run --quiet
+cargo test --workspace --all-targets --features tutti/fuzz --no-run --quiet
 phase "waiting for the llama-server build"
 if ! wait "$LLAMA_BUILD"; then
   tail -n 40 "$LLAMA_LOG"
@@ -62,5 +62,9 @@ phase "cargo test --workspace"
 # status stays non-zero.
 FAIL_FAST=(--no-fail-fast)
 for a in "$@"; do [ "$a" = --no-fail-fast ] && FAIL_FAST=(); done
-cargo test --workspace --all-targets "${FAIL_FAST[@]}" "$@"
+STATUS=0
+cargo test --workspace --all-targets --features tutti/fuzz "${FAIL_FAST[@]}" "$@" || STATUS=$?
+phase "cargo test --doc (docs/library.md's example runs here)"
+cargo test --workspace --doc --features tutti/fuzz || STATUS=$?
+[ "$STATUS" = 0 ] || exit "$STATUS"
 phase "every check and test passed"

@@ -6,22 +6,14 @@
 //! else the first error's message. The model loaders' entry points are in
 //! [`tutti_models::fuzz`].
 
-use crate::engine::{EnsembleFile, Request};
+use crate::caught::panic_is_caught;
+use crate::config::EnsembleFile;
+use crate::engine::Request;
 use crate::vocab::Vocab;
 use std::path::Path;
 use tutti_models::{DTypeSpec, DeviceSpec, ModelTokenizer};
 
 pub use tutti_models::fuzz::{chat_template, gguf, hf_checkpoint, tokenizer_json, Outcome};
-
-/// Source files of dependencies whose readers panic on some damaged input, inside
-/// tutti's `catch_unwind` that turns the panic into the file's error: candle's GGUF
-/// header reader and the Parquet reader.
-pub const CAUGHT_PANIC_SITES: &[&str] = &["quantized/gguf_file.rs", "/parquet-"];
-
-/// Whether a panic at `file` is one tutti catches and reports as an error.
-pub fn panic_is_caught(file: &str) -> bool {
-    CAUGHT_PANIC_SITES.iter().any(|site| file.contains(site))
-}
 
 /// Makes the process abort on every panic except the caught ones (which then unwind to
 /// tutti's `catch_unwind`). The fuzz targets call it first: libFuzzer's own hook aborts

@@ -66,7 +66,7 @@ fn main() {
     std::panic::set_hook(Box::new(move |info| {
         if !info
             .location()
-            .is_some_and(|l| tutti::fuzz::panic_is_caught(l.file()))
+            .is_some_and(|l| tutti::caught::panic_is_caught(l.file()))
         {
             default(info);
         }

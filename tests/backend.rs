@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ensemble_support::{load, GEMMA, SMOL};
-use tutti::engine::{
-    Backend, EngineError, Ensemble, Gate, LocalModel, Logits, Request, SparseLogits,
-};
+use tutti::engine::{Backend, EngineError, Ensemble, Gate, Logits, Request, SparseLogits};
+use tutti::LocalModel;
 use tutti_models::{Model, ModelTokenizer};
 
 /// A local model that reports only its `n` most probable ids (log-probabilities) and

@@ -8,8 +8,9 @@ use candle_core::Tensor;
 use ensemble_support::{argmax, demo, load, load_fresh, max_diff, plain_greedy, GEMMA, SMOL};
 use tutti::align::AlignMethod;
 use tutti::engine::{
-    Combine, EngineError, Ensemble, EnsembleFile, Gate, MemberSpec, Prompt, Request, Sampling,
+    Combine, EngineError, Ensemble, Gate, Member, MemberSpec, Prompt, Request, Sampling,
 };
+use tutti::EnsembleFile;
 use tutti_models::Model;
 
 const PROMPT: &str = "The capital of France is";
@@ -170,9 +171,7 @@ fn tensor_topk_path_matches_the_host_path() {
     ] {
         let run = |device_topk: bool| {
             let mut ens = pair(align);
-            for m in ens.members_mut() {
-                assert!(m.set_device_topk(device_topk));
-            }
+            assert!(ens.set_device_topk(device_topk));
             let mut request = raw().gate(gate);
             if sampled {
                 request = request.sampling(sampling);
@@ -197,12 +196,13 @@ fn probs(l: &[f32]) -> Vec<f32> {
 /// up to ~0.7 in logits on these models (measured without any rollback), so the check
 /// is on the distribution: same top token, probabilities within 0.05. As a control, the
 /// prefill of the committed ids minus the last one must fail that check.
-fn assert_kv_matches_fresh_prefill(ens: &mut Ensemble) {
-    for m in ens.members_mut() {
+fn assert_kv_matches_fresh_prefill(members: Vec<Member>) {
+    for mut m in members {
         m.forward_pending().unwrap();
         let cached = probs(&m.host_logits().unwrap().unwrap());
         let committed = m.committed().to_vec();
-        let lm = &mut m.model_mut().unwrap().lm;
+        // The same weights with a cache of their own.
+        let lm = &mut load(m.name()).lm;
         lm.reset();
         let fresh = probs(&lm.forward(&committed).unwrap().to_vec1::<f32>().unwrap());
         lm.reset();
@@ -239,7 +239,7 @@ fn rollback_keeps_kv_equal_to_fresh_prefill_during_generation() {
         )
         .unwrap();
     assert!(out.tokens > 0);
-    assert_kv_matches_fresh_prefill(&mut ens);
+    assert_kv_matches_fresh_prefill(ens.into_members());
 }
 
 #[test]
@@ -250,9 +250,10 @@ fn rollback_on_split_words_and_characters() {
         b" Z", b"\xc3", b"\xbcri", b"ch", b" is", b" a", b" ci", b"ty", b" of",
     ];
     for name in [SMOL, GEMMA] {
-        let mut ens = Ensemble::builder().model(load(name), 1.0).build().unwrap();
+        let ens = Ensemble::builder().model(load(name), 1.0).build().unwrap();
         let prompt = ens.prompt_ids(0, &Prompt::Raw("Hello".into())).unwrap();
-        let m = &mut ens.members_mut()[0];
+        let mut members = ens.into_members();
+        let m = &mut members[0];
         m.start(prompt).unwrap();
         for p in pieces {
             m.forward_pending().unwrap();
@@ -264,7 +265,7 @@ fn rollback_on_split_words_and_characters() {
         // The committed ids are the member's own encoding of the text.
         let own = m.tokenizer().encode(" Zürich is a city of", false).unwrap();
         assert_eq!(m.generated(), &own[..], "{name}");
-        assert_kv_matches_fresh_prefill(&mut ens);
+        assert_kv_matches_fresh_prefill(members);
     }
 }
 

@@ -294,8 +294,9 @@ fn cli_empty_prompt_and_bad_device_are_clear_errors() {
 }
 
 /// A relrep pair without a full map prepares its alignment once: the first run stores
-/// the preparation in the map cache, the second loads it (and says so) and decodes the
-/// same tokens. (The times are printed: on a loaded machine they say little.)
+/// the preparation in the map cache with the candidates it mapped, the second loads it
+/// (and says so), maps those candidates without projecting a vocabulary, and decodes
+/// the same tokens. (The times are printed: on a loaded machine they say little.)
 #[test]
 fn cli_relrep_preparation_is_cached_between_runs() {
     let cache = std::env::temp_dir().join(format!("tutti-relrep-prep-{}", std::process::id()));
@@ -305,7 +306,16 @@ fn cli_relrep_preparation_is_cached_between_runs() {
         let t0 = std::time::Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_tutti"))
             .args(["generate", "-m", &smol, "-m", &gemma, "--align", "relrep"])
-            .args(["--raw", "--greedy", "--max-tokens", "4", "--json", PROMPT])
+            .args([
+                "--raw",
+                "--greedy",
+                "--max-tokens",
+                "12",
+                "--top-k",
+                "20",
+                "--json",
+            ])
+            .arg("Write one sentence about a café in Zürich:")
             .env("TUTTI_CACHE", &cache)
             .env("HF_HUB_OFFLINE", "1")
             .env_remove("RUST_LOG")
@@ -326,12 +336,16 @@ fn cli_relrep_preparation_is_cached_between_runs() {
         2,
         "{log1}"
     );
+    assert!(log1.contains("targets projected"), "{log1}");
+    assert!(log1.contains("more mapped candidates kept"), "{log1}");
     assert_eq!(
         log2.matches("relrep preparation loaded from the cache")
             .count(),
         2,
         "{log2}"
     );
+    assert!(!log2.contains("targets projected"), "{log2}");
+    assert!(!log2.contains("more mapped candidates kept"), "{log2}");
     assert_eq!(first["text"], second["text"]);
     assert_eq!(first["ids"], second["ids"]);
     let _ = std::fs::remove_dir_all(&cache);

@@ -88,7 +88,11 @@ fn uncertain_gate_works_in_either_member_order() {
 fn a_members_temperature_is_applied_before_combining() {
     let alone = |t: f32| {
         let mut e = Ensemble::builder()
-            .backend_at(Box::new(tutti::engine::LocalModel::new(load(SMOL))), 1.0, t)
+            .backend_at(
+                Box::new(tutti::backends::LocalModel::new(load(SMOL))),
+                1.0,
+                t,
+            )
             .build()
             .unwrap();
         steps(&mut e, &raw())
@@ -108,7 +112,7 @@ fn a_members_temperature_is_applied_before_combining() {
     let mut flat = Ensemble::builder()
         .model(load(SMOL), 1.0)
         .backend_at(
-            Box::new(tutti::engine::LocalModel::new(load(GEMMA))),
+            Box::new(tutti::backends::LocalModel::new(load(GEMMA))),
             1.0,
             100.0,
         )

@@ -1079,7 +1079,7 @@ fn serve_in_process_with<T>(
 /// A member whose forwards stall once `stall` is set (a served member that stopped
 /// answering), around a real local model.
 struct Stalling {
-    inner: tutti::engine::LocalModel,
+    inner: tutti::backends::LocalModel,
     stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -1123,7 +1123,7 @@ fn shutdown_does_not_wait_for_a_hung_step_past_the_drain_time() {
     let stall = Arc::new(AtomicBool::new(false));
     let model = tutti::models::Model::load(&demo(SMOL), &Default::default()).unwrap();
     let backend = Stalling {
-        inner: tutti::engine::LocalModel::new(model),
+        inner: tutti::backends::LocalModel::new(model),
         stall: stall.clone(),
     };
     let ens = tutti::Ensemble::builder()
@@ -1160,6 +1160,7 @@ fn shutdown_does_not_wait_for_a_hung_step_past_the_drain_time() {
 #[test]
 fn a_caught_panic_leaves_no_stale_kv_rows() {
     use tutti::engine::{Ensemble, MemberSpec};
+    use tutti_models::{LoadOptions, Model};
     let build = || {
         Ensemble::builder()
             .member(MemberSpec::new(demo(SMOL)))
@@ -1170,12 +1171,9 @@ fn a_caught_panic_leaves_no_stale_kv_rows() {
     let reference = serve_in_process(build(), |base| {
         ok(&post(&format!("{base}/v1/completions"), &body))
     });
-    let mut ens = build();
-    ens.members_mut()[0]
-        .model_mut()
-        .unwrap()
-        .lm
-        .inject_panic_after_layer(5);
+    let mut model = Model::load(&demo(SMOL), &LoadOptions::default()).unwrap();
+    model.lm.inject_panic_after_layer(5);
+    let ens = Ensemble::builder().model(model, 1.0).build().unwrap();
     serve_in_process(ens, |base| {
         let url = format!("{base}/v1/completions");
         let failed = post(

@@ -51,7 +51,7 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
-    #[error("chat template: {0} (use --raw to skip the template)")]
+    #[error("chat template: {0} (a raw prompt skips the template)")]
     ChatTemplate(String),
 
     #[error("bad model source `{spec}`: {reason}")]

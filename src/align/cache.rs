@@ -29,7 +29,7 @@ const MAGIC: &[u8; 8] = b"TUTTIMAP";
 const VERSION: u32 = 1;
 const HEADER: usize = 8 + 4 + 32 + 1 + 8 + 8;
 const PREP_MAGIC: &[u8; 8] = b"TUTTIRRP";
-const PREP_VERSION: u32 = 1;
+const PREP_VERSION: u32 = 2;
 
 /// Identity of a map: what it was built from and how.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -267,6 +267,12 @@ fn encode_prepared(p: &Prepared, key: &MapKey) -> Vec<u8> {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
+    out.extend_from_slice(&(p.mapped.len() as u64).to_le_bytes());
+    for &(a, b, cos) in &p.mapped {
+        out.extend_from_slice(&a.to_le_bytes());
+        out.extend_from_slice(&b.to_le_bytes());
+        out.extend_from_slice(&cos.to_le_bytes());
+    }
     let sum: [u8; 32] = Sha256::digest(&out).into();
     out.extend_from_slice(&sum);
     out
@@ -329,10 +335,25 @@ fn decode_prepared(bytes: &[u8], key: &MapKey) -> Result<Prepared, String> {
     };
     let a = side()?;
     let b = side()?;
+    let mut count = [0u8; 8];
+    count.copy_from_slice(take(8)?);
+    let n = usize::try_from(u64::from_le_bytes(count)).map_err(|_| "length overflow")?;
+    let entries = take(n.checked_mul(12).ok_or("length overflow")?)?;
+    let word = |b: &[u8]| [b[0], b[1], b[2], b[3]];
+    let mapped = entries
+        .chunks_exact(12)
+        .map(|e| {
+            (
+                u32::from_le_bytes(word(&e[..4])),
+                u32::from_le_bytes(word(&e[4..8])),
+                f32::from_le_bytes(word(&e[8..])),
+            )
+        })
+        .collect();
     if at != body.len() {
         return Err("length does not match the header".into());
     }
-    Ok(Prepared { a, b })
+    Ok(Prepared { a, b, mapped })
 }
 
 #[cfg(test)]
@@ -439,6 +460,7 @@ mod tests {
                 mat: vec![9.0, 8.0],
                 offset: None,
             },
+            mapped: vec![(0, 1, 0.75), (2, 0, -0.125)],
         };
         let dir = temp_dir("prep");
         let cache = MapCache::new(&dir);

@@ -78,7 +78,7 @@
 //! plus CSLS penalties as targets get shortlisted; seconds on a GPU.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, DeviceLocation, Tensor, D};
@@ -250,7 +250,7 @@ pub fn sym_eigen(a: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>), AlignError
         .map_err(|e| {
             AlignError::BadEmbeddings(format!(
                 "symmetric eigen-decomposition of a {n} × {n} matrix failed ({e:?}); \
-                 the embeddings are too ill-conditioned for relrep, use --align min-ed"
+                 the embeddings are too ill-conditioned for relrep; align with min-ed instead"
             ))
         })?;
     let values = evd.S().column_vector().iter().copied().collect();
@@ -396,14 +396,17 @@ pub struct ProjectorParts {
 
 /// What [`RelRep::new`] derives at length from the two embedding tables (means,
 /// covariances, whitening, the anchors' cross-similarity and its decomposition): both
-/// sides' affine maps into the shared basis. Kept on disk
-/// ([`crate::align::cache::MapCache::store_prepared`]), it lets [`RelRep::from_prepared`]
-/// skip all of that; what remains is one pass over the tables (B's projected targets
-/// and A's CSLS sample), with the same numbers as [`RelRep::new`].
+/// sides' affine maps into the shared basis, and the candidates mapped so far. Kept on
+/// disk ([`crate::align::cache::MapCache::store_prepared`]), it lets
+/// [`RelRep::from_prepared`] skip all of that; what remains is one pass over the tables
+/// (B's projected targets and A's CSLS sample), with the same numbers as
+/// [`RelRep::new`], and only when a candidate is looked up that was not mapped before.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Prepared {
     pub a: ProjectorParts,
     pub b: ProjectorParts,
+    /// `(A id, B id, cosine)` of the candidates mapped so far, by A id.
+    pub mapped: Vec<(u32, u32, f32)>,
 }
 
 /// One model's side: its embedding table and the per-model preprocessing (mean,
@@ -625,6 +628,23 @@ fn lap(t: &mut Instant) -> Duration {
     d
 }
 
+/// What every lookup compares against: made once, from B's whole table.
+struct Targets {
+    /// B targets' projected unit rows, transposed: `[r, targets]`.
+    tb: Tensor,
+    /// CSLS: A's evenly spaced sample, projected `[sample, r]`, and `k`.
+    csls: Option<(Tensor, usize)>,
+}
+
+/// What making [`Targets`] needs beyond the alignment itself.
+struct TargetSource {
+    b: Side,
+    /// Rows per projection chunk.
+    chunk: usize,
+    /// A's evenly spaced CSLS sample and `k` (none without CSLS).
+    sample: Option<(Vec<u32>, usize)>,
+}
+
 /// A relrep alignment A → B over two embedding matrices, for full maps and for lazy,
 /// memoised per-candidate lookups.
 pub struct RelRep {
@@ -634,10 +654,12 @@ pub struct RelRep {
     /// B's rows to it (kept for [`RelRep::prepared`]).
     proj_b: Projector,
     b_ids: Vec<u32>,
-    /// B targets' projected unit rows, transposed: `[r, targets]`.
-    tb: Tensor,
-    /// CSLS: A's evenly spaced sample, projected `[sample, r]`, and `k`.
-    csls: Option<(Tensor, usize)>,
+    /// B's projected targets and the CSLS sample, made on first need.
+    targets: OnceLock<Targets>,
+    /// What making them takes; dropped once they are made (it holds B's table).
+    target_source: Mutex<Option<TargetSource>>,
+    /// Time spent making them.
+    target_time: Mutex<Duration>,
     /// CSLS penalty per B target (mean of its `k` highest cosines with A's sample),
     /// computed on first need; NaN = not yet.
     penalty: Mutex<Vec<f32>>,
@@ -681,9 +703,16 @@ impl RelRep {
 
     /// What [`RelRep::from_prepared`] needs to make this alignment again.
     pub fn prepared(&self) -> Result<Prepared, AlignError> {
+        let memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        let mut mapped: Vec<(u32, u32, f32)> = memo
+            .iter()
+            .filter_map(|(&a, hit)| hit.map(|(b, cos)| (a, b, cos)))
+            .collect();
+        mapped.sort_unstable_by_key(|m| m.0);
         Ok(Prepared {
             a: self.proj_a.parts()?,
             b: self.proj_b.parts()?,
+            mapped,
         })
     }
 
@@ -771,19 +800,27 @@ impl RelRep {
         };
         let (_, hidden_b) = eb.dims2()?;
         let chunk = (cfg.block_elems / hidden_b.max(1)).clamp(1, 1 << 16);
-        let mut parts = Vec::new();
-        for c in b_ids.chunks(chunk) {
-            parts.push(side_b.projected(c, &proj_b)?);
-        }
-        let tb = Tensor::cat(&parts, 0)?.t()?.contiguous()?;
+        let sample = (cfg.csls_k > 0 && cfg.csls_sample > 0).then(|| {
+            let s = cfg.csls_sample.min(a_cands.len());
+            let step = a_cands.len() as f64 / s as f64;
+            let ids: Vec<u32> = (0..s)
+                .map(|i| a_cands[(i as f64 * step) as usize])
+                .collect();
+            (ids, cfg.csls_k)
+        });
         let n_t = b_ids.len();
         let mut rr = RelRep {
             a: side_a,
             proj_a,
             proj_b,
             b_ids,
-            tb,
-            csls: None,
+            targets: OnceLock::new(),
+            target_source: Mutex::new(Some(TargetSource {
+                b: side_b,
+                chunk,
+                sample,
+            })),
+            target_time: Mutex::new(Duration::ZERO),
             penalty: Mutex::new(vec![f32::NAN; n_t]),
             anchors,
             a_ok: vec![false; a.len()],
@@ -802,21 +839,65 @@ impl RelRep {
         for &i in &a_cands {
             rr.a_ok[i as usize] = true;
         }
-        if cfg.csls_k > 0 && cfg.csls_sample > 0 {
-            let s = cfg.csls_sample.min(a_cands.len());
-            let step = a_cands.len() as f64 / s as f64;
-            let sample: Vec<u32> = (0..s)
-                .map(|i| a_cands[(i as f64 * step) as usize])
-                .collect();
-            let mut parts = Vec::new();
-            for c in sample.chunks(chunk) {
-                parts.push(rr.queries(c)?);
-            }
-            rr.csls = Some((Tensor::cat(&parts, 0)?.t()?.contiguous()?, cfg.csls_k));
-        }
         times.project = lap(&mut t);
         rr.times = times;
+        match prepared {
+            // A fresh preparation makes everything now; from a cached one, the
+            // candidates it mapped before need no projection, and the rest make it on
+            // first need.
+            None => {
+                rr.made_targets()?;
+            }
+            Some(p) => {
+                let mut memo = rr.memo.lock().unwrap_or_else(|e| e.into_inner());
+                for &(a_id, b_id, cos) in &p.mapped {
+                    if rr.is_mappable(a_id) && (b_id as usize) < rr.b_len {
+                        memo.insert(a_id, Some((b_id, cos)));
+                    }
+                }
+            }
+        }
         Ok(rr)
+    }
+
+    /// B's projected targets and the CSLS sample, made now if they are not yet.
+    fn made_targets(&self) -> Result<&Targets, AlignError> {
+        if let Some(t) = self.targets.get() {
+            return Ok(t);
+        }
+        // One maker at a time; a waiting thread then finds them made.
+        let mut source = self.target_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = self.targets.get() {
+            return Ok(t);
+        }
+        let src = source.as_ref().ok_or_else(|| {
+            AlignError::BadEmbeddings("relrep targets were not made and cannot be".into())
+        })?;
+        let started = Instant::now();
+        let mut parts = Vec::new();
+        for c in self.b_ids.chunks(src.chunk) {
+            parts.push(src.b.projected(c, &self.proj_b)?);
+        }
+        let tb = Tensor::cat(&parts, 0)?.t()?.contiguous()?;
+        let csls = match &src.sample {
+            Some((sample, k)) => {
+                let mut parts = Vec::new();
+                for c in sample.chunks(src.chunk) {
+                    parts.push(self.queries(c)?);
+                }
+                Some((Tensor::cat(&parts, 0)?.t()?.contiguous()?, *k))
+            }
+            None => None,
+        };
+        let took = started.elapsed();
+        *self.target_time.lock().unwrap_or_else(|p| p.into_inner()) += took;
+        tracing::info!(
+            "relrep: {} targets projected in {:.1} s for candidates not mapped before",
+            self.b_ids.len(),
+            took.as_secs_f64()
+        );
+        *source = None;
+        Ok(self.targets.get_or_init(|| Targets { tb, csls }))
     }
 
     /// A queries `[ids, r]`: unit rows in the shared basis, so that their dot product
@@ -830,9 +911,12 @@ impl RelRep {
         &self.anchors
     }
 
-    /// How long each stage of [`RelRep::new`] took.
-    pub fn setup_times(&self) -> &SetupTimes {
-        &self.times
+    /// How long each stage of [`RelRep::new`] took (`project` includes the targets'
+    /// projection, whenever it ran).
+    pub fn setup_times(&self) -> SetupTimes {
+        let mut t = self.times.clone();
+        t.project += *self.target_time.lock().unwrap_or_else(|p| p.into_inner());
+        t
     }
 
     /// Number of B tokens that can be targets.
@@ -844,12 +928,13 @@ impl RelRep {
     /// mappable); the choice is by CSLS score when enabled.
     fn best(&self, ids: &[u32]) -> Result<Vec<(u32, f32)>, AlignError> {
         let n_t = self.b_ids.len();
+        let Targets { tb, csls } = self.made_targets()?;
         let cos = self
             .queries(ids)?
-            .matmul(&self.tb)?
+            .matmul(tb)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let Some((sample, k)) = &self.csls else {
+        let Some((sample, k)) = csls else {
             return Ok(cos
                 .par_chunks(n_t)
                 .map(|row| {
@@ -873,9 +958,9 @@ impl RelRep {
         missing.dedup();
         let (_, s) = sample.dims2()?;
         for block in missing.chunks((self.block_elems / s.max(1)).max(1)) {
-            let idx = Tensor::from_slice(block, block.len(), self.tb.device())?;
+            let idx = Tensor::from_slice(block, block.len(), tb.device())?;
             // [targets in block, sample]: one row per B target.
-            let sims = self.tb.index_select(&idx, 1)?.t()?.matmul(sample)?;
+            let sims = tb.index_select(&idx, 1)?.t()?.matmul(sample)?;
             let data = sims.flatten_all()?.to_vec1::<f32>()?;
             for (&j, p) in block.iter().zip(top_k_means(&data, s, *k)) {
                 pen[j as usize] = p;
@@ -935,6 +1020,12 @@ impl RelRep {
                 }
             })
             .collect())
+    }
+
+    /// How many candidates are mapped (and memoised) so far.
+    pub fn mapped_count(&self) -> usize {
+        let memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        memo.values().filter(|m| m.is_some()).count()
     }
 
     /// Maps one A id (memoised).
@@ -1073,9 +1164,27 @@ mod tests {
         // The same alignment again from its preparation: the same map, bit for bit,
         // without the decompositions.
         let prepared = rr.prepared().unwrap();
+        assert_eq!(
+            prepared.mapped.len(),
+            4,
+            "the memoised candidates travel with it"
+        );
         let again = RelRep::from_prepared(&a, &ea, &b, &eb, &cfg, &prepared).unwrap();
         assert_eq!(again.setup_times().eigen, Duration::ZERO);
         assert_eq!(again.anchors(), rr.anchors());
+        // The candidates mapped before answer without projecting B's vocabulary.
+        for id in [0u32, 5, 77, 119] {
+            assert_eq!(again.lookup(id).unwrap(), map.map(id));
+        }
+        assert!(
+            again.targets.get().is_none(),
+            "no projection for known candidates"
+        );
+        assert_eq!(again.lookup(6).unwrap(), map.map(6));
+        assert!(
+            again.targets.get().is_some(),
+            "a new candidate makes the targets"
+        );
         assert_eq!(again.full_map(&|_| {}).unwrap(), map);
         // A preparation for other embeddings is refused.
         let narrow = ea.narrow(1, 0, 20).unwrap();

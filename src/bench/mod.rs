@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod mixinstruct;
 pub mod qa;
 pub mod report;
+#[cfg(feature = "route")]
 pub mod route;
 pub mod runner;
 pub mod speed;

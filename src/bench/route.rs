@@ -4,7 +4,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::runner::{prompt_hash, row_score, ItemRow, Progress, ResultsFile};
+use super::runner::{run_items, ItemRow, Outcome, Pass, Progress, ResultsFile};
 use super::{BenchError, Task};
 use crate::route::{Policy, PolicySpec, RouteContext, RouteError, RouteQuestion, RouteSettings};
 
@@ -42,11 +42,8 @@ pub fn config_hash(
     let mut h = Sha256::new();
     h.update(format!("route\0{}\0{}\0{:?}\0", task.name, task.config, task.decode).as_bytes());
     for m in ctx.ensemble().members() {
-        match m.model() {
-            Some(model) => h.update(format!(
-                "{}\0{}\0",
-                model.info.name, model.info.weights_fingerprint
-            )),
+        match m.info() {
+            Some(info) => h.update(format!("{}\0{}\0", info.name, info.weights_fingerprint)),
             None => h.update(format!("{}\0", m.name())),
         }
     }
@@ -67,72 +64,38 @@ pub fn config_hash(
 
 /// Runs `policy` over every item of `task`; rows already in `results` for the same
 /// configuration are reused.
-#[allow(clippy::too_many_arguments)]
 pub fn run_policy(
     ctx: &mut RouteContext,
     spec: &PolicySpec,
     policy: &mut Policy,
     settings: &RouteSettings,
     task: &mut Task,
-    mut results: Option<&mut ResultsFile>,
+    results: Option<&mut ResultsFile>,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<ItemRow>, BenchError> {
     let name = system_name(spec);
     let config = config_hash(ctx, task, spec, settings)?;
-    let first_metric = task.judge.metric_names().into_iter().next();
     let questions = questions(task);
-    let total = task.items.len();
-    let (mut rows, mut reused, mut running) = (Vec::with_capacity(total), 0usize, 0.0f64);
-    for (n, q) in questions.iter().enumerate() {
-        let item = &task.items[n];
-        let known = match results.as_deref() {
-            Some(r) => r.find(&name, &item.id, &config)?,
-            None => None,
-        };
-        let row = match known {
-            Some(row) => {
-                reused += 1;
-                row
-            }
-            None => {
-                let out = ctx.run(policy, q, settings, &mut |_| {})?;
-                let verdict = task.judge.judge(item, &out.answer)?;
-                let row = ItemRow {
-                    task: task.name.clone(),
-                    id: item.id.clone(),
-                    system: name.clone(),
-                    config: config.clone(),
-                    prompt_hash: prompt_hash(&item.prompt),
-                    output: out.answer.clone(),
-                    extracted: verdict.extracted,
-                    correct: verdict.correct,
-                    metrics: verdict.metrics,
-                    tokens: 0,
-                    time_ms: out.ms,
-                    decode_ms: 0.0,
-                    decode_tokens: 0,
-                    steps: out.steps.len(),
-                    ensembled_steps: 0,
-                    rollbacks: 0,
-                    parameters: Some(out.parameters),
-                    route: Some(out.steps.iter().map(|s| s.name.clone()).collect()),
-                };
-                if let Some(r) = results.as_deref_mut() {
-                    r.append(&row)?;
-                }
-                row
-            }
-        };
-        running += row_score(&row, first_metric.as_deref());
-        rows.push(row);
-        on_progress(&Progress {
-            system: &name,
-            done: n + 1,
-            total,
-            reused,
-            row: rows.last().expect("just pushed"),
-            running: running / (n + 1) as f64,
-        });
-    }
-    Ok(rows)
+    let pass = Pass {
+        name: &name,
+        config: &config,
+        results,
+        reuse: &|_: &mut ItemRow| {},
+        on_progress,
+    };
+    run_items(task, pass, &mut |n, _| {
+        let out = ctx.run(policy, &questions[n], settings, &mut |_| {})?;
+        Ok(Outcome {
+            tokens: 0,
+            time_ms: out.ms,
+            decode_ms: 0.0,
+            decode_tokens: 0,
+            steps: out.steps.len(),
+            ensembled_steps: 0,
+            rollbacks: 0,
+            parameters: Some(out.parameters),
+            route: Some(out.steps.iter().map(|s| s.name.clone()).collect()),
+            output: out.answer,
+        })
+    })
 }

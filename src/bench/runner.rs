@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{BenchError, Task};
+use super::{BenchError, BenchItem, Task};
 use crate::engine::{Combine, Ensemble, Generation, Request, Sampling};
 
 /// Who answers.
@@ -202,10 +202,10 @@ pub fn config_hash(ens: &Ensemble, base: &Request, task: &Task, system: System) 
     };
     for (n, i) in slots.into_iter().enumerate() {
         if let Some(m) = ens.members().get(i) {
-            match m.model() {
-                Some(model) => h.update(format!(
+            match m.info() {
+                Some(info) => h.update(format!(
                     "{}\0{}\0{:?}\0",
-                    model.info.name, model.info.weights_fingerprint, model.info.dtype
+                    info.name, info.weights_fingerprint, info.dtype
                 )),
                 None => h.update(format!("{}\0", m.name())),
             }
@@ -258,12 +258,11 @@ pub fn run_system(
     base: &Request,
     task: &mut Task,
     system: System,
-    mut results: Option<&mut ResultsFile>,
+    results: Option<&mut ResultsFile>,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<ItemRow>, BenchError> {
     let name = system_name(ens, system);
     let config = config_hash(ens, base, task, system);
-    let first_metric = task.judge.metric_names().into_iter().next();
     let slots: Vec<usize> = match system {
         System::Member(i) => vec![i],
         System::Ensemble => (0..ens.members().len()).collect(),
@@ -272,59 +271,117 @@ pub fn run_system(
         .iter()
         .map(|&i| ens.members().get(i).and_then(|m| m.parameters()))
         .sum();
+    let decode = task.decode.clone();
+    let pass = Pass {
+        name: &name,
+        config: &config,
+        results,
+        reuse: &|row: &mut ItemRow| row.parameters = row.parameters.or(parameters),
+        on_progress,
+    };
+    run_items(task, pass, &mut |_, item| {
+        let mut request = base.clone();
+        request.prompt = decode.mode.prompt(&item.prompt);
+        request.sampling = Sampling::Greedy;
+        request.max_tokens = decode.max_tokens;
+        request.stop = decode.stop.clone();
+        if let System::Member(i) = system {
+            request.members = Some(vec![i]);
+            request.weights = None;
+        }
+        let out: Generation = ens.generate_quiet(&request)?;
+        let decode_tokens = out.steps.len().saturating_sub(1);
+        Ok(Outcome {
+            tokens: out.tokens,
+            time_ms: out.timing.total_ms,
+            decode_ms: out.timing.ms_per_token * decode_tokens as f64,
+            decode_tokens,
+            steps: out.steps.len(),
+            ensembled_steps: if system == System::Ensemble {
+                out.ensembled_steps
+            } else {
+                0
+            },
+            rollbacks: out.rollbacks(),
+            parameters,
+            route: None,
+            output: out.text,
+        })
+    })
+}
+
+/// What a system measured on one item, before it is judged.
+pub struct Outcome {
+    pub output: String,
+    pub tokens: usize,
+    pub time_ms: f64,
+    pub decode_ms: f64,
+    pub decode_tokens: usize,
+    pub steps: usize,
+    pub ensembled_steps: usize,
+    pub rollbacks: usize,
+    pub parameters: Option<u64>,
+    pub route: Option<Vec<String>>,
+}
+
+/// One system's pass over a task: its name and configuration hash (stored in every
+/// row), the results file to resume from and append to, and who hears of progress.
+pub struct Pass<'a> {
+    pub name: &'a str,
+    pub config: &'a str,
+    pub results: Option<&'a mut ResultsFile>,
+    /// Completes a reused row (fields older rows lack).
+    pub reuse: &'a dyn Fn(&mut ItemRow),
+    pub on_progress: &'a mut dyn FnMut(&Progress),
+}
+
+/// The item loop every bench system runs: rows already in the results file for the
+/// same configuration are reused; the others are answered by `answer` (given the
+/// item's index and the item), judged, appended to the file durably, and reported.
+pub fn run_items(
+    task: &mut Task,
+    mut pass: Pass<'_>,
+    answer: &mut dyn FnMut(usize, &BenchItem) -> Result<Outcome, BenchError>,
+) -> Result<Vec<ItemRow>, BenchError> {
+    let first_metric = task.judge.metric_names().into_iter().next();
     let total = task.items.len();
     let mut rows = Vec::with_capacity(total);
     let (mut reused, mut running_sum) = (0usize, 0.0f64);
-    for n in 0..total {
-        let item = &task.items[n];
-        let known = match results.as_deref() {
-            Some(r) => r.find(&name, &item.id, &config)?,
+    for (n, item) in task.items.iter().enumerate() {
+        let known = match pass.results.as_deref() {
+            Some(r) => r.find(pass.name, &item.id, pass.config)?,
             None => None,
         };
         let row = match known {
             Some(mut row) => {
                 reused += 1;
-                row.parameters = row.parameters.or(parameters);
+                (pass.reuse)(&mut row);
                 row
             }
             None => {
-                let mut request = base.clone();
-                request.prompt = task.decode.mode.prompt(&item.prompt);
-                request.sampling = Sampling::Greedy;
-                request.max_tokens = task.decode.max_tokens;
-                request.stop = task.decode.stop.clone();
-                if let System::Member(i) = system {
-                    request.members = Some(vec![i]);
-                    request.weights = None;
-                }
-                let out: Generation = ens.generate_quiet(&request)?;
-                let verdict = task.judge.judge(item, &out.text)?;
-                let decode_tokens = out.steps.len().saturating_sub(1);
+                let out = answer(n, item)?;
+                let verdict = task.judge.judge(item, &out.output)?;
                 let row = ItemRow {
                     task: task.name.clone(),
                     id: item.id.clone(),
-                    system: name.clone(),
-                    config: config.clone(),
+                    system: pass.name.to_string(),
+                    config: pass.config.to_string(),
                     prompt_hash: prompt_hash(&item.prompt),
-                    output: out.text.clone(),
+                    output: out.output,
                     extracted: verdict.extracted,
                     correct: verdict.correct,
                     metrics: verdict.metrics,
                     tokens: out.tokens,
-                    time_ms: out.timing.total_ms,
-                    decode_ms: out.timing.ms_per_token * decode_tokens as f64,
-                    decode_tokens,
-                    steps: out.steps.len(),
-                    ensembled_steps: if system == System::Ensemble {
-                        out.ensembled_steps
-                    } else {
-                        0
-                    },
-                    rollbacks: out.rollbacks(),
-                    parameters,
-                    route: None,
+                    time_ms: out.time_ms,
+                    decode_ms: out.decode_ms,
+                    decode_tokens: out.decode_tokens,
+                    steps: out.steps,
+                    ensembled_steps: out.ensembled_steps,
+                    rollbacks: out.rollbacks,
+                    parameters: out.parameters,
+                    route: out.route,
                 };
-                if let Some(r) = results.as_deref_mut() {
+                if let Some(r) = pass.results.as_deref_mut() {
                     r.append(&row)?;
                 }
                 row
@@ -332,8 +389,8 @@ pub fn run_system(
         };
         running_sum += row_score(&row, first_metric.as_deref());
         rows.push(row);
-        on_progress(&Progress {
-            system: &name,
+        (pass.on_progress)(&Progress {
+            system: pass.name,
             done: n + 1,
             total,
             reused,

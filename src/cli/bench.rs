@@ -1,7 +1,6 @@
 //! `tutti bench`: run every member alone and the ensemble on the same items and print
 //! them side by side (see `tutti::bench`).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -13,6 +12,7 @@ use tutti::bench::{gsm8k, mixinstruct, qa, PromptMode, Task};
 use tutti::engine::{Ensemble, Request};
 
 use super::ensemble_args::{self, EnsembleArgs};
+use super::progress::Reporter;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -232,68 +232,6 @@ fn systems(ens: &Ensemble, members_too: bool) -> Vec<System> {
     s
 }
 
-/// Progress on stderr: a bar with ETA and the running score on a terminal, a line per
-/// tenth of the items otherwise (logs).
-pub(super) struct Reporter {
-    bar: Option<indicatif::ProgressBar>,
-    started: Instant,
-}
-
-impl Reporter {
-    pub(super) fn new(system: &str, total: usize) -> Reporter {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(total as u64);
-            let style = indicatif::ProgressStyle::with_template(
-                "{prefix:>24} [{bar:30}] {pos}/{len} {elapsed_precise} ETA {eta} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> ");
-            b.set_style(style);
-            b.set_prefix(system.to_string());
-            b
-        });
-        Reporter {
-            bar,
-            started: Instant::now(),
-        }
-    }
-
-    pub(super) fn update(&self, p: &runner::Progress, score_name: &str) {
-        let msg = format!("{score_name} {:.3}", p.running);
-        match &self.bar {
-            Some(b) => {
-                b.set_position(p.done as u64);
-                b.set_message(msg);
-            }
-            None => {
-                let step = (p.total / 10).max(1);
-                if p.done.is_multiple_of(step) || p.done == p.total {
-                    let el = self.started.elapsed().as_secs_f64();
-                    let fresh = p.done - p.reused;
-                    let eta = if fresh > 0 {
-                        el / fresh as f64 * (p.total - p.done) as f64
-                    } else {
-                        0.0
-                    };
-                    tracing::info!(
-                        "{}: {}/{} ({} resumed), {msg}, {el:.0} s, ETA {eta:.0} s",
-                        p.system,
-                        p.done,
-                        p.total,
-                        p.reused
-                    );
-                }
-            }
-        }
-    }
-
-    pub(super) fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish();
-        }
-    }
-}
-
 fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
     task.skip(run.skip);
     task.limit(run.limit);
@@ -368,6 +306,7 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
             &mut |p| reporter.update(p, &score_name),
         )?;
         reporter.finish();
+        ensemble_args::save_maps(&mut ens);
         summaries.push(SystemSummary::from_rows(&name, &rows, &metric_names));
         if let System::Member(i) = system {
             member_rows.push((i, rows));

@@ -1,4 +1,7 @@
-//! Arguments and helpers shared by subcommands that load a single model.
+//! Arguments and helpers shared by subcommands: loading a single model, reading the
+//! prompt.
+
+use std::io::{IsTerminal, Read};
 
 use anyhow::{bail, Context, Result};
 use tutti_models::{LoadOptions, Model, ModelTokenizer};
@@ -49,4 +52,33 @@ pub fn prompt_ids(tok: &ModelTokenizer, prompt: &str, chat: bool) -> Result<Vec<
         tok.encode_prompt(prompt)?
     };
     Ok(ids)
+}
+
+/// The prompt argument, else stdin (without the newline that ends a piped line).
+pub fn read_prompt(arg: Option<&str>) -> Result<String> {
+    let prompt = match arg {
+        Some(p) => p.to_string(),
+        None => {
+            let mut stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                tracing::info!("reading the prompt from stdin (end with Ctrl-D)");
+            }
+            let mut s = String::new();
+            stdin
+                .read_to_string(&mut s)
+                .context("reading the prompt from stdin")?;
+            // The newline that ends a piped line is not part of the prompt.
+            if s.ends_with('\n') {
+                s.pop();
+                if s.ends_with('\r') {
+                    s.pop();
+                }
+            }
+            s
+        }
+    };
+    if prompt.trim().is_empty() {
+        bail!("the prompt is empty; pass a prompt argument or pipe text on stdin");
+    }
+    Ok(prompt)
 }

@@ -9,9 +9,9 @@ use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tutti::align::AlignMethod;
 use tutti::engine::{
-    parse_auto_weights, BuildEvent, Combine, Ensemble, EnsembleFile, Gate, MemberSpec, Prompt,
-    Request, Sampling,
+    parse_auto_weights, BuildEvent, Combine, Ensemble, Gate, MemberSpec, Prompt, Request, Sampling,
 };
+use tutti::EnsembleFile;
 use tutti_models::{Architecture, DTypeSpec, DeviceSpec};
 
 /// Members and decoding settings.
@@ -285,4 +285,12 @@ pub fn build_with(plan: &Plan, extra: Vec<tutti_models::Model>) -> Result<Ensemb
         b = b.model(m, 1.0);
     }
     Ok(b.build()?)
+}
+
+/// Keeps what the run mapped for a later one ([`Ensemble::save_maps`]); a cache that
+/// cannot be written costs the next run time, never this one's result.
+pub fn save_maps(ens: &mut Ensemble) {
+    if let Err(e) = ens.save_maps() {
+        tracing::warn!("the mapped candidates are not cached: {e}");
+    }
 }

@@ -90,16 +90,20 @@ impl Printer {
 
     /// Takes a step's record.
     pub fn step(&mut self, s: &StepEvent) {
-        let Some(r) = &s.explain else {
-            return;
-        };
+        if let Some(r) = &s.explain {
+            self.record(r);
+        }
+    }
+
+    /// Marks the chosen bytes of the step `r` records.
+    fn record(&mut self, r: &StepExplain) {
         if self.slots.is_empty() {
             self.slots = r.members.iter().map(|m| m.slot).collect();
         }
         let mark = self.mark_of(r);
         self.starts.push((self.bytes, mark));
         self.bytes += r.chosen.bytes.len();
-        self.records.push((**r).clone());
+        self.records.push(r.clone());
     }
 
     /// Writes released text `t`, split where tokens start.
@@ -260,9 +264,9 @@ pub fn json(records: &[StepExplain], g: &Generation) -> Value {
 mod tests {
     use super::*;
     use tutti::engine::explain::Candidate;
-    use tutti::engine::{MemberAttribution, StepTime};
+    use tutti::engine::MemberAttribution;
 
-    fn step(text: &str, agreement: Agreement, leader: usize) -> StepEvent {
+    fn step(text: &str, agreement: Agreement, leader: usize) -> StepExplain {
         let member = |slot| MemberAttribution {
             slot,
             consulted: true,
@@ -279,35 +283,22 @@ mod tests {
             eos: false,
             prob: 0.5,
         };
-        StepEvent {
+        StepExplain {
             index: 0,
-            chosen: tutti::engine::Choice {
-                bytes: text.as_bytes().to_vec(),
-                eos: false,
-                prob: 0.5,
-                proposers: Vec::new(),
-            },
+            chosen,
+            agreement,
+            leader: Some(leader),
+            members: vec![member(0), member(1)],
             alternatives: Vec::new(),
-            union_size: 1,
-            members: Vec::new(),
-            time: StepTime::default(),
-            explain: Some(Box::new(StepExplain {
-                index: 0,
-                chosen,
-                agreement,
-                leader: Some(leader),
-                members: vec![member(0), member(1)],
-                alternatives: Vec::new(),
-                rolled_back: 0,
-            })),
+            rolled_back: 0,
         }
     }
 
-    fn render(colour: bool, steps: &[StepEvent], texts: &[&str]) -> String {
+    fn render(colour: bool, steps: &[StepExplain], texts: &[&str]) -> String {
         let mut p = Printer::new(colour);
         let mut out = Vec::new();
         for s in steps {
-            p.step(s);
+            p.record(s);
         }
         for t in texts {
             p.text(t, &mut out).unwrap_or_default();
@@ -337,12 +328,8 @@ mod tests {
         let e = "é".as_bytes();
         let mut a = step("x", Agreement::Split, 0);
         let mut b = step("x", Agreement::Split, 1);
-        if let Some(r) = a.explain.as_mut() {
-            r.chosen.bytes = e[..1].to_vec();
-        }
-        if let Some(r) = b.explain.as_mut() {
-            r.chosen.bytes = e[1..].to_vec();
-        }
+        a.chosen.bytes = e[..1].to_vec();
+        b.chosen.bytes = e[1..].to_vec();
         let c = step("!", Agreement::All, 0);
         let out = render(true, &[a, b, c], &["é", "!"]);
         assert_eq!(

@@ -1,12 +1,13 @@
 //! `tutti generate`: text from one model or an ensemble, streamed to stdout or as one
 //! JSON object.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::Write;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::json;
 use tutti::engine::{Ensemble, Event, Flow, Generation, Message, Prompt, Request};
 
+use super::common::read_prompt;
 use super::ensemble_args::{self, EnsembleArgs};
 use super::explain::Printer;
 
@@ -38,34 +39,6 @@ pub struct GenerateArgs {
     pub route: super::route::RouteOptions,
 }
 
-pub fn read_prompt(arg: Option<&str>) -> Result<String> {
-    let prompt = match arg {
-        Some(p) => p.to_string(),
-        None => {
-            let mut stdin = std::io::stdin();
-            if stdin.is_terminal() {
-                tracing::info!("reading the prompt from stdin (end with Ctrl-D)");
-            }
-            let mut s = String::new();
-            stdin
-                .read_to_string(&mut s)
-                .context("reading the prompt from stdin")?;
-            // The newline that ends a piped line is not part of the prompt.
-            if s.ends_with('\n') {
-                s.pop();
-                if s.ends_with('\r') {
-                    s.pop();
-                }
-            }
-            s
-        }
-    };
-    if prompt.trim().is_empty() {
-        bail!("the prompt is empty; pass a prompt argument or pipe text on stdin");
-    }
-    Ok(prompt)
-}
-
 pub fn run(args: GenerateArgs) -> Result<()> {
     if args.mode == "route" {
         if args.explain {
@@ -92,10 +65,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let request = plan.request(prompt).explain(args.explain);
     let mut ens = ensemble_args::build(&plan)?;
     for note in ens.prompt_notes(&request.prompt) {
-        tracing::info!("{note}");
+        tracing::info!("{note} (--raw silences this)");
     }
     if args.explain {
-        return run_explained(&mut ens, &request, args.json);
+        run_explained(&mut ens, &request, args.json)?;
+        ensemble_args::save_maps(&mut ens);
+        return Ok(());
     }
     let out = if args.json {
         ens.generate_quiet(&request)?
@@ -120,6 +95,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         tracing::info!("{}", summary(&out, ens.load_ms()));
     }
+    ensemble_args::save_maps(&mut ens);
     Ok(())
 }
 

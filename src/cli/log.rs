@@ -73,12 +73,56 @@ pub fn error_line(err: &anyhow::Error) -> String {
         }
         line.push_str(text);
     }
+    if let Some(advice) = advice(err) {
+        line.push_str("; ");
+        line.push_str(advice);
+    }
     line
+}
+
+/// What to do about an engine error, in the command line's terms (the library's
+/// messages name only the problem).
+fn advice(err: &anyhow::Error) -> Option<&'static str> {
+    use tutti::engine::EngineError;
+    let template = err.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<tutti::models::Error>(),
+            Some(tutti::models::Error::ChatTemplate(_))
+        )
+    });
+    if template {
+        return Some("--raw skips the template");
+    }
+    match err.chain().find_map(|c| c.downcast_ref::<EngineError>())? {
+        EngineError::NoMembers => Some("pass -m MODEL or [[member]] in an ensemble file"),
+        EngineError::EmptyPrompt => Some("pass a prompt argument or pipe text on stdin"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_adds_the_flag_to_change() {
+        let e = anyhow::Error::from(tutti::engine::EngineError::EmptyPrompt);
+        assert_eq!(
+            error_line(&e),
+            "the prompt is empty; pass a prompt argument or pipe text on stdin"
+        );
+        let e = anyhow::Error::from(tutti::engine::EngineError::Model {
+            member: "m".into(),
+            source: tutti::models::Error::ChatTemplate("no template".into()),
+        });
+        assert!(
+            error_line(&e).ends_with("; --raw skips the template"),
+            "{}",
+            error_line(&e)
+        );
+        let e = anyhow::anyhow!("other");
+        assert_eq!(error_line(&e), "other");
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("member `x`: {source}")]

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod info;
 pub mod log;
 pub mod logits;
+pub mod progress;
 pub mod route;
 pub mod serve;
 pub mod tokenize;

@@ -183,7 +183,7 @@ pub fn ask(args: AskArgs) -> Result<()> {
     let settings = args.route.settings();
     settings.validate()?;
     let plan = ensemble_args::plan(&args.ens)?;
-    let text = super::generate::read_prompt(args.prompt.as_deref())?;
+    let text = super::common::read_prompt(args.prompt.as_deref())?;
     let q = if args.raw {
         RouteQuestion::from_prompt(&text, false)
     } else {
@@ -584,7 +584,7 @@ pub fn bench_routes(
             _ => {}
         }
         let name = tutti::bench::route::system_name(spec);
-        let reporter = super::bench::Reporter::new(&name, task.items.len());
+        let reporter = super::progress::Reporter::new(&name, task.items.len());
         let rows = tutti::bench::route::run_policy(
             &mut ctx,
             spec,

@@ -4,15 +4,15 @@
 //! committed context and how much of it the backend already holds, and answers with the
 //! next-token distribution as [`Logits`]: every logit (on the host or in a device
 //! tensor) or only the most probable ids with the mass the others share (what a serving
-//! engine's `top_logprobs` gives). [`LocalModel`], a candle model in this process, is one
-//! implementation; a model behind a server is another.
+//! engine's `top_logprobs` gives). The implementations live in `crate::backends`: a
+//! candle model in this process, and a model behind a server.
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
-use tutti_models::{Model, ModelTokenizer};
+use candle_core::Tensor;
+use tutti_models::{ModelInfo, ModelTokenizer};
 
-use super::error::{EngineError, Result};
+use super::error::Result;
 
 /// A member's next-token distribution, as its backend delivers it.
 #[derive(Clone, Debug)]
@@ -69,11 +69,13 @@ pub trait Backend: Send {
     fn keep_logits_on_device(&mut self, _on: bool) -> bool {
         false
     }
-    /// The loaded model, for a member that runs in this process.
-    fn local(&self) -> Option<&Model> {
+    /// What is known of the model's weights, for a member that runs in this process.
+    fn info(&self) -> Option<&ModelInfo> {
         None
     }
-    fn local_mut(&mut self) -> Option<&mut Model> {
+    /// Another handle on the same weights with a cache of its own (a second member of
+    /// the same model shares them instead of loading again), where the backend can.
+    fn fork(&self) -> Option<Box<dyn Backend>> {
         None
     }
     /// How many of the most probable ids a sparse backend should return per step (the
@@ -83,119 +85,4 @@ pub trait Backend: Send {
     fn round_trips(&self) -> Option<usize> {
         None
     }
-}
-
-/// A candle model loaded in this process.
-pub struct LocalModel {
-    model: Model,
-    device_logits: bool,
-}
-
-impl LocalModel {
-    /// Wraps a loaded model; logits stay on the device by default for members off the
-    /// CPU.
-    pub fn new(model: Model) -> LocalModel {
-        let device_logits = !model.lm.device().is_cpu();
-        LocalModel {
-            model,
-            device_logits,
-        }
-    }
-
-    /// A forward from `cached`, scoring the ids after the first fed one when `score`.
-    fn run(&mut self, context: &[u32], cached: usize, score: bool) -> Result<(Logits, Vec<f32>)> {
-        let mut start = cached.min(self.model.lm.position()).min(context.len());
-        if start == context.len() {
-            // Everything is cached but the logits are wanted again: recompute the
-            // last position.
-            start = start
-                .checked_sub(1)
-                .ok_or_else(|| self.err(tutti_models::Error::EmptyInput))?;
-        }
-        // Always, even when the position already says `start`: a forward that panicked
-        // part-way left rows past the position in its first layers' caches, and the
-        // cut is O(1).
-        self.model.lm.truncate(start);
-        let ids = &context[start..];
-        let (out, scores) = if score {
-            self.model.lm.forward_scored(ids)
-        } else {
-            self.model.lm.forward(ids).map(|t| (t, Vec::new()))
-        }
-        .map_err(|e| self.err(e))?;
-        let logits = if self.device_logits {
-            // Wait for the device so that the forward's time is the forward's.
-            out.device().synchronize()?;
-            Logits::Tensor(out)
-        } else {
-            let v: Vec<f32> = out.to_vec1()?;
-            Logits::Host(v.into())
-        };
-        Ok((logits, scores))
-    }
-
-    fn err(&self, source: tutti_models::Error) -> EngineError {
-        EngineError::Model {
-            member: self.model.info.name.clone(),
-            source,
-        }
-    }
-}
-
-impl Backend for LocalModel {
-    fn name(&self) -> &str {
-        &self.model.info.name
-    }
-
-    fn tokenizer(&self) -> &ModelTokenizer {
-        &self.model.tokenizer
-    }
-
-    fn logit_width(&self) -> usize {
-        self.model.lm.vocab_size()
-    }
-
-    fn context_length(&self) -> usize {
-        self.model.info.context_length
-    }
-
-    fn forward(&mut self, context: &[u32], cached: usize) -> Result<Logits> {
-        self.run(context, cached, false).map(|(l, _)| l)
-    }
-
-    fn forward_scored(&mut self, context: &[u32], cached: usize) -> Result<(Logits, Vec<f32>)> {
-        self.run(context, cached, true)
-    }
-
-    fn input_embeddings(&self) -> Option<Result<Tensor>> {
-        Some(self.model.lm.input_embeddings().map_err(EngineError::from))
-    }
-
-    fn uses_host_cpu(&self) -> bool {
-        self.model.lm.device().is_cpu()
-    }
-
-    fn device_name(&self) -> String {
-        tutti_models::device_name(self.model.lm.device())
-    }
-
-    fn keep_logits_on_device(&mut self, on: bool) -> bool {
-        self.device_logits = on;
-        true
-    }
-
-    fn local(&self) -> Option<&Model> {
-        Some(&self.model)
-    }
-
-    fn local_mut(&mut self) -> Option<&mut Model> {
-        Some(&mut self.model)
-    }
-}
-
-/// The device a local member's model sits on (the CPU for other backends).
-pub fn device_of(backend: &dyn Backend) -> Device {
-    backend
-        .local()
-        .map_or(Device::Cpu, |m| m.lm.device().clone())
 }

@@ -3,6 +3,9 @@
 
 use crate::align::AlignError;
 
+/// The most candidates a member may propose per step (a request's top-k).
+pub const MAX_TOP_K: usize = 1024;
+
 /// Errors of building an [`crate::engine::Ensemble`] and of generating with it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -27,13 +30,13 @@ pub enum EngineError {
     #[error("top-k kernel failed: {0}")]
     Kernel(#[from] tutti_kernels::KernelError),
     /// An ensemble needs at least one member.
-    #[error("no members: pass at least one model (-m MODEL or [[member]] in the ensemble file)")]
+    #[error("no members: an ensemble needs at least one model")]
     NoMembers,
     /// Weights must be finite, non-negative and not all zero.
     #[error("invalid weights {weights:?}: {reason}")]
     BadWeights { weights: Vec<f32>, reason: String },
-    /// `top_k` must be between 1 and [`crate::engine::MAX_TOP_K`].
-    #[error("top-k must be between 1 and {max} (got {0})", max = super::request::MAX_TOP_K)]
+    /// `top_k` must be between 1 and [`MAX_TOP_K`].
+    #[error("top-k must be between 1 and {max} (got {0})", max = MAX_TOP_K)]
     BadTopK(usize),
     /// A sampling parameter out of range.
     #[error("invalid sampling setting: {0}")]
@@ -56,7 +59,7 @@ pub enum EngineError {
     #[error("ensemble file {path}: {reason}")]
     Config { path: String, reason: String },
     /// Generation needs a non-empty prompt.
-    #[error("the prompt is empty; pass a prompt argument or pipe text on stdin")]
+    #[error("the prompt is empty")]
     EmptyPrompt,
     /// The prompt does not fit a member's context.
     #[error("the prompt is {tokens} tokens for member `{member}`, whose context holds {max}; shorten the prompt")]

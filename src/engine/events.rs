@@ -6,6 +6,7 @@ use serde::Serialize;
 
 /// Something that happened during a generation, in order: per step a [`Event::Step`],
 /// then [`Event::Text`] whenever text became safe to show, and one [`Event::Finish`].
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     Step(StepEvent),
@@ -44,6 +45,7 @@ impl Sink for Discard {
 }
 
 /// A candidate of the combined distribution.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Choice {
     /// The candidate's exact bytes (empty for end of sequence).
@@ -71,6 +73,7 @@ impl Choice {
 }
 
 /// One member's part in a step.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MemberStep {
     /// The member's slot in the ensemble.
@@ -84,6 +87,7 @@ pub struct MemberStep {
 }
 
 /// One decoding step.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StepEvent {
     /// 0 for the first step (which also processed the prompt).
@@ -104,6 +108,7 @@ pub struct StepEvent {
 }
 
 /// Time split of one step, in milliseconds.
+#[non_exhaustive]
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct StepTime {
     /// Forward time per taking-part member (0 when the member was not run this step).
@@ -121,6 +126,7 @@ pub struct StepTime {
 }
 
 /// Why generation ended.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
@@ -137,6 +143,7 @@ pub enum StopReason {
 }
 
 /// Token counts of a generation.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
     /// Prompt tokens of the first taking-part member (each member counts its own in
@@ -147,6 +154,7 @@ pub struct Usage {
 }
 
 /// The last event.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Finish {
     pub reason: StopReason,
@@ -154,6 +162,7 @@ pub struct Finish {
 }
 
 /// One member's part of a [`Generation`].
+#[non_exhaustive]
 #[derive(Clone, Debug, Serialize)]
 pub struct MemberReport {
     pub slot: usize,
@@ -169,11 +178,12 @@ pub struct MemberReport {
     /// Requests sent to the member's server during this generation (`None` for a
     /// member in this process).
     pub round_trips: Option<usize>,
-    /// Why the member left the generation (`--on-member-failure drop`), if it did.
+    /// Why the member left the generation ([`super::OnMemberFailure::Drop`]), if it did.
     pub dropped: Option<String>,
 }
 
 /// Aggregate timings of a [`Generation`], in milliseconds.
+#[non_exhaustive]
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Timing {
     /// The first step (prompt processing and the first token).
@@ -188,6 +198,7 @@ pub struct Timing {
 }
 
 /// The result of one generation.
+#[non_exhaustive]
 #[derive(Clone, Debug, Serialize)]
 pub struct Generation {
     pub text: String,

@@ -14,8 +14,9 @@
 
 use serde::Serialize;
 
+use super::combine::step_weights;
 use super::request::Combine;
-use super::step::{step_weights, CandidateKey, Step};
+use super::union::{CandidateKey, Proposals};
 
 /// How many of the combined distribution's most probable candidates a record keeps.
 pub const EXPLAIN_ALTERNATIVES: usize = 5;
@@ -129,6 +130,22 @@ pub struct MemberInput<'a> {
     pub rolled_back: usize,
 }
 
+impl MemberAttribution {
+    /// A member the gate did not consult.
+    fn skipped(slot: usize, rolled_back: usize) -> MemberAttribution {
+        MemberAttribution {
+            slot,
+            consulted: false,
+            weight: 0.0,
+            prob: None,
+            top: None,
+            agreed: None,
+            contribution: 0.0,
+            rolled_back,
+        }
+    }
+}
+
 /// The record of step `index`: `keys` are the union's candidates, `combined` the
 /// combined distribution over them (renormalised), `chosen` the index of the chosen
 /// one.
@@ -159,16 +176,7 @@ pub fn attribute(
     let mut leader: Option<(usize, f32)> = None;
     for m in members {
         let Some(c) = &m.consulted else {
-            out.push(MemberAttribution {
-                slot: m.slot,
-                consulted: false,
-                weight: 0.0,
-                prob: None,
-                top: None,
-                agreed: None,
-                contribution: 0.0,
-                rolled_back: m.rolled_back,
-            });
+            out.push(MemberAttribution::skipped(m.slot, m.rolled_back));
             continue;
         };
         let agreed = matches!((c.top, chosen_key), (Some((k, _)), Some(ch)) if k == ch);
@@ -217,23 +225,39 @@ pub fn attribute(
     }
 }
 
-/// The record of a step the engine ran: `slots` the taking-part members in request
-/// order; `probs`, `weights` and `tops` the consulted ones' probabilities of the union,
-/// request weights and top-k (in that order, as [`crate::engine::step::combine`] took
-/// them); `rolled_back` per taking-part member.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn from_step(
-    index: usize,
-    step: &Step,
-    slots: &[usize],
-    probs: &[Vec<f32>],
-    weights: &[f32],
-    tops: &[&[(u32, f32)]],
-    rule: Combine,
-    combined: &[f32],
-    chosen: usize,
-    rolled_back: &[usize],
-) -> StepExplain {
+/// What a step computed that its record is made from.
+pub(crate) struct StepRecord<'a> {
+    pub index: usize,
+    pub proposals: &'a Proposals,
+    /// Taking-part member slots, in request order.
+    pub slots: &'a [usize],
+    /// Per consulted member (in request order): its probability of every candidate,
+    /// its request weight and its top-k, as the combination took them.
+    pub probs: &'a [Vec<f32>],
+    pub weights: &'a [f32],
+    pub tops: &'a [&'a [(u32, f32)]],
+    pub rule: Combine,
+    /// The combined distribution over the union, and the chosen candidate.
+    pub combined: &'a [f32],
+    pub chosen: usize,
+    /// Per taking-part member, the tokens this step's commit rolled back.
+    pub rolled_back: &'a [usize],
+}
+
+/// The record of a step the engine ran.
+pub(crate) fn from_step(r: &StepRecord) -> StepExplain {
+    let StepRecord {
+        index,
+        proposals: step,
+        slots,
+        probs,
+        weights,
+        tops,
+        rule,
+        combined,
+        chosen,
+        rolled_back,
+    } = *r;
     let w = step_weights(rule, weights, tops);
     let keys: Vec<&CandidateKey> = step.union.candidates.iter().map(|c| &c.key).collect();
     let mut consulted = 0;

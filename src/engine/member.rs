@@ -11,11 +11,11 @@
 
 use std::time::Instant;
 
-use tutti_models::{Model, ModelTokenizer};
+use tutti_models::{ModelInfo, ModelTokenizer};
 
 use super::backend::{Backend, Logits};
+use super::dist::MemberDist;
 use super::error::{EngineError, Result};
-use super::step::MemberDist;
 use crate::vocab::Vocab;
 
 /// How many generated tokens before the new bytes are re-encoded with them. Long
@@ -33,7 +33,7 @@ pub struct CommitOutcome {
 
 /// How well a member predicts its own prompt (teacher-forced, from the prefill).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PromptScore {
+pub(crate) struct PromptScore {
     /// Negative natural-log likelihood of the scored ids, summed.
     pub nll: f64,
     /// Ids scored: every prompt id after the first.
@@ -84,7 +84,7 @@ impl std::fmt::Debug for Member {
 
 impl Member {
     /// Wraps a backend; reads its byte vocabulary.
-    pub fn new(backend: Box<dyn Backend>, weight: f32) -> Result<Member> {
+    pub(crate) fn new(backend: Box<dyn Backend>, weight: f32) -> Result<Member> {
         let name = backend.name().to_string();
         let tok = backend.tokenizer();
         let vocab = Vocab::from_tokenizer(tok.inner(), tok.eos_ids(), Some(backend.logit_width()))
@@ -113,7 +113,7 @@ impl Member {
     /// default for GPU members: only the packed top-k and the gathered probabilities
     /// cross to the host) or on a host copy (the default on the CPU). On the CPU both
     /// give the same numbers bit for bit. Takes effect at the next forward.
-    pub fn set_device_topk(&mut self, on: bool) -> bool {
+    pub(crate) fn set_device_topk(&mut self, on: bool) -> bool {
         self.backend.keep_logits_on_device(on)
     }
 
@@ -123,7 +123,7 @@ impl Member {
 
     /// Parameters of a member that runs in this process (`None` for a served one).
     pub fn parameters(&self) -> Option<u64> {
-        self.model().map(|m| m.info.parameters)
+        self.info().map(|i| i.parameters)
     }
 
     /// The member's own weight (a request may override it).
@@ -138,7 +138,7 @@ impl Member {
     }
 
     /// Sets the member's temperature; it must be finite and above 0.
-    pub fn set_temperature(&mut self, t: f32) -> Result<()> {
+    pub(crate) fn set_temperature(&mut self, t: f32) -> Result<()> {
         check_temperature(&self.name, t)?;
         self.temperature = t;
         Ok(())
@@ -152,14 +152,9 @@ impl Member {
         self.backend.tokenizer()
     }
 
-    /// The loaded model of a member that runs in this process.
-    pub fn model(&self) -> Option<&Model> {
-        self.backend.local()
-    }
-
-    /// Mutable access to a local model, for tests and tools that check the KV state.
-    pub fn model_mut(&mut self) -> Option<&mut Model> {
-        self.backend.local_mut()
+    /// What is known of the weights of a member that runs in this process.
+    pub fn info(&self) -> Option<&ModelInfo> {
+        self.backend.info()
     }
 
     pub fn vocab(&self) -> &Vocab {
@@ -208,7 +203,7 @@ impl Member {
     }
 
     /// Tells a sparse backend how many of the most probable ids to return per step.
-    pub fn set_top_n(&mut self, n: usize) {
+    pub(crate) fn set_top_n(&mut self, n: usize) {
         self.backend.set_top_n(n);
     }
 
@@ -237,7 +232,7 @@ impl Member {
     /// the old and the new ids: a prefix cache for callers that send the whole context
     /// each time (a served member's client). The last id is always forwarded again, so
     /// the logits come from the same one-token step a continuing decode would run.
-    pub fn start_keeping_prefix(&mut self, prompt_ids: Vec<u32>) -> Result<()> {
+    pub(crate) fn start_keeping_prefix(&mut self, prompt_ids: Vec<u32>) -> Result<()> {
         let keep = self.committed[..self.cached]
             .iter()
             .zip(&prompt_ids)
@@ -252,7 +247,7 @@ impl Member {
     /// Forgets the text and everything the backend holds of it: the next forward
     /// starts from position 0. For recovery after a failure that may have left the
     /// state half updated.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.prompt_len = 0;
         self.committed.clear();
         self.cached = 0;
@@ -260,7 +255,7 @@ impl Member {
     }
 
     /// Whether one more token still fits the model's context.
-    pub fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.committed.len() < self.backend.context_length()
     }
 
@@ -293,7 +288,7 @@ impl Member {
     /// is prefilled again: its log-probabilities were not kept, and one forward over
     /// the whole prompt gives the score (and the logits) a fresh run gives, bit for
     /// bit, where a forward over the rest alone would round differently.
-    pub fn score_prompt(&mut self) -> Result<(Option<PromptScore>, f64)> {
+    pub(crate) fn score_prompt(&mut self) -> Result<(Option<PromptScore>, f64)> {
         if self.logits.is_some() || self.committed.is_empty() {
             return Ok((None, 0.0));
         }
@@ -316,7 +311,7 @@ impl Member {
     }
 
     /// The logits of the last forward, when nothing is pending since.
-    pub fn logits(&self) -> Option<&Logits> {
+    pub(crate) fn logits(&self) -> Option<&Logits> {
         if self.pending() == 0 {
             self.logits.as_ref()
         } else {
@@ -336,7 +331,11 @@ impl Member {
 
     /// This step's distribution at `temperature` (times the member's own) with the member's `k` most probable
     /// candidates; `None` before a forward.
-    pub fn distribution(&mut self, temperature: f32, k: usize) -> Result<Option<MemberDist>> {
+    pub(crate) fn distribution(
+        &mut self,
+        temperature: f32,
+        k: usize,
+    ) -> Result<Option<MemberDist>> {
         let Some(logits) = self.logits().cloned() else {
             return Ok(None);
         };
@@ -358,7 +357,7 @@ impl Member {
 
     /// Appends the chosen `bytes`. `own` is this member's id for exactly these bytes
     /// when the member itself proposed it: then it is appended as is, as a single model
-    /// would. Otherwise the last [`TAIL_WINDOW`] generated tokens are re-encoded with
+    /// would. Otherwise the last `TAIL_WINDOW` (8) generated tokens are re-encoded with
     /// the new bytes; the longest common prefix with the committed ids is kept, the
     /// backend's cached positions are cut back to it and the rest becomes pending.
     pub fn commit(&mut self, bytes: &[u8], own: Option<u32>) -> Result<CommitOutcome> {

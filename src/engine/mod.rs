@@ -1,21 +1,21 @@
 //! The generation engine: one decoding loop for a single model and for ensembles.
 //!
 //! A single model is a one-member [`Ensemble`]. Settings travel with each call as a
-//! [`Request`]; the ensemble holds members and vocabulary maps only. One step, top to
-//! bottom, in five files:
+//! [`Request`]; the ensemble holds members and vocabulary lookups only. The engine knows
+//! its members through the [`Backend`] trait alone (the implementations are in
+//! [`crate::backends`]). One token's path, top to bottom:
 //!
-//! 1. `ensemble.rs`: the loop. Members forward their pending ids through their
-//!    [`Backend`] (`backend.rs`: a candle model here, or a server), in parallel off the
-//!    CPU;
-//! 2. `step.rs`: each consulted member's distribution and top-k, once per step
-//!    ([`step::MemberDist`]) → the union of candidates keyed by bytes ([`step::Union`]) →
-//!    each member's probability of each candidate ([`step::Step::member_probs`]) →
-//!    [`step::combine`] → [`step::choose`];
-//! 3. `crate::align::lookup`: which of a member's tokens stands for a candidate it did
-//!    not propose;
-//! 4. `member.rs`: feedback — every member commits the chosen bytes in its own
-//!    tokenization, rolling its cache back when re-tokenizing changes earlier ids
-//!    ([`Member::commit`]).
+//! | file | what it does |
+//! |---|---|
+//! | `ensemble.rs` | the handle: [`Ensemble::generate`] runs a sequence step by step |
+//! | `sequence.rs` | one request's state: taking-part members, weights, sampler, text |
+//! | `step.rs` | the step in named phases: forward → distributions → union → member probabilities → combine → choose → commit |
+//! | `member.rs` | a member's committed ids and cache position; its forward and its commit |
+//! | `dist.rs` | a member's distribution and top-k, from whatever logits its backend gave |
+//! | `union.rs` | the union of candidates keyed by bytes; each member's probability of each, through [`crate::align::lookup`] |
+//! | `combine.rs` | combination rules, auto weights, the choice |
+//!
+//! Building: `spec.rs` ([`MemberSpec`]) and `builder.rs` ([`EnsembleBuilder`]).
 //!
 //! ```no_run
 //! use tutti::engine::{Ensemble, Event, Flow, MemberSpec, Request};
@@ -34,30 +34,39 @@
 //! # Ok::<(), tutti::engine::EngineError>(())
 //! ```
 
-pub mod backend;
-pub mod config;
+mod backend;
+mod builder;
+mod combine;
+mod dist;
 mod ensemble;
 mod error;
-pub mod events;
+mod events;
 pub mod explain;
-pub mod member;
-pub mod output;
-pub mod remote;
-pub mod request;
-pub mod step;
+mod member;
+mod output;
+mod request;
+mod sequence;
+mod spec;
+mod step;
+mod union;
 
-pub use backend::{Backend, LocalModel, Logits, SparseLogits};
-pub use config::EnsembleFile;
-pub use ensemble::{encode_prompt, BuildEvent, Ensemble, EnsembleBuilder, MemberSpec, Stream};
-pub use error::{EngineError, Result};
+pub use backend::{Backend, Logits, SparseLogits};
+pub use builder::{BuildEvent, EnsembleBuilder};
+pub use ensemble::{Ensemble, Stream};
+pub use error::{EngineError, Result, MAX_TOP_K};
 pub use events::{
     Choice, Discard, Event, Finish, Flow, Generation, MemberReport, MemberStep, Sink, StepEvent,
     StepTime, StopReason, Timing, Usage,
 };
 pub use explain::{Agreement, MemberAttribution, StepExplain, Summary};
-pub use member::{Member, PromptScore};
-pub use remote::{Protocol, RemoteModel, RemoteSpec};
+pub use member::Member;
 pub use request::{
-    parse_auto_weights, validate_weights, Combine, Gate, Message, OnMemberFailure, Prompt, Request,
-    Role, Sampling, DEFAULT_AUTO_TAU, MAX_ALTERNATIVES, MAX_TOP_K,
+    parse_auto_weights, Combine, Gate, Message, OnMemberFailure, Prompt, Request, Role, Sampling,
+    DEFAULT_AUTO_TAU, MAX_ALTERNATIVES,
 };
+pub use sequence::encode_prompt;
+pub use spec::{timeout_of, MemberSpec, MAX_TIMEOUT_S};
+pub use union::CandidateKey;
+
+pub(crate) use member::check_temperature;
+pub(crate) use request::derived_seed;

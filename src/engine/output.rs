@@ -74,10 +74,6 @@ impl TextStream {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).into_owned()
     }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
 }
 
 /// Length of the longest prefix that does not end inside a UTF-8 sequence. Invalid

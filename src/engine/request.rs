@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{EngineError, Result};
+use super::error::{EngineError, Result, MAX_TOP_K};
 
 /// What the members continue.
 #[derive(Clone, Debug, PartialEq)]
@@ -187,7 +187,7 @@ pub enum Combine {
     /// top probability: a member that is unsure at this step counts less.
     Confidence,
     /// Weighted geometric mean (log-linear pool): a candidate one member gives (almost)
-    /// zero is vetoed. Probabilities are floored at [`crate::engine::step::PRODUCT_FLOOR`].
+    /// zero is vetoed. Probabilities are floored at `PRODUCT_FLOOR` (1e-6).
     Product,
     /// Each candidate's largest weighted member probability.
     Max,
@@ -298,9 +298,6 @@ impl fmt::Display for OnMemberFailure {
 /// The most top alternatives a step can report (as the OpenAI API's `top_logprobs`).
 pub const MAX_ALTERNATIVES: usize = 20;
 
-/// The most candidates a member may propose per step.
-pub const MAX_TOP_K: usize = 1024;
-
 /// One generation call. Build it with [`Request::raw`], [`Request::chat`] or
 /// [`Request::ids`] and the setters; every field has a sane default.
 #[derive(Clone, Debug, PartialEq)]
@@ -320,7 +317,7 @@ pub struct Request {
     pub weights: Option<Vec<f32>>,
     /// `Some(τ)`: weights from the prompt, once per request. Each member's perplexity
     /// on the prompt (nats per byte, from its prefill) sets its weight to
-    /// `w · exp(−(x − x_best) / τ)`, `w` the weight above; see [`crate::engine::step::auto_weights`].
+    /// `w · exp(−(x − x_best) / τ)`, `w` the weight above; see `auto_weights` in `combine.rs`.
     pub auto_weights: Option<f32>,
     /// Candidates each member proposes per step (default 10).
     pub top_k: usize,

@@ -178,7 +178,7 @@ impl<'e> RouteContext<'e> {
         if let Sampling::Sample { seed, .. } = &mut request.sampling {
             // Each answer its own draw: one seed for all would give every answer the
             // same random numbers. Numbered by answer, the route stays reproducible.
-            *seed = crate::engine::request::derived_seed(*seed, self.generated as u64);
+            *seed = crate::engine::derived_seed(*seed, self.generated as u64);
         }
         let out = self.ens.generate_quiet(&request)?;
         self.generated += 1;

@@ -87,7 +87,7 @@ impl Seeds {
         let n = self
             .drawn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        crate::engine::request::derived_seed(base, n)
+        crate::engine::derived_seed(base, n)
     }
 }
 

@@ -233,9 +233,7 @@ fn run(mut ens: Ensemble, rx: Receiver<Job>, cancel: &AtomicBool, metrics: &Metr
             Err(_) => {
                 // Nothing the failed request left in a member (its ids, its prefix-cache
                 // rows) is trusted by the next one.
-                for m in ens.members_mut() {
-                    m.reset();
-                }
+                ens.reset();
                 tracing::error!("the engine panicked on a request; it goes on with the next");
                 Err(ApiError::internal(
                     "the engine failed on this request; the server goes on with the next",
@@ -243,5 +241,10 @@ fn run(mut ens: Ensemble, rx: Receiver<Job>, cancel: &AtomicBool, metrics: &Metr
             }
         };
         let _ = job.events.send(Msg::Done(done));
+    }
+    // The queue is closed: the server is shutting down. What the requests mapped
+    // spares the next server the projections.
+    if let Err(e) = ens.save_maps() {
+        tracing::warn!("the mapped candidates are not cached: {e}");
     }
 }

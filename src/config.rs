@@ -41,11 +41,10 @@ use serde::Deserialize;
 
 use tutti_models::{Architecture, DTypeSpec, DeviceSpec};
 
-use super::ensemble::MemberSpec;
-use super::error::{EngineError, Result};
-use super::member::check_temperature;
-use super::remote::RemoteSpec;
-use super::request::{parse_auto_weights, Request, Sampling};
+use crate::backends::RemoteSpec;
+use crate::engine::{
+    check_temperature, parse_auto_weights, EngineError, MemberSpec, Request, Result, Sampling,
+};
 
 /// Top level of the file; every setting is optional (command-line flags override).
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -148,6 +147,18 @@ impl MemberEntry {
                 })
             }
         };
+        spec = self.serving_settings(spec, origin)?;
+        if let Some(r) = spec.remote() {
+            r.map_err(|e| EngineError::Config {
+                path: origin.to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(spec)
+    }
+
+    /// The settings of a served member (refused for a model in this process).
+    fn serving_settings(&self, mut spec: MemberSpec, origin: &str) -> Result<MemberSpec> {
         let remote = RemoteSpec::is_remote(&self.model);
         let serving = [
             ("tokenizer", self.tokenizer.is_some()),
@@ -172,23 +183,17 @@ impl MemberEntry {
             spec = spec.api_key_env(v.clone());
         }
         if let Some(t) = self.timeout {
-            let Some(timeout) = super::ensemble::timeout_of(t) else {
+            let Some(timeout) = crate::engine::timeout_of(t) else {
                 return Err(EngineError::Config {
                     path: origin.to_string(),
                     reason: format!(
                         "member `{}`: timeout must be a number of seconds above 0 and at most {} (got {t})",
                         self.model,
-                        super::ensemble::MAX_TIMEOUT_S
+                        crate::engine::MAX_TIMEOUT_S
                     ),
                 });
             };
             spec = spec.timeout(timeout);
-        }
-        if let Some(r) = spec.remote() {
-            r.map_err(|e| EngineError::Config {
-                path: origin.to_string(),
-                reason: e.to_string(),
-            })?;
         }
         Ok(spec)
     }
