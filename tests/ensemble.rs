@@ -372,7 +372,8 @@ fn full_maps_are_cached_and_decode_like_the_lazy_search() {
             .align(AlignMethod::MinEd)
             .full_maps(full)
             .on_progress(move |e| {
-                if let tutti::engine::BuildEvent::MapReady { source, .. } = e {
+                use tutti::engine::{BuildEvent, MapEvent};
+                if let BuildEvent::Map(MapEvent::Ready { source, .. }) = e {
                     seen.lock().unwrap().push((*source).clone());
                 }
             });

@@ -267,7 +267,8 @@ impl TargetLookup {
 
 /// What preparing the maps reports while it works (for progress displays; the
 /// decisions themselves are also logged through `tracing`).
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub enum MapEvent<'a> {
     /// A full map starts being built over `total` candidates of `from`.
     Building {

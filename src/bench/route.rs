@@ -4,7 +4,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::runner::{run_items, ItemRow, Outcome, Pass, Progress, ResultsFile};
+use super::runner::{run_items, ItemRow, Pass, Progress, ResultsFile};
 use super::{BenchError, Task};
 use crate::route::{Policy, PolicySpec, RouteContext, RouteError, RouteQuestion, RouteSettings};
 
@@ -83,19 +83,13 @@ pub fn run_policy(
         reuse: &|_: &mut ItemRow| {},
         on_progress,
     };
-    run_items(task, pass, &mut |n, _| {
+    run_items(task, pass, &mut |n, _, row| {
         let out = ctx.run(policy, &questions[n], settings, &mut |_| {})?;
-        Ok(Outcome {
-            tokens: 0,
-            time_ms: out.ms,
-            decode_ms: 0.0,
-            decode_tokens: 0,
-            steps: out.steps.len(),
-            ensembled_steps: 0,
-            rollbacks: 0,
-            parameters: Some(out.parameters),
-            route: Some(out.steps.iter().map(|s| s.name.clone()).collect()),
-            output: out.answer,
-        })
+        row.time_ms = out.ms;
+        row.steps = out.steps.len();
+        row.parameters = Some(out.parameters);
+        row.route = Some(out.steps.iter().map(|s| s.name.clone()).collect());
+        row.output = out.answer;
+        Ok(())
     })
 }

@@ -279,7 +279,7 @@ pub fn run_system(
         reuse: &|row: &mut ItemRow| row.parameters = row.parameters.or(parameters),
         on_progress,
     };
-    run_items(task, pass, &mut |_, item| {
+    run_items(task, pass, &mut |_, item, row| {
         let mut request = base.clone();
         request.prompt = decode.mode.prompt(&item.prompt);
         request.sampling = Sampling::Greedy;
@@ -290,38 +290,19 @@ pub fn run_system(
             request.weights = None;
         }
         let out: Generation = ens.generate_quiet(&request)?;
-        let decode_tokens = out.steps.len().saturating_sub(1);
-        Ok(Outcome {
-            tokens: out.tokens,
-            time_ms: out.timing.total_ms,
-            decode_ms: out.timing.ms_per_token * decode_tokens as f64,
-            decode_tokens,
-            steps: out.steps.len(),
-            ensembled_steps: if system == System::Ensemble {
-                out.ensembled_steps
-            } else {
-                0
-            },
-            rollbacks: out.rollbacks(),
-            parameters,
-            route: None,
-            output: out.text,
-        })
+        row.decode_tokens = out.steps.len().saturating_sub(1);
+        row.tokens = out.tokens;
+        row.time_ms = out.timing.total_ms;
+        row.decode_ms = out.timing.ms_per_token * row.decode_tokens as f64;
+        row.steps = out.steps.len();
+        if system == System::Ensemble {
+            row.ensembled_steps = out.ensembled_steps;
+        }
+        row.rollbacks = out.rollbacks();
+        row.parameters = parameters;
+        row.output = out.text;
+        Ok(())
     })
-}
-
-/// What a system measured on one item, before it is judged.
-pub struct Outcome {
-    pub output: String,
-    pub tokens: usize,
-    pub time_ms: f64,
-    pub decode_ms: f64,
-    pub decode_tokens: usize,
-    pub steps: usize,
-    pub ensembled_steps: usize,
-    pub rollbacks: usize,
-    pub parameters: Option<u64>,
-    pub route: Option<Vec<String>>,
 }
 
 /// One system's pass over a task: its name and configuration hash (stored in every
@@ -336,12 +317,13 @@ pub struct Pass<'a> {
 }
 
 /// The item loop every bench system runs: rows already in the results file for the
-/// same configuration are reused; the others are answered by `answer` (given the
-/// item's index and the item), judged, appended to the file durably, and reported.
+/// same configuration are reused; for the others `answer` (given the item's index,
+/// the item and its row) fills in the output and what it measured, then the row is
+/// judged, appended to the file durably, and reported.
 pub fn run_items(
     task: &mut Task,
     mut pass: Pass<'_>,
-    answer: &mut dyn FnMut(usize, &BenchItem) -> Result<Outcome, BenchError>,
+    answer: &mut dyn FnMut(usize, &BenchItem, &mut ItemRow) -> Result<(), BenchError>,
 ) -> Result<Vec<ItemRow>, BenchError> {
     let first_metric = task.judge.metric_names().into_iter().next();
     let total = task.items.len();
@@ -359,28 +341,31 @@ pub fn run_items(
                 row
             }
             None => {
-                let out = answer(n, item)?;
-                let verdict = task.judge.judge(item, &out.output)?;
-                let row = ItemRow {
+                let mut row = ItemRow {
                     task: task.name.clone(),
                     id: item.id.clone(),
                     system: pass.name.to_string(),
                     config: pass.config.to_string(),
                     prompt_hash: prompt_hash(&item.prompt),
-                    output: out.output,
-                    extracted: verdict.extracted,
-                    correct: verdict.correct,
-                    metrics: verdict.metrics,
-                    tokens: out.tokens,
-                    time_ms: out.time_ms,
-                    decode_ms: out.decode_ms,
-                    decode_tokens: out.decode_tokens,
-                    steps: out.steps,
-                    ensembled_steps: out.ensembled_steps,
-                    rollbacks: out.rollbacks,
-                    parameters: out.parameters,
-                    route: out.route,
+                    output: String::new(),
+                    extracted: String::new(),
+                    correct: None,
+                    metrics: BTreeMap::new(),
+                    tokens: 0,
+                    time_ms: 0.0,
+                    decode_ms: 0.0,
+                    decode_tokens: 0,
+                    steps: 0,
+                    ensembled_steps: 0,
+                    rollbacks: 0,
+                    parameters: None,
+                    route: None,
                 };
+                answer(n, item, &mut row)?;
+                let verdict = task.judge.judge(item, &row.output)?;
+                row.extracted = verdict.extracted;
+                row.correct = verdict.correct;
+                row.metrics = verdict.metrics;
                 if let Some(r) = pass.results.as_deref_mut() {
                     r.append(&row)?;
                 }

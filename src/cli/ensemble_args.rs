@@ -9,7 +9,8 @@ use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tutti::align::AlignMethod;
 use tutti::engine::{
-    parse_auto_weights, BuildEvent, Combine, Ensemble, Gate, MemberSpec, Prompt, Request, Sampling,
+    parse_auto_weights, BuildEvent, Combine, Ensemble, Gate, MapEvent, MemberSpec, Prompt, Request,
+    Sampling,
 };
 use tutti::EnsembleFile;
 use tutti_models::{Architecture, DTypeSpec, DeviceSpec};
@@ -246,9 +247,9 @@ pub fn build_with(plan: &Plan, extra: Vec<tutti_models::Model>) -> Result<Ensemb
         .full_maps(plan.build_maps)
         .on_progress(move |e| match e {
             BuildEvent::Loading { spec, .. } => tracing::info!("loading {spec}"),
-            BuildEvent::MapBuilding {
+            BuildEvent::Map(MapEvent::Building {
                 from, to, total, ..
-            } => {
+            }) => {
                 let pb = ProgressBar::new(*total);
                 pb.set_style(
                     ProgressStyle::with_template(
@@ -262,14 +263,14 @@ pub fn build_with(plan: &Plan, extra: Vec<tutti_models::Model>) -> Result<Ensemb
                     *g = Some(pb);
                 }
             }
-            BuildEvent::MapProgress(n) => {
+            BuildEvent::Map(MapEvent::Progress(n)) => {
                 if let Ok(g) = bar.lock() {
                     if let Some(pb) = g.as_ref() {
                         pb.inc(*n);
                     }
                 }
             }
-            BuildEvent::MapReady { .. } => {
+            BuildEvent::Map(MapEvent::Ready { .. }) => {
                 if let Ok(mut g) = bar.lock() {
                     if let Some(pb) = g.take() {
                         pb.finish_and_clear();

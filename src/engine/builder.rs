@@ -13,7 +13,7 @@ use super::error::{EngineError, Result};
 use super::member::{check_temperature, Member};
 use super::request::validate_weights;
 use super::spec::MemberSpec;
-use crate::align::cache::{MapCache, Source};
+use crate::align::cache::MapCache;
 use crate::align::lookup::{prepare_lookups, MapEvent, MapSide, Preparation, RelRepSettings};
 use crate::align::{AlignError, AlignMethod};
 use crate::backends::{LoadKey, LocalModel};
@@ -25,31 +25,8 @@ use crate::backends::{LoadKey, LocalModel};
 pub enum BuildEvent<'a> {
     /// A member starts loading.
     Loading { slot: usize, spec: &'a str },
-    /// A vocabulary map starts being built over `total` candidates of `from`.
-    MapBuilding {
-        from: &'a str,
-        to: &'a str,
-        method: AlignMethod,
-        total: u64,
-    },
-    /// That map advanced by this many candidates (called from worker threads).
-    MapProgress(u64),
-    /// A map is ready.
-    MapReady {
-        from: &'a str,
-        to: &'a str,
-        method: AlignMethod,
-        source: &'a Source,
-        seconds: f64,
-    },
-    /// relrep without a full map is ready to map candidates as they appear: its
-    /// preparation was made now ([`Source::Built`], and cached) or loaded from the cache.
-    RelRepReady {
-        from: &'a str,
-        to: &'a str,
-        source: &'a Source,
-        seconds: f64,
-    },
+    /// The vocabulary maps between the members are being prepared.
+    Map(MapEvent<'a>),
 }
 
 type Progress = Box<dyn Fn(&BuildEvent) + Send + Sync>;
@@ -201,7 +178,7 @@ impl EnsembleBuilder {
             CacheChoice::Dir(c) => Some(c),
             CacheChoice::None => None,
         };
-        let on_map = |e: &MapEvent| progress(&BuildEvent::from(e));
+        let on_map = |e: &MapEvent| progress(&BuildEvent::Map(*e));
         let preparation = Preparation {
             method: self.align,
             relrep: &self.relrep,
@@ -320,48 +297,5 @@ fn embeddings(m: &Member) -> std::result::Result<candle_core::Tensor, AlignError
             "member `{}` cannot provide its embedding table; align with min-ed or exact",
             m.name()
         ))),
-    }
-}
-
-impl<'a> From<&MapEvent<'a>> for BuildEvent<'a> {
-    fn from(e: &MapEvent<'a>) -> BuildEvent<'a> {
-        match *e {
-            MapEvent::Building {
-                from,
-                to,
-                method,
-                total,
-            } => BuildEvent::MapBuilding {
-                from,
-                to,
-                method,
-                total,
-            },
-            MapEvent::Progress(n) => BuildEvent::MapProgress(n),
-            MapEvent::Ready {
-                from,
-                to,
-                method,
-                source,
-                seconds,
-            } => BuildEvent::MapReady {
-                from,
-                to,
-                method,
-                source,
-                seconds,
-            },
-            MapEvent::RelRepReady {
-                from,
-                to,
-                source,
-                seconds,
-            } => BuildEvent::RelRepReady {
-                from,
-                to,
-                source,
-                seconds,
-            },
-        }
     }
 }

@@ -50,6 +50,7 @@ mod spec;
 mod step;
 mod union;
 
+pub use crate::align::lookup::MapEvent;
 pub use backend::{Backend, Logits, SparseLogits};
 pub use builder::{BuildEvent, EnsembleBuilder};
 pub use ensemble::{Ensemble, Stream};
@@ -61,12 +62,11 @@ pub use events::{
 pub use explain::{Agreement, MemberAttribution, StepExplain, Summary};
 pub use member::Member;
 pub use request::{
-    parse_auto_weights, Combine, Gate, Message, OnMemberFailure, Prompt, Request, Role, Sampling,
-    DEFAULT_AUTO_TAU, MAX_ALTERNATIVES,
+    derived_seed, parse_auto_weights, Combine, Gate, Message, OnMemberFailure, Prompt, Request,
+    Role, Sampling, DEFAULT_AUTO_TAU, MAX_ALTERNATIVES,
 };
 pub use sequence::encode_prompt;
 pub use spec::{timeout_of, MemberSpec, MAX_TIMEOUT_S};
 pub use union::CandidateKey;
 
 pub(crate) use member::check_temperature;
-pub(crate) use request::derived_seed;
