@@ -13,7 +13,6 @@
 //! sliding windows, fused projections); everything else is the same decoder, so the
 //! switches live here and `transformer.rs` reads them.
 
-use crate::transformer::WeightFormat;
 use crate::{ConfigError, Error, Result};
 use candle_core::quantized::gguf_file;
 use serde::Deserialize;
@@ -204,6 +203,15 @@ pub mod limits {
     pub const MAX_KV_BYTES_PER_POSITION: u64 = 1 << 24;
 }
 use limits::*;
+
+/// Where a family's tensors live in a checkpoint. Config reading needs it too (GGUF
+/// stores norms and rotary pairs differently), so it lives here rather than with the
+/// tensor names in `transformer.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    HuggingFace,
+    Gguf,
+}
 
 /// What a checkpoint states about its shape, before any family rule is applied.
 /// `None` means the checkpoint does not say; [`TransformerConfig::from_facts`] supplies

@@ -24,12 +24,12 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
 
-pub use config::{Architecture, CheckpointFacts, TransformerConfig};
+pub use config::{Architecture, CheckpointFacts, TransformerConfig, WeightFormat};
 pub use device::{default_dtype, device_name, parse_device, parse_dtype, DTypeSpec, DeviceSpec};
 pub use error::{ConfigError, Error, Result};
 pub use source::{fetch_dataset_file, ModelSource};
 pub use tokenizer::ModelTokenizer;
-pub use transformer::{Transformer, WeightFormat};
+pub use transformer::Transformer;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};

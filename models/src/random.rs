@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
-use crate::config::{Architecture, TransformerConfig};
-use crate::transformer::{Role, TensorNames, Transformer, WeightFormat};
+use crate::config::{Architecture, TransformerConfig, WeightFormat};
+use crate::transformer::{Role, TensorNames, Transformer};
 use crate::weights::Weights;
 use crate::{Error, Result};
 

@@ -5,19 +5,12 @@
 //! HF checkpoints and GGUF files and are resolved by [`TensorNames`].
 
 use crate::config::{
-    Activation, Architecture, RopeConfig, RopeScaling, RopeStyle, TransformerConfig,
+    Activation, Architecture, RopeConfig, RopeScaling, RopeStyle, TransformerConfig, WeightFormat,
 };
 use crate::kv_cache::{HostKv, KvCache};
 use crate::weights::{Embedding, Linear, Weights};
 use crate::{CausalLm, ConfigError, Error, Result};
 use candle_core::{DType, Device, Tensor, D};
-
-/// Where a family's tensors live in a checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightFormat {
-    HuggingFace,
-    Gguf,
-}
 
 /// Resolves the tensor names of one layer (or of the model) for a format.
 pub struct TensorNames {
