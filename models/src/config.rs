@@ -869,12 +869,49 @@ impl TransformerConfig {
         }
         Ok(())
     }
+
+    /// Parameters of a decoder of this shape: every tensor it reads, the embedding table
+    /// counted once when the output head is tied to it. Counted from the shape alone, so
+    /// that the loader needs no tensor names; `random::tensor_shapes` lists the same
+    /// tensors (a test there checks the two agree).
+    pub fn parameter_count(&self) -> u64 {
+        let (h, hd) = (self.hidden_size as u64, self.head_dim as u64);
+        let (q_out, kv_out) = (self.num_heads as u64 * hd, self.num_kv_heads as u64 * hd);
+        let inter = self.intermediate_size as u64;
+        // Attention norm, q, k, v, o; MLP norm, gate, up, down.
+        let mut layer = h + q_out * h + 2 * kv_out * h + h * q_out + h + 3 * inter * h;
+        if self.attention_bias {
+            layer += q_out + 2 * kv_out;
+        }
+        if self.qk_norm {
+            layer += 2 * hd;
+        }
+        if self.sandwich_norms {
+            layer += 2 * h;
+        }
+        let embed = self.vocab_size as u64 * h;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + self.num_layers as u64 * layer + h + head
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn parameter_count_of_llama_3_8b() {
+        let cfg = json!({
+            "architectures": ["LlamaForCausalLM"],
+            "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "max_position_embeddings": 8192,
+            "tie_word_embeddings": false
+        });
+        let cfg = TransformerConfig::from_hf_value(&cfg, None).unwrap();
+        assert_eq!(cfg.parameter_count(), 8_030_261_248);
+    }
 
     #[test]
     fn unknown_architecture_lists_supported() {

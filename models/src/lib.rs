@@ -433,7 +433,7 @@ fn load_gguf(path: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Mod
         vocab_size: cfg.vocab_size,
         context_length: cfg.max_position_embeddings,
         weight_bytes,
-        parameters: random::parameter_count(&cfg),
+        parameters: cfg.parameter_count(),
         weights_fingerprint: fingerprint(&[path.to_path_buf()])?,
         source,
     };
@@ -489,7 +489,7 @@ fn load_folder(dir: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Mo
         vocab_size: cfg.vocab_size,
         context_length: cfg.max_position_embeddings,
         weight_bytes,
-        parameters: random::parameter_count(&cfg),
+        parameters: cfg.parameter_count(),
         weights_fingerprint: fingerprint(&files)?,
         source,
     };

@@ -113,13 +113,9 @@ pub fn weight_bytes(cfg: &TransformerConfig, dtype: DType) -> u64 {
         .sum()
 }
 
-/// Parameters of a decoder of shape `cfg`: every tensor it reads, the embedding table
-/// included once when the head is tied to it.
+/// Parameters of a decoder of shape `cfg` ([`TransformerConfig::parameter_count`]).
 pub fn parameter_count(cfg: &TransformerConfig) -> u64 {
-    tensor_shapes(cfg)
-        .iter()
-        .map(|(_, dims, _)| dims.iter().product::<usize>() as u64)
-        .sum()
+    cfg.parameter_count()
 }
 
 /// A decoder of shape `cfg` with random weights in `dtype` on `device`.
@@ -223,6 +219,24 @@ mod tests {
         // Llama 3 8B: 8.03 billion parameters.
         let p = parameter_count(&l) as f64 / 1e9;
         assert!((8.0..8.1).contains(&p), "{p}");
+    }
+
+    #[test]
+    fn parameter_count_is_the_sum_of_the_tensor_shapes() {
+        for s in SHAPES {
+            let mut cfg = shape_config(s).unwrap();
+            for switches in 0..16u32 {
+                cfg.attention_bias = switches & 1 != 0;
+                cfg.qk_norm = switches & 2 != 0;
+                cfg.sandwich_norms = switches & 4 != 0;
+                cfg.tie_word_embeddings = switches & 8 != 0;
+                let sum: u64 = tensor_shapes(&cfg)
+                    .iter()
+                    .map(|(_, dims, _)| dims.iter().product::<usize>() as u64)
+                    .sum();
+                assert_eq!(parameter_count(&cfg), sum, "{s} {switches:04b}");
+            }
+        }
     }
 
     #[test]
