@@ -15,6 +15,7 @@ pub mod durable;
 pub(crate) mod error;
 pub mod fuzz;
 mod ggml;
+mod hex;
 pub mod kv_cache;
 pub mod pool;
 mod quant;
@@ -27,6 +28,7 @@ pub mod weights;
 pub use config::{Architecture, CheckpointFacts, TransformerConfig, WeightFormat};
 pub use device::{default_dtype, device_name, parse_device, parse_dtype, DTypeSpec, DeviceSpec};
 pub use error::{ConfigError, Error, Result};
+pub use hex::hex;
 pub use source::{fetch_dataset_file, ModelSource};
 pub use tokenizer::ModelTokenizer;
 pub use transformer::Transformer;
@@ -517,7 +519,7 @@ pub fn fingerprint(files: &[PathBuf]) -> Result<String> {
             h.update(&buf[..n]);
         }
     }
-    Ok(tokenizer::hex(&h.finalize()))
+    Ok(hex(&h.finalize()))
 }
 
 /// The candle version this crate was built against (for `tutti info`).

@@ -7,7 +7,7 @@
 //! `tokenizers::Tokenizer` regardless of where the model came from.
 
 use crate::source::ModelSource;
-use crate::{Error, Result};
+use crate::{hex, Error, Result};
 use candle_core::quantized::gguf_file;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -428,10 +428,6 @@ fn chat_template_of(v: Option<&Value>) -> Option<String> {
             .and_then(|t| t.get("template").and_then(|s| s.as_str()).map(String::from)),
         _ => None,
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct RebuiltTokenizer {
