@@ -50,15 +50,12 @@ fn main() {
     let cli = Cli::parse();
     cli::log::init(cli.verbose, cli.quiet);
     if let Some(n) = cli.threads {
-        tutti::models::pool::set_threads(n.into());
+        tutti::models::set_threads(n.into());
     }
     if cli.threads.is_some() || std::env::var_os("TUTTI_THREADS").is_some() {
         // candle's own CPU kernels and the alignment searches size their pools from it;
         // no other thread exists yet.
-        std::env::set_var(
-            "RAYON_NUM_THREADS",
-            tutti::models::pool::threads().to_string(),
-        );
+        std::env::set_var("RAYON_NUM_THREADS", tutti::models::threads().to_string());
     }
     // Panics that tutti catches inside dependencies' file readers are reported as that
     // file's error; their default message would only repeat it less clearly.

@@ -22,15 +22,6 @@ impl KvCache {
         Self::default()
     }
 
-    /// Number of cached positions.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Allocated positions.
     pub fn capacity(&self) -> usize {
         self.k.as_ref().map(|k| k.dims()[2]).unwrap_or(0)
@@ -101,15 +92,8 @@ impl HostKv {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Positions reserved per head.
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.cap
     }

@@ -7,18 +7,24 @@
 //! `architectures[0]` or GGUF `general.architecture`.
 //!
 //! Families: Llama 2/3 (and SmolLM2), Mistral, Qwen2/2.5, Qwen3, Gemma 2, Gemma 3, Phi-3.
+//!
+//! Cargo features beyond the GPU backends (`cuda`, `metal`): `random`, random-weight
+//! models of real shapes for speed measurements and tests (module `random`); `fuzz`, the
+//! loaders' entry points for the fuzz targets and the corpus replay test (module `fuzz`).
 
 mod chat;
 pub mod config;
 pub mod device;
 pub mod durable;
 pub(crate) mod error;
+#[cfg(feature = "fuzz")]
 pub mod fuzz;
 mod ggml;
 mod hex;
-pub mod kv_cache;
-pub mod pool;
+mod kv_cache;
+mod pool;
 mod quant;
+#[cfg(feature = "random")]
 pub mod random;
 pub mod source;
 pub mod tokenizer;
@@ -29,6 +35,7 @@ pub use config::{Architecture, CheckpointFacts, TransformerConfig, WeightFormat}
 pub use device::{default_dtype, device_name, parse_device, parse_dtype, DTypeSpec, DeviceSpec};
 pub use error::{ConfigError, Error, Result};
 pub use hex::hex;
+pub use pool::{set_threads, threads};
 pub use source::{fetch_dataset_file, ModelSource};
 pub use tokenizer::ModelTokenizer;
 pub use transformer::Transformer;
