@@ -13,7 +13,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct Linear {
     w: QMatMul,
-    /// The ggml-exact CPU path for quantized weights (see `quant.rs`).
+    /// The ggml-exact CPU path for quantized weights (see `quant/`).
     q: Option<QuantLinear>,
     b: Option<Tensor>,
     out_features: usize,

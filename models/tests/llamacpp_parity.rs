@@ -111,7 +111,7 @@ fn check_model(file: &str, fixture_name: &str) {
         cases.len(),
         cases.len()
     );
-    // With ggml's arithmetic reproduced (see models/src/quant.rs and ggml.rs) the last-position
+    // With ggml's arithmetic reproduced (see models/src/quant/ and ggml.rs) the last-position
     // logits are bit-identical to llama.cpp's on every reference prompt of both models, and
     // greedy continuations agree on 9/9 (SmolLM2) and 8/9 (Gemma 3) prompts. The bounds leave
     // room for a different llama.cpp build (other SIMD paths round differently).

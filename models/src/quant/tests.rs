@@ -1,0 +1,368 @@
+//! Every SIMD kernel against its scalar twin, every driver against the one-row kernel it
+//! must reproduce, and the activation quantization against ggml's rounding: equal bits,
+//! not tolerances.
+
+use super::act::{act_block_bytes, quantize_q8_0_or_1, quantize_q8k, ActFormat};
+use super::block32::{dot_tiles_32, dot_tiles_q0, Q41Tiles};
+use super::blocks::{f16_at, q4k_scales, unpack_q4_0, unpack_q5_0, unpack_q8_0, QBlock, Unpack};
+use super::interleaved::{dot_q4k_interleaved, dot_q6k_interleaved, Q4kGroup, Q6kGroup};
+use super::kquant::{dot_q4k_repacked, dot_q6k_tiled};
+use super::{has_vnni, run, scalar, simd};
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, QK_K};
+use half::f16;
+
+/// A small deterministic generator (no extra dependency).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) as u32
+    }
+    fn f(&mut self) -> f32 {
+        self.next() as f32 / u32::MAX as f32 * 2.0 - 1.0
+    }
+}
+
+fn random_blocks(rng: &mut Lcg, n: usize, block: usize, d_off: &[usize]) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..n * block).map(|_| rng.next() as u8).collect();
+    for b in 0..n {
+        for &o in d_off {
+            let d = f16::from_f32(rng.f() * 0.01).to_bits().to_le_bytes();
+            v[b * block + o..b * block + o + 2].copy_from_slice(&d);
+        }
+    }
+    v
+}
+
+#[test]
+fn simd_dots_equal_scalar_dots() {
+    let mut rng = Lcg(7);
+    let k = 512;
+    let xs: Vec<f32> = (0..k).map(|_| rng.f() * 3.0).collect();
+    let mut a1 = vec![0u8; k / 32 * 36];
+    quantize_q8_0_or_1(&xs, &mut a1, true);
+    let mut a0 = vec![0u8; k / 32 * 34];
+    quantize_q8_0_or_1(&xs, &mut a0, false);
+    for _ in 0..20 {
+        let w = random_blocks(&mut rng, k / 32, 20, &[0, 2]);
+        assert_eq!(
+            simd::dot_q4_1(&w, &a1).to_bits(),
+            scalar::dot_q4_1(&w, &a1).to_bits()
+        );
+        let w = random_blocks(&mut rng, k / 32, 22, &[0]);
+        assert_eq!(
+            simd::dot_q0(&w, &a0, 22, unpack_q5_0).to_bits(),
+            scalar::dot_q0(&w, &a0, 22, unpack_q5_0).to_bits()
+        );
+        let w = random_blocks(&mut rng, k / 32, 34, &[0]);
+        assert_eq!(
+            simd::dot_q0(&w, &a0, 34, unpack_q8_0).to_bits(),
+            scalar::dot_q0(&w, &a0, 34, unpack_q8_0).to_bits()
+        );
+        let w = random_blocks(&mut rng, k / 32, 18, &[0]);
+        assert_eq!(
+            simd::dot_q0(&w, &a0, 18, unpack_q4_0).to_bits(),
+            scalar::dot_q0(&w, &a0, 18, unpack_q4_0).to_bits()
+        );
+    }
+}
+
+#[test]
+fn prefill_tiles_equal_pairwise_dots() {
+    // Shapes that leave partial tiles on both sides (9 weight rows, 7 activation rows).
+    let mut rng = Lcg(13);
+    let (k, n, m) = (96, 9, 7);
+    let xs: Vec<f32> = (0..m * k).map(|_| rng.f() * 3.0).collect();
+    let mut act = vec![0u8; m * k / 32 * 34];
+    quantize_q8_0_or_1(&xs, &mut act, false);
+    let formats: [(usize, Unpack); 3] = [(18, unpack_q4_0), (22, unpack_q5_0), (34, unpack_q8_0)];
+    for (wblock, unpack) in formats {
+        let w = random_blocks(&mut rng, n * k / 32, wblock, &[0]);
+        for vnni in [false, has_vnni()] {
+            let mut dst = vec![0f32; m * n];
+            dot_tiles_q0(&w, &act, m, k, n, wblock, unpack, vnni, &mut dst);
+            let (wrow, arow) = (k / 32 * wblock, k / 32 * 34);
+            for r in 0..m {
+                for c in 0..n {
+                    let wc = &w[c * wrow..(c + 1) * wrow];
+                    let ar = &act[r * arow..(r + 1) * arow];
+                    let want = scalar::dot_q0(wc, ar, wblock, unpack);
+                    let got = dst[r * n + c];
+                    assert_eq!(got.to_bits(), want.to_bits(), "{wblock} {vnni} ({r}, {c})");
+                    // The portable tile gives the same bits.
+                    let qs: Vec<QBlock> = wc
+                        .chunks_exact(wblock)
+                        .map(|b| QBlock(scalar::unpack_q0(b, wblock, unpack, false)))
+                        .collect();
+                    let ds: Vec<f32> = wc.chunks_exact(wblock).map(|b| f16_at(b, 0)).collect();
+                    let da: Vec<f32> = ar.chunks_exact(34).map(|b| f16_at(b, 0)).collect();
+                    let portable = scalar::tile_q0u([&qs[..]], [&ds[..]], [ar], [&da[..]]);
+                    assert_eq!(portable[0][0].to_bits(), want.to_bits());
+                }
+            }
+        }
+    }
+    let mut act1 = vec![0u8; m * k / 32 * 36];
+    quantize_q8_0_or_1(&xs, &mut act1, true);
+    let w = random_blocks(&mut rng, n * k / 32, 20, &[0, 2]);
+    for vnni in [false, has_vnni()] {
+        let mut dst = vec![0f32; m * n];
+        dot_tiles_32(&w, &act1, m, k, n, &mut dst, &Q41Tiles { vnni });
+        let (wrow, arow) = (k / 32 * 20, k / 32 * 36);
+        for r in 0..m {
+            for c in 0..n {
+                let wc = &w[c * wrow..(c + 1) * wrow];
+                let want = scalar::dot_q4_1(wc, &act1[r * arow..(r + 1) * arow]);
+                let got = dst[r * n + c];
+                assert_eq!(got.to_bits(), want.to_bits(), "Q4_1 {vnni} ({r}, {c})");
+            }
+        }
+    }
+}
+
+/// Q8_K activations of a random row of `k` values.
+fn q8k_row(rng: &mut Lcg, k: usize) -> Vec<u8> {
+    let xs: Vec<f32> = (0..k).map(|_| rng.f() * 3.0).collect();
+    let mut a = vec![0u8; k / QK_K * act_block_bytes(ActFormat::Q8K)];
+    quantize_q8k(&xs, &mut a);
+    a
+}
+
+#[test]
+fn simd_k_quant_sums_equal_scalar_sums() {
+    let mut rng = Lcg(11);
+    let ab = act_block_bytes(ActFormat::Q8K);
+    for _ in 0..50 {
+        let a = q8k_row(&mut rng, QK_K);
+        let x6 = random_blocks(&mut rng, 1, 210, &[208]);
+        assert_eq!(
+            simd::q6k_lanes(&x6, &a[..ab]),
+            scalar::q6k_lanes(&x6, &a[..ab])
+        );
+        let x4 = random_blocks(&mut rng, 1, 144, &[0, 2]);
+        let (scales, _) = q4k_scales(&x4[4..16]);
+        assert_eq!(
+            simd::q4k_pair_sums(&x4, &a[..ab], &scales),
+            scalar::q4k_pair_sums(&x4, &a[..ab], &scales)
+        );
+    }
+}
+
+#[test]
+fn k_quant_tiles_equal_pairwise_dots() {
+    let mut rng = Lcg(17);
+    let k = 2 * QK_K;
+    let ab = act_block_bytes(ActFormat::Q8K);
+    for _ in 0..20 {
+        let rows: Vec<Vec<u8>> = (0..4).map(|_| q8k_row(&mut rng, k)).collect();
+        let a: [&[u8]; 4] = std::array::from_fn(|j| &rows[j][..k / QK_K * ab]);
+        let w4 = random_blocks(&mut rng, k / QK_K, 144, &[0, 2]);
+        for gemm in [false, true] {
+            assert_eq!(
+                simd::tile_q4k_x4(&w4, a, gemm),
+                simd::tile_q4k(&w4, a, gemm)
+            );
+            let got = simd::tile_q4k(&w4, a, gemm);
+            for j in 0..4 {
+                assert_eq!(
+                    got[j].to_bits(),
+                    dot_q4k_repacked(&w4, a[j], gemm).to_bits()
+                );
+            }
+        }
+        let w6 = random_blocks(&mut rng, k / QK_K, 210, &[208]);
+        let got = simd::tile_q6k(&w6, a);
+        for j in 0..4 {
+            assert_eq!(got[j].to_bits(), dot_q6k_tiled(&w6, a[j]).to_bits());
+        }
+    }
+}
+
+#[test]
+fn k_quant_prefill_matmul_keeps_the_row_kernels() {
+    // 9 rows: Q4_K has two gemm groups of 4 and one gemv row; Q6_K is tiled (m >= 8).
+    let mut rng = Lcg(19);
+    let (k, n, m) = (2 * QK_K, 8, 9);
+    let xs: Vec<f32> = (0..m * k).map(|_| rng.f() * 2.0).collect();
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let mut act = vec![0u8; m * k / QK_K * ab];
+    quantize_q8k(&xs, &mut act);
+    let arow = |r: usize| &act[r * k / QK_K * ab..(r + 1) * k / QK_K * ab];
+    for wblock in [144, 210] {
+        let dmin: &[usize] = if wblock == 144 { &[0, 2] } else { &[208] };
+        let bytes = random_blocks(&mut rng, n * k / QK_K, wblock, dmin);
+        // Block structs need their alignment: copy into u64 storage.
+        let mut store = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: `store` holds at least `bytes.len()` bytes.
+        let w: &mut [u8] =
+            unsafe { std::slice::from_raw_parts_mut(store.as_mut_ptr() as *mut u8, bytes.len()) };
+        w.copy_from_slice(&bytes);
+        let mut dst = vec![0f32; m * n];
+        if wblock == 144 {
+            run::<BlockQ4K>(w, &xs, m, k, n, &mut dst).unwrap();
+        } else {
+            run::<BlockQ6K>(w, &xs, m, k, n, &mut dst).unwrap();
+        }
+        let wrow = k / QK_K * wblock;
+        for r in 0..m {
+            for c in 0..n {
+                let wc = &w[c * wrow..(c + 1) * wrow];
+                let want = if wblock == 144 {
+                    dot_q4k_repacked(wc, arow(r), r < 8)
+                } else {
+                    dot_q6k_tiled(wc, arow(r))
+                };
+                assert_eq!(
+                    dst[r * n + c].to_bits(),
+                    want.to_bits(),
+                    "{wblock} ({r}, {c})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn interleaved_q4k_equals_the_row_kernels() {
+    // 18 rows: four gemm groups of 4 and two gemv rows; 16 weight rows (two groups).
+    let mut rng = Lcg(23);
+    let (k, n, m) = (2 * QK_K, 16, 18);
+    let xs: Vec<f32> = (0..m * k).map(|_| rng.f() * 2.0).collect();
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let arow = k / QK_K * ab;
+    let mut act = vec![0u8; m * arow];
+    quantize_q8k(&xs, &mut act);
+    let w = random_blocks(&mut rng, n * k / QK_K, 144, &[0, 2]);
+    let wrow = k / QK_K * 144;
+    for vnni in [false, has_vnni()] {
+        let mut dst = vec![0f32; m * n];
+        dot_q4k_interleaved(&w, &act, m, k, n, &mut dst, vnni);
+        for r in 0..m {
+            for c in 0..n {
+                let wc = &w[c * wrow..(c + 1) * wrow];
+                let want = dot_q4k_repacked(wc, &act[r * arow..(r + 1) * arow], r < 16);
+                let got = dst[r * n + c];
+                assert_eq!(got.to_bits(), want.to_bits(), "{vnni} ({r}, {c})");
+            }
+        }
+    }
+    // The portable versions agree.
+    let blocks: [&[u8]; 8] = std::array::from_fn(|c| &w[c * wrow..c * wrow + 144]);
+    let mut simd_q = vec![QBlock([0; 32]); 64];
+    let mut plain_q = vec![QBlock([0; 32]); 64];
+    simd::regroup_q4k(blocks, &mut simd_q);
+    scalar::regroup_q4k(blocks, &mut plain_q);
+    assert!(simd_q.iter().zip(&plain_q).all(|(a, b)| a.0 == b.0));
+    let mut g = Q4kGroup {
+        q: plain_q,
+        scales: vec![[0; 8]; 8],
+        mins: vec![[0; 8]; 8],
+        d: vec![[0.0; 8]],
+        dmin: vec![[0.0; 8]],
+    };
+    for (c, x) in blocks.iter().enumerate() {
+        g.d[0][c] = f16_at(x, 0);
+        g.dmin[0][c] = f16_at(x, 2);
+        let (scales, mins) = q4k_scales(&x[4..16]);
+        for j in 0..8 {
+            g.scales[j][c] = scales[j];
+            g.mins[j][c] = mins[j];
+        }
+    }
+    for gemm in [false, true] {
+        let a = &act[..ab];
+        let want = simd::q4k_row_x8(&g, a, gemm, false);
+        assert_eq!(scalar::q4k_row_x8(&g, a, gemm, false), want);
+    }
+}
+
+#[test]
+fn interleaved_q6k_equals_the_tiled_kernel() {
+    let mut rng = Lcg(29);
+    let (k, n, m) = (2 * QK_K, 16, 17);
+    let xs: Vec<f32> = (0..m * k).map(|_| rng.f() * 2.0).collect();
+    let ab = act_block_bytes(ActFormat::Q8K);
+    let arow = k / QK_K * ab;
+    let mut act = vec![0u8; m * arow];
+    quantize_q8k(&xs, &mut act);
+    let w = random_blocks(&mut rng, n * k / QK_K, 210, &[208]);
+    let wrow = k / QK_K * 210;
+    for vnni in [false, has_vnni()] {
+        let mut dst = vec![0f32; m * n];
+        dot_q6k_interleaved(&w, &act, m, k, n, &mut dst, vnni);
+        for r in 0..m {
+            for c in 0..n {
+                let wc = &w[c * wrow..(c + 1) * wrow];
+                let want = dot_q6k_tiled(wc, &act[r * arow..(r + 1) * arow]);
+                let got = dst[r * n + c];
+                assert_eq!(got.to_bits(), want.to_bits(), "{vnni} ({r}, {c})");
+            }
+        }
+    }
+    // The portable versions agree.
+    let blocks: [&[u8]; 8] = std::array::from_fn(|c| &w[c * wrow..c * wrow + 210]);
+    let mut simd_q = vec![QBlock([0; 32]); 64];
+    let mut plain_q = vec![QBlock([0; 32]); 64];
+    simd::regroup_q6k(blocks, &mut simd_q);
+    scalar::regroup_q6k(blocks, &mut plain_q);
+    assert!(simd_q.iter().zip(&plain_q).all(|(a, b)| a.0 == b.0));
+    let mut g = Q6kGroup {
+        q: plain_q,
+        scales: vec![[0; 8]; 16],
+        d: vec![[0.0; 8]],
+    };
+    for (c, x) in blocks.iter().enumerate() {
+        g.d[0][c] = f16_at(x, 208);
+        for j in 0..16 {
+            g.scales[j][c] = x[192 + j] as i8 as i32;
+        }
+    }
+    let a = &act[..ab];
+    assert_eq!(
+        scalar::q6k_row_x8(&g, a, false),
+        simd::q6k_row_x8(&g, a, false)
+    );
+}
+
+#[test]
+fn q6k_lane_total_is_the_tiled_kernels_sum() {
+    // The tiled kernel sums scale * (q - 32) * q8 directly; the lanes subtract the
+    // 32 * scale * bsum terms instead. Both are the same integer.
+    let mut rng = Lcg(5);
+    let ab = act_block_bytes(ActFormat::Q8K);
+    for _ in 0..50 {
+        let a = q8k_row(&mut rng, QK_K);
+        let x = random_blocks(&mut rng, 1, 210, &[208]);
+        let (ql, qh, sc, q8) = (&x[0..128], &x[128..192], &x[192..208], &a[4..4 + QK_K]);
+        let mut direct = 0i32;
+        for half in 0..2 {
+            for l in 0..32 {
+                let vals = scalar::q6k_quads(&ql[64 * half..], &qh[32 * half..], l);
+                for (v, &q) in vals.iter().enumerate() {
+                    let e = 128 * half + 32 * v + l;
+                    direct += (sc[e / 16] as i8 as i32) * (q - 32) * (q8[e] as i8 as i32);
+                }
+            }
+        }
+        assert_eq!(scalar::q6k_lanes(&x, &a[..ab]).iter().sum::<i32>(), direct);
+    }
+}
+
+#[test]
+fn q8_1_matches_ggml_rounding() {
+    // 127 / amax scaling, ties to even, s = f16(d * Σq).
+    let mut xs = vec![0f32; 32];
+    xs[0] = 127.0;
+    xs[1] = 2.5;
+    xs[2] = -3.5;
+    xs[3] = 1.0;
+    let mut out = vec![0u8; 36];
+    quantize_q8_0_or_1(&xs, &mut out, true);
+    assert_eq!(out[4] as i8, 127);
+    assert_eq!(out[5] as i8, 2);
+    assert_eq!(out[6] as i8, -4);
+    assert_eq!(f16_at(&out, 2), 127.0 + 2.0 - 4.0 + 1.0);
+}
