@@ -7,7 +7,8 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfi
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Storage, Tensor};
 
-use crate::cpu::{effective_temperature, LogNorm, TopK};
+use crate::cpu::{LogNorm, TopK};
+use crate::prepare::{self, Row, Topk};
 use crate::wire::packed_len;
 use crate::{KernelError, Result};
 
@@ -17,8 +18,6 @@ const MODULE: &str = "tutti_topk";
 const TOPK_THREADS: u32 = 512;
 /// Largest k the kernel selects (`TTK_MAX_K` in topk.cu).
 pub const MAX_K: usize = 64;
-/// `reserved[0]` flag the kernel sets when the row holds no distribution.
-const FLAG_NONFINITE: u32 = 1;
 const GATHER_THREADS: u32 = 256;
 
 fn dev_err(e: candle_core::Error) -> KernelError {
@@ -36,30 +35,28 @@ fn cuda_view<'a, T: CudaDType>(
 }
 
 /// Fused softmax + top-k of `logits` (all elements form one row) on its CUDA device.
-/// `k` must be in `1..=MAX_K`; `temperature` must have passed
-/// [`effective_temperature`].
+/// `k` must be in `1..=MAX_K`; `temperature` is checked as on the CPU path.
 pub fn softmax_topk(
     logits: &Tensor,
     temperature: f32,
     k: usize,
     allowed: Option<&[bool]>,
 ) -> Result<TopK> {
-    let temperature = effective_temperature(temperature)?;
-    if k == 0 {
-        return Err(KernelError::ZeroK);
-    }
-    if k > MAX_K {
-        return Err(KernelError::KTooLarge { k, max: MAX_K });
-    }
-    let row = logits
-        .flatten_all()
-        .and_then(|t| t.contiguous())
-        .map_err(dev_err)?;
-    let n = row.elem_count();
-    if n == 0 {
-        return Err(KernelError::EmptyLogits);
-    }
-    let n32 = u32::try_from(n).map_err(|_| KernelError::TooLong(n))?;
+    let (
+        Row {
+            tensor: row,
+            n,
+            n32,
+        },
+        args,
+    ) = prepare::topk(logits, temperature, k, allowed, MAX_K)?;
+    let Topk {
+        temperature,
+        k32,
+        mask_host,
+        mask_len,
+        has_mask,
+    } = args;
     let (storage, layout) = row.storage_and_layout();
     let Storage::Cuda(cs) = &*storage else {
         return Err(KernelError::Device("tensor is not on a CUDA device".into()));
@@ -69,17 +66,7 @@ pub fn softmax_topk(
         .ok_or_else(|| KernelError::Device("non-contiguous logits".into()))?;
     let dev: &CudaDevice = &cs.device;
     let mut out = dev.alloc_zeros::<u32>(packed_len(k) / 4).map_err(dev_err)?;
-    let (mask_host, has_mask): (Vec<u8>, i32) = match allowed {
-        Some(m) if !m.is_empty() => (m.iter().map(|&b| b as u8).collect(), 1),
-        Some(_) => (vec![0u8], 1),
-        None => (vec![0u8], 0),
-    };
-    let mask_len = match allowed {
-        Some(m) => u32::try_from(m.len()).unwrap_or(u32::MAX),
-        None => 0,
-    };
     let mask = dev.clone_htod(&mask_host).map_err(dev_err)?;
-    let k32 = k as u32;
     let cfg = LaunchConfig {
         grid_dim: (1, 1, 1),
         block_dim: (TOPK_THREADS, 1, 1),
@@ -112,26 +99,23 @@ pub fn softmax_topk(
         other => return Err(KernelError::UnsupportedDType(format!("{other:?}"))),
     }
     let words: Vec<u32> = dev.clone_dtoh(&out).map_err(dev_err)?;
-    if words.get(6).copied() == Some(FLAG_NONFINITE) {
-        return Err(KernelError::NonFinite);
-    }
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    TopK::from_packed(&bytes)
+    prepare::topk_result(&words)
 }
 
 /// Probabilities of `ids` under `norm` from the logits on the CUDA device (0 for ids past
 /// the end).
 pub fn gather_probs(logits: &Tensor, norm: &LogNorm, ids: &[u32]) -> Result<Vec<f32>> {
-    if ids.is_empty() {
+    let Some((
+        Row {
+            tensor: row,
+            n,
+            n32,
+        },
+        n_ids,
+    )) = prepare::gather(logits, ids)?
+    else {
         return Ok(Vec::new());
-    }
-    let row = logits
-        .flatten_all()
-        .and_then(|t| t.contiguous())
-        .map_err(dev_err)?;
-    let n = row.elem_count();
-    let n32 = u32::try_from(n).map_err(|_| KernelError::TooLong(n))?;
-    let n_ids = u32::try_from(ids.len()).map_err(|_| KernelError::TooLong(ids.len()))?;
+    };
     let (storage, layout) = row.storage_and_layout();
     let Storage::Cuda(cs) = &*storage else {
         return Err(KernelError::Device("tensor is not on a CUDA device".into()));

@@ -19,6 +19,8 @@ pub mod cuda;
 mod device;
 #[cfg(all(feature = "metal", target_os = "macos"))]
 pub mod metal;
+#[cfg(any(feature = "cuda", all(feature = "metal", target_os = "macos")))]
+mod prepare;
 pub mod wire;
 
 pub use cpu::{

@@ -12,7 +12,8 @@ use candle_core::{DType, MetalDevice, Storage, Tensor};
 use candle_metal_kernels::metal::{Buffer, ComputePipeline};
 use objc2_metal::MTLSize;
 
-use crate::cpu::{effective_temperature, LogNorm, TopK};
+use crate::cpu::{LogNorm, TopK};
+use crate::prepare::{self, Row, Topk};
 use crate::wire::packed_len;
 use crate::{KernelError, Result};
 
@@ -21,7 +22,6 @@ const TOPK_THREADS: usize = 512;
 const GATHER_THREADS: usize = 256;
 /// Largest k the kernel selects (`TTK_MAX_K` in topk.metal).
 pub const MAX_K: usize = 64;
-const FLAG_NONFINITE: u32 = 1;
 
 thread_local! {
     static PIPELINES: RefCell<HashMap<(String, &'static str), ComputePipeline>> =
@@ -75,22 +75,19 @@ pub fn softmax_topk(
     k: usize,
     allowed: Option<&[bool]>,
 ) -> Result<TopK> {
-    let temperature = effective_temperature(temperature)?;
-    if k == 0 {
-        return Err(KernelError::ZeroK);
-    }
-    if k > MAX_K {
-        return Err(KernelError::KTooLarge { k, max: MAX_K });
-    }
-    let row = logits
-        .flatten_all()
-        .and_then(|t| t.contiguous())
-        .map_err(dev_err)?;
-    let n = row.elem_count();
-    if n == 0 {
-        return Err(KernelError::EmptyLogits);
-    }
-    let n32 = u32::try_from(n).map_err(|_| KernelError::TooLong(n))?;
+    let (
+        Row {
+            tensor: row, n32, ..
+        },
+        args,
+    ) = prepare::topk(logits, temperature, k, allowed, MAX_K)?;
+    let Topk {
+        temperature,
+        k32,
+        mask_host,
+        mask_len,
+        has_mask,
+    } = args;
     let name: &'static str = match suffix(row.dtype())? {
         "f32" => "tutti_softmax_topk_f32",
         "bf16" => "tutti_softmax_topk_bf16",
@@ -106,14 +103,7 @@ pub fn softmax_topk(
     let offset = layout.start_offset() * row.dtype().size_in_bytes();
     let words = packed_len(k) / 4;
     let out = dev.allocate_zeros(packed_len(k)).map_err(dev_err)?;
-    let (mask_host, has_mask): (Vec<u8>, i32) = match allowed {
-        Some(m) if !m.is_empty() => (m.iter().map(|&b| b as u8).collect(), 1),
-        Some(_) => (vec![0u8], 1),
-        None => (vec![0u8], 0),
-    };
-    let mask_len: u32 = allowed.map_or(0, |m| u32::try_from(m.len()).unwrap_or(u32::MAX));
     let mask = dev.new_buffer_with_data(&mask_host).map_err(dev_err)?;
-    let k32 = k as u32;
     let pipe = pipeline(dev, name)?;
     {
         let guard = dev.command_encoder().map_err(dev_err)?;
@@ -141,26 +131,20 @@ pub fn softmax_topk(
         );
     }
     dev.wait_until_completed().map_err(dev_err)?;
-    let words = read_u32(&out, words);
-    if words.get(6).copied() == Some(FLAG_NONFINITE) {
-        return Err(KernelError::NonFinite);
-    }
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    TopK::from_packed(&bytes)
+    prepare::topk_result(&read_u32(&out, words))
 }
 
 /// Probabilities of `ids` under `norm` on the tensor's Metal device.
 pub fn gather_probs(logits: &Tensor, norm: &LogNorm, ids: &[u32]) -> Result<Vec<f32>> {
-    if ids.is_empty() {
+    let Some((
+        Row {
+            tensor: row, n32, ..
+        },
+        n_ids,
+    )) = prepare::gather(logits, ids)?
+    else {
         return Ok(Vec::new());
-    }
-    let row = logits
-        .flatten_all()
-        .and_then(|t| t.contiguous())
-        .map_err(dev_err)?;
-    let n = row.elem_count();
-    let n32 = u32::try_from(n).map_err(|_| KernelError::TooLong(n))?;
-    let n_ids = u32::try_from(ids.len()).map_err(|_| KernelError::TooLong(ids.len()))?;
+    };
     let name: &'static str = match suffix(row.dtype())? {
         "f32" => "tutti_gather_probs_f32",
         "bf16" => "tutti_gather_probs_bf16",
