@@ -450,7 +450,7 @@ impl Vocab {
 
     /// [`Vocab::fingerprint`] in lowercase hex.
     pub fn fingerprint_hex(&self) -> String {
-        hex(&self.fingerprint)
+        tutti_models::hex(&self.fingerprint)
     }
 }
 
@@ -475,16 +475,6 @@ pub fn load_tokenizer_file(path: &std::path::Path) -> Result<Tokenizer, VocabErr
     serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
         .map_err(|e| fail(format!("not JSON: {e}")))?;
     Tokenizer::from_bytes(&bytes).map_err(|e| fail(format!("not a tokenizer.json: {e}")))
-}
-
-/// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 fn json_of<T: serde::Serialize>(x: Option<&T>) -> Result<Value, VocabError> {

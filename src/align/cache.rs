@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::relrep::{Prepared, ProjectorParts};
 use super::{AlignError, AlignMethod, TokenMap};
-use crate::vocab::{hex, Vocab};
+use crate::vocab::Vocab;
 
 const MAGIC: &[u8; 8] = b"TUTTIMAP";
 const VERSION: u32 = 1;
@@ -53,7 +53,7 @@ impl MapKey {
 
     /// Lowercase hex.
     pub fn hex(&self) -> String {
-        hex(&self.0)
+        tutti_models::hex(&self.0)
     }
 }
 

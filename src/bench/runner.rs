@@ -229,16 +229,12 @@ pub fn config_hash(ens: &Ensemble, base: &Request, task: &Task, system: System) 
             h.update(format!("\0auto-weights={tau}").as_bytes());
         }
     }
-    hex16(&h.finalize())
-}
-
-fn hex16(bytes: &[u8]) -> String {
-    bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
+    tutti_models::hex(&h.finalize()[..8])
 }
 
 /// sha256 of a prompt, 16 hex digits.
 pub fn prompt_hash(prompt: &str) -> String {
-    hex16(&Sha256::digest(prompt.as_bytes()))
+    tutti_models::hex(&Sha256::digest(prompt.as_bytes())[..8])
 }
 
 /// The headline score of a row: correctness for exact-match tasks, else `metric`.
