@@ -1,11 +1,9 @@
 //! The kernels on AVX2 and FMA (x86-64-v3), compiled where the build targets them: the
 //! same lanes, integer sums and float operations as their twins in `scalar.rs` (same
 //! names and signatures), so the same bits. The AVX-512 VNNI variants of the tile and
-//! interleaved kernels are in `avx512_vnni.rs`, chosen at run time.
+//! interleaved kernels are in `avx512_vnni.rs`, chosen at run time by the callers.
 
-use super::avx512_vnni;
-use super::blocks::{f16_at, q4k_scales, QBlock, Unpack};
-use super::interleaved::{Q4kGroup, Q6kGroup};
+use super::blocks::{f16_at, q4k_scales, Q4kGroup, Q6kGroup, QBlock, Unpack};
 use std::arch::x86_64::*;
 
 #[inline]
@@ -376,7 +374,7 @@ impl Q4kBlock {
 
 /// [`super::scalar::tile_q4k`]: each super-block's scales, mins and nibbles decoded once for
 /// all `RN` activation rows; per row the integer sums and float operations of
-/// [`super::kquant::dot_q4k_repacked`].
+/// [`super::kdot::dot_q4k_repacked`].
 pub(super) fn tile_q4k<const RN: usize>(w: &[u8], a: [&[u8]; RN], gemm: bool) -> [f32; RN] {
     let ab = 4 + 256 + 32;
     let nb = w.len() / 144;
@@ -561,16 +559,11 @@ unsafe fn transpose8x8_epi32(v: &[__m256i; 8]) -> [__m256i; 8] {
     ]
 }
 
-/// [`super::scalar::q6k_row_x8`] with AVX2, or AVX-512 VNNI for the integer sums.
+/// [`super::scalar::q6k_row_x8`] with AVX2.
 #[inline]
-pub(super) fn q6k_row_x8(g: &Q6kGroup, a: &[u8], vnni: bool) -> [f32; 8] {
-    if vnni {
-        // SAFETY: `vnni` is set only where the CPU has the features.
-        unsafe { avx512_vnni::q6k_row_x8(g, a) }
-    } else {
-        // SAFETY: AVX2 is enabled at compile time.
-        unsafe { q6k_row_x8_avx2(g, a) }
-    }
+pub(super) fn q6k_row_x8(g: &Q6kGroup, a: &[u8]) -> [f32; 8] {
+    // SAFETY: AVX2 is enabled at compile time.
+    unsafe { q6k_row_x8_avx2(g, a) }
 }
 
 macro_rules! q6k_row_x8_body {
@@ -623,16 +616,11 @@ unsafe fn q6k_row_x8_avx2(g: &Q6kGroup, a: &[u8]) -> [f32; 8] {
     ))
 }
 
-/// [`super::scalar::q4k_row_x8`] with AVX2, or AVX-512 VNNI for the integer sums.
+/// [`super::scalar::q4k_row_x8`] with AVX2.
 #[inline]
-pub(super) fn q4k_row_x8(g: &Q4kGroup, a: &[u8], gemm: bool, vnni: bool) -> [f32; 8] {
-    if vnni {
-        // SAFETY: `vnni` is set only where the CPU has the features.
-        unsafe { avx512_vnni::q4k_row_x8(g, a, gemm) }
-    } else {
-        // SAFETY: AVX2 is enabled at compile time.
-        unsafe { q4k_row_x8_avx2(g, a, gemm) }
-    }
+pub(super) fn q4k_row_x8(g: &Q4kGroup, a: &[u8], gemm: bool) -> [f32; 8] {
+    // SAFETY: AVX2 is enabled at compile time.
+    unsafe { q4k_row_x8_avx2(g, a, gemm) }
 }
 
 macro_rules! q4k_row_x8_body {
@@ -706,7 +694,7 @@ unsafe fn q4k_row_x8_avx2(g: &Q4kGroup, a: &[u8], gemm: bool) -> [f32; 8] {
 
 /// [`super::scalar::tile_q6k`]: each super-block's 6-bit values and scales decoded once for
 /// all `RN` activation rows; per row the exact integer total of
-/// [`super::scalar::q6k_lanes`] and the float operations of [`super::kquant::dot_q6k_tiled`].
+/// [`super::scalar::q6k_lanes`] and the float operations of [`super::kdot::dot_q6k_tiled`].
 pub(super) fn tile_q6k<const RN: usize>(w: &[u8], a: [&[u8]; RN]) -> [f32; RN] {
     let ab = 4 + 256 + 32;
     let nb = w.len() / 210;

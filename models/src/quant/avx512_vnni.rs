@@ -4,8 +4,7 @@
 //! `mod.rs`); every kernel forms the integers of its AVX2 twin, so the same bits.
 
 use super::avx2::{cvt8, hsum_float_8, nibbles, q4k_row_x8_body, q6k_row_x8_body};
-use super::blocks::QBlock;
-use super::interleaved::{Q4kGroup, Q6kGroup};
+use super::blocks::{Q4kGroup, Q6kGroup, QBlock};
 use std::arch::x86_64::*;
 
 /// Whether the CPU has AVX-512 VNNI (with VL and BW) for the kernels below.

@@ -71,3 +71,26 @@ pub(super) fn q4k_scales(sc: &[u8]) -> ([i32; 8], [i32; 8]) {
     }
     (scales, mins)
 }
+
+/// Eight Q4_K weight rows regrouped for `dot_q4k_interleaved`, per super-block: the
+/// values of each 32-value sub-block as 8 groups of 4 consecutive values, each group
+/// holding the 4 bytes of all 8 rows side by side (so that one 32-bit lane is one row),
+/// and the rows' scales, mins, `d` and `dmin` likewise side by side.
+#[derive(Default)]
+pub(super) struct Q4kGroup {
+    pub(super) q: Vec<QBlock>,
+    pub(super) scales: Vec<[i32; 8]>,
+    pub(super) mins: Vec<[i32; 8]>,
+    pub(super) d: Vec<[f32; 8]>,
+    pub(super) dmin: Vec<[f32; 8]>,
+}
+
+/// Eight Q6_K weight rows regrouped for `dot_q6k_interleaved` (the layout of
+/// [`Q4kGroup`]: 4-byte groups of the 8 rows side by side), with the rows' 16 scales per
+/// super-block and `d`.
+#[derive(Default)]
+pub(super) struct Q6kGroup {
+    pub(super) q: Vec<QBlock>,
+    pub(super) scales: Vec<[i32; 8]>,
+    pub(super) d: Vec<[f32; 8]>,
+}

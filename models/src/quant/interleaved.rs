@@ -4,35 +4,12 @@
 //! horizontal reduction. The regrouping and the row kernels are the `simd` set's.
 
 use super::act::{act_block_bytes, ActFormat};
-use super::blocks::{f16_at, q4k_scales, QBlock};
+use super::blocks::{f16_at, q4k_scales, Q4kGroup, Q6kGroup, QBlock};
 use super::simd;
 use candle_core::quantized::k_quants::QK_K;
 
-/// Eight Q4_K weight rows regrouped for [`dot_q4k_interleaved`], per super-block: the
-/// values of each 32-value sub-block as 8 groups of 4 consecutive values, each group
-/// holding the 4 bytes of all 8 rows side by side (so that one 32-bit lane is one row),
-/// and the rows' scales, mins, `d` and `dmin` likewise side by side.
-#[derive(Default)]
-pub(super) struct Q4kGroup {
-    pub(super) q: Vec<QBlock>,
-    pub(super) scales: Vec<[i32; 8]>,
-    pub(super) mins: Vec<[i32; 8]>,
-    pub(super) d: Vec<[f32; 8]>,
-    pub(super) dmin: Vec<[f32; 8]>,
-}
-
 thread_local! {
     static Q4K_GROUP: std::cell::RefCell<Q4kGroup> = std::cell::RefCell::new(Q4kGroup::default());
-}
-
-/// Eight Q6_K weight rows regrouped for [`dot_q6k_interleaved`] (the layout of
-/// [`Q4kGroup`]: 4-byte groups of the 8 rows side by side), with the rows' 16 scales per
-/// super-block and `d`.
-#[derive(Default)]
-pub(super) struct Q6kGroup {
-    pub(super) q: Vec<QBlock>,
-    pub(super) scales: Vec<[i32; 8]>,
-    pub(super) d: Vec<[f32; 8]>,
 }
 
 thread_local! {
@@ -157,8 +134,40 @@ pub(super) fn dot_q4k_interleaved(
 ) {
     let gemm_rows = m - m % 4;
     dot_interleaved(w, act, m, k, n, dst, &Q4K_GROUP, &|g: &Q4kGroup, a, r| {
-        simd::q4k_row_x8(g, a, r < gemm_rows, vnni)
+        q4k_row(g, a, r < gemm_rows, vnni)
     });
+}
+
+/// The build's Q4_K row kernel, or its AVX-512 VNNI twin where `vnni`.
+#[inline]
+fn q4k_row(g: &Q4kGroup, a: &[u8], gemm: bool, vnni: bool) -> [f32; 8] {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    if vnni {
+        // SAFETY: `vnni` is set only where the CPU has the features.
+        return unsafe { super::avx512_vnni::q4k_row_x8(g, a, gemm) };
+    }
+    let _ = vnni;
+    simd::q4k_row_x8(g, a, gemm)
+}
+
+/// The build's Q6_K row kernel, or its AVX-512 VNNI twin where `vnni`.
+#[inline]
+fn q6k_row(g: &Q6kGroup, a: &[u8], vnni: bool) -> [f32; 8] {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    if vnni {
+        // SAFETY: `vnni` is set only where the CPU has the features.
+        return unsafe { super::avx512_vnni::q6k_row_x8(g, a) };
+    }
+    let _ = vnni;
+    simd::q6k_row_x8(g, a)
 }
 
 /// Q6_K for a prompt, arranged like [`dot_q4k_interleaved`]; per (row, column) the
@@ -173,6 +182,6 @@ pub(super) fn dot_q6k_interleaved(
     vnni: bool,
 ) {
     dot_interleaved(w, act, m, k, n, dst, &Q6K_GROUP, &|g: &Q6kGroup, a, _| {
-        simd::q6k_row_x8(g, a, vnni)
+        q6k_row(g, a, vnni)
     });
 }

@@ -33,6 +33,7 @@ mod act;
 mod block32;
 mod blocks;
 mod interleaved;
+mod kdot;
 mod kquant;
 #[cfg(test)]
 mod tests;
@@ -86,7 +87,8 @@ use candle_core::quantized::k_quants::{
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 use interleaved::{dot_q4k_interleaved, dot_q6k_interleaved};
-use kquant::{dot_all_rows_k, dot_q4k, dot_q4k_tiled, dot_q6k, dot_tiles_k};
+use kdot::{dot_q4k, dot_q4k_tiled, dot_q6k};
+use kquant::{dot_all_rows_k, dot_tiles_k, SUMS};
 use std::sync::Arc;
 
 /// A quantized `[n, k]` weight used as `y = x W^T` with ggml-exact activation quantization.
@@ -300,7 +302,7 @@ fn dot_kquant(
         // Batches of 8 rows or more go through ggml's tiled K-quant matmul.
         GgmlDType::Q4K if m >= 8 => {
             dot_all_rows_k(data, bytes, m, k, n, 144, dst, |w, a, _| {
-                dot_q4k_tiled(w, a)
+                dot_q4k_tiled(w, a, &SUMS)
             });
         }
         GgmlDType::Q4K => dot_all_rows_k(data, bytes, m, k, n, 144, dst, |w, a, _| dot_q4k(w, a)),
@@ -322,7 +324,9 @@ fn dot_kquant(
                 }
             });
         }
-        GgmlDType::Q6K => dot_all_rows_k(data, bytes, m, k, n, 210, dst, |w, a, _| dot_q6k(w, a)),
+        GgmlDType::Q6K => dot_all_rows_k(data, bytes, m, k, n, 210, dst, |w, a, _| {
+            dot_q6k(w, a, &SUMS)
+        }),
         _ => return false,
     }
     true

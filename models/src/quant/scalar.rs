@@ -5,9 +5,8 @@
 //! what the tests hold the SIMD files to.
 
 use super::act::{act_block_bytes, ActFormat};
-use super::blocks::{f16_at, hsum8, QBlock, Unpack};
-use super::interleaved::{Q4kGroup, Q6kGroup};
-use super::kquant::{dot_q4k_repacked, dot_q6k_tiled};
+use super::blocks::{f16_at, hsum8, Q4kGroup, Q6kGroup, QBlock, Unpack};
+use super::kdot::{dot_q4k_repacked, dot_q6k_tiled, Sums};
 use candle_core::quantized::k_quants::QK_K;
 
 /// `ggml_vec_dot_q4_1_q8_1` (x86 AVX2/AVX-512 build) bit for bit: per block the products
@@ -177,9 +176,15 @@ pub(super) fn q4k_pair_sums(x: &[u8], y: &[u8], scales: &[i32; 8]) -> [i32; 4] {
     out
 }
 
+/// This set's integer sums, for the row kernels of `kdot.rs`.
+const SUMS: Sums = Sums {
+    q6k_lanes,
+    q4k_pair_sums,
+};
+
 /// [`dot_q4k_repacked`] of one weight row against `RN` activation rows.
 pub(super) fn tile_q4k<const RN: usize>(w: &[u8], a: [&[u8]; RN], gemm: bool) -> [f32; RN] {
-    a.map(|a| dot_q4k_repacked(w, a, gemm))
+    a.map(|a| dot_q4k_repacked(w, a, gemm, &SUMS))
 }
 
 /// [`tile_q4k`] for four activation rows.
@@ -189,7 +194,7 @@ pub(super) fn tile_q4k_x4(w: &[u8], a: [&[u8]; 4], gemm: bool) -> [f32; 4] {
 
 /// [`dot_q6k_tiled`] of one weight row against `RN` activation rows.
 pub(super) fn tile_q6k<const RN: usize>(w: &[u8], a: [&[u8]; RN]) -> [f32; RN] {
-    a.map(|a| dot_q6k_tiled(w, a))
+    a.map(|a| dot_q6k_tiled(w, a, &SUMS))
 }
 
 /// Eight Q4_K super-blocks regrouped: sub-block `j`'s group `t` holds values
@@ -207,7 +212,7 @@ pub(super) fn regroup_q4k(blocks: [&[u8]; 8], out: &mut [QBlock]) {
 }
 
 /// One activation row against 8 regrouped Q4_K weight rows.
-pub(super) fn q4k_row_x8(g: &Q4kGroup, a: &[u8], gemm: bool, _vnni: bool) -> [f32; 8] {
+pub(super) fn q4k_row_x8(g: &Q4kGroup, a: &[u8], gemm: bool) -> [f32; 8] {
     let ab = act_block_bytes(ActFormat::Q8K);
     let mut acc = [0f32; 8];
     let mut acc_min = [0f32; 8];
@@ -260,7 +265,7 @@ pub(super) fn regroup_q6k(blocks: [&[u8]; 8], out: &mut [QBlock]) {
 }
 
 /// One activation row against 8 regrouped Q6_K weight rows.
-pub(super) fn q6k_row_x8(g: &Q6kGroup, a: &[u8], _vnni: bool) -> [f32; 8] {
+pub(super) fn q6k_row_x8(g: &Q6kGroup, a: &[u8]) -> [f32; 8] {
     let ab = act_block_bytes(ActFormat::Q8K);
     let mut acc = [0f32; 8];
     for (b, y) in a.chunks_exact(ab).enumerate() {

@@ -5,8 +5,10 @@
 use super::act::{act_block_bytes, quantize_q8_0_or_1, quantize_q8k, ActFormat};
 use super::block32::{dot_tiles_32, dot_tiles_q0, Q41Tiles};
 use super::blocks::{f16_at, q4k_scales, unpack_q4_0, unpack_q5_0, unpack_q8_0, QBlock, Unpack};
-use super::interleaved::{dot_q4k_interleaved, dot_q6k_interleaved, Q4kGroup, Q6kGroup};
-use super::kquant::{dot_q4k_repacked, dot_q6k_tiled};
+use super::blocks::{Q4kGroup, Q6kGroup};
+use super::interleaved::{dot_q4k_interleaved, dot_q6k_interleaved};
+use super::kdot;
+use super::kquant::SUMS;
 use super::{has_vnni, run, scalar, simd};
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, QK_K};
 use half::f16;
@@ -169,14 +171,17 @@ fn k_quant_tiles_equal_pairwise_dots() {
             for j in 0..4 {
                 assert_eq!(
                     got[j].to_bits(),
-                    dot_q4k_repacked(&w4, a[j], gemm).to_bits()
+                    kdot::dot_q4k_repacked(&w4, a[j], gemm, &SUMS).to_bits()
                 );
             }
         }
         let w6 = random_blocks(&mut rng, k / QK_K, 210, &[208]);
         let got = simd::tile_q6k(&w6, a);
         for j in 0..4 {
-            assert_eq!(got[j].to_bits(), dot_q6k_tiled(&w6, a[j]).to_bits());
+            assert_eq!(
+                got[j].to_bits(),
+                kdot::dot_q6k_tiled(&w6, a[j], &SUMS).to_bits()
+            );
         }
     }
 }
@@ -211,9 +216,9 @@ fn k_quant_prefill_matmul_keeps_the_row_kernels() {
             for c in 0..n {
                 let wc = &w[c * wrow..(c + 1) * wrow];
                 let want = if wblock == 144 {
-                    dot_q4k_repacked(wc, arow(r), r < 8)
+                    kdot::dot_q4k_repacked(wc, arow(r), r < 8, &SUMS)
                 } else {
-                    dot_q6k_tiled(wc, arow(r))
+                    kdot::dot_q6k_tiled(wc, arow(r), &SUMS)
                 };
                 assert_eq!(
                     dst[r * n + c].to_bits(),
@@ -243,7 +248,8 @@ fn interleaved_q4k_equals_the_row_kernels() {
         for r in 0..m {
             for c in 0..n {
                 let wc = &w[c * wrow..(c + 1) * wrow];
-                let want = dot_q4k_repacked(wc, &act[r * arow..(r + 1) * arow], r < 16);
+                let want =
+                    kdot::dot_q4k_repacked(wc, &act[r * arow..(r + 1) * arow], r < 16, &SUMS);
                 let got = dst[r * n + c];
                 assert_eq!(got.to_bits(), want.to_bits(), "{vnni} ({r}, {c})");
             }
@@ -274,8 +280,8 @@ fn interleaved_q4k_equals_the_row_kernels() {
     }
     for gemm in [false, true] {
         let a = &act[..ab];
-        let want = simd::q4k_row_x8(&g, a, gemm, false);
-        assert_eq!(scalar::q4k_row_x8(&g, a, gemm, false), want);
+        let want = simd::q4k_row_x8(&g, a, gemm);
+        assert_eq!(scalar::q4k_row_x8(&g, a, gemm), want);
     }
 }
 
@@ -296,7 +302,7 @@ fn interleaved_q6k_equals_the_tiled_kernel() {
         for r in 0..m {
             for c in 0..n {
                 let wc = &w[c * wrow..(c + 1) * wrow];
-                let want = dot_q6k_tiled(wc, &act[r * arow..(r + 1) * arow]);
+                let want = kdot::dot_q6k_tiled(wc, &act[r * arow..(r + 1) * arow], &SUMS);
                 let got = dst[r * n + c];
                 assert_eq!(got.to_bits(), want.to_bits(), "{vnni} ({r}, {c})");
             }
@@ -321,10 +327,7 @@ fn interleaved_q6k_equals_the_tiled_kernel() {
         }
     }
     let a = &act[..ab];
-    assert_eq!(
-        scalar::q6k_row_x8(&g, a, false),
-        simd::q6k_row_x8(&g, a, false)
-    );
+    assert_eq!(scalar::q6k_row_x8(&g, a), simd::q6k_row_x8(&g, a));
 }
 
 #[test]
