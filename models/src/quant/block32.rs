@@ -25,8 +25,22 @@ pub(super) fn dot_all_rows(
     dst: &mut [f32],
     dot: impl Fn(&[u8], &[u8]) -> f32 + Sync,
 ) {
-    let wrow = k / 32 * wblock;
-    let arow = k / 32 * ablock;
+    let rows = (k / 32 * wblock, k / 32 * ablock);
+    dot_cells(w, act, m, n, rows, dst, |w, a, _| dot(w, a));
+}
+
+/// Runs `dot(weight row, activation row, activation row index)` for every (row,
+/// column) of an `m × n` result on the thread pool; `rows` are the bytes of one weight
+/// and one activation row.
+pub(super) fn dot_cells(
+    w: &[u8],
+    act: &[u8],
+    m: usize,
+    n: usize,
+    (wrow, arow): (usize, usize),
+    dst: &mut [f32],
+    dot: impl Fn(&[u8], &[u8], usize) -> f32 + Sync,
+) {
     let dst_ptr = dst.as_mut_ptr() as usize;
     const COLS: usize = 8;
     // Tiles of 8 weight rows × 16 activation rows: the weight rows stay in the cache
@@ -41,7 +55,7 @@ pub(super) fn dot_all_rows(
             for r in tile * ROWS..m.min(tile * ROWS + ROWS) {
                 let a = &act[r * arow..(r + 1) * arow];
                 for c in c0..n.min(c0 + COLS) {
-                    let v = dot(&w[c * wrow..(c + 1) * wrow], a);
+                    let v = dot(&w[c * wrow..(c + 1) * wrow], a, r);
                     // SAFETY: each (r, c) is written by exactly one work item.
                     unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
                 }

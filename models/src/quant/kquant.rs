@@ -3,6 +3,7 @@
 //! `simd` set. The interleaved prompt kernels are in `interleaved.rs`.
 
 use super::act::{act_block_bytes, ActFormat};
+use super::block32::dot_cells;
 use super::kdot::Sums;
 use super::simd;
 use candle_core::quantized::k_quants::QK_K;
@@ -13,7 +14,8 @@ pub(super) const SUMS: Sums = Sums {
     q4k_pair_sums: simd::q4k_pair_sums,
 };
 
-/// `dot_all_rows` for 256-value super-blocks with Q8_K activations.
+/// [`dot_cells`] for 256-value super-blocks with Q8_K activations; `dot` also gets the
+/// activation row's index.
 // The matmul's shape and buffers, spelled out like ggml's kernels take them.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn dot_all_rows_k(
@@ -27,29 +29,8 @@ pub(super) fn dot_all_rows_k(
     dot: impl Fn(&[u8], &[u8], usize) -> f32 + Sync,
 ) {
     let ab = act_block_bytes(ActFormat::Q8K);
-    let wrow = k / QK_K * wblock;
-    let arow = k / QK_K * ab;
-    let dst_ptr = dst.as_mut_ptr() as usize;
-    const COLS: usize = 8;
-    // Tiles of 8 weight rows × 16 activation rows: the weight rows stay in the cache
-    // while every activation row of the tile passes them.
-    const ROWS: usize = 16;
-    let groups = n.div_ceil(COLS);
-    let tiles = m.div_ceil(ROWS);
-    crate::pool::for_ranges(groups * tiles, 1, &|range| {
-        for it in range {
-            let (g, tile) = (it / tiles, it % tiles);
-            let c0 = g * COLS;
-            for r in tile * ROWS..m.min(tile * ROWS + ROWS) {
-                let a = &act[r * arow..(r + 1) * arow];
-                for c in c0..n.min(c0 + COLS) {
-                    let v = dot(&w[c * wrow..(c + 1) * wrow], a, r);
-                    // SAFETY: each (r, c) is written by exactly one work item.
-                    unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
-                }
-            }
-        }
-    });
+    let rows = (k / QK_K * wblock, k / QK_K * ab);
+    dot_cells(w, act, m, n, rows, dst, dot);
 }
 
 /// A tile kernel of [`dot_tiles_k`]: one weight row, the activation rows of a work item
