@@ -19,9 +19,11 @@
 //! The files, by concern:
 //! - `act.rs`: the activation quantization;
 //! - `blocks.rs`: the block layouts every kernel reads;
-//! - `block32.rs`, `kquant.rs`, `interleaved.rs`: the drivers of the 32-value formats, the
-//!   K-quant row kernels and their drivers, and the interleaved prompt kernels of the
-//!   K-quants;
+//! - `block32.rs`, `kquant.rs`, `interleaved.rs`: the drivers of the 32-value formats
+//!   (with the one cell driver every format uses), of the K-quants, and the interleaved
+//!   prompt kernels of the K-quants;
+//! - `kdot.rs`: the K-quant row kernels, llama.cpp's float operations over the integer
+//!   sums a kernel set gives;
 //! - `scalar.rs`: the scalar reference of every SIMD kernel;
 //! - one file per instruction set (`avx2.rs`, `avx512_vnni.rs`), each with the functions
 //!   of `scalar.rs` it speeds up, under the same names and with the same results to the
