@@ -111,7 +111,7 @@ struct HubSpec {
     repo: String,
     revision: Option<String>,
     file: Option<String>,
-    /// A dataset repository (bench data) rather than a model.
+    /// A dataset repository rather than a model's.
     dataset: bool,
 }
 
@@ -222,15 +222,27 @@ impl HubSpec {
     }
 }
 
-/// Fetches one file of a Hugging Face dataset repository (`ORG/NAME`) into the HF
-/// cache, or finds it there when `HF_HUB_OFFLINE` is set.
-pub fn fetch_dataset_file(repo: &str, revision: Option<&str>, file: &str) -> Result<PathBuf> {
+/// What a Hugging Face repository holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoKind {
+    Model,
+    Dataset,
+}
+
+/// Fetches one file of a Hugging Face repository (`ORG/NAME`, at `revision` or `main`)
+/// into the HF cache, or finds it there when `HF_HUB_OFFLINE` is set.
+pub fn fetch_hub_file(
+    repo: &str,
+    kind: RepoKind,
+    revision: Option<&str>,
+    file: &str,
+) -> Result<PathBuf> {
     let spec = HubSpec {
         spec: format!("hf:{repo}"),
         repo: repo.to_string(),
         revision: revision.map(String::from),
         file: Some(file.to_string()),
-        dataset: true,
+        dataset: kind == RepoKind::Dataset,
     };
     spec.get(file, true)?.ok_or_else(|| Error::NotCached {
         spec: format!("hf:{repo} ({file})"),

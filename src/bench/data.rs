@@ -55,10 +55,12 @@ pub fn resolve(data: &str, split: &str) -> Result<PathBuf, BenchError> {
             ),
         })?,
     };
-    tutti_models::fetch_dataset_file(&repo, revision, &file).map_err(|e| BenchError::Data {
-        path: data.into(),
-        reason: e.to_string(),
-    })
+    tutti_models::fetch_hub_file(&repo, tutti_models::RepoKind::Dataset, revision, &file).map_err(
+        |e| BenchError::Data {
+            path: data.into(),
+            reason: e.to_string(),
+        },
+    )
 }
 
 /// Reads every row of a `.jsonl`, `.json` (an array of objects) or `.parquet` file.
