@@ -17,8 +17,12 @@ const START_DEADLINE: Duration = Duration::from_secs(120);
 /// Log lines quoted in a start-up failure.
 const LOG_TAIL: usize = 25;
 
-pub const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-pub const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
+// Each support module stands alone (a bench includes only this one); a test that also
+// includes `serve_support` loads these helpers twice, harmlessly.
+#[allow(clippy::duplicate_mod)]
+#[path = "../ensemble_support/mod.rs"]
+mod ensemble_support;
+pub use ensemble_support::{demo, GEMMA, SMOL};
 
 /// Eight raw prompts of different kinds (facts, code, lists, numbers, prose).
 pub const PROMPTS: [&str; 8] = [
@@ -31,19 +35,6 @@ pub const PROMPTS: [&str; 8] = [
     "Q: What is 12 times 7?\nA:",
     "The most important invention of the 20th century was",
 ];
-
-/// Path of a demo model; fails with the fix when it is missing.
-pub fn demo(name: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("models-cache")
-        .join(name);
-    assert!(
-        p.exists(),
-        "demo model {} is missing: run scripts/fetch-models.sh first",
-        p.display()
-    );
-    p.display().to_string()
-}
 
 /// The llama-server binary: `scripts/llama-server.sh` builds it once and prints its path
 /// (`TUTTI_LLAMA_SERVER=PATH` picks another build, e.g. one for AVX2 only).
