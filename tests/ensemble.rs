@@ -495,3 +495,55 @@ fn cli_ensemble_file_and_errors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every step of a generation as bits: the chosen bytes, their combined probability and
+/// each member's probability of them.
+fn step_bits(ens: &mut Ensemble, request: &Request) -> Vec<(Vec<u8>, u32, Vec<Option<u32>>)> {
+    let mut steps = Vec::new();
+    for event in ens.stream(request).unwrap() {
+        if let tutti::engine::Event::Step(s) = event.unwrap() {
+            let members = s.members.iter().map(|m| m.prob.map(f32::to_bits)).collect();
+            steps.push((s.chosen.bytes.clone(), s.chosen.prob.to_bits(), members));
+        }
+    }
+    steps
+}
+
+/// A token-id request per member (as the server sends them), so the prefix cache applies.
+fn ids_request(text: &str) -> Request {
+    let ids = [SMOL, GEMMA]
+        .iter()
+        .map(|m| load(m).tokenizer.encode_prompt(text).unwrap())
+        .collect();
+    Request::ids(ids).max_tokens(12)
+}
+
+/// The same greedy request gives the same bits whatever ran before it on the same
+/// ensemble, with the prefix cache on as the server runs it: the reused prefix is fed
+/// in other chunks than in a fresh run, and batch-invariant numerics make that moot.
+#[test]
+fn the_same_request_after_five_others_gives_the_same_bits() {
+    let target = "Name three colors.";
+    let mut fresh = pair(AlignMethod::MinEd);
+    fresh.set_prefix_cache(true);
+    let want = step_bits(&mut fresh, &ids_request(target));
+    assert!(!want.is_empty());
+    let mut used = pair(AlignMethod::MinEd);
+    used.set_prefix_cache(true);
+    for other in [
+        "Name three animals.",
+        "Name",
+        "The capital of France is",
+        "Name three colors. Then name three more colors, all of them",
+        "Write a haiku about rain.",
+    ] {
+        step_bits(&mut used, &ids_request(other));
+    }
+    let got = step_bits(&mut used, &ids_request(target));
+    let first = want.iter().zip(&got).position(|(a, b)| a != b);
+    assert_eq!(
+        first, None,
+        "step {first:?} differs after five other requests"
+    );
+    assert_eq!(want.len(), got.len());
+}

@@ -189,6 +189,7 @@ fn demo_models_cuda_match_cpu() {
                     device,
                     dtype: None,
                     arch: None,
+                    ..tutti_models::LoadOptions::default()
                 },
             )
             .unwrap()

@@ -78,6 +78,9 @@ pub enum Error {
     #[error("context overflow: position {needed} exceeds the model's context length {max}")]
     ContextOverflow { needed: usize, max: usize },
 
+    #[error("batched forward: {0}")]
+    Batch(&'static str),
+
     #[error("{}", one_line(.0))]
     Candle(#[from] candle_core::Error),
 }

@@ -487,7 +487,9 @@ thread_local! {
 ///
 /// `q`: `[s, nh, hd]` as the projection writes it (already rounded to f16), `kv`: f16
 /// values, `visible(i, j)`: whether query `i` sees key `j` (counted from `kv.first`).
-/// Writes `out`, `[s, nh * hd]`.
+/// Writes `out`, `[s, nh * hd]`. With `by_shape`, several rows take llama.cpp's prompt
+/// path (tinyBLAS); otherwise every row takes its one-row path, which makes a row's
+/// result independent of the rows beside it (see [`crate::Numerics`]).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
@@ -498,6 +500,7 @@ pub fn attention(
     hd: usize,
     scale: f32,
     visible: impl Fn(usize, usize) -> bool + Sync,
+    by_shape: bool,
     out: &mut [f32],
 ) {
     let n_rep = nh / nkv;
@@ -505,30 +508,47 @@ pub fn attention(
     let out = &mut out[..s * nh * hd];
     let out_ptr = out.as_mut_ptr() as usize;
     let q_row = |i: usize, h: usize| &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
-    if s == 1 {
-        // One query row: llama.cpp's `ggml_vec_dot_f16` path, one head per work item.
-        crate::pool::for_ranges(nh, 1, &|heads| {
+    if s == 1 || !by_shape {
+        // llama.cpp's one-row path (`ggml_vec_dot_f16`), one (row, head) per work item,
+        // each row over the span of keys it sees, counted from its first: the lanes a
+        // key's score and value fall in are then the same as in the row's own decode step.
+        let spans: Vec<Option<(usize, usize)>> = (0..s)
+            .map(|i| {
+                let first = (0..t).find(|&j| visible(i, j))?;
+                let last = (first..t).rev().find(|&j| visible(i, j))?;
+                Some((first, last + 1))
+            })
+            .collect();
+        crate::pool::for_ranges(s * nh, 1, &|items| {
             ATT_SCRATCH.with(|cell| {
                 let mut scratch = cell.borrow_mut();
-                let (w, acc, seen) = &mut *scratch;
-                visible_keys(t, |j| visible(0, j), seen);
-                for h in heads {
-                    // SAFETY: head `h` owns `out[h * hd..(h + 1) * hd]`; no other item writes it.
+                let (w, acc, _) = &mut *scratch;
+                for it in items {
+                    let (i, h) = (it / nh, it % nh);
+                    // SAFETY: item (i, h) owns `out[(i * nh + h) * hd..][..hd]`; no other
+                    // item writes it.
                     let o = unsafe {
-                        std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(h * hd), hd)
+                        std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(it * hd), hd)
                     };
-                    let kh = kv.head(kv.k, h / n_rep, hd);
-                    let qi = q_row(0, h);
+                    let Some((first, end)) = spans[i] else {
+                        o.fill(0.0);
+                        continue;
+                    };
+                    let kh = &kv.head(kv.k, h / n_rep, hd)[first * hd..end * hd];
+                    let vh = &kv.head(kv.v, h / n_rep, hd)[first * hd..end * hd];
+                    let qi = q_row(i, h);
                     w.clear();
-                    w.resize(t, f32::NEG_INFINITY);
-                    for &j in seen.iter() {
-                        w[j] = dot_vec_f16(&kh[j * hd..(j + 1) * hd], qi) * scale;
+                    w.resize(end - first, f32::NEG_INFINITY);
+                    for j in first..end {
+                        if visible(i, j) {
+                            w[j - first] = dot_vec_f16(&kh[(j - first) * hd..][..hd], qi) * scale;
+                        }
                     }
                     softmax_row(w);
                     for p in w.iter_mut() {
                         *p = f16::from_f32(*p).to_f32();
                     }
-                    weighted_rows_vec_f16(kv.head(kv.v, h / n_rep, hd), w, hd, acc, o);
+                    weighted_rows_vec_f16(vh, w, hd, acc, o);
                 }
             })
         });
@@ -790,7 +810,7 @@ mod tests {
                 t,
             };
             let mut out = vec![0f32; s * nh * hd];
-            attention(&q, kv, nh, nkv, s, hd, 0.125, visible, &mut out);
+            attention(&q, kv, nh, nkv, s, hd, 0.125, visible, true, &mut out);
             let want = attention_by_pairs(&q, &k, &v, nh, nkv, s, t, hd, visible);
             let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&out), bits(&want), "nh {nh} nkv {nkv} s {s}");

@@ -91,6 +91,28 @@ pub trait CausalLm: Send {
     fn fork(&self) -> Option<Box<dyn CausalLm>> {
         None
     }
+    /// The decoder behind this model, for [`forward_batch`]. `None` for other kinds.
+    fn as_transformer_mut(&mut self) -> Option<&mut Transformer> {
+        None
+    }
+}
+
+/// Feeds each model its new ids and returns each one's last logits (`[vocab]` per
+/// model), the rows of all of them going through the weights together: each weight row
+/// is read once for the whole batch. The models must share their weights (a model and
+/// its [`CausalLm::fork`]s) and run on the llama.cpp-exact CPU path with
+/// batch-invariant numerics, so that each model's logits are the bits a
+/// [`CausalLm::forward`] of its own would give. On error every cache is left at its
+/// previous length.
+pub fn forward_batch(batch: &mut [(&mut (dyn CausalLm + 'static), &[u32])]) -> Result<Vec<Tensor>> {
+    let mut decoders = Vec::with_capacity(batch.len());
+    for (lm, ids) in batch.iter_mut() {
+        let t = lm
+            .as_transformer_mut()
+            .ok_or(Error::Batch("only transformer decoders batch"))?;
+        decoders.push((t, *ids));
+    }
+    Transformer::forward_batch(&mut decoders)
 }
 
 /// How to load a model.
@@ -102,6 +124,8 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// Use this architecture instead of the one the checkpoint names.
     pub arch: Option<Architecture>,
+    /// How the CPU kernels of GGUF models order their sums (see [`Numerics`]).
+    pub numerics: Numerics,
 }
 
 impl Default for LoadOptions {
@@ -110,7 +134,44 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             arch: None,
+            numerics: Numerics::from_env(),
         }
+    }
+}
+
+/// The order in which the llama.cpp-exact CPU path (GGUF weights on the CPU) sums.
+///
+/// llama.cpp picks its matmul and attention kernels by the number of rows in a call: a
+/// prompt goes through tiled kernels, a decode step through one-row kernels, and the two
+/// round differently. A position's logits then depend on how its prompt was fed (whole,
+/// in chunks, after a cached prefix). [`Numerics::BatchInvariant`], the default, computes
+/// every row with the one-row kernels whatever else shares the call, so the same ids
+/// give the same bits however they arrive, at any thread count; decode steps stay
+/// bit-identical to llama.cpp's and whole prompts agree within its parity bounds.
+/// [`Numerics::LlamaCpp`] follows llama.cpp's choice by shape, for bit-for-bit
+/// comparisons of whole prompts (`TUTTI_NUMERICS=llamacpp` selects it by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Numerics {
+    /// A row's result never depends on the other rows of the call.
+    #[default]
+    BatchInvariant,
+    /// llama.cpp's kernels by shape: its prompt logits to the bit.
+    LlamaCpp,
+}
+
+impl Numerics {
+    /// `TUTTI_NUMERICS=llamacpp` gives [`Numerics::LlamaCpp`]; anything else the default.
+    pub fn from_env() -> Self {
+        match std::env::var("TUTTI_NUMERICS").as_deref() {
+            Ok("llamacpp") => Numerics::LlamaCpp,
+            _ => Numerics::BatchInvariant,
+        }
+    }
+
+    /// Whether every row takes the one-row kernels.
+    pub(crate) fn invariant(self) -> bool {
+        self == Numerics::BatchInvariant
     }
 }
 
@@ -432,6 +493,7 @@ fn load_gguf(path: &Path, source: ModelSource, opts: &LoadOptions) -> Result<Mod
     let tokenizer = ModelTokenizer::from_gguf(path, &content.metadata)?;
     let mut weights = weights::Weights::from_gguf(path, content, &opts.device)?;
     weights.arch_name = cfg.arch.name().into();
+    weights.numerics = opts.numerics;
     let info = ModelInfo {
         name: source.display_name(),
         arch: cfg.arch,

@@ -12,6 +12,8 @@ use crate::weights::{Embedding, Linear, Weights};
 use crate::{CausalLm, ConfigError, Error, Result};
 use candle_core::{DType, Device, Tensor, D};
 
+mod batch;
+
 /// Resolves the tensor names of one layer (or of the model) for a format.
 pub struct TensorNames {
     format: WeightFormat,
@@ -295,6 +297,9 @@ struct Attention {
     /// converting its f32 operand to the cache's f16), ggml's rope, softmax and MLP
     /// activations.
     ggml_compat: bool,
+    /// Whether a prompt's rows take llama.cpp's several-row attention (see
+    /// [`crate::Numerics`]).
+    by_shape: bool,
 }
 
 /// Rounds an f32 tensor to the nearest f16 values, keeping f32 storage.
@@ -327,9 +332,13 @@ impl Attention {
     /// The llama.cpp-exact attention of `s` queries at `pos0` (`q`: `[nh, s, hd]`,
     /// rounded to f16) over the host cache, which already holds their keys.
     fn attend_host(&self, q: &[f32], pos0: usize, s: usize, out: &mut [f32]) {
-        let Some(cache) = &self.host_cache else {
-            return;
-        };
+        if let Some(cache) = &self.host_cache {
+            self.attend_in(cache, q, pos0, s, out);
+        }
+    }
+
+    /// [`Attention::attend_host`] over `cache`, one sequence's keys and values.
+    fn attend_in(&self, cache: &HostKv, q: &[f32], pos0: usize, s: usize, out: &mut [f32]) {
         let first_key = self.first_key(pos0);
         let window = self.window;
         let visible = |i: usize, j: usize| {
@@ -345,6 +354,7 @@ impl Attention {
             self.head_dim,
             self.scale as f32,
             visible,
+            self.by_shape,
             out,
         );
     }
@@ -637,18 +647,18 @@ impl Block {
         qkv && mlp && norms && a.o.is_quantized() && a.host_cache.is_some() && a.ggml_compat
     }
 
-    /// [`Block::attend`] for `s` positions from `pos0` on host buffers: `sc.x` (`[s,
-    /// hidden]`) in and out.
-    fn attend_host(
-        &mut self,
-        pos0: usize,
-        s: usize,
+    /// [`Block::attend`] on host buffers for the rows of every part (`sc.x`, `[rows,
+    /// hidden]`, in and out); `caches[p]` is part `p`'s cache of this layer.
+    fn attend_rows(
+        &self,
+        parts: &[Part],
+        caches: &mut [&mut HostKv],
         table: &[f32],
         sc: &mut Scratch,
     ) -> candle_core::Result<()> {
         sc.normed.resize(sc.x.len(), 0.0);
         self.attn_norm.rows_par(&sc.x, &mut sc.normed)?;
-        self.attn.forward_host(pos0, s, table, sc)?;
+        self.attn.forward_rows(parts, caches, table, sc)?;
         if let Some(n) = &self.post_attn_norm {
             n.rows_in_place(&mut sc.proj, &mut sc.tmp)?;
         }
@@ -705,24 +715,27 @@ fn take_columns(src: &[f32], width: usize, cols: std::ops::Range<usize>, dst: &m
 }
 
 impl Attention {
-    /// [`Attention::forward`] for `s` positions from `pos0` on host buffers: `sc.normed`
-    /// in, `sc.proj` out. `table` holds ggml's rotary angles of those positions.
-    fn forward_host(
-        &mut self,
-        pos0: usize,
-        s: usize,
+    /// [`Attention::forward`] on host buffers for the rows of every part: `sc.normed`
+    /// in, `sc.proj` out. `table` holds ggml's rotary angles of every row. The
+    /// projections run once over all rows; each part appends to its own cache and
+    /// attends over it.
+    fn forward_rows(
+        &self,
+        parts: &[Part],
+        caches: &mut [&mut HostKv],
         table: &[f32],
         sc: &mut Scratch,
     ) -> candle_core::Result<()> {
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let rows = parts.iter().map(|p| p.s).sum();
         match &self.qkv {
             QkvProj::Separate { q, k, v } => {
-                q.forward_host(&sc.normed, s, &mut sc.q)?;
-                k.forward_host(&sc.normed, s, &mut sc.k)?;
-                v.forward_host(&sc.normed, s, &mut sc.v)?;
+                q.forward_host(&sc.normed, rows, &mut sc.q)?;
+                k.forward_host(&sc.normed, rows, &mut sc.k)?;
+                v.forward_host(&sc.normed, rows, &mut sc.v)?;
             }
             QkvProj::Fused(qkv) => {
-                qkv.forward_host(&sc.normed, s, &mut sc.fused)?;
+                qkv.forward_host(&sc.normed, rows, &mut sc.fused)?;
                 let width = (nh + 2 * nkv) * hd;
                 take_columns(&sc.fused, width, 0..nh * hd, &mut sc.q);
                 take_columns(&sc.fused, width, nh * hd..(nh + nkv) * hd, &mut sc.k);
@@ -745,13 +758,14 @@ impl Attention {
         for t in [&mut sc.q, &mut sc.k, &mut sc.v] {
             round_f16_rows(t);
         }
-        let Some(cache) = self.host_cache.as_mut() else {
-            candle_core::bail!("host forward without a host cache");
-        };
-        cache.append(&sc.k, &sc.v, s)?;
-        sc.att.resize(s * nh * hd, 0.0);
-        self.attend_host(&sc.q, pos0, s, &mut sc.att);
-        self.o.forward_host(&sc.att, s, &mut sc.proj)
+        sc.att.resize(rows * nh * hd, 0.0);
+        for (p, cache) in parts.iter().zip(caches.iter_mut()) {
+            let kv = p.row0 * nkv * hd..(p.row0 + p.s) * nkv * hd;
+            cache.append(&sc.k[kv.clone()], &sc.v[kv], p.s)?;
+            let q = p.row0 * nh * hd..(p.row0 + p.s) * nh * hd;
+            self.attend_in(cache, &sc.q[q.clone()], p.pos0, p.s, &mut sc.att[q]);
+        }
+        self.o.forward_host(&sc.att, rows, &mut sc.proj)
     }
 }
 
@@ -860,6 +874,8 @@ pub struct Transformer {
     scratch: Scratch,
     /// [`CausalLm::inject_panic_after_layer`]: armed for the next forward only.
     panic_after_layer: Option<usize>,
+    /// Shared by a model and its forks: the weights a batched forward may share.
+    weights_id: std::sync::Arc<()>,
 }
 
 /// The buffers of a host forward, kept from decode step to decode step.
@@ -877,6 +893,15 @@ struct Scratch {
     up: Vec<f32>,
     tmp: Vec<f32>,
     logits: Vec<f32>,
+}
+
+/// One sequence's rows in a host forward: `s` new positions from `pos0`, at rows
+/// `row0..row0 + s` of the call.
+#[derive(Clone, Copy, Debug)]
+struct Part {
+    pos0: usize,
+    s: usize,
+    row0: usize,
 }
 
 impl Transformer {
@@ -927,6 +952,7 @@ impl Transformer {
                 cache: KvCache::new(),
                 host_cache: None,
                 ggml_compat: false,
+                by_shape: false,
             };
             let mlp = if fused_mlp(
                 format,
@@ -972,7 +998,7 @@ impl Transformer {
         let lm_head = if untied_head {
             w.linear(names.lm_head(), None, h)?
         } else {
-            embed.as_linear()?
+            embed.as_linear(w.numerics)?
         };
         // llama.cpp stores Llama 3.1 frequency factors as a tensor.
         let freq_factors = match w.tensor_opt("rope_freqs.weight", DType::F32)? {
@@ -983,6 +1009,7 @@ impl Transformer {
         let ggml = ggml_mode(format, w);
         for b in blocks.iter_mut() {
             b.attn.ggml_compat = ggml;
+            b.attn.by_shape = !w.numerics.invariant();
             if ggml && b.attn.softcap.is_none() {
                 b.attn.host_cache = Some(HostKv::new(cfg.num_kv_heads, hd));
             }
@@ -1001,6 +1028,7 @@ impl Transformer {
             host_path,
             scratch: Scratch::default(),
             panic_after_layer: None,
+            weights_id: std::sync::Arc::new(()),
             embed,
             blocks,
             norm,
@@ -1115,15 +1143,71 @@ impl Transformer {
         ids: &[u32],
         score: bool,
     ) -> candle_core::Result<(Tensor, Vec<f32>)> {
-        let pos0 = self.position;
-        let s = ids.len();
+        let part = Part {
+            pos0: self.position,
+            s: ids.len(),
+            row0: 0,
+        };
+        let mut caches = vec![self.take_caches()?];
+        let mut sc = std::mem::take(&mut self.scratch);
+        let panic_at = self.panic_after_layer.take();
+        let result = self.run_rows(&[part], ids, &mut caches, score, panic_at, &mut sc);
+        self.put_caches(caches.pop().unwrap_or_default());
+        // A prompt's buffers are as long as the prompt: keep only a decode step's worth.
+        if ids.len() > 1 {
+            sc = Scratch::default();
+        }
+        self.scratch = sc;
+        let (logits, scores) = result?;
+        Ok((
+            Tensor::from_vec(logits, self.vocab_size(), &self.device)?,
+            scores,
+        ))
+    }
+
+    /// The host caches of every layer, moved out (a panic before they are put back
+    /// leaves none, which [`Transformer::position`] and `truncate` then treat as empty).
+    fn take_caches(&mut self) -> candle_core::Result<Vec<HostKv>> {
+        let mut caches = Vec::with_capacity(self.blocks.len());
+        for b in self.blocks.iter_mut() {
+            match b.attn.host_cache.take() {
+                Some(c) => caches.push(c),
+                None => candle_core::bail!("host forward without a host cache"),
+            }
+        }
+        Ok(caches)
+    }
+
+    fn put_caches(&mut self, caches: Vec<HostKv>) {
+        for (b, c) in self.blocks.iter_mut().zip(caches) {
+            b.attn.host_cache = Some(c);
+        }
+    }
+
+    /// Whether a host-path model lost its caches to a panic mid-forward.
+    fn caches_lost(&self) -> bool {
+        self.host_path && self.blocks.iter().any(|b| b.attn.host_cache.is_none())
+    }
+
+    /// The rows of every part through the layers: `ids` holds the parts' new ids in
+    /// order, `caches[p]` part `p`'s cache of every layer. Returns the last row's logits
+    /// of every part, one after another, and under `score` (one part only) the
+    /// log-probability every other row gives the id that follows it.
+    fn run_rows(
+        &self,
+        parts: &[Part],
+        ids: &[u32],
+        caches: &mut [Vec<HostKv>],
+        score: bool,
+        panic_at: Option<usize>,
+        sc: &mut Scratch,
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
         let hidden = self.cfg.hidden_size;
         let ids_t = Tensor::new(ids, &self.device)?;
         let mut x0 = self.embed.forward(&ids_t, self.dtype)?;
         if let Some(scale) = self.cfg.embed_scale {
             x0 = (x0 * scale)?;
         }
-        let mut sc = std::mem::take(&mut self.scratch);
         sc.x.clear();
         sc.x.extend(x0.flatten_all()?.to_vec1::<f32>()?);
         let table = |rope: &RopeConfig| {
@@ -1131,63 +1215,80 @@ impl Transformer {
                 RopeScaling::Linear { factor } => (1.0 / factor) as f32,
                 _ => 1.0,
             };
-            crate::ggml::rope_table(rope.theta as f32, fs, self.cfg.head_dim, pos0, s)
+            let mut t = Vec::new();
+            for p in parts {
+                let hd = self.cfg.head_dim;
+                t.extend(crate::ggml::rope_table(
+                    rope.theta as f32,
+                    fs,
+                    hd,
+                    p.pos0,
+                    p.s,
+                ));
+            }
+            t
         };
         let global = table(&self.cfg.rope_global);
         let local =
             (self.inv_freq_local != self.inv_freq_global).then(|| table(&self.cfg.rope_local));
         let act = self.cfg.activation;
         let n_blocks = self.blocks.len();
-        let panic_at = self.panic_after_layer.take();
-        let result = (|| -> candle_core::Result<(Tensor, Vec<f32>)> {
-            let mut earlier = None;
-            for (i, block) in self.blocks.iter_mut().enumerate() {
-                let rot = match (&local, block.sliding) {
-                    (Some(l), true) => l,
-                    _ => &global,
-                };
-                block.attend_host(pos0, s, rot, &mut sc)?;
-                if panic_at == Some(i) {
-                    panic!("injected panic after layer {i}");
-                }
-                if i + 1 < n_blocks || s == 1 {
-                    block.feed_forward_host(s, act, &mut sc)?;
-                    continue;
-                }
-                // The last block: only the last row feeds the logits, and its MLP runs on
-                // that row alone (the batch size selects llama.cpp's kernels); under
-                // `score` the earlier rows go through the MLP as one batch of their own.
-                let last = sc.x.split_off((s - 1) * hidden);
-                if score {
-                    block.feed_forward_host(s - 1, act, &mut sc)?;
-                    earlier = Some(std::mem::replace(&mut sc.x, last));
-                } else {
-                    sc.x = last;
-                }
-                block.feed_forward_host(1, act, &mut sc)?;
-            }
-            let scores = match earlier {
-                Some(rows) => {
-                    let h = Tensor::from_vec(rows, (1, s - 1, hidden), &self.device)?;
-                    self.score_rows(&h, &ids[1..])?
-                }
-                None => Vec::new(),
+        let all_single = parts.iter().all(|p| p.s == 1);
+        let scoring = score && parts.len() == 1 && parts[0].s > 1;
+        let mut earlier = None;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let rot = match (&local, block.sliding) {
+                (Some(l), true) => l,
+                _ => &global,
             };
-            sc.normed.resize(sc.x.len(), 0.0);
-            self.norm.rows(&sc.x, &mut sc.normed)?;
-            self.lm_head.forward_host(&sc.normed, 1, &mut sc.logits)?;
-            let mut logits = Tensor::from_slice(&sc.logits, sc.logits.len(), &self.device)?;
-            if let Some(cap) = self.cfg.final_softcap {
-                logits = ((logits / cap)?.tanh()? * cap)?;
+            let mut layer: Vec<&mut HostKv> = caches.iter_mut().map(|c| &mut c[i]).collect();
+            block.attend_rows(parts, &mut layer, rot, sc)?;
+            if panic_at == Some(i) {
+                panic!("injected panic after layer {i}");
             }
-            Ok((logits, scores))
-        })();
-        // A prompt's buffers are as long as the prompt: keep only a decode step's worth.
-        if s > 1 {
-            sc = Scratch::default();
+            if i + 1 < n_blocks || all_single {
+                block.feed_forward_host(sc.x.len() / hidden, act, sc)?;
+                continue;
+            }
+            // The last block: only each part's last row feeds the logits, and the MLP
+            // runs on those rows alone (under llama.cpp numerics the batch size selects
+            // its kernels); under `score` the earlier rows go through the MLP as one
+            // batch of their own.
+            let mut last = Vec::with_capacity(parts.len() * hidden);
+            for p in parts {
+                let r = p.row0 + p.s - 1;
+                last.extend_from_slice(&sc.x[r * hidden..(r + 1) * hidden]);
+            }
+            if scoring {
+                sc.x.truncate((parts[0].s - 1) * hidden);
+                block.feed_forward_host(parts[0].s - 1, act, sc)?;
+                earlier = Some(std::mem::replace(&mut sc.x, last));
+            } else {
+                sc.x = last;
+            }
+            block.feed_forward_host(parts.len(), act, sc)?;
         }
-        self.scratch = sc;
-        result
+        let scores = match earlier {
+            Some(rows) => {
+                let h = Tensor::from_vec(rows, (1, parts[0].s - 1, hidden), &self.device)?;
+                self.score_rows(&h, &ids[1..])?
+            }
+            None => Vec::new(),
+        };
+        sc.normed.resize(sc.x.len(), 0.0);
+        self.norm.rows(&sc.x, &mut sc.normed)?;
+        self.lm_head
+            .forward_host(&sc.normed, parts.len(), &mut sc.logits)?;
+        let mut logits = std::mem::take(&mut sc.logits);
+        if let Some(cap) = self.cfg.final_softcap {
+            let t = Tensor::from_vec(
+                logits,
+                sc.normed.len() / hidden * self.vocab_size(),
+                &self.device,
+            )?;
+            logits = ((t / cap)?.tanh()? * cap)?.to_vec1()?;
+        }
+        Ok((logits, scores))
     }
 
     /// The embedded `ids` at the current position and their rotary tables (global, and
@@ -1301,6 +1402,10 @@ impl Transformer {
 }
 
 impl CausalLm for Transformer {
+    fn as_transformer_mut(&mut self) -> Option<&mut Transformer> {
+        Some(self)
+    }
+
     fn forward(&mut self, ids: &[u32]) -> Result<Tensor> {
         self.forward_impl(ids)
     }
@@ -1327,7 +1432,11 @@ impl CausalLm for Transformer {
     }
 
     fn position(&self) -> usize {
-        self.position
+        if self.caches_lost() {
+            0
+        } else {
+            self.position
+        }
     }
 
     fn inject_panic_after_layer(&mut self, layer: usize) {
@@ -1335,6 +1444,13 @@ impl CausalLm for Transformer {
     }
 
     fn truncate(&mut self, len: usize) {
+        if self.caches_lost() {
+            // A panic mid-forward took the caches: start over from an empty context.
+            for b in self.blocks.iter_mut() {
+                b.attn.host_cache = Some(HostKv::new(b.attn.num_kv_heads, b.attn.head_dim));
+            }
+            self.position = 0;
+        }
         for b in self.blocks.iter_mut() {
             b.attn.truncate_cache(len);
         }

@@ -99,13 +99,14 @@ impl Embedding {
         }
     }
 
-    /// The same table used as an output projection (tied embeddings).
-    pub fn as_linear(&self) -> candle_core::Result<Linear> {
+    /// The same table used as an output projection (tied embeddings), its CPU kernels
+    /// summing in the `numerics` order.
+    pub fn as_linear(&self, numerics: crate::Numerics) -> candle_core::Result<Linear> {
         let (w, q, out_features) = match self {
             Embedding::Dense(t) => (QMatMul::Tensor(t.clone()), None, t.dims()[0]),
             Embedding::Quantized(q) => (
                 QMatMul::from_arc(q.clone())?,
-                QuantLinear::supported(q).then(|| QuantLinear::new(q.clone())),
+                QuantLinear::supported(q).then(|| QuantLinear::new(q.clone(), numerics)),
                 q.shape().dims()[0],
             ),
         };
@@ -136,6 +137,8 @@ pub struct Weights {
     dtype: DType,
     desc: String,
     pub(crate) arch_name: String,
+    /// The kernel order of quantized projections on the CPU.
+    pub(crate) numerics: crate::Numerics,
 }
 
 impl Weights {
@@ -164,6 +167,7 @@ impl Weights {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             arch_name: String::new(),
+            numerics: crate::Numerics::default(),
         })
     }
 
@@ -178,6 +182,7 @@ impl Weights {
             dtype: DType::F32,
             desc: path.display().to_string(),
             arch_name: String::new(),
+            numerics: crate::Numerics::default(),
         })
     }
 
@@ -195,6 +200,7 @@ impl Weights {
             dtype,
             desc: desc.into(),
             arch_name: String::new(),
+            numerics: crate::Numerics::default(),
         }
     }
 
@@ -299,7 +305,8 @@ impl Weights {
             Backend::Gguf { .. } => {
                 let q = Arc::new(self.qtensor(weight)?);
                 let dims = q.shape().dims().to_vec();
-                let fast = QuantLinear::supported(&q).then(|| QuantLinear::new(q.clone()));
+                let fast =
+                    QuantLinear::supported(&q).then(|| QuantLinear::new(q.clone(), self.numerics));
                 (QMatMul::from_arc(q)?, fast, dims)
             }
         };

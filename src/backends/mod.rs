@@ -49,6 +49,7 @@ impl MemberSpec {
             device,
             dtype: self.dtype.dtype(),
             arch: self.arch,
+            ..LoadOptions::default()
         };
         let model = Model::load(&self.model, &opts).map_err(|e| self.err(e))?;
         Ok(Box::new(LocalModel::new(model)))

@@ -97,6 +97,8 @@ pub struct SpeedConfig {
     pub bandwidth_gbs: Option<f64>,
     /// Seed of the random weights.
     pub seed: u64,
+    /// Sequence counts of the batched decode rows (none: no such rows).
+    pub batch: Vec<usize>,
 }
 
 impl SpeedConfig {
@@ -113,6 +115,7 @@ impl SpeedConfig {
             align: AlignMethod::Exact,
             bandwidth_gbs: None,
             seed: 0x5eed,
+            batch: Vec::new(),
         }
     }
 }
@@ -172,6 +175,23 @@ pub struct SpeedReport {
     pub bandwidth_source: String,
     pub rows: Vec<SpeedRow>,
     pub topk: Vec<TopKTiming>,
+    /// Batched decoding of each member alone (`--batch`).
+    pub batched: Vec<BatchRow>,
+}
+
+/// One member decoding `batch` sequences at once, each after its own copy of the
+/// prompt (rotated by its index, so no two rows are equal), every step one batched
+/// forward ([`tutti_models::forward_batch`]) of one id per sequence.
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchRow {
+    pub name: String,
+    pub batch: usize,
+    pub prompt_tokens: usize,
+    pub steps: usize,
+    /// Mean wall time of one batched step (one new id per sequence).
+    pub ms_per_step: f64,
+    /// Ids decoded per second over all sequences.
+    pub tokens_per_s: f64,
 }
 
 /// A few sentences of plain English, repeated to any length.
@@ -207,6 +227,7 @@ fn load_member(src: &MemberSource, cfg: &SpeedConfig, dtype: DType) -> Result<(M
                 device: cfg.device.clone(),
                 dtype: Some(dtype),
                 arch: None,
+                ..LoadOptions::default()
             };
             let m = Model::load(spec, &opts)?;
             let bytes = m.info.weight_bytes;
@@ -379,6 +400,18 @@ pub fn run(cfg: &SpeedConfig, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
         )?);
     }
 
+    let mut batched = Vec::new();
+    for src in cfg
+        .batch
+        .iter()
+        .flat_map(|&b| cfg.members.iter().map(move |m| (b, m)))
+    {
+        let (b, member) = src;
+        progress(&format!("measuring {} at batch {b}", member.label()));
+        let (model, _) = load_member(member, cfg, dtype)?;
+        batched.push(batched_decode(&model, b, cfg)?);
+    }
+
     Ok(SpeedReport {
         device: tutti_models::device_name(&cfg.device),
         device_name: device_name(&cfg.device),
@@ -387,7 +420,65 @@ pub fn run(cfg: &SpeedConfig, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
         bandwidth_source,
         rows,
         topk,
+        batched,
     })
+}
+
+/// A [`BatchRow`]: `batch` forks of `model` prefilled one by one (untimed), a few
+/// untimed batched steps, then `decode_tokens` timed ones; each sequence takes its own
+/// greedy id.
+fn batched_decode(model: &Model, batch: usize, cfg: &SpeedConfig) -> Result<BatchRow> {
+    if batch == 0 {
+        return Err(SpeedError::BadArg(
+            "--batch sizes must be at least 1".into(),
+        ));
+    }
+    let prompt = synthetic_prompt(&model.tokenizer, cfg.prompt_tokens)?;
+    let mut forks = Vec::with_capacity(batch);
+    let mut next = Vec::with_capacity(batch);
+    for b in 0..batch {
+        let mut lm = model.lm.fork().ok_or_else(|| {
+            SpeedError::BadArg(format!("{} cannot fork its weights", model.info.name))
+        })?;
+        let mut p = prompt.clone();
+        let shift = b % p.len();
+        p.rotate_left(shift);
+        next.push(argmax(&lm.forward(&p)?)?);
+        forks.push(lm);
+    }
+    let step = |forks: &mut Vec<Box<dyn tutti_models::CausalLm>>, next: &mut Vec<u32>| {
+        let ids: Vec<[u32; 1]> = next.iter().map(|&i| [i]).collect();
+        let mut rows: Vec<(&mut (dyn tutti_models::CausalLm + 'static), &[u32])> = forks
+            .iter_mut()
+            .zip(&ids)
+            .map(|(f, i)| (f.as_mut(), &i[..]))
+            .collect();
+        let logits = tutti_models::forward_batch(&mut rows)?;
+        for (n, l) in next.iter_mut().zip(&logits) {
+            *n = argmax(l)?;
+        }
+        Ok::<(), SpeedError>(())
+    };
+    for _ in 0..cfg.warmup {
+        step(&mut forks, &mut next)?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..cfg.decode_tokens {
+        step(&mut forks, &mut next)?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(BatchRow {
+        name: model.info.name.clone(),
+        batch,
+        prompt_tokens: cfg.prompt_tokens,
+        steps: cfg.decode_tokens,
+        ms_per_step: secs * 1e3 / cfg.decode_tokens as f64,
+        tokens_per_s: (batch * cfg.decode_tokens) as f64 / secs,
+    })
+}
+
+fn argmax(logits: &Tensor) -> Result<u32> {
+    Ok(logits.argmax(0)?.to_scalar::<u32>()?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -663,6 +754,20 @@ pub fn format_table(r: &SpeedReport) -> String {
             } else {
                 String::new()
             }
+        );
+    }
+    if !r.batched.is_empty() {
+        let _ = writeln!(
+            s,
+            "{:<28} {:>6} {:>8} {:>12} {:>10}",
+            "batched decode", "batch", "prompt", "ms/step", "tokens/s"
+        );
+    }
+    for b in &r.batched {
+        let _ = writeln!(
+            s,
+            "{:<28} {:>6} {:>8} {:>12.2} {:>10.1}",
+            b.name, b.batch, b.prompt_tokens, b.ms_per_step, b.tokens_per_s
         );
     }
     for t in &r.topk {

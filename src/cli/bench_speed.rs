@@ -51,6 +51,10 @@ pub struct SpeedArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
+    /// Also decode this many sequences of each member at once (batched forwards of
+    /// one id per sequence), e.g. `--batch 1,4,8,16`; each size is one more row.
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -85,6 +89,7 @@ pub fn run(args: SpeedArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("--align: {e}"))?;
     cfg.bandwidth_gbs = args.bandwidth_gbs;
     cfg.seed = args.seed;
+    cfg.batch = args.batch;
     let report = speed::run(&cfg, &mut |msg| tracing::info!("{msg}")).context("speed benchmark")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

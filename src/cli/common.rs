@@ -35,6 +35,7 @@ pub fn load_model(args: &ModelArgs) -> Result<Model> {
         device,
         dtype,
         arch,
+        ..LoadOptions::default()
     };
     Model::load(&args.model, &opts).with_context(|| format!("loading model `{}`", args.model))
 }

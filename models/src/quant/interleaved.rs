@@ -126,13 +126,11 @@ fn dot_interleaved<G: Regrouped>(
 pub(super) fn dot_q4k_interleaved(
     w: &[u8],
     act: &[u8],
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
+    gemm_rows: usize,
     dst: &mut [f32],
     vnni: bool,
 ) {
-    let gemm_rows = m - m % 4;
     dot_interleaved(w, act, m, k, n, dst, &Q4K_GROUP, &|g: &Q4kGroup, a, r| {
         q4k_row(g, a, r < gemm_rows, vnni)
     });

@@ -79,6 +79,7 @@ use avx2 as simd;
 )))]
 use scalar as simd;
 
+use crate::Numerics;
 use act::{act_block_bytes, act_format, act_format_of, ActFormat};
 use block32::{dot_all_rows, dot_tiles_32, dot_tiles_q0, Q41Tiles};
 use blocks::{unpack_q4_0, unpack_q5_0, unpack_q8_0, Unpack};
@@ -99,6 +100,8 @@ pub struct QuantLinear {
     w: Arc<QTensor>,
     n: usize,
     k: usize,
+    /// Whether several rows may take llama.cpp's prompt kernels (see [`Numerics`]).
+    by_shape: bool,
 }
 
 impl QuantLinear {
@@ -116,10 +119,15 @@ impl QuantLinear {
         act_format(w.dtype()).is_some() && k.is_multiple_of(w.dtype().block_size())
     }
 
-    pub fn new(w: Arc<QTensor>) -> Self {
+    pub fn new(w: Arc<QTensor>, numerics: Numerics) -> Self {
         let dims = w.shape().dims();
         let (n, k) = (dims[0], dims[1]);
-        Self { w, n, k }
+        Self {
+            w,
+            n,
+            k,
+            by_shape: !numerics.invariant(),
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -158,32 +166,50 @@ impl QuantLinear {
         }
         dst.resize(m * n, 0.0);
         let data = self.w.data()?;
+        let shape = Shape {
+            m,
+            k,
+            n,
+            by_shape: self.by_shape,
+        };
         match self.w.dtype() {
-            GgmlDType::Q4_0 => run::<BlockQ4_0>(&data, xs, m, k, n, dst),
-            GgmlDType::Q4_1 => run::<BlockQ4_1>(&data, xs, m, k, n, dst),
-            GgmlDType::Q5_0 => run::<BlockQ5_0>(&data, xs, m, k, n, dst),
-            GgmlDType::Q5_1 => run::<BlockQ5_1>(&data, xs, m, k, n, dst),
-            GgmlDType::Q8_0 => run::<BlockQ8_0>(&data, xs, m, k, n, dst),
-            GgmlDType::Q2K => run::<BlockQ2K>(&data, xs, m, k, n, dst),
-            GgmlDType::Q3K => run::<BlockQ3K>(&data, xs, m, k, n, dst),
-            GgmlDType::Q4K => run::<BlockQ4K>(&data, xs, m, k, n, dst),
-            GgmlDType::Q5K => run::<BlockQ5K>(&data, xs, m, k, n, dst),
-            GgmlDType::Q6K => run::<BlockQ6K>(&data, xs, m, k, n, dst),
+            GgmlDType::Q4_0 => run::<BlockQ4_0>(&data, xs, shape, dst),
+            GgmlDType::Q4_1 => run::<BlockQ4_1>(&data, xs, shape, dst),
+            GgmlDType::Q5_0 => run::<BlockQ5_0>(&data, xs, shape, dst),
+            GgmlDType::Q5_1 => run::<BlockQ5_1>(&data, xs, shape, dst),
+            GgmlDType::Q8_0 => run::<BlockQ8_0>(&data, xs, shape, dst),
+            GgmlDType::Q2K => run::<BlockQ2K>(&data, xs, shape, dst),
+            GgmlDType::Q3K => run::<BlockQ3K>(&data, xs, shape, dst),
+            GgmlDType::Q4K => run::<BlockQ4K>(&data, xs, shape, dst),
+            GgmlDType::Q5K => run::<BlockQ5K>(&data, xs, shape, dst),
+            GgmlDType::Q6K => run::<BlockQ6K>(&data, xs, shape, dst),
             d => candle_core::bail!("quantized matmul: unsupported format {d:?}"),
         }
     }
 }
 
-/// `y = x W^T` for a weight of block type `T` (`n` rows of `k` values in `data`) and `m`
-/// rows of `xs`.
-fn run<T: GgmlType>(
-    data: &[u8],
-    xs: &[f32],
+/// One call's sizes: `m` activation rows of `k` values against `n` weight rows, and
+/// whether llama.cpp's choice of kernel by `m` applies.
+#[derive(Clone, Copy)]
+struct Shape {
     m: usize,
     k: usize,
     n: usize,
-    dst: &mut [f32],
-) -> Result<()> {
+    by_shape: bool,
+}
+
+impl Shape {
+    /// Whether llama.cpp would take a several-row kernel with `min` rows or more; never
+    /// under batch-invariant numerics, where every row takes the one-row kernel.
+    fn rows_at_least(&self, min: usize) -> bool {
+        self.by_shape && self.m >= min
+    }
+}
+
+/// `y = x W^T` for a weight of block type `T` (`n` rows of `k` values in `data`) and `m`
+/// rows of `xs`.
+fn run<T: GgmlType>(data: &[u8], xs: &[f32], shape: Shape, dst: &mut [f32]) -> Result<()> {
+    let Shape { m, k, n, .. } = shape;
     let kb = k / T::BLCK_SIZE;
     let wsize = std::mem::size_of::<T>();
     if data.len() != n * kb * wsize {
@@ -215,8 +241,8 @@ fn run<T: GgmlType>(
     }
     let akb = k / T::VecDotType::BLCK_SIZE;
     act::with_quantized(fmt, xs, m, k, akb * abytes, |bytes| {
-        if dot_block32(T::DTYPE, data, bytes, m, k, n, dst)
-            || dot_kquant(T::DTYPE, data, bytes, m, k, n, dst)
+        if dot_block32(T::DTYPE, data, bytes, shape, dst)
+            || dot_kquant(T::DTYPE, data, bytes, shape, dst)
         {
             return;
         }
@@ -229,23 +255,26 @@ fn run<T: GgmlType>(
     Ok(())
 }
 
+/// From this many rows on, the 32-value formats take the prefill tiles: they unpack
+/// each group of weight rows once per call (Q4_0, Q5_0, Q8_0), which pays for itself
+/// over a prompt but not over a few decode rows (a small batch of sequences), where the
+/// one-row kernel over cached weight rows is faster. Both give the same bits. Measured
+/// with `tutti bench speed --batch` on SmolLM2: tiles lose at 2 rows, win from 8.
+const TILE_ROWS: usize = 8;
+
 /// The 32-value formats on the kernel llama.cpp's x86 build uses for them: the prefill
-/// tiles for several rows, the one-row dot product otherwise. `false` for other formats.
-fn dot_block32(
-    dtype: GgmlDType,
-    data: &[u8],
-    bytes: &[u8],
-    m: usize,
-    k: usize,
-    n: usize,
-    dst: &mut [f32],
-) -> bool {
+/// tiles for many rows, the one-row dot product otherwise. The tiles keep the one-row
+/// kernel's lanes and float operations, so both numerics take them, and the choice by
+/// row count is free to follow speed. `false` for other formats.
+fn dot_block32(dtype: GgmlDType, data: &[u8], bytes: &[u8], shape: Shape, dst: &mut [f32]) -> bool {
+    let Shape { m, k, n, .. } = shape;
+    let tiles = m >= TILE_ROWS;
     match dtype {
-        GgmlDType::Q4_1 if m >= 2 => {
+        GgmlDType::Q4_1 if tiles => {
             dot_tiles_32(data, bytes, m, k, n, dst, &Q41Tiles { vnni: has_vnni() });
         }
         GgmlDType::Q4_1 => dot_all_rows(data, bytes, m, k, n, 20, 36, dst, simd::dot_q4_1),
-        GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0 if m >= 2 => {
+        GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0 if tiles => {
             let (wblock, unpack): (usize, Unpack) = match dtype {
                 GgmlDType::Q4_0 => (18, unpack_q4_0),
                 GgmlDType::Q5_0 => (22, unpack_q5_0),
@@ -269,24 +298,21 @@ fn dot_block32(
 
 /// Q4_K and Q6_K on the kernel llama.cpp's x86 build uses for the shape. `false` for
 /// other formats (candle's kernels then).
-fn dot_kquant(
-    dtype: GgmlDType,
-    data: &[u8],
-    bytes: &[u8],
-    m: usize,
-    k: usize,
-    n: usize,
-    dst: &mut [f32],
-) -> bool {
+fn dot_kquant(dtype: GgmlDType, data: &[u8], bytes: &[u8], shape: Shape, dst: &mut [f32]) -> bool {
+    let Shape { m, k, n, .. } = shape;
     match dtype {
-        // llama.cpp repacks Q4_K weights with 8 | rows into its 8x8 layout on AVX2.
+        // llama.cpp repacks Q4_K weights with 8 | rows into its 8x8 layout on AVX2. Its
+        // gemm kernel takes the rows in whole groups of 4, its gemv kernel the rest (and
+        // every row under batch-invariant numerics).
         GgmlDType::Q4K if n.is_multiple_of(8) && m >= 16 => {
-            dot_q4k_interleaved(data, bytes, m, k, n, dst, has_vnni());
+            let gemm_rows = if shape.by_shape { m - m % 4 } else { 0 };
+            dot_q4k_interleaved(data, bytes, (m, k, n), gemm_rows, dst, has_vnni());
         }
         GgmlDType::Q4K if n.is_multiple_of(8) => {
             dot_tiles_k(data, bytes, m, k, n, 144, dst, &|w, a, dst_row| {
-                // Rows in whole groups of 4 go through the gemm kernel, the rest gemv.
-                let gemm_rows = m - m % 4;
+                // Rows in whole groups of 4 go through the gemm kernel, the rest gemv
+                // (every row under batch-invariant numerics).
+                let gemm_rows = if shape.by_shape { m - m % 4 } else { 0 };
                 let mut r = 0;
                 while r + 4 <= a.len() {
                     let rows: [&[u8]; 4] = std::array::from_fn(|j| a[r + j].1);
@@ -302,16 +328,16 @@ fn dot_kquant(
             });
         }
         // Batches of 8 rows or more go through ggml's tiled K-quant matmul.
-        GgmlDType::Q4K if m >= 8 => {
+        GgmlDType::Q4K if shape.rows_at_least(8) => {
             dot_all_rows_k(data, bytes, m, k, n, 144, dst, |w, a, _| {
                 dot_q4k_tiled(w, a, &SUMS)
             });
         }
         GgmlDType::Q4K => dot_all_rows_k(data, bytes, m, k, n, 144, dst, |w, a, _| dot_q4k(w, a)),
-        GgmlDType::Q6K if n.is_multiple_of(8) && m >= 16 => {
+        GgmlDType::Q6K if n.is_multiple_of(8) && shape.rows_at_least(16) => {
             dot_q6k_interleaved(data, bytes, m, k, n, dst, has_vnni());
         }
-        GgmlDType::Q6K if m >= 8 => {
+        GgmlDType::Q6K if shape.rows_at_least(8) => {
             dot_tiles_k(data, bytes, m, k, n, 210, dst, &|w, a, dst_row| {
                 let mut r = 0;
                 while r + 4 <= a.len() {

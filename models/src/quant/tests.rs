@@ -9,7 +9,8 @@ use super::blocks::{Q4kGroup, Q6kGroup};
 use super::interleaved::{dot_q4k_interleaved, dot_q6k_interleaved};
 use super::kdot;
 use super::kquant::SUMS;
-use super::{has_vnni, run, scalar, simd};
+use super::{has_vnni, run, scalar, simd, QuantLinear, Shape};
+use crate::Numerics;
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, QK_K};
 use half::f16;
 
@@ -206,10 +207,16 @@ fn k_quant_prefill_matmul_keeps_the_row_kernels() {
             unsafe { std::slice::from_raw_parts_mut(store.as_mut_ptr() as *mut u8, bytes.len()) };
         w.copy_from_slice(&bytes);
         let mut dst = vec![0f32; m * n];
+        let shape = Shape {
+            m,
+            k,
+            n,
+            by_shape: true,
+        };
         if wblock == 144 {
-            run::<BlockQ4K>(w, &xs, m, k, n, &mut dst).unwrap();
+            run::<BlockQ4K>(w, &xs, shape, &mut dst).unwrap();
         } else {
-            run::<BlockQ6K>(w, &xs, m, k, n, &mut dst).unwrap();
+            run::<BlockQ6K>(w, &xs, shape, &mut dst).unwrap();
         }
         let wrow = k / QK_K * wblock;
         for r in 0..m {
@@ -244,14 +251,21 @@ fn interleaved_q4k_equals_the_row_kernels() {
     let wrow = k / QK_K * 144;
     for vnni in [false, has_vnni()] {
         let mut dst = vec![0f32; m * n];
-        dot_q4k_interleaved(&w, &act, m, k, n, &mut dst, vnni);
-        for r in 0..m {
-            for c in 0..n {
-                let wc = &w[c * wrow..(c + 1) * wrow];
-                let want =
-                    kdot::dot_q4k_repacked(wc, &act[r * arow..(r + 1) * arow], r < 16, &SUMS);
-                let got = dst[r * n + c];
-                assert_eq!(got.to_bits(), want.to_bits(), "{vnni} ({r}, {c})");
+        // llama.cpp's split (gemm for the first 16 rows), and gemv for every row.
+        for gemm_rows in [16, 0] {
+            dot_q4k_interleaved(&w, &act, (m, k, n), gemm_rows, &mut dst, vnni);
+            for r in 0..m {
+                for c in 0..n {
+                    let wc = &w[c * wrow..(c + 1) * wrow];
+                    let a = &act[r * arow..(r + 1) * arow];
+                    let want = kdot::dot_q4k_repacked(wc, a, r < gemm_rows, &SUMS);
+                    let got = dst[r * n + c];
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{vnni} {gemm_rows} ({r}, {c})"
+                    );
+                }
             }
         }
     }
@@ -368,4 +382,78 @@ fn q8_1_matches_ggml_rounding() {
     assert_eq!(out[5] as i8, 2);
     assert_eq!(out[6] as i8, -4);
     assert_eq!(f16_at(&out, 2), 127.0 + 2.0 - 4.0 + 1.0);
+}
+
+/// The `m × n` products of `xs` with a random weight of `dtype` quantized by candle, under
+/// `numerics`, and the same rows one call each.
+fn whole_and_by_row(
+    dtype: candle_core::quantized::GgmlDType,
+    numerics: Numerics,
+    m: usize,
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>) {
+    let (k, n) = (2 * QK_K, 24);
+    let mut rng = Lcg(seed);
+    let wv: Vec<f32> = (0..n * k).map(|_| rng.f()).collect();
+    let w = candle_core::Tensor::from_vec(wv, (n, k), &candle_core::Device::Cpu).unwrap();
+    let q = candle_core::quantized::QTensor::quantize(&w, dtype).unwrap();
+    let lin = QuantLinear::new(std::sync::Arc::new(q), numerics);
+    let xs: Vec<f32> = (0..m * k).map(|_| rng.f() * 3.0).collect();
+    let mut whole = Vec::new();
+    lin.forward_host(&xs, m, &mut whole).unwrap();
+    let mut rows = Vec::new();
+    let mut one = Vec::new();
+    for r in 0..m {
+        lin.forward_host(&xs[r * k..(r + 1) * k], 1, &mut one)
+            .unwrap();
+        rows.extend_from_slice(&one);
+    }
+    (whole, rows)
+}
+
+const FORMATS: [candle_core::quantized::GgmlDType; 10] = {
+    use candle_core::quantized::GgmlDType::*;
+    [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K]
+};
+
+#[test]
+fn batch_invariant_rows_equal_one_row_calls_in_every_format() {
+    for dtype in FORMATS {
+        for m in [2, 5, 8, 9, 16, 17, 33] {
+            let (whole, rows) = whole_and_by_row(dtype, Numerics::BatchInvariant, m, 7 + m as u64);
+            let diff = whole
+                .iter()
+                .zip(&rows)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(
+                diff, None,
+                "{dtype:?} with {m} rows: value {diff:?} differs"
+            );
+        }
+    }
+}
+
+#[test]
+fn llama_cpp_numerics_round_prompts_differently_from_steps() {
+    // The reason batch-invariant numerics exist: llama.cpp's K-quant prompt kernels (the
+    // formats of Gemma 3's Q4_K_M file) give other bits than its one-row kernels. Its
+    // 32-value tiles keep the one-row order.
+    use candle_core::quantized::GgmlDType::*;
+    for (dtype, differs) in [
+        (Q4_0, false),
+        (Q4_1, false),
+        (Q8_0, false),
+        (Q4K, true),
+        (Q6K, true),
+    ] {
+        let (whole, rows) = whole_and_by_row(dtype, Numerics::LlamaCpp, 17, 3);
+        let same = whole
+            .iter()
+            .zip(&rows)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert_eq!(
+            !same, differs,
+            "{dtype:?} with 17 rows under llama.cpp's kernels"
+        );
+    }
 }
