@@ -339,3 +339,48 @@ fn bench_bad_input_is_one_clear_line() {
         assert!(lines[0].contains(want), "{args:?}: {}", lines[0]);
     }
 }
+
+/// `--batch 2` decodes two items at once (each member's step one batched forward for
+/// both) and writes the rows `--batch 1` writes, for the members and the ensemble.
+#[test]
+fn batched_items_give_the_rows_of_one_at_a_time() {
+    let (s, g) = (smollm2(), gemma());
+    let data = fixture("gsm8k/test.jsonl");
+    let run = |batch: &str| {
+        let out = tmp(&format!("gsm8k-batch{batch}.jsonl"));
+        ok(&[
+            "bench",
+            "gsm8k",
+            "--data",
+            &data,
+            "--shots",
+            "1",
+            "--limit",
+            "3",
+            "--max-tokens",
+            "8",
+            "-m",
+            &s,
+            "-m",
+            &g,
+            "--members-too",
+            "--batch",
+            batch,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        rows(&out)
+            .into_iter()
+            .map(|mut r| {
+                let o = r.as_object_mut().unwrap();
+                for timing in ["time_ms", "decode_ms"] {
+                    o.remove(timing);
+                }
+                r
+            })
+            .collect::<Vec<_>>()
+    };
+    let one = run("1");
+    assert_eq!(one.len(), 9, "3 items × 3 systems");
+    assert_eq!(run("2"), one);
+}

@@ -547,3 +547,48 @@ fn the_same_request_after_five_others_gives_the_same_bits() {
     );
     assert_eq!(want.len(), got.len());
 }
+
+/// Requests decoded together (`generate_batch`: every step one batched forward per member
+/// over all of them) give each the answer it gets alone: greedy and seeded sampling,
+/// other rules, a subset of the members, a chat prompt, and requests that end early
+/// while the others go on.
+#[test]
+fn batched_requests_give_each_the_answer_it_gets_alone() {
+    let requests = vec![
+        Request::raw(PROMPT).max_tokens(12),
+        Request::raw("Write one sentence about the sea.").max_tokens(20),
+        Request::raw("2 + 2 =")
+            .max_tokens(4)
+            .combine(Combine::Product),
+        Request::raw("Once upon a time")
+            .max_tokens(16)
+            .sampling(Sampling::Sample {
+                temperature: 0.8,
+                top_p: 0.95,
+                seed: 11,
+            }),
+        Request::raw("The largest planet is")
+            .max_tokens(10)
+            .members(vec![1]),
+        Request::chat(vec![tutti::engine::Message::user("Name three colors.")]).max_tokens(14),
+    ];
+    let mut ens = pair(AlignMethod::MinEd);
+    let together = ens.generate_batch(&requests).unwrap();
+    assert_eq!(together.len(), requests.len());
+    for (i, (r, got)) in requests.iter().zip(&together).enumerate() {
+        let alone = pair(AlignMethod::MinEd).generate_quiet(r).unwrap();
+        assert_eq!(got.text, alone.text, "request {i}");
+        assert_eq!(got.stop_reason, alone.stop_reason, "request {i}");
+        for (a, b) in got.members.iter().zip(&alone.members) {
+            assert_eq!(a.ids, b.ids, "request {i}");
+        }
+        assert_eq!(alone.batched_forwards, 0);
+    }
+    // The longest requests ran most of their member forwards together.
+    assert!(
+        together[1].batched_forwards >= together[1].tokens,
+        "{} batched forwards for {} tokens",
+        together[1].batched_forwards,
+        together[1].tokens
+    );
+}

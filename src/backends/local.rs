@@ -112,4 +112,8 @@ impl Backend for LocalModel {
     fn fork(&self) -> Option<Box<dyn Backend>> {
         Some(Box::new(LocalModel::new(self.model.fork()?)))
     }
+
+    fn local_model(&mut self) -> Option<&mut (dyn tutti_models::CausalLm + 'static)> {
+        (self.model.lm.device().is_cpu() && !self.device_logits).then(|| self.model.lm.as_mut())
+    }
 }

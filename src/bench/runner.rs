@@ -254,6 +254,7 @@ pub fn run_system(
     base: &Request,
     task: &mut Task,
     system: System,
+    batch: usize,
     results: Option<&mut ResultsFile>,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<ItemRow>, BenchError> {
@@ -275,7 +276,7 @@ pub fn run_system(
         reuse: &|row: &mut ItemRow| row.parameters = row.parameters.or(parameters),
         on_progress,
     };
-    run_items(task, pass, &mut |_, item, row| {
+    let request_of = |item: &BenchItem| {
         let mut request = base.clone();
         request.prompt = decode.mode.prompt(&item.prompt);
         request.sampling = Sampling::Greedy;
@@ -285,18 +286,28 @@ pub fn run_system(
             request.members = Some(vec![i]);
             request.weights = None;
         }
-        let out: Generation = ens.generate_quiet(&request)?;
-        row.decode_tokens = out.steps.len().saturating_sub(1);
-        row.tokens = out.tokens;
-        row.time_ms = out.timing.total_ms;
-        row.decode_ms = out.timing.ms_per_token * row.decode_tokens as f64;
-        row.steps = out.steps.len();
-        if system == System::Ensemble {
-            row.ensembled_steps = out.ensembled_steps;
+        request
+    };
+    run_item_batches(task, pass, batch, &mut |items, rows| {
+        let requests: Vec<Request> = items.iter().map(|(_, item)| request_of(item)).collect();
+        let outs: Vec<Generation> = if requests.len() == 1 {
+            vec![ens.generate_quiet(&requests[0])?]
+        } else {
+            ens.generate_batch(&requests)?
+        };
+        for (out, row) in outs.into_iter().zip(rows.iter_mut()) {
+            row.decode_tokens = out.steps.len().saturating_sub(1);
+            row.tokens = out.tokens;
+            row.time_ms = out.timing.total_ms;
+            row.decode_ms = out.timing.ms_per_token * row.decode_tokens as f64;
+            row.steps = out.steps.len();
+            if system == System::Ensemble {
+                row.ensembled_steps = out.ensembled_steps;
+            }
+            row.rollbacks = out.rollbacks();
+            row.parameters = parameters;
+            row.output = out.text;
         }
-        row.rollbacks = out.rollbacks();
-        row.parameters = parameters;
-        row.output = out.text;
         Ok(())
     })
 }
@@ -318,66 +329,111 @@ pub struct Pass<'a> {
 /// judged, appended to the file durably, and reported.
 pub fn run_items(
     task: &mut Task,
-    mut pass: Pass<'_>,
+    pass: Pass<'_>,
     answer: &mut dyn FnMut(usize, &BenchItem, &mut ItemRow) -> Result<(), BenchError>,
+) -> Result<Vec<ItemRow>, BenchError> {
+    run_item_batches(task, pass, 1, &mut |items, rows| {
+        for ((n, item), row) in items.iter().zip(rows.iter_mut()) {
+            answer(*n, item, row)?;
+        }
+        Ok(())
+    })
+}
+
+/// The items to answer in one call: (index, item), in item order.
+pub type ItemBatch<'t> = [(usize, &'t BenchItem)];
+
+/// Fills in one row per item of a batch.
+pub type AnswerBatch<'a> =
+    dyn FnMut(&ItemBatch<'_>, &mut [ItemRow]) -> Result<(), BenchError> + 'a;
+
+/// [`run_items`] answering up to `batch` consecutive items per call of `answer` (which
+/// fills in one row per item given); rows are still judged, written and reported one
+/// by one, in item order.
+pub fn run_item_batches(
+    task: &mut Task,
+    mut pass: Pass<'_>,
+    batch: usize,
+    answer: &mut AnswerBatch<'_>,
 ) -> Result<Vec<ItemRow>, BenchError> {
     let first_metric = task.judge.metric_names().into_iter().next();
     let total = task.items.len();
     let mut rows = Vec::with_capacity(total);
     let (mut reused, mut running_sum) = (0usize, 0.0f64);
-    for (n, item) in task.items.iter().enumerate() {
-        let known = match pass.results.as_deref() {
-            Some(r) => r.find(pass.name, &item.id, pass.config)?,
-            None => None,
-        };
-        let row = match known {
-            Some(mut row) => {
-                reused += 1;
-                (pass.reuse)(&mut row);
-                row
-            }
-            None => {
-                let mut row = ItemRow {
-                    task: task.name.clone(),
-                    id: item.id.clone(),
-                    system: pass.name.to_string(),
-                    config: pass.config.to_string(),
-                    prompt_hash: prompt_hash(&item.prompt),
-                    output: String::new(),
-                    extracted: String::new(),
-                    correct: None,
-                    metrics: BTreeMap::new(),
-                    tokens: 0,
-                    time_ms: 0.0,
-                    decode_ms: 0.0,
-                    decode_tokens: 0,
-                    steps: 0,
-                    ensembled_steps: 0,
-                    rollbacks: 0,
-                    parameters: None,
-                    route: None,
-                };
-                answer(n, item, &mut row)?;
-                let verdict = task.judge.judge(item, &row.output)?;
-                row.extracted = verdict.extracted;
-                row.correct = verdict.correct;
-                row.metrics = verdict.metrics;
-                if let Some(r) = pass.results.as_deref_mut() {
-                    r.append(&row)?;
+    let mut n = 0;
+    for chunk in task.items.chunks(batch.max(1)) {
+        let mut known = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            known.push(match pass.results.as_deref() {
+                Some(r) => r.find(pass.name, &item.id, pass.config)?,
+                None => None,
+            });
+        }
+        let fresh: Vec<(usize, &BenchItem)> = chunk
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| known[*i].is_none())
+            .map(|(i, item)| (n + i, item))
+            .collect();
+        let mut answered: Vec<ItemRow> = fresh
+            .iter()
+            .map(|(_, item)| ItemRow {
+                task: task.name.clone(),
+                id: item.id.clone(),
+                system: pass.name.to_string(),
+                config: pass.config.to_string(),
+                prompt_hash: prompt_hash(&item.prompt),
+                output: String::new(),
+                extracted: String::new(),
+                correct: None,
+                metrics: BTreeMap::new(),
+                tokens: 0,
+                time_ms: 0.0,
+                decode_ms: 0.0,
+                decode_tokens: 0,
+                steps: 0,
+                ensembled_steps: 0,
+                rollbacks: 0,
+                parameters: None,
+                route: None,
+            })
+            .collect();
+        if !fresh.is_empty() {
+            answer(&fresh, &mut answered)?;
+        }
+        let mut answered = answered.into_iter();
+        for (item, known) in chunk.iter().zip(known) {
+            let row = match known {
+                Some(mut row) => {
+                    reused += 1;
+                    (pass.reuse)(&mut row);
+                    row
                 }
-                row
-            }
-        };
-        running_sum += row_score(&row, first_metric.as_deref());
-        rows.push(row);
-        (pass.on_progress)(&Progress {
-            system: pass.name,
-            done: n + 1,
-            total,
-            reused,
-            row: rows.last().expect("just pushed"),
-            running: running_sum / (n + 1) as f64,
-        });
+                None => {
+                    // `answer` fills a slice of exactly one row per fresh item.
+                    let mut row = answered.next().expect("one row per fresh item");
+                    let verdict = task.judge.judge(item, &row.output)?;
+                    row.extracted = verdict.extracted;
+                    row.correct = verdict.correct;
+                    row.metrics = verdict.metrics;
+                    if let Some(r) = pass.results.as_deref_mut() {
+                        r.append(&row)?;
+                    }
+                    row
+                }
+            };
+            n += 1;
+            running_sum += row_score(&row, first_metric.as_deref());
+            rows.push(row);
+            (pass.on_progress)(&Progress {
+                system: pass.name,
+                done: n,
+                total,
+                reused,
+                row: rows.last().expect("just pushed"),
+                running: running_sum / n as f64,
+            });
+        }
     }
     Ok(rows)
 }

@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// Skip the first N items (after --shuffle; e.g. those a route policy trained on).
     #[arg(long, default_value_t = 0)]
     pub skip: usize,
+    /// Decode this many items at once (one batched forward per member and step for all
+    /// of them); the rows are the ones --batch 1 gives.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub batch: u64,
     /// ensemble: members and the token-level ensemble; route: also one route system per
     /// --policy, in the same table, with every member alone.
     #[arg(long, default_value = "ensemble", value_parser = ["ensemble", "route"])]
@@ -302,6 +306,7 @@ fn run_task(mut task: Task, run: &RunArgs, data: &str) -> Result<()> {
             base,
             &mut task,
             system,
+            run.batch as usize,
             results.as_mut(),
             &mut |p| reporter.update(p, &score_name),
         )?;

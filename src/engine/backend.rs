@@ -85,4 +85,9 @@ pub trait Backend: Send {
     fn round_trips(&self) -> Option<usize> {
         None
     }
+    /// The model itself, for a backend that runs one on this machine's CPU: batched
+    /// decoding feeds several forks of it together (`tutti_models::forward_batch`).
+    fn local_model(&mut self) -> Option<&mut (dyn tutti_models::CausalLm + 'static)> {
+        None
+    }
 }

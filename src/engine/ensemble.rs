@@ -17,9 +17,9 @@ use crate::align::AlignMethod;
 
 /// Members decoding one text in lockstep, with the vocabulary maps between them.
 pub struct Ensemble {
-    members: Vec<Member>,
+    pub(super) members: Vec<Member>,
     /// By target slot: how the others' candidates find that member's tokens.
-    lookups: Vec<TargetLookup>,
+    pub(super) lookups: Vec<TargetLookup>,
     align: AlignMethod,
     load_ms: f64,
     /// Token-id prompts reuse what members hold of their common prefix.

@@ -212,6 +212,9 @@ pub struct Generation {
     pub members: Vec<MemberReport>,
     pub timing: Timing,
     pub steps: Vec<StepTime>,
+    /// Member forwards that ran in one batched forward with other requests' (under
+    /// [`Ensemble::generate_batch`](crate::engine::Ensemble::generate_batch)); 0 alone.
+    pub batched_forwards: usize,
 }
 
 impl Generation {

@@ -17,6 +17,7 @@ use super::backend::{Backend, Logits};
 use super::dist::MemberDist;
 use super::error::{EngineError, Result};
 use crate::vocab::Vocab;
+use tutti_models::CausalLm;
 
 /// How many generated tokens before the new bytes are re-encoded with them. Long
 /// enough to merge a word split across steps, short enough to keep feedback cheap.
@@ -53,7 +54,7 @@ impl PromptScore {
 /// A model taking part in the ensemble, with its default weight and decoding state.
 pub struct Member {
     backend: Box<dyn Backend>,
-    vocab: Vocab,
+    vocab: std::sync::Arc<Vocab>,
     name: String,
     weight: f32,
     /// Divides the member's logits before every softmax (on top of the request's).
@@ -94,7 +95,7 @@ impl Member {
             })?;
         Ok(Member {
             backend,
-            vocab,
+            vocab: std::sync::Arc::new(vocab),
             name,
             weight,
             temperature: 1.0,
@@ -115,6 +116,62 @@ impl Member {
     /// give the same numbers bit for bit. Takes effect at the next forward.
     pub(crate) fn set_device_topk(&mut self, on: bool) -> bool {
         self.backend.keep_logits_on_device(on)
+    }
+
+    /// A second member over the same weights (its backend's fork), with the same
+    /// vocabulary, weight and temperature and a decoding state of its own; `None` when
+    /// the backend cannot share its weights.
+    pub(crate) fn fork(&self) -> Option<Member> {
+        Some(Member {
+            backend: self.backend.fork()?,
+            vocab: self.vocab.clone(),
+            name: self.name.clone(),
+            weight: self.weight,
+            temperature: self.temperature,
+            committed: Vec::new(),
+            prompt_len: 0,
+            cached: 0,
+            logits: None,
+            candidate_mask: Vec::new(),
+            rollbacks: 0,
+            rolled_back_tokens: 0,
+            distributions: 0,
+        })
+    }
+
+    /// What a batched forward would feed this member, when its step needs one and its
+    /// backend runs a model in this process: the model, its cache already cut back to
+    /// what it holds of the committed ids, and the ids after them. The same ids
+    /// [`Member::forward_pending`] would feed.
+    pub(crate) fn batch_part(&mut self) -> Option<(&mut (dyn CausalLm + 'static), &[u32])> {
+        let needs = self.logits.is_none() || self.pending() > 0;
+        if !needs || self.committed.is_empty() {
+            return None;
+        }
+        if self.committed.len() > self.backend.context_length() {
+            return None;
+        }
+        let Member {
+            backend,
+            committed,
+            cached,
+            ..
+        } = self;
+        let lm = backend.local_model()?;
+        let mut start = (*cached).min(lm.position()).min(committed.len());
+        if start == committed.len() {
+            start -= 1;
+        }
+        lm.truncate(start);
+        Some((lm, &committed[start..]))
+    }
+
+    /// The logits of a batched forward of [`Member::batch_part`]'s ids.
+    pub(crate) fn set_batched(&mut self, logits: &candle_core::Tensor) -> Result<()> {
+        let v: Vec<f32> = logits.to_vec1()?;
+        self.logits = Some(Logits::Host(v.into()));
+        self.cached = self.committed.len();
+        Ok(())
     }
 
     pub fn name(&self) -> &str {

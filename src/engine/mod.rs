@@ -35,6 +35,7 @@
 //! ```
 
 mod backend;
+mod batch;
 mod builder;
 mod combine;
 mod dist;

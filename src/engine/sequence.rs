@@ -101,6 +101,16 @@ impl Sequence {
         true
     }
 
+    /// Whether the member at `slot` takes part and has not left the generation.
+    pub(super) fn takes_part(&self, slot: usize) -> bool {
+        self.stop.is_none()
+            && self
+                .slots
+                .iter()
+                .position(|&s| s == slot)
+                .is_some_and(|i| self.dropped[i].is_none())
+    }
+
     pub(super) fn cancel(&mut self, events: &mut Vec<Event>) {
         self.end(StopReason::Cancelled, events);
     }
@@ -125,6 +135,7 @@ impl Sequence {
             members: member_reports,
             timing: timing(&steps, self.started),
             steps,
+            batched_forwards: 0,
         };
         let finish = Finish {
             reason: stop_reason,
