@@ -584,6 +584,11 @@ fn batched_requests_give_each_the_answer_it_gets_alone() {
         }
         assert_eq!(alone.batched_forwards, 0);
     }
+    // Every step counts its member's batched forward in its time.
+    for s in together[1].steps.iter() {
+        assert!(s.forward_ms.iter().all(|&f| f > 0.0), "{s:?}");
+        assert!(s.total_ms >= s.forward_ms.iter().sum::<f64>());
+    }
     // The longest requests ran most of their member forwards together.
     assert!(
         together[1].batched_forwards >= together[1].tokens,

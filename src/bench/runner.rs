@@ -344,8 +344,7 @@ pub fn run_items(
 pub type ItemBatch<'t> = [(usize, &'t BenchItem)];
 
 /// Fills in one row per item of a batch.
-pub type AnswerBatch<'a> =
-    dyn FnMut(&ItemBatch<'_>, &mut [ItemRow]) -> Result<(), BenchError> + 'a;
+pub type AnswerBatch<'a> = dyn FnMut(&ItemBatch<'_>, &mut [ItemRow]) -> Result<(), BenchError> + 'a;
 
 /// [`run_items`] answering up to `batch` consecutive items per call of `answer` (which
 /// fills in one row per item given); rows are still judged, written and reported one

@@ -41,7 +41,7 @@ impl Ensemble {
         let mut batched = vec![0; requests.len()];
         let mut events: Vec<Event> = Vec::new();
         while runs.iter().any(Option::is_some) {
-            forward_together(&mut sets, &runs, &mut batched)?;
+            forward_together(&mut sets, &mut runs, &mut batched)?;
             for (b, slot) in runs.iter_mut().enumerate() {
                 let Some(run) = slot.as_mut() else {
                     continue;
@@ -65,11 +65,12 @@ impl Ensemble {
 }
 
 /// For every member slot, one batched forward of the pending ids of every running
-/// sequence whose member there needs one. A slot needed by a single sequence, or whose
-/// batched forward fails (a model off the exact CPU path), is left to the step.
+/// sequence whose member there needs one; each sequence's next step counts the call's
+/// time as its member's forward. A slot needed by a single sequence, or whose batched
+/// forward fails (a model off the exact CPU path), is left to the step.
 fn forward_together(
     sets: &mut [Vec<Member>],
-    runs: &[Option<Sequence>],
+    runs: &mut [Option<Sequence>],
     batched: &mut [usize],
 ) -> Result<()> {
     let slots = sets.first().map_or(0, Vec::len);
@@ -91,13 +92,18 @@ fn forward_together(
         if parts.len() < 2 {
             continue;
         }
+        let t0 = std::time::Instant::now();
         let Ok(logits) = tutti_models::forward_batch(&mut parts) else {
             continue;
         };
         drop(parts);
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
         for (b, l) in owners.into_iter().zip(&logits) {
             sets[b][slot].set_batched(l)?;
             batched[b] += 1;
+            if let Some(run) = runs[b].as_mut() {
+                run.add_batched_ms(slot, ms);
+            }
         }
     }
     Ok(())

@@ -36,6 +36,9 @@ pub(super) struct Sequence {
     pub(super) dropped: Vec<Option<String>>,
     /// By index into `slots`: the backend's round trips when the generation started.
     trips: Vec<Option<usize>>,
+    /// By index into `slots`: batched forwards run for the next step before it started
+    /// ([`Sequence::add_batched_ms`]), counted in that step's time.
+    pub(super) batched_ms: Vec<f64>,
 }
 
 impl Sequence {
@@ -79,6 +82,7 @@ impl Sequence {
             text: TextStream::new(&request.stop),
             request: request.clone(),
             dropped: vec![None; slots.len()],
+            batched_ms: vec![0.0; slots.len()],
             slots,
             weights,
             prefill_ms,
@@ -99,6 +103,13 @@ impl Sequence {
             }
         }
         true
+    }
+
+    /// Counts `ms` of a batched forward that ran the member at `slot` for the next step.
+    pub(super) fn add_batched_ms(&mut self, slot: usize, ms: f64) {
+        if let Some(i) = self.slots.iter().position(|&s| s == slot) {
+            self.batched_ms[i] += ms;
+        }
     }
 
     /// Whether the member at `slot` takes part and has not left the generation.

@@ -68,6 +68,11 @@ impl Sequence {
         let start = Instant::now();
         let mut forward_ms = vec![0.0; self.slots.len()];
         let proposals = self.propose(members, &mut forward_ms)?;
+        // Forwards batched with other sequences ran before this step's clock started.
+        let batched: f64 = self.batched_ms.iter().sum();
+        for (f, b) in forward_ms.iter_mut().zip(self.batched_ms.iter_mut()) {
+            *f += std::mem::take(b);
+        }
         let forwarded = Instant::now();
         let scored = self.member_probs(&proposals, members, lookups)?;
         let decision = self.combine_and_choose(&proposals, &scored)?;
@@ -103,7 +108,8 @@ impl Sequence {
             committed,
             explained: Instant::now(),
         };
-        let time = self.step_time(forward_ms, &clock, decision.ensembled);
+        let mut time = self.step_time(forward_ms, &clock, decision.ensembled);
+        time.total_ms += batched;
         let event = self.step_event(&proposals, &scored, &decision, time.clone(), explain);
         events.push(Event::Step(event));
         self.steps.push(time);
