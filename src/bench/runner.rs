@@ -295,11 +295,14 @@ pub fn run_system(
         } else {
             ens.generate_batch(&requests)?
         };
+        // Items decoded together share the time: each row gets its share, so that s/item
+        // and ms/token say what the run cost per item.
+        let share = 1.0 / outs.len() as f64;
         for (out, row) in outs.into_iter().zip(rows.iter_mut()) {
             row.decode_tokens = out.steps.len().saturating_sub(1);
             row.tokens = out.tokens;
-            row.time_ms = out.timing.total_ms;
-            row.decode_ms = out.timing.ms_per_token * row.decode_tokens as f64;
+            row.time_ms = out.timing.total_ms * share;
+            row.decode_ms = out.timing.ms_per_token * row.decode_tokens as f64 * share;
             row.steps = out.steps.len();
             if system == System::Ensemble {
                 row.ensembled_steps = out.ensembled_steps;
