@@ -24,16 +24,18 @@ struct Case {
     greedy: Vec<u32>,
 }
 
+/// A JSON array of token ids.
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 fn cases(name: &str) -> Vec<Case> {
     let path = fixture(&format!("llamacpp/{name}.json"));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
     v["cases"]
         .as_array()
         .unwrap()
@@ -168,13 +170,6 @@ struct OneRowCase {
 fn one_row_cases(name: &str) -> Vec<OneRowCase> {
     let path = fixture(&format!("llamacpp/{name}-ubatch1.json"));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
     let pairs = |v: &Value| -> Vec<(u32, f32)> {
         v.as_array()
             .unwrap()

@@ -93,12 +93,29 @@ impl Member {
                 member: name.clone(),
                 source: source.into(),
             })?;
-        Ok(Member {
+        Ok(Member::fresh(
             backend,
-            vocab: std::sync::Arc::new(vocab),
+            std::sync::Arc::new(vocab),
             name,
             weight,
-            temperature: 1.0,
+            1.0,
+        ))
+    }
+
+    /// A member with nothing decoded yet.
+    fn fresh(
+        backend: Box<dyn Backend>,
+        vocab: std::sync::Arc<Vocab>,
+        name: String,
+        weight: f32,
+        temperature: f32,
+    ) -> Member {
+        Member {
+            backend,
+            vocab,
+            name,
+            weight,
+            temperature,
             committed: Vec::new(),
             prompt_len: 0,
             cached: 0,
@@ -107,7 +124,7 @@ impl Member {
             rollbacks: 0,
             rolled_back_tokens: 0,
             distributions: 0,
-        })
+        }
     }
 
     /// Runs top-k and gathers on the logits tensor where the model computed them (the
@@ -122,21 +139,13 @@ impl Member {
     /// vocabulary, weight and temperature and a decoding state of its own; `None` when
     /// the backend cannot share its weights.
     pub(crate) fn fork(&self) -> Option<Member> {
-        Some(Member {
-            backend: self.backend.fork()?,
-            vocab: self.vocab.clone(),
-            name: self.name.clone(),
-            weight: self.weight,
-            temperature: self.temperature,
-            committed: Vec::new(),
-            prompt_len: 0,
-            cached: 0,
-            logits: None,
-            candidate_mask: Vec::new(),
-            rollbacks: 0,
-            rolled_back_tokens: 0,
-            distributions: 0,
-        })
+        Some(Member::fresh(
+            self.backend.fork()?,
+            self.vocab.clone(),
+            self.name.clone(),
+            self.weight,
+            self.temperature,
+        ))
     }
 
     /// What a batched forward would feed this member, when its step needs one and its
