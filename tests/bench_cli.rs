@@ -384,3 +384,64 @@ fn batched_items_give_the_rows_of_one_at_a_time() {
     assert_eq!(one.len(), 9, "3 items × 3 systems");
     assert_eq!(run("2"), one);
 }
+
+/// The llama-server build `scripts/llama-server.sh` makes (and prints).
+fn llama_server() -> String {
+    if let Ok(p) = std::env::var("TUTTI_LLAMA_SERVER") {
+        return p;
+    }
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/llama-server.sh"))
+        .output()
+        .expect("run scripts/llama-server.sh");
+    assert!(out.status.success(), "scripts/llama-server.sh failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `tutti bench serve` at smoke scale: two --max-batch settings and two concurrencies
+/// give every answer equal to direct decoding, the burst gets only 200s and 429s, and
+/// llama-server takes the same clients.
+#[test]
+fn bench_serve_sweeps_batch_and_concurrency_beside_llama_server() {
+    let bin = llama_server();
+    let smol = smollm2();
+    let out = ok(&[
+        "bench",
+        "serve",
+        "-m",
+        &smol,
+        "--max-tokens",
+        "4",
+        "--concurrency",
+        "1,3",
+        "--requests",
+        "2",
+        "--max-batch",
+        "1,3",
+        "--queue",
+        "4",
+        "--vs-llama-server",
+        "--llama-server",
+        &bin,
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 6, "{report}");
+    for r in runs {
+        assert_eq!(r["failed"], 0, "{r}");
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["ttft_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+        let clients = r["clients"].as_u64().unwrap();
+        assert_eq!(r["requests"].as_u64().unwrap(), clients * 2, "{r}");
+        if r["server"] == "tutti" {
+            assert_eq!(r["mismatched"], 0, "{r}");
+        } else {
+            assert_eq!(r["server"], "llama-server -np 3", "{r}");
+        }
+    }
+    for b in report["bursts"].as_array().unwrap() {
+        assert_eq!(b["other"], 0, "{b}");
+        assert!(b["rate_limited"].as_u64().unwrap() > 0, "{b}");
+    }
+}

@@ -618,7 +618,8 @@ fn engine_busy(s: &ServerProc) -> bool {
 /// A full queue answers 429 with Retry-After, and nothing else fails.
 #[test]
 fn a_full_queue_answers_429_and_nothing_else() {
-    let s = ServerProc::solo(&["--queue", "1"]);
+    // One request at a time: the burst must wait in the queue.
+    let s = ServerProc::solo(&["--queue", "1", "--max-batch", "1"]);
     let url = s.url("/v1/completions");
     // A long streaming request holds the engine.
     let long = std::thread::spawn({
@@ -712,7 +713,8 @@ fn next_data(r: &mut BufReader<TcpStream>) -> Value {
 /// is skipped.
 #[test]
 fn a_disconnect_mid_stream_frees_the_engine_within_one_step() {
-    let s = ServerProc::solo(&[]);
+    // One request at a time, so that the others wait for the one that leaves.
+    let s = ServerProc::solo(&["--max-batch", "1"]);
     let long = json!({"prompt": PROMPT, "max_tokens": 400, "temperature": 0,
                       "stream": true, "tutti": {"top_k": 1}});
     let mut a = raw_stream(&s.base, &long);
@@ -768,6 +770,63 @@ fn a_disconnect_mid_stream_frees_the_engine_within_one_step() {
     assert!(
         m.contains("tutti_skipped_total 1"),
         "the request whose client left still ran:\n{m}"
+    );
+}
+
+/// Requests served together (`--max-batch 4`, more clients than that) get the answers
+/// they get one at a time, a client leaving mid-stream does not disturb the others, and
+/// `/metrics` shows rounds of several requests. A request that could never fit the KV
+/// budget gets 503 naming it.
+#[test]
+fn concurrent_requests_decode_together_with_the_answers_they_get_alone() {
+    let s = ServerProc::solo(&["--max-batch", "4", "--kv-budget", "300"]);
+    let url = s.url("/v1/completions");
+    let prompts = [
+        "The capital of France is",
+        "Once upon a time",
+        "The three primary colors are",
+        "Water boils at",
+        "My favourite food is",
+        "The sun rises in the",
+    ];
+    let body = |p: &str| json!({"prompt": p, "max_tokens": 12, "temperature": 0});
+    let alone: Vec<Value> = prompts
+        .iter()
+        .map(|p| ok(&post(&url, &body(p)))["choices"][0]["text"].clone())
+        .collect();
+    // A client that leaves mid-stream while the others run.
+    let mut leaving = raw_stream(
+        &s.base,
+        &json!({"prompt": "Count from one to fifty:", "max_tokens": 200, "temperature": 0,
+                "stream": true}),
+    );
+    next_data(&mut leaving);
+    let together: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (url, body) = (url.clone(), body(p));
+            std::thread::spawn(move || post(&url, &body))
+        })
+        .collect();
+    next_data(&mut leaving);
+    drop(leaving);
+    for (i, h) in together.into_iter().enumerate() {
+        let reply = ok(&h.join().unwrap());
+        assert_eq!(reply["choices"][0]["text"], alone[i], "{}", prompts[i]);
+    }
+    let rounds = metric(&s, "tutti_batch_size_count");
+    let single = metric(&s, "tutti_batch_size_bucket{le=\"1\"}");
+    assert!(rounds > single, "no round decoded more than one request");
+    assert_eq!(metric(&s, "tutti_max_batch"), 4.0);
+    assert!(metric(&s, "tutti_kv_budget_bytes") > 0.0);
+
+    let refused = post(&url, &json!({"prompt": "Hi", "max_tokens": 400}));
+    let err = refused.error(503);
+    assert_eq!(err["code"], "kv_budget_exceeded", "{}", refused.body);
+    assert!(
+        err["message"].as_str().unwrap().contains("--kv-budget"),
+        "{}",
+        refused.body
     );
 }
 

@@ -91,6 +91,11 @@ pub trait CausalLm: Send {
     fn fork(&self) -> Option<Box<dyn CausalLm>> {
         None
     }
+    /// Bytes of KV cache one position takes across all layers (what a sequence's cache
+    /// grows by per token); 0 when unknown.
+    fn kv_bytes_per_token(&self) -> u64 {
+        0
+    }
     /// The decoder behind this model, for [`forward_batch`]. `None` for other kinds.
     fn as_transformer_mut(&mut self) -> Option<&mut Transformer> {
         None

@@ -1406,6 +1406,23 @@ impl CausalLm for Transformer {
         Some(self)
     }
 
+    fn kv_bytes_per_token(&self) -> u64 {
+        // Keys and values, f32 on the host path (the tensor cache holds the dtype's).
+        let size = if self
+            .blocks
+            .first()
+            .is_some_and(|b| b.attn.host_cache.is_some())
+        {
+            4
+        } else {
+            self.dtype().size_in_bytes() as u64
+        };
+        self.blocks
+            .iter()
+            .map(|b| 2 * (b.attn.num_kv_heads * b.attn.head_dim) as u64 * size)
+            .sum()
+    }
+
     fn forward(&mut self, ids: &[u32]) -> Result<Tensor> {
         self.forward_impl(ids)
     }

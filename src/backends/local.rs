@@ -113,6 +113,10 @@ impl Backend for LocalModel {
         Some(Box::new(LocalModel::new(self.model.fork()?)))
     }
 
+    fn kv_bytes_per_token(&self) -> u64 {
+        self.model.lm.kv_bytes_per_token()
+    }
+
     fn local_model(&mut self) -> Option<&mut (dyn tutti_models::CausalLm + 'static)> {
         (self.model.lm.device().is_cpu() && !self.device_logits).then(|| self.model.lm.as_mut())
     }

@@ -1,17 +1,21 @@
 //! `tutti bench serve`: a load test of the server in one run. The ensemble first decodes
 //! the prompts directly (the `tutti generate` path: the reference outputs and decode
-//! speed), then serves them on a loopback port: once in sequence, then from many
-//! concurrent streaming clients (outputs must equal the sequential ones; throughput,
-//! latency and time to first token), then a burst larger than the queue (every answer
-//! must be 200 or 429).
+//! speed), then serves them on a loopback port, once per `--max-batch` setting: in
+//! sequence, then from 1, 4, 8 and 16 concurrent streaming clients (every output must
+//! equal the direct one; requests/s, generated tokens/s, latency and time to first
+//! token at p50 and p99), then a burst larger than the queue (every answer must be 200
+//! or 429). `--vs-llama-server` puts llama-server (`-np N`, the same GGUF and threads)
+//! under the same clients.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use tutti::engine::{Message, Prompt, Sampling};
+use tutti::engine::{BatchOptions, Message, Prompt, Sampling};
 use tutti::serve::{ServeOptions, Server};
 
 use super::ensemble_args::{self, EnsembleArgs};
@@ -22,13 +26,25 @@ pub struct ServeBenchArgs {
     /// answer, default 16).
     #[command(flatten)]
     pub ens: EnsembleArgs,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 16)]
-    pub clients: usize,
+    /// Concurrent clients, one load per value.
+    #[arg(long, alias = "clients", value_delimiter = ',', default_values_t = [1, 4, 8, 16])]
+    pub concurrency: Vec<usize>,
     /// Requests per client, one after another.
     #[arg(long, default_value_t = 8)]
     pub requests: usize,
-    /// The server's queue (the overflow burst sends this many plus the clients plus one).
+    /// The server's --max-batch, one server per value (`1,8` compares batching with
+    /// one request at a time).
+    #[arg(long, value_delimiter = ',', default_values_t = [8])]
+    pub max_batch: Vec<usize>,
+    /// Also load llama-server (`-np` the largest concurrency, the same GGUF and
+    /// threads) with the same clients; needs a single-model ensemble.
+    #[arg(long)]
+    pub vs_llama_server: bool,
+    /// The llama-server binary [default: $TUTTI_LLAMA_SERVER, else `llama-server` on
+    /// the PATH; scripts/llama-server.sh builds one].
+    #[arg(long, value_name = "PATH")]
+    pub llama_server: Option<PathBuf>,
+    /// The server's queue (the overflow burst sends this many plus the batch plus one).
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
     /// Print one JSON object instead of the table.
@@ -54,11 +70,10 @@ struct Served {
     text: String,
     ids: Value,
     tokens: u64,
-    /// Server-side decode milliseconds (first token excluded) and their token count.
-    decode_ms: f64,
-    decode_tokens: f64,
     ttft_ms: f64,
     latency_ms: f64,
+    /// Chunks with text.
+    chunks: u64,
 }
 
 fn agent() -> ureq::Agent {
@@ -106,6 +121,10 @@ fn stream_one(agent: &ureq::Agent, url: &str, prompt: &str, max_tokens: usize) -
             if !t.is_empty() && out.text.is_empty() {
                 out.ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
             }
+            if !t.is_empty() {
+                // A server without tutti's report streams a token per chunk.
+                out.chunks += 1;
+            }
             out.text.push_str(t);
         }
         if chunk["choices"][0]["finish_reason"].is_string() {
@@ -119,15 +138,15 @@ fn stream_one(agent: &ureq::Agent, url: &str, prompt: &str, max_tokens: usize) -
             out.tokens = d["members"][0]["ids"]
                 .as_array()
                 .map_or(0, |a| a.len() as u64);
-            let per = d["timing"]["ms_per_token"].as_f64().unwrap_or(0.0);
-            out.decode_tokens = out.tokens.saturating_sub(1) as f64;
-            out.decode_ms = per * out.decode_tokens;
         }
         if let Some(e) = chunk.get("error") {
             bail!("the server answered an error in the stream: {e}");
         }
     }
     out.latency_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if out.tokens == 0 {
+        out.tokens = out.chunks;
+    }
     Ok(out)
 }
 
@@ -141,40 +160,271 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     v[rank.clamp(1, v.len()) - 1]
 }
 
-fn tokens_per_s(served: &[Served]) -> f64 {
-    let ms: f64 = served.iter().map(|s| s.decode_ms).sum();
-    let n: f64 = served.iter().map(|s| s.decode_tokens).sum();
-    if ms > 0.0 {
-        n * 1e3 / ms
-    } else {
-        0.0
+/// One load: `clients` concurrent clients, each sending `requests` requests in turn.
+struct Load {
+    /// (prompt index, what the client saw), in no particular order.
+    served: Vec<(usize, Served)>,
+    wall_s: f64,
+}
+
+fn load(
+    agent: &ureq::Agent,
+    url: &str,
+    clients: usize,
+    requests: usize,
+    max_tokens: usize,
+) -> Result<Load> {
+    let started = Instant::now();
+    let url: Arc<str> = url.into();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let (agent, url) = (agent.clone(), url.clone());
+            std::thread::spawn(move || -> Result<Vec<(usize, Served)>> {
+                (0..requests)
+                    .map(|r| {
+                        let i = (c * requests + r) % PROMPTS.len();
+                        stream_one(&agent, &url, PROMPTS[i], max_tokens).map(|s| (i, s))
+                    })
+                    .collect()
+            })
+        })
+        .collect();
+    let mut served = Vec::new();
+    for h in handles {
+        let rows = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        served.extend(rows);
+    }
+    Ok(Load {
+        served,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// One line of the report: a server under one concurrency.
+fn row(
+    server: &str,
+    max_batch: Option<usize>,
+    clients: usize,
+    load: &Load,
+    reference: Option<&[(String, Value)]>,
+) -> Value {
+    let ok: Vec<&(usize, Served)> = load
+        .served
+        .iter()
+        .filter(|(_, s)| s.status == 200)
+        .collect();
+    let failed = load.served.len() - ok.len();
+    let mismatched = reference.map(|r| {
+        ok.iter()
+            .filter(|(i, s)| s.text != r[*i].0 || s.ids != r[*i].1)
+            .count()
+    });
+    let tokens: u64 = ok.iter().map(|(_, s)| s.tokens).sum();
+    let latency: Vec<f64> = ok.iter().map(|(_, s)| s.latency_ms).collect();
+    let ttft: Vec<f64> = ok.iter().map(|(_, s)| s.ttft_ms).collect();
+    json!({
+        "server": server,
+        "max_batch": max_batch,
+        "clients": clients,
+        "requests": load.served.len(),
+        "failed": failed,
+        "mismatched": mismatched,
+        "wall_s": load.wall_s,
+        "requests_per_s": load.served.len() as f64 / load.wall_s,
+        "tokens_per_s": tokens as f64 / load.wall_s,
+        "latency_ms": {"p50": percentile(&latency, 50.0), "p99": percentile(&latency, 99.0)},
+        "ttft_ms": {"p50": percentile(&ttft, 50.0), "p99": percentile(&ttft, 99.0)},
+    })
+}
+
+/// A llama-server serving one GGUF on a loopback port; killed when dropped.
+struct LlamaServer {
+    child: Child,
+    url: String,
+    repacked: bool,
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn llama_server_bin(given: Option<&PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = given
+        .cloned()
+        .or_else(|| std::env::var_os("TUTTI_LLAMA_SERVER").map(PathBuf::from))
+    {
+        if !p.exists() {
+            bail!("llama-server {} does not exist: build it with scripts/llama-server.sh and pass --llama-server PATH", p.display());
+        }
+        return Ok(p);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("llama-server"))
+            .find(|p| p.is_file())
+    });
+    found.context("no llama-server found: build one with scripts/llama-server.sh and pass --llama-server PATH (or set TUTTI_LLAMA_SERVER)")
+}
+
+impl LlamaServer {
+    /// Starts llama-server with llama.cpp's defaults (weights repacked for this CPU);
+    /// where that build crashes at start-up, once more with `--no-repack`, saying so.
+    fn start(
+        bin: &PathBuf,
+        gguf: &str,
+        slots: usize,
+        threads: usize,
+        ctx_per_slot: usize,
+    ) -> Result<LlamaServer> {
+        match Self::try_start(bin, gguf, slots, threads, ctx_per_slot, true) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                eprintln!("llama-server did not start with weight repacking ({e:#}); starting it with --no-repack");
+                Self::try_start(bin, gguf, slots, threads, ctx_per_slot, false)
+            }
+        }
+    }
+
+    fn try_start(
+        bin: &PathBuf,
+        gguf: &str,
+        slots: usize,
+        threads: usize,
+        ctx_per_slot: usize,
+        repack: bool,
+    ) -> Result<LlamaServer> {
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "-m",
+            gguf,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-webui",
+        ])
+        .args(["-np", &slots.to_string(), "-t", &threads.to_string()])
+        .args(["-c", &(ctx_per_slot * slots).to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if !repack {
+            cmd.arg("--no-repack");
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stderr = child.stderr.take().context("llama-server's stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tail = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                    let _ = tx.send(Ok(addr));
+                }
+                tail.push(line);
+                if tail.len() > 20 {
+                    tail.remove(0);
+                }
+            }
+            let _ = tx.send(Err(tail.join("\n")));
+        });
+        let mut server = LlamaServer {
+            child,
+            url: String::new(),
+            repacked: repack,
+        };
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(tail)) => bail!("llama-server ended at start-up:\n{tail}"),
+            Err(_) => bail!("llama-server did not report its address within 120 s"),
+        };
+        server.url = format!("http://{addr}/v1/chat/completions");
+        let health = format!("http://{addr}/health");
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                bail!("llama-server ended while loading the model ({status})");
+            }
+            let ok = agent().get(&health).call().is_ok_and(|r| r.status() == 200);
+            if ok {
+                return Ok(server);
+            }
+            if t0.elapsed() > Duration::from_secs(300) {
+                bail!("llama-server's /health did not answer 200 within 300 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn print_table(rows: &[Value]) {
+    println!("| server | clients | requests (failed, mismatched) | requests/s | tokens/s | latency p50 / p99 | TTFT p50 / p99 |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for r in rows {
+        let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+        let name = match r["max_batch"].as_u64() {
+            Some(b) => format!("{} --max-batch {b}", r["server"].as_str().unwrap_or("")),
+            None => r["server"].as_str().unwrap_or("").to_string(),
+        };
+        let mismatched = match r["mismatched"].as_u64() {
+            Some(m) => m.to_string(),
+            None => "–".into(),
+        };
+        println!(
+            "| {name} | {} | {} ({}, {mismatched}) | {:.2} | {:.1} | {:.0} / {:.0} ms | {:.0} / {:.0} ms |",
+            r["clients"], r["requests"], r["failed"],
+            f(&r["requests_per_s"]), f(&r["tokens_per_s"]),
+            f(&r["latency_ms"]["p50"]), f(&r["latency_ms"]["p99"]),
+            f(&r["ttft_ms"]["p50"]), f(&r["ttft_ms"]["p99"]),
+        );
     }
 }
 
 pub fn run(args: ServeBenchArgs) -> Result<()> {
-    if args.clients == 0 || args.requests == 0 {
-        bail!("--clients and --requests must be at least 1");
+    if args.concurrency.contains(&0) || args.concurrency.is_empty() || args.requests == 0 {
+        bail!("--concurrency values and --requests must be at least 1");
+    }
+    if args.max_batch.contains(&0) || args.max_batch.is_empty() {
+        bail!("--max-batch values must be at least 1");
     }
     let mut plan = ensemble_args::plan(&args.ens)?;
     plan.request.sampling = Sampling::Greedy;
     let max_tokens = args.ens.max_tokens.unwrap_or(16);
     plan.request.max_tokens = max_tokens;
-    let mut ens = ensemble_args::build(&plan)?;
+    if args.vs_llama_server && plan.specs.len() != 1 {
+        bail!(
+            "--vs-llama-server compares one model: give a single -m (llama-server serves one GGUF)"
+        );
+    }
+    let llama_bin = match args.vs_llama_server {
+        true => Some(llama_server_bin(args.llama_server.as_ref())?),
+        false => None,
+    };
+    let mut first = Some(ensemble_args::build(&plan)?);
 
     // 1. Direct decoding: a warm-up pass (lazy vocabulary lookups), then the reference.
     let chat = |p: &str| plan.request(Prompt::Chat(vec![Message::user(p)]));
-    for p in PROMPTS {
-        ens.generate_quiet(&chat(p))?;
-    }
     let mut direct = Vec::new();
     let (mut direct_ms, mut direct_n) = (0.0, 0.0);
-    for p in PROMPTS {
-        let g = ens.generate_quiet(&chat(p))?;
-        let rest = g.steps.len().saturating_sub(1) as f64;
-        direct_ms += g.timing.ms_per_token * rest;
-        direct_n += rest;
-        let ids: Vec<Value> = g.members.iter().map(|m| json!(m.ids)).collect();
-        direct.push((g.text.clone(), Value::Array(ids)));
+    if let Some(ens) = first.as_mut() {
+        for p in PROMPTS {
+            ens.generate_quiet(&chat(p))?;
+        }
+        for p in PROMPTS {
+            let g = ens.generate_quiet(&chat(p))?;
+            let rest = g.steps.len().saturating_sub(1) as f64;
+            direct_ms += g.timing.ms_per_token * rest;
+            direct_n += rest;
+            let ids: Vec<Value> = g.members.iter().map(|m| json!(m.ids)).collect();
+            direct.push((g.text.clone(), Value::Array(ids)));
+        }
     }
     let direct_tps = if direct_ms > 0.0 {
         direct_n * 1e3 / direct_ms
@@ -182,168 +432,151 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
         0.0
     };
 
-    // 2. The server, in this process.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let options = ServeOptions {
-        port: 0,
-        queue: args.queue,
-        template: plan.request.clone(),
-        ..ServeOptions::default()
-    };
-    let server = runtime.block_on(Server::bind(ens, options))?;
-    let url = format!("http://{}/v1/chat/completions", server.local_addr());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = runtime.spawn(server.run(async {
-        let _ = stop_rx.await;
-    }));
     let agent = agent();
-
-    // 3. Sequential.
-    let mut sequential = Vec::new();
-    for (p, (text, ids)) in PROMPTS.iter().zip(&direct) {
-        let s = stream_one(&agent, &url, p, max_tokens)?;
-        if s.status != 200 || &s.text != text || &s.ids != ids {
-            bail!(
-                "served output differs from direct decoding for {p:?}: {:?} vs {text:?}",
-                s.text
+    let mut rows = Vec::new();
+    let (mut bad, mut bursts) = (Vec::new(), Vec::new());
+    for &max_batch in &args.max_batch {
+        let ens = match first.take() {
+            Some(e) => e,
+            None => ensemble_args::build(&plan)?,
+        };
+        let defaults = ServeOptions::default();
+        let options = ServeOptions {
+            port: 0,
+            queue: args.queue,
+            template: plan.request.clone(),
+            batch: BatchOptions {
+                max_batch,
+                ..defaults.batch.clone()
+            },
+            ..defaults
+        };
+        let server = runtime.block_on(Server::bind(ens, options))?;
+        let url = format!("http://{}/v1/chat/completions", server.local_addr());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = runtime.spawn(server.run(async {
+            let _ = stop_rx.await;
+        }));
+        // In sequence: each answer equals direct decoding.
+        for (p, (text, ids)) in PROMPTS.iter().zip(&direct) {
+            let s = stream_one(&agent, &url, p, max_tokens)?;
+            if s.status != 200 || &s.text != text || &s.ids != ids {
+                bail!(
+                    "served output (--max-batch {max_batch}) differs from direct decoding for {p:?}: {:?} vs {text:?}",
+                    s.text
+                );
+            }
+        }
+        for &clients in &args.concurrency {
+            eprintln!(
+                "tutti --max-batch {max_batch}: {clients} clients × {} requests",
+                args.requests
             );
+            let l = load(&agent, &url, clients, args.requests, max_tokens)?;
+            let r = row("tutti", Some(max_batch), clients, &l, Some(&direct));
+            if r["failed"].as_u64() != Some(0) || r["mismatched"].as_u64() != Some(0) {
+                bad.push(format!(
+                    "--max-batch {max_batch}, {clients} clients: {} failed, {} mismatched",
+                    r["failed"], r["mismatched"]
+                ));
+            }
+            rows.push(r);
         }
-        sequential.push(s);
-    }
-    let sequential_tps = tokens_per_s(&sequential);
-
-    // 4. Concurrent clients.
-    let started = Instant::now();
-    let url = Arc::new(url);
-    let handles: Vec<_> = (0..args.clients)
-        .map(|c| {
-            let (agent, url) = (agent.clone(), url.clone());
-            let n = args.requests;
-            std::thread::spawn(move || -> Result<Vec<(usize, Served)>> {
-                (0..n)
-                    .map(|r| {
-                        let i = (c * n + r) % PROMPTS.len();
-                        stream_one(&agent, &url, PROMPTS[i], max_tokens).map(|s| (i, s))
-                    })
-                    .collect()
+        // A burst past the batch and the queue, all at once: only 200s and 429s, and
+        // the 200s are right. Full-length answers keep the first ones running while
+        // the last arrive.
+        let burst = args.queue + max_batch + 1;
+        let handles: Vec<_> = (0..burst)
+            .map(|k| {
+                let (agent, url) = (agent.clone(), url.clone());
+                std::thread::spawn(move || -> Result<(usize, Served)> {
+                    let i = k % PROMPTS.len();
+                    stream_one(&agent, &url, PROMPTS[i], max_tokens).map(|s| (i, s))
+                })
             })
-        })
-        .collect();
-    let mut concurrent = Vec::new();
-    for h in handles {
-        let rows = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
-        concurrent.extend(rows);
-    }
-    let wall_s = started.elapsed().as_secs_f64();
-    let mut mismatches = 0;
-    let mut failed = 0;
-    for (i, s) in &concurrent {
-        if s.status != 200 {
-            failed += 1;
-        } else if s.text != sequential[*i].text || s.ids != sequential[*i].ids {
-            mismatches += 1;
+            .collect();
+        let (mut ok, mut refused, mut other) = (0, 0, 0);
+        for h in handles {
+            let (i, s) = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a burst thread panicked"))??;
+            match s.status {
+                200 if direct[i].0 == s.text => ok += 1,
+                200 => other += 1,
+                429 => refused += 1,
+                _ => other += 1,
+            }
         }
+        if other > 0 || refused == 0 {
+            bad.push(format!("--max-batch {max_batch}: burst of {burst} gave {other} unexpected answers and {refused} 429s"));
+        }
+        bursts.push(json!({"max_batch": max_batch, "sent": burst, "ok": ok, "rate_limited": refused, "other": other}));
+        let _ = stop_tx.send(());
+        runtime.block_on(serving)??;
     }
-    let served: Vec<Served> = concurrent.iter().map(|(_, s)| s.clone()).collect();
-    let tokens: u64 = served.iter().map(|s| s.tokens).sum();
-    let latency: Vec<f64> = served.iter().map(|s| s.latency_ms).collect();
-    let ttft: Vec<f64> = served.iter().map(|s| s.ttft_ms).collect();
-    let concurrent_tps = tokens_per_s(&served);
 
-    // 5. A burst past the queue: only 200s and 429s, and the 200s are right.
-    let burst = args.queue + args.clients + 1;
-    let handles: Vec<_> = (0..burst)
-        .map(|k| {
-            let (agent, url) = (agent.clone(), url.clone());
-            std::thread::spawn(move || -> Result<(usize, Served)> {
-                let i = k % PROMPTS.len();
-                stream_one(&agent, &url, PROMPTS[i], 1).map(|s| (i, s))
-            })
-        })
-        .collect();
-    let (mut ok, mut refused, mut other) = (0, 0, 0);
-    for h in handles {
-        let (i, s) = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a burst thread panicked"))??;
-        match s.status {
-            200 if sequential[i].text.starts_with(&s.text) => ok += 1,
-            200 => mismatches += 1,
-            429 => refused += 1,
-            _ => other += 1,
+    let mut llama = None;
+    if let Some(bin) = &llama_bin {
+        let largest = args.concurrency.iter().copied().max().unwrap_or(1);
+        let threads = tutti::models::threads();
+        let ctx = 512.max(max_tokens + 256);
+        let server = LlamaServer::start(bin, &plan.specs[0].model, largest, threads, ctx)?;
+        llama = Some(json!({"slots": largest, "threads": threads, "repacked": server.repacked}));
+        for &clients in &args.concurrency {
+            eprintln!(
+                "llama-server -np {largest}: {clients} clients × {} requests",
+                args.requests
+            );
+            let l = load(&agent, &server.url, clients, args.requests, max_tokens)?;
+            let r = row(
+                &format!("llama-server -np {largest}"),
+                None,
+                clients,
+                &l,
+                None,
+            );
+            if r["failed"].as_u64() != Some(0) {
+                bad.push(format!(
+                    "llama-server, {clients} clients: {} failed",
+                    r["failed"]
+                ));
+            }
+            rows.push(r);
         }
     }
-    let _ = stop_tx.send(());
-    runtime.block_on(serving)??;
 
     let report = json!({
         "members": plan.specs.iter().map(|s| s.model.clone()).collect::<Vec<_>>(),
-        "clients": args.clients,
+        "threads": tutti::models::threads(),
         "requests_per_client": args.requests,
         "max_tokens": max_tokens,
-        "requests": served.len(),
-        "failed": failed,
-        "mismatches": mismatches,
-        "wall_s": wall_s,
-        "requests_per_s": served.len() as f64 / wall_s,
-        "tokens_per_s_wall": tokens as f64 / wall_s,
-        "latency_ms": {"p50": percentile(&latency, 50.0), "p99": percentile(&latency, 99.0)},
-        "ttft_ms": {"p50": percentile(&ttft, 50.0), "p99": percentile(&ttft, 99.0)},
-        "decode_tokens_per_s": {
-            "direct": direct_tps,
-            "server_sequential": sequential_tps,
-            "server_concurrent": concurrent_tps,
-            "ratio_concurrent_to_direct": if direct_tps > 0.0 { concurrent_tps / direct_tps } else { 0.0 },
-        },
-        "burst": {"sent": burst, "ok": ok, "rate_limited": refused, "other": other},
+        "direct_decode_tokens_per_s": direct_tps,
+        "runs": rows,
+        "bursts": bursts,
+        "llama_server": llama,
     });
     if args.json {
         println!("{report}");
     } else {
-        let r = &report;
         println!(
-            "tutti bench serve: {} clients × {} requests, {} tokens each, queue {}",
-            args.clients, args.requests, max_tokens, args.queue
+            "tutti bench serve: {} requests per client, {max_tokens} tokens each, {} threads; direct decoding {direct_tps:.1} tokens/s",
+            args.requests,
+            tutti::models::threads()
         );
-        println!("| quantity | value |\n| --- | --- |");
-        println!(
-            "| requests (failed, mismatched) | {} ({failed}, {mismatches}) |",
-            served.len()
-        );
-        println!("| wall time | {wall_s:.1} s |");
-        println!(
-            "| throughput | {:.2} requests/s, {:.1} tokens/s |",
-            r["requests_per_s"].as_f64().unwrap_or(0.0),
-            r["tokens_per_s_wall"].as_f64().unwrap_or(0.0)
-        );
-        println!(
-            "| latency p50 / p99 | {:.0} / {:.0} ms |",
-            percentile(&latency, 50.0),
-            percentile(&latency, 99.0)
-        );
-        println!(
-            "| time to first token p50 / p99 | {:.0} / {:.0} ms |",
-            percentile(&ttft, 50.0),
-            percentile(&ttft, 99.0)
-        );
-        println!("| decode tokens/s: direct / served in sequence / served concurrently | {direct_tps:.1} / {sequential_tps:.1} / {concurrent_tps:.1} |");
-        println!(
-            "| served concurrently / direct | {:.3} |",
-            r["decode_tokens_per_s"]["ratio_concurrent_to_direct"]
-                .as_f64()
-                .unwrap_or(0.0)
-        );
-        println!("| burst of {burst}: 200 / 429 / other | {ok} / {refused} / {other} |");
+        print_table(&rows);
+        for b in &bursts {
+            println!(
+                "burst of {} at --max-batch {}: 200 / 429 / other = {} / {} / {}",
+                b["sent"], b["max_batch"], b["ok"], b["rate_limited"], b["other"]
+            );
+        }
     }
-    if failed > 0 || mismatches > 0 || other > 0 || refused == 0 {
-        bail!(
-            "load test failed: {failed} failed, {mismatches} outputs differ, {other} unexpected statuses, {refused} 429s in the burst"
-        );
+    if !bad.is_empty() {
+        bail!("load test failed: {}", bad.join("; "));
     }
     Ok(())
 }

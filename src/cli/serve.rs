@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use tutti::engine::BatchOptions;
 use tutti::serve::{ServeOptions, Server};
 
 use super::ensemble_args::{self, EnsembleArgs};
@@ -33,9 +34,22 @@ pub struct ServeArgs {
     /// Model name clients use [default: the members' names joined by `+`].
     #[arg(long)]
     pub name: Option<String>,
-    /// Requests that may wait while one decodes; more get 429.
+    /// Requests that may wait for room in the batch; more get 429.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
+    /// Most requests decoding together (1: one at a time). Each round feeds every
+    /// member once over the new tokens of all of them.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub max_batch: u64,
+    /// Prompt tokens fed per member and round while other requests decode, so that a
+    /// long prompt never stalls running streams (0: whole prompts).
+    #[arg(long, default_value_t = 256)]
+    pub prefill_chunk: usize,
+    /// KV-cache budget: positions of the whole ensemble (`8192`), or a size (`512MiB`,
+    /// `2GiB`). A request that does not fit waits; one that never can gets 503.
+    /// [default: a quarter of the memory available at start]
+    #[arg(long, value_parser = parse_kv_budget)]
+    pub kv_budget: Option<KvBudget>,
     /// Most tokens one request may ask for.
     #[arg(long, default_value_t = 4096)]
     pub max_tokens_cap: usize,
@@ -45,6 +59,47 @@ pub struct ServeArgs {
     /// Seconds accepted requests may still run after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub drain_seconds: u64,
+}
+
+/// `--kv-budget`: ensemble positions or bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KvBudget {
+    Tokens(u64),
+    Bytes(u64),
+}
+
+impl KvBudget {
+    /// Bytes, with `per_token` bytes per position of the whole ensemble.
+    pub fn bytes(self, per_token: u64) -> u64 {
+        match self {
+            KvBudget::Tokens(t) => t.saturating_mul(per_token),
+            KvBudget::Bytes(b) => b,
+        }
+    }
+}
+
+fn parse_kv_budget(s: &str) -> std::result::Result<KvBudget, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("`{s}` is not a KV budget: give tokens (8192) or a size (512MiB, 2GiB)")
+    })?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" => return Ok(KvBudget::Tokens(n)),
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}`: use KiB, MiB or GiB, or no unit for tokens"
+            ))
+        }
+    };
+    if n == 0 {
+        return Err("the KV budget must be above 0".into());
+    }
+    Ok(KvBudget::Bytes(n.saturating_mul(scale)))
 }
 
 /// Completes on the first SIGINT or SIGTERM, and from then on a second one ends the
@@ -128,12 +183,38 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let mut template = plan.request.clone();
     template.max_tokens = template.max_tokens.min(args.max_tokens_cap);
     let ens = ensemble_args::build(&plan)?;
+    let per_token: u64 = ens.members().iter().map(|m| m.kv_bytes_per_token()).sum();
+    let kv_budget = match args.kv_budget {
+        Some(b) => b.bytes(per_token),
+        None => tutti::serve::default_kv_budget(),
+    };
+    if kv_budget == 0 {
+        bail!("--kv-budget must be above 0");
+    }
+    if per_token > 0 {
+        tracing::info!(
+            "KV budget {:.0} MiB: {} positions of the whole ensemble ({} bytes each){}",
+            kv_budget as f64 / 1048576.0,
+            kv_budget / per_token,
+            per_token,
+            if args.kv_budget.is_none() {
+                " (a quarter of the memory available; --kv-budget sets it)"
+            } else {
+                ""
+            }
+        );
+    }
     let options = ServeOptions {
         host,
         port: args.port,
         name: args.name.clone(),
         api_key: api_key.clone(),
         queue: args.queue,
+        batch: BatchOptions {
+            max_batch: args.max_batch as usize,
+            prefill_chunk: (args.prefill_chunk > 0).then_some(args.prefill_chunk),
+            kv_budget: Some(kv_budget),
+        },
         max_tokens_cap: args.max_tokens_cap,
         max_body_bytes: args.max_body_bytes,
         drain: Duration::from_secs(args.drain_seconds),
@@ -156,8 +237,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             );
         }
         tracing::info!(
-            "serving `{}` on http://{addr} (OpenAI API at http://{addr}/v1; queue {}, max_tokens cap {}{})",
+            "serving `{}` on http://{addr} (OpenAI API at http://{addr}/v1; batch {}, queue {}, max_tokens cap {}{})",
             server.model_name(),
+            args.max_batch,
             args.queue,
             args.max_tokens_cap,
             if api_key.is_some() { ", API key required" } else { "" }
@@ -170,4 +252,23 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // the runtime would wait for it again.
     runtime.shutdown_background();
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_budgets_parse_as_tokens_or_sizes() {
+        assert_eq!(parse_kv_budget("8192"), Ok(KvBudget::Tokens(8192)));
+        assert_eq!(parse_kv_budget("512MiB"), Ok(KvBudget::Bytes(512 << 20)));
+        assert_eq!(parse_kv_budget("2GiB"), Ok(KvBudget::Bytes(2 << 30)));
+        assert_eq!(parse_kv_budget("2g"), Ok(KvBudget::Bytes(2 << 30)));
+        assert!(parse_kv_budget("2TB").unwrap_err().contains("unknown unit"));
+        assert!(parse_kv_budget("lots")
+            .unwrap_err()
+            .contains("not a KV budget"));
+        assert!(parse_kv_budget("0MiB").is_err());
+        assert_eq!(KvBudget::Tokens(10).bytes(7), 70);
+    }
 }

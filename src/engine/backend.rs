@@ -85,6 +85,11 @@ pub trait Backend: Send {
     fn round_trips(&self) -> Option<usize> {
         None
     }
+    /// Bytes of KV cache the backend holds per context position on this machine (0 for
+    /// a served model, or when unknown): what a request's cache budget counts.
+    fn kv_bytes_per_token(&self) -> u64 {
+        0
+    }
     /// The model itself, for a backend that runs one on this machine's CPU: batched
     /// decoding feeds several forks of it together (`tutti_models::forward_batch`).
     fn local_model(&mut self) -> Option<&mut (dyn tutti_models::CausalLm + 'static)> {

@@ -1,58 +1,198 @@
-//! Several requests decoded together: each request is a [`Sequence`] with members of its
-//! own (forks of the ensemble's, over the same weights, with caches of their own), and
-//! every step feeds each member slot's pending ids of all sequences through the model in
-//! one batched forward (`tutti_models::forward_batch`). Each sequence then takes the
-//! usual path: distributions, union, combination, choice, feedback.
+//! Several requests decoded together: a [`Batch`] schedules them over the ensemble's
+//! weights. Each running request is a [`Sequence`] with a set of members of its own
+//! (forks of the ensemble's, sharing their weights, with caches of their own); every
+//! round feeds each member slot's pending ids of all running sequences through the model
+//! in one batched forward (`tutti_models::forward_batch`), then each sequence takes the
+//! usual step: distributions, union, combination, choice, feedback.
+//!
+//! Requests join at the next round and leave when done; one can be cancelled without
+//! touching the others. A long prompt is fed in chunks between the others' decode
+//! steps. The caches come from a budget: a request whose positions do not fit waits, and
+//! one that could never fit is refused. Member sets stay after their request for the
+//! next one: a token-id prompt picks the set whose cache holds the longest common
+//! prefix.
 //!
 //! The batched forward gives every sequence the logits its own forward would
 //! (batch-invariant numerics), so each request's answer is the one
-//! [`Ensemble::generate`] gives it alone, bit for bit. Members that cannot be batched
-//! (served members, GPU models, a slot one sequence alone needs) forward in the step as
-//! usual.
+//! [`Ensemble::generate`] gives it alone, bit for bit, whatever runs beside it. Members
+//! that cannot be batched (served members, GPU models) forward in the step as usual;
+//! members that cannot be forked at all keep the batch to one request at a time.
+
+use std::collections::VecDeque;
+use std::time::Instant;
 
 use super::ensemble::Ensemble;
 use super::error::{EngineError, Result};
-use super::events::{Event, Generation};
+use super::events::{Event, Flow, Generation};
 use super::member::Member;
 use super::request::Request;
-use super::sequence::Sequence;
+use super::sequence::{Plan, Sequence};
+
+/// How a [`Batch`] schedules.
+#[derive(Clone, Debug)]
+pub struct BatchOptions {
+    /// The most requests decoding at once (at least 1).
+    pub max_batch: usize,
+    /// Prompt ids fed per member and round while other requests decode; `None` feeds a
+    /// prompt whole.
+    pub prefill_chunk: Option<usize>,
+    /// Bytes of KV cache the running requests (and the member sets kept for prefix
+    /// reuse) may reserve; `None` for no bound.
+    pub kv_budget: Option<u64>,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            max_batch: 8,
+            prefill_chunk: Some(256),
+            kv_budget: None,
+        }
+    }
+}
+
+/// A request's name in its [`Batch`], unique for the batch's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeqId(u64);
+
+impl SeqId {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A request checked against the ensemble and sized, ready for [`Batch::start`].
+#[derive(Clone, Debug)]
+pub struct Planned {
+    request: Request,
+    plan: Plan,
+    kv_bytes: u64,
+}
+
+impl Planned {
+    /// Bytes of KV cache the request reserves: every taking-part member's positions
+    /// (prompt plus `max_tokens`, at most its context) at its bytes per position.
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv_bytes
+    }
+
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+}
+
+/// What [`Batch::start`] did with a request.
+#[derive(Debug)]
+pub enum Admit {
+    /// It runs from the next round.
+    Started(SeqId),
+    /// No room now (the batch is full, or the budget is taken by running requests):
+    /// try again after a round.
+    Wait(Planned),
+}
+
+/// A request that left the batch: its generation, or the error that ended it.
+#[derive(Debug)]
+pub struct Finished {
+    pub id: SeqId,
+    pub result: Result<Generation>,
+}
+
+/// What one [`Batch::step`] did.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Requests that took a decoding step.
+    pub stepped: usize,
+    /// Requests whose prompt was fed a chunk and has more to come.
+    pub prefilling: usize,
+    /// Requests that ended in this round.
+    pub finished: Vec<Finished>,
+}
+
+/// A set of members (one per ensemble slot) a request decodes with.
+struct Set {
+    members: Vec<Member>,
+    busy: bool,
+    /// Bytes the set's last request reserved: what its caches may still hold.
+    held: u64,
+    /// Round at which it last finished (least recently used sets go first).
+    used_at: u64,
+}
+
+struct Running {
+    id: SeqId,
+    set: usize,
+    seq: Sequence,
+    kv_bytes: u64,
+    batched_forwards: usize,
+    /// A member's prompt was fed only a chunk this round: no step until it is whole.
+    prefilling: bool,
+}
+
+/// Requests decoding together over one ensemble ([`Ensemble::batch`]). The ensemble's
+/// own members are the first member set and go back to it when the batch is dropped.
+pub struct Batch<'e> {
+    ens: &'e mut Ensemble,
+    options: BatchOptions,
+    sets: Vec<Set>,
+    running: Vec<Running>,
+    next_id: u64,
+    rounds: u64,
+    /// Whether the members can be forked (else one request runs at a time).
+    forkable: bool,
+}
 
 impl Ensemble {
-    /// Generates for every request at once and returns their generations in order.
-    /// Requests leave the batch as they finish; the others go on. Each answer is the one
-    /// [`Ensemble::generate`] gives the request alone.
+    /// A scheduler for requests decoded together over this ensemble's weights.
+    pub fn batch(&mut self, options: BatchOptions) -> Batch<'_> {
+        let members = std::mem::take(&mut self.members);
+        Batch {
+            ens: self,
+            options,
+            sets: vec![Set {
+                members,
+                busy: false,
+                held: 0,
+                used_at: 0,
+            }],
+            running: Vec::new(),
+            next_id: 0,
+            rounds: 0,
+            forkable: true,
+        }
+    }
+
+    /// Generates for every request, decoding them together, and returns their
+    /// generations in order. Requests leave the batch as they finish; the others go on.
+    /// Each answer is the one [`Ensemble::generate`] gives the request alone.
     pub fn generate_batch(&mut self, requests: &[Request]) -> Result<Vec<Generation>> {
-        let mut sets = Vec::with_capacity(requests.len());
-        for _ in requests {
-            let forks: Option<Vec<Member>> = self.members.iter().map(Member::fork).collect();
-            match forks {
-                Some(f) => sets.push(f),
-                None => {
-                    // A member that cannot share its weights: one request at a time.
-                    return requests.iter().map(|r| self.generate_quiet(r)).collect();
+        let mut batch = self.batch(BatchOptions {
+            max_batch: requests.len().max(1),
+            prefill_chunk: None,
+            kv_budget: None,
+        });
+        let mut waiting = VecDeque::new();
+        for (i, r) in requests.iter().enumerate() {
+            waiting.push_back((i, batch.plan(r)?));
+        }
+        let mut index = Vec::new();
+        let mut out: Vec<Option<Generation>> = (0..requests.len()).map(|_| None).collect();
+        loop {
+            while let Some((i, planned)) = waiting.pop_front() {
+                match batch.start(planned)? {
+                    Admit::Started(id) => index.push((id, i)),
+                    Admit::Wait(p) => {
+                        waiting.push_front((i, p));
+                        break;
+                    }
                 }
             }
-        }
-        let mut runs = Vec::with_capacity(requests.len());
-        for (request, members) in requests.iter().zip(sets.iter_mut()) {
-            runs.push(Some(Sequence::start(members, request, false)?));
-        }
-        let mut out: Vec<Option<Generation>> = (0..requests.len()).map(|_| None).collect();
-        let mut batched = vec![0; requests.len()];
-        let mut events: Vec<Event> = Vec::new();
-        while runs.iter().any(Option::is_some) {
-            forward_together(&mut sets, &mut runs, &mut batched)?;
-            for (b, slot) in runs.iter_mut().enumerate() {
-                let Some(run) = slot.as_mut() else {
-                    continue;
-                };
-                events.clear();
-                if run.step(&mut sets[b], &mut self.lookups, &mut events)? {
-                    if let Some(run) = slot.take() {
-                        let mut generation = run.finish(&sets[b]).0;
-                        generation.batched_forwards = batched[b];
-                        out[b] = Some(generation);
-                    }
+            if batch.is_empty() {
+                break;
+            }
+            for f in batch.step(&mut |_, _| Flow::Continue).finished {
+                if let Some(&(_, i)) = index.iter().find(|(id, _)| *id == f.id) {
+                    out[i] = Some(f.result?);
                 }
             }
         }
@@ -64,47 +204,367 @@ impl Ensemble {
     }
 }
 
-/// For every member slot, one batched forward of the pending ids of every running
-/// sequence whose member there needs one; each sequence's next step counts the call's
-/// time as its member's forward. A slot needed by a single sequence, or whose batched
-/// forward fails (a model off the exact CPU path), is left to the step.
-fn forward_together(
-    sets: &mut [Vec<Member>],
-    runs: &mut [Option<Sequence>],
-    batched: &mut [usize],
-) -> Result<()> {
-    let slots = sets.first().map_or(0, Vec::len);
-    for slot in 0..slots {
-        let mut parts = Vec::new();
-        let mut owners = Vec::new();
-        for (b, set) in sets.iter_mut().enumerate() {
-            let Some(run) = &runs[b] else {
-                continue;
-            };
-            if !run.takes_part(slot) {
-                continue;
-            }
-            if let Some(part) = set[slot].batch_part() {
-                parts.push(part);
-                owners.push(b);
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if !self.sets.is_empty() {
+            self.ens.members = std::mem::take(&mut self.sets[0].members);
+        }
+    }
+}
+
+impl Batch<'_> {
+    pub fn options(&self) -> &BatchOptions {
+        &self.options
+    }
+
+    /// Requests decoding now.
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// The ids of the running requests, in the order they started.
+    pub fn running(&self) -> Vec<SeqId> {
+        self.running.iter().map(|r| r.id).collect()
+    }
+
+    /// Bytes of the budget taken: the running requests' reservations and what the
+    /// member sets kept for prefix reuse hold.
+    pub fn kv_used(&self) -> u64 {
+        let running: u64 = self.running.iter().map(|r| r.kv_bytes).sum();
+        running + self.idle_held()
+    }
+
+    fn idle_held(&self) -> u64 {
+        // The ensemble's own set is there with or without a batch; forks kept idle
+        // are what the batch adds.
+        self.sets
+            .iter()
+            .skip(1)
+            .filter(|s| !s.busy)
+            .map(|s| s.held)
+            .sum()
+    }
+
+    /// Checks `request` against the ensemble, encodes its prompts and sizes its KV
+    /// cache. Fails as [`Ensemble::generate`] would on a bad request, and with
+    /// [`EngineError::KvBudget`] when the request alone needs more than the budget.
+    pub fn plan(&self, request: &Request) -> Result<Planned> {
+        let members = &self.sets[0].members;
+        let plan = Plan::new(members, request)?;
+        let kv_bytes = plan
+            .slots
+            .iter()
+            .zip(&plan.prompts)
+            .map(|(&s, p)| {
+                let m = &members[s];
+                let positions = (p.len() + request.max_tokens).min(m.backend().context_length());
+                positions as u64 * m.kv_bytes_per_token()
+            })
+            .sum();
+        if let Some(budget) = self.options.kv_budget {
+            if kv_bytes > budget {
+                return Err(EngineError::KvBudget {
+                    needs: kv_bytes,
+                    budget,
+                });
             }
         }
-        if parts.len() < 2 {
-            continue;
+        Ok(Planned {
+            request: request.clone(),
+            plan,
+            kv_bytes,
+        })
+    }
+
+    /// Starts a planned request when the batch and the budget have room (kept member
+    /// sets are let go, least recently used first, to make it); otherwise hands it back
+    /// to wait. Fails on what only starting the members finds.
+    pub fn start(&mut self, planned: Planned) -> Result<Admit> {
+        if self.running.len() >= self.options.max_batch.max(1) || !self.make_room(planned.kv_bytes)
+        {
+            return Ok(Admit::Wait(planned));
         }
-        let t0 = std::time::Instant::now();
-        let Ok(logits) = tutti_models::forward_batch(&mut parts) else {
-            continue;
+        let Some(set) = self.free_set(&planned) else {
+            return Ok(Admit::Wait(planned));
         };
-        drop(parts);
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        for (b, l) in owners.into_iter().zip(&logits) {
-            sets[b][slot].set_batched(l)?;
-            batched[b] += 1;
-            if let Some(run) = runs[b].as_mut() {
-                run.add_batched_ms(slot, ms);
+        let Planned {
+            request,
+            plan,
+            kv_bytes,
+        } = planned;
+        let members = &mut self.sets[set].members;
+        let seq = match Sequence::begin(
+            members,
+            &request,
+            plan,
+            self.ens.prefix_cache,
+            Instant::now(),
+        ) {
+            Ok(seq) => seq,
+            Err(e) => {
+                members.iter_mut().for_each(Member::reset);
+                return Err(e);
+            }
+        };
+        self.sets[set].busy = true;
+        let id = SeqId(self.next_id);
+        self.next_id += 1;
+        self.running.push(Running {
+            id,
+            set,
+            seq,
+            kv_bytes,
+            batched_forwards: 0,
+            prefilling: false,
+        });
+        Ok(Admit::Started(id))
+    }
+
+    /// Lets go of kept member sets until `bytes` more fit the budget; whether they do.
+    fn make_room(&mut self, bytes: u64) -> bool {
+        let Some(budget) = self.options.kv_budget else {
+            return true;
+        };
+        while self.kv_used() + bytes > budget {
+            let oldest = self
+                .sets
+                .iter()
+                .enumerate()
+                .skip(1)
+                .filter(|(_, s)| !s.busy && s.held > 0)
+                .min_by_key(|(_, s)| s.used_at)
+                .map(|(i, _)| i);
+            let Some(i) = oldest else {
+                return false;
+            };
+            self.drop_set(i);
+        }
+        true
+    }
+
+    /// Removes member set `i` (never the ensemble's own), renumbering the running
+    /// requests' sets.
+    fn drop_set(&mut self, i: usize) {
+        self.sets.remove(i);
+        for r in &mut self.running {
+            if r.set > i {
+                r.set -= 1;
             }
         }
     }
-    Ok(())
+
+    /// An idle member set for `planned`: the one holding the longest common prefix of
+    /// a token-id prompt when prefix reuse is on, else the ensemble's own or the most
+    /// recently used; a new fork while the batch may grow.
+    fn free_set(&mut self, planned: &Planned) -> Option<usize> {
+        let reuse = self.ens.prefix_cache
+            && matches!(planned.request.prompt, super::request::Prompt::Ids(_));
+        let prefix = |set: &Set| -> usize {
+            planned
+                .plan
+                .slots
+                .iter()
+                .zip(&planned.plan.prompts)
+                .map(|(&s, p)| set.members[s].cached_prefix(p))
+                .sum()
+        };
+        let best = self
+            .sets
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.busy)
+            .max_by_key(|(i, s)| {
+                let p = if reuse { prefix(s) } else { 0 };
+                (p, *i == 0, s.used_at)
+            })
+            .map(|(i, _)| i);
+        let worth_forking = match best {
+            None => true,
+            Some(i) => reuse && prefix(&self.sets[i]) == 0 && i != 0,
+        };
+        if best.is_some() && !worth_forking {
+            return best;
+        }
+        if self.forkable && self.sets.len() < self.options.max_batch.max(1) {
+            let forks: Option<Vec<Member>> =
+                self.sets[0].members.iter().map(Member::fork).collect();
+            match forks {
+                Some(members) => {
+                    self.sets.push(Set {
+                        members,
+                        busy: false,
+                        held: 0,
+                        used_at: 0,
+                    });
+                    return Some(self.sets.len() - 1);
+                }
+                None => {
+                    tracing::info!(
+                        "a member cannot share its weights with a fork: requests decode one at a time"
+                    );
+                    self.forkable = false;
+                }
+            }
+        }
+        best
+    }
+
+    /// One round: every member slot's batched forward over the running requests that
+    /// need it, then each request's step. Events go to `sink` with the request's id; a
+    /// sink answering [`Flow::Stop`] ends that request (it finishes as cancelled).
+    /// Requests that ended, with an error or not, are in the round's `finished`; an
+    /// error in one request leaves the others running.
+    pub fn step(&mut self, sink: &mut dyn FnMut(SeqId, &Event) -> Flow) -> Round {
+        self.rounds += 1;
+        let mut round = Round::default();
+        self.forward_together();
+        let mut events = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() {
+            let r = &mut self.running[i];
+            if std::mem::take(&mut r.prefilling) {
+                round.prefilling += 1;
+                i += 1;
+                continue;
+            }
+            round.stepped += 1;
+            let members = &mut self.sets[r.set].members;
+            events.clear();
+            let done = match r.seq.step(members, &mut self.ens.lookups, &mut events) {
+                Ok(done) => done,
+                Err(e) => {
+                    let r = self.running.remove(i);
+                    self.sets[r.set].members.iter_mut().for_each(Member::reset);
+                    self.release(r.set, 0);
+                    round.finished.push(Finished {
+                        id: r.id,
+                        result: Err(e),
+                    });
+                    continue;
+                }
+            };
+            let id = r.id;
+            // Every event is delivered, even after the sink asked to stop.
+            let mut stop = false;
+            for e in events.drain(..) {
+                stop |= sink(id, &e) == Flow::Stop;
+            }
+            if !done && stop {
+                r.seq.cancel(&mut events);
+                for e in events.drain(..) {
+                    sink(id, &e);
+                }
+            }
+            if done || stop {
+                let r = self.running.remove(i);
+                round.finished.push(self.finish(r, sink));
+                continue;
+            }
+            i += 1;
+        }
+        round
+    }
+
+    /// Ends request `id` now (as cancelled), delivering its last events to `sink`;
+    /// the others are not touched. `None` when no such request runs.
+    pub fn cancel(
+        &mut self,
+        id: SeqId,
+        sink: &mut dyn FnMut(SeqId, &Event) -> Flow,
+    ) -> Option<Finished> {
+        let i = self.running.iter().position(|r| r.id == id)?;
+        let mut r = self.running.remove(i);
+        let mut events = Vec::new();
+        r.seq.cancel(&mut events);
+        for e in &events {
+            sink(id, e);
+        }
+        Some(self.finish(r, sink))
+    }
+
+    /// Ends every running request with no generation, forgetting what their members
+    /// hold: after a panic inside a round, nothing they left is trusted. Returns their
+    /// ids.
+    pub fn abandon_all(&mut self) -> Vec<SeqId> {
+        let ids = self.running();
+        for r in std::mem::take(&mut self.running) {
+            self.sets[r.set].members.iter_mut().for_each(Member::reset);
+            self.release(r.set, 0);
+        }
+        ids
+    }
+
+    fn finish(&mut self, r: Running, sink: &mut dyn FnMut(SeqId, &Event) -> Flow) -> Finished {
+        let (mut generation, finish) = r.seq.finish(&self.sets[r.set].members);
+        generation.batched_forwards = r.batched_forwards;
+        sink(r.id, &Event::Finish(finish));
+        self.release(r.set, r.kv_bytes);
+        Finished {
+            id: r.id,
+            result: Ok(generation),
+        }
+    }
+
+    fn release(&mut self, set: usize, held: u64) {
+        let s = &mut self.sets[set];
+        s.busy = false;
+        s.held = held;
+        s.used_at = self.rounds;
+    }
+
+    /// For every member slot, one batched forward of the pending ids of every running
+    /// request whose member there needs one (a prompt's next chunk at most); each
+    /// request's next step counts the call's time as its member's forward. A slot
+    /// needed by a single request with nothing to cut, or whose batched forward fails
+    /// (a model off the exact CPU path), is left to the step.
+    fn forward_together(&mut self) {
+        let slots = self.sets.first().map_or(0, |s| s.members.len());
+        let chunk = self.options.prefill_chunk;
+        for slot in 0..slots {
+            let mut parts = Vec::new();
+            let mut owners = Vec::new();
+            let mut cut = false;
+            // Each running request has a set of its own: borrow them one by one.
+            let mut sets: Vec<Option<&mut Set>> = self.sets.iter_mut().map(Some).collect();
+            for (b, r) in self.running.iter().enumerate() {
+                if !r.seq.takes_part(slot) {
+                    continue;
+                }
+                let Some(set) = sets[r.set].take() else {
+                    continue;
+                };
+                if let Some((lm, ids, whole)) = set.members[slot].batch_part(chunk) {
+                    cut |= !whole;
+                    parts.push((lm, ids));
+                    owners.push(b);
+                }
+            }
+            if parts.len() < 2 && !cut {
+                continue;
+            }
+            let t0 = Instant::now();
+            let result = tutti_models::forward_batch(&mut parts);
+            drop(parts);
+            drop(sets);
+            let Ok(logits) = result else {
+                continue;
+            };
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            for (b, l) in owners.into_iter().zip(&logits) {
+                let r = &mut self.running[b];
+                match self.sets[r.set].members[slot].set_batched(l) {
+                    Ok(true) => {}
+                    Ok(false) => r.prefilling = true,
+                    // The step forwards the member again and meets the error there.
+                    Err(_) => continue,
+                }
+                r.batched_forwards += 1;
+                r.seq.add_batched_ms(slot, ms);
+            }
+        }
+    }
 }

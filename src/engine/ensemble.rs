@@ -23,7 +23,7 @@ pub struct Ensemble {
     align: AlignMethod,
     load_ms: f64,
     /// Token-id prompts reuse what members hold of their common prefix.
-    prefix_cache: bool,
+    pub(super) prefix_cache: bool,
 }
 
 impl std::fmt::Debug for Ensemble {

@@ -78,6 +78,13 @@ pub enum EngineError {
     /// unusable (its spec names it).
     #[error("member `{member}`: {reason}")]
     Remote { member: String, reason: String },
+    /// A request whose KV cache alone would take more than a batch's budget.
+    #[error(
+        "the request needs {n:.1} MiB of KV cache (its prompt plus max_tokens in every member), more than the KV budget of {b:.1} MiB; lower max_tokens, shorten the prompt or raise the budget (--kv-budget)",
+        n = *needs as f64 / 1048576.0,
+        b = *budget as f64 / 1048576.0
+    )]
+    KvBudget { needs: u64, budget: u64 },
     /// A member index outside the ensemble.
     #[error("no member #{index}: the ensemble has {len} members")]
     NoSuchMember { index: usize, len: usize },

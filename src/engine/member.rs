@@ -150,9 +150,14 @@ impl Member {
 
     /// What a batched forward would feed this member, when its step needs one and its
     /// backend runs a model in this process: the model, its cache already cut back to
-    /// what it holds of the committed ids, and the ids after them. The same ids
-    /// [`Member::forward_pending`] would feed.
-    pub(crate) fn batch_part(&mut self) -> Option<(&mut (dyn CausalLm + 'static), &[u32])> {
+    /// what it holds of the committed ids, and the ids after them: the same ids
+    /// [`Member::forward_pending`] would feed, or their first `chunk` when there are
+    /// more (a prompt prefilled in chunks; [`Member::set_batched`] then leaves the
+    /// member still waiting for the rest), and whether they are all of them.
+    pub(crate) fn batch_part(
+        &mut self,
+        chunk: Option<usize>,
+    ) -> Option<(&mut (dyn CausalLm + 'static), &[u32], bool)> {
         let needs = self.logits.is_none() || self.pending() > 0;
         if !needs || self.committed.is_empty() {
             return None;
@@ -172,15 +177,45 @@ impl Member {
             start -= 1;
         }
         lm.truncate(start);
-        Some((lm, &committed[start..]))
+        let end = match chunk {
+            Some(c) => committed.len().min(start + c.max(1)),
+            None => committed.len(),
+        };
+        Some((lm, &committed[start..end], end == committed.len()))
     }
 
-    /// The logits of a batched forward of [`Member::batch_part`]'s ids.
-    pub(crate) fn set_batched(&mut self, logits: &candle_core::Tensor) -> Result<()> {
+    /// Takes the logits of a batched forward of [`Member::batch_part`]'s ids: the
+    /// member's distribution when they reached the last committed id, else (a chunk of
+    /// a prompt) only the cache's new length.
+    /// Returns whether the distribution is there.
+    pub(crate) fn set_batched(&mut self, logits: &candle_core::Tensor) -> Result<bool> {
+        let position = match self.backend.local_model() {
+            Some(lm) => lm.position(),
+            None => self.committed.len(),
+        };
+        if position < self.committed.len() {
+            self.cached = position;
+            self.logits = None;
+            return Ok(false);
+        }
         let v: Vec<f32> = logits.to_vec1()?;
         self.logits = Some(Logits::Host(v.into()));
         self.cached = self.committed.len();
-        Ok(())
+        Ok(true)
+    }
+
+    /// Bytes of KV cache one more position of this member takes (0 when unknown).
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        self.backend.kv_bytes_per_token()
+    }
+
+    /// How many leading ids of `ids` the member's cache already holds.
+    pub(crate) fn cached_prefix(&self, ids: &[u32]) -> usize {
+        self.committed[..self.cached]
+            .iter()
+            .zip(ids)
+            .take_while(|(a, b)| a == b)
+            .count()
     }
 
     pub fn name(&self) -> &str {

@@ -8,6 +8,7 @@
 //! | file | what it does |
 //! |---|---|
 //! | `ensemble.rs` | the handle: [`Ensemble::generate`] runs a sequence step by step |
+//! | `batch.rs` | several requests at once ([`Batch`]): one batched forward per member and round, then each sequence's step |
 //! | `sequence.rs` | one request's state: taking-part members, weights, sampler, text |
 //! | `step.rs` | the step in named phases: forward → distributions → union → member probabilities → combine → choose → commit |
 //! | `member.rs` | a member's committed ids and cache position; its forward and its commit |
@@ -53,6 +54,7 @@ mod union;
 
 pub use crate::align::lookup::MapEvent;
 pub use backend::{Backend, Logits, SparseLogits};
+pub use batch::{Admit, Batch, BatchOptions, Finished, Planned, Round, SeqId};
 pub use builder::{BuildEvent, EnsembleBuilder};
 pub use ensemble::{Ensemble, Stream};
 pub use error::{EngineError, Result, MAX_TOP_K};

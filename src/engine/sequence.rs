@@ -18,6 +18,42 @@ use super::member::Member;
 use super::output::TextStream;
 use super::request::{validate_weights, Prompt, Request, Sampling};
 
+/// A request checked against the members, before any member starts on it: the
+/// taking-part slots, their weights and their prompt ids.
+#[derive(Clone, Debug)]
+pub(super) struct Plan {
+    pub(super) slots: Vec<usize>,
+    pub(super) weights: Vec<f32>,
+    /// By index into `slots`.
+    pub(super) prompts: Vec<Vec<u32>>,
+}
+
+impl Plan {
+    /// Checks `request` (settings, members, weights) and encodes its prompts; fails
+    /// on a prompt longer than a member's context.
+    pub(super) fn new(members: &[Member], request: &Request) -> Result<Plan> {
+        request.validate()?;
+        let slots = taking_part(request, members.len())?;
+        let weights = request_weights(request, &slots, members)?;
+        let prompts = prompts(request, &slots, members)?;
+        for (&s, p) in slots.iter().zip(&prompts) {
+            let max = members[s].backend().context_length();
+            if p.len() > max {
+                return Err(EngineError::PromptTooLong {
+                    member: members[s].name().to_string(),
+                    tokens: p.len(),
+                    max,
+                });
+            }
+        }
+        Ok(Plan {
+            slots,
+            weights,
+            prompts,
+        })
+    }
+}
+
 /// The state of one generation between steps.
 pub(super) struct Sequence {
     pub(super) request: Request,
@@ -52,10 +88,23 @@ impl Sequence {
     ) -> Result<Sequence> {
         // The clock starts before the prompts: auto weights prefill here.
         let started = Instant::now();
-        request.validate()?;
-        let slots = taking_part(request, members.len())?;
-        let weights = request_weights(request, &slots, members)?;
-        let prompts = prompts(request, &slots, members)?;
+        let plan = Plan::new(members, request)?;
+        Sequence::begin(members, request, plan, prefix_cache, started)
+    }
+
+    /// [`Sequence::start`] with the request already checked and its prompts encoded.
+    pub(super) fn begin(
+        members: &mut [Member],
+        request: &Request,
+        plan: Plan,
+        prefix_cache: bool,
+        started: Instant,
+    ) -> Result<Sequence> {
+        let Plan {
+            slots,
+            weights,
+            prompts,
+        } = plan;
         let keep_prefix = prefix_cache && matches!(request.prompt, Prompt::Ids(_));
         for (&s, ids) in slots.iter().zip(prompts) {
             if keep_prefix {

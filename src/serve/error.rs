@@ -169,6 +169,12 @@ impl From<EngineError> for ApiError {
             | EngineError::BadCombine(_)
             | EngineError::BadRequest(_)
             | EngineError::NoSuchMember { .. } => ApiError::bad(e.to_string()),
+            EngineError::KvBudget { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                e.to_string(),
+            )
+            .with_code("kv_budget_exceeded"),
             _ => ApiError::internal(e.to_string()),
         }
     }

@@ -10,6 +10,9 @@ use crate::engine::{Generation, StepTime, StopReason};
 /// Upper bounds (seconds) of the step-time histogram buckets.
 const STEP_BUCKETS: [f64; 10] = [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56];
 
+/// Upper bounds of the batch-size histogram buckets (requests per round).
+const BATCH_BUCKETS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+
 /// Everything `/metrics` reports. Updated by the HTTP handlers (requests, queue) and
 /// the engine thread (steps, tokens, generations).
 #[derive(Default)]
@@ -22,8 +25,16 @@ pub struct Metrics {
     pub queue_depth: AtomicUsize,
     /// Requests the engine skipped because their client had left while they waited.
     pub skipped: AtomicU64,
-    /// Whether the engine is decoding a request now (0 or 1).
+    /// Requests decoding now.
     pub busy: AtomicUsize,
+    /// Bytes of the KV budget taken now.
+    pub kv_used: AtomicU64,
+    /// The KV budget in bytes (0: none) and the most requests per round.
+    kv_budget: AtomicU64,
+    max_batch: AtomicUsize,
+    rounds: AtomicU64,
+    round_requests: AtomicU64,
+    batch_buckets: [AtomicU64; BATCH_BUCKETS.len()],
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
     steps: AtomicU64,
@@ -63,6 +74,23 @@ impl Metrics {
         let s = time.total_ms / 1e3;
         if let Some(i) = STEP_BUCKETS.iter().position(|&b| s <= b) {
             self.step_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The batch's limits, once at start.
+    pub fn set_batch_limits(&self, max_batch: usize, kv_budget: Option<u64>) {
+        self.max_batch.store(max_batch, Ordering::Relaxed);
+        self.kv_budget
+            .store(kv_budget.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// One round of the batch over `requests` requests (called by the engine thread).
+    pub fn observe_round(&self, requests: usize) {
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+        self.round_requests
+            .fetch_add(requests as u64, Ordering::Relaxed);
+        if let Some(i) = BATCH_BUCKETS.iter().position(|&b| requests <= b) {
+            self.batch_buckets[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -154,11 +182,52 @@ impl Metrics {
             "Most requests that can wait (--queue).",
             plain(queue_capacity.to_string()),
         );
+        let running = self.busy.load(Ordering::Relaxed);
         metric(
             "tutti_engine_busy",
             "gauge",
             "Whether the engine is decoding a request (1) or idle (0).",
-            plain(self.busy.load(Ordering::Relaxed).to_string()),
+            plain(usize::from(running > 0).to_string()),
+        );
+        metric(
+            "tutti_running_requests",
+            "gauge",
+            "Requests decoding now (at most --max-batch).",
+            plain(running.to_string()),
+        );
+        metric(
+            "tutti_max_batch",
+            "gauge",
+            "Most requests decoding together (--max-batch).",
+            plain(self.max_batch.load(Ordering::Relaxed).to_string()),
+        );
+        let rounds = load(&self.rounds);
+        let mut buckets = Vec::new();
+        let mut cumulative = 0;
+        for (b, c) in BATCH_BUCKETS.iter().zip(&self.batch_buckets) {
+            cumulative += load(c);
+            buckets.push((format!("_bucket{{le=\"{b}\"}}"), cumulative.to_string()));
+        }
+        buckets.push(("_bucket{le=\"+Inf\"}".into(), rounds.to_string()));
+        buckets.push(("_sum".into(), load(&self.round_requests).to_string()));
+        buckets.push(("_count".into(), rounds.to_string()));
+        metric(
+            "tutti_batch_size",
+            "histogram",
+            "Requests per engine round (decoding a step or feeding a prompt chunk).",
+            buckets,
+        );
+        metric(
+            "tutti_kv_budget_bytes",
+            "gauge",
+            "The KV-cache budget (--kv-budget; 0: none).",
+            plain(load(&self.kv_budget).to_string()),
+        );
+        metric(
+            "tutti_kv_used_bytes",
+            "gauge",
+            "KV cache reserved by running requests and member sets kept for prefix reuse.",
+            plain(load(&self.kv_used).to_string()),
         );
         metric(
             "tutti_skipped_total",
@@ -245,6 +314,20 @@ mod tests {
         assert!(text.contains("tutti_step_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(text.contains("tutti_step_seconds_count 3"));
         assert!(text.contains("tutti_queue_capacity 64"));
+        m.set_batch_limits(8, Some(1 << 20));
+        for n in [1, 3, 3, 9] {
+            m.observe_round(n);
+        }
+        let text = m.render(64);
+        assert!(
+            text.contains("tutti_batch_size_bucket{le=\"1\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("tutti_batch_size_bucket{le=\"4\"} 3"));
+        assert!(text.contains("tutti_batch_size_bucket{le=\"16\"} 4"));
+        assert!(text.contains("tutti_batch_size_sum 16"));
+        assert!(text.contains("tutti_max_batch 8"));
+        assert!(text.contains("tutti_kv_budget_bytes 1048576"));
         let share = text
             .lines()
             .find_map(|l| l.strip_prefix("tutti_ensembled_share "))

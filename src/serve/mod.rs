@@ -54,7 +54,7 @@ use tokio::sync::mpsc::unbounded_channel;
 pub use api::Endpoint;
 pub use error::{ApiError, ServeError};
 
-use crate::engine::{Ensemble, Request};
+use crate::engine::{BatchOptions, Ensemble, Request};
 use api::{Limits, MemberInfo};
 use metrics::Metrics;
 use respond::Render;
@@ -74,6 +74,9 @@ pub struct ServeOptions {
     pub api_key: Option<String>,
     /// Requests that may wait for the engine (more: 429).
     pub queue: usize,
+    /// How requests decode together: the most at once, the prompt chunk fed between
+    /// decode steps, the KV-cache budget.
+    pub batch: BatchOptions,
     /// Most tokens one request may ask for.
     pub max_tokens_cap: usize,
     /// Largest request body in bytes (more: 413).
@@ -98,6 +101,10 @@ impl Default for ServeOptions {
             name: None,
             api_key: None,
             queue: 64,
+            batch: BatchOptions {
+                kv_budget: Some(default_kv_budget()),
+                ..BatchOptions::default()
+            },
             max_tokens_cap: 4096,
             max_body_bytes: 2 << 20,
             drain: Duration::from_secs(30),
@@ -105,6 +112,18 @@ impl Default for ServeOptions {
             template: Request::raw(""),
         }
     }
+}
+
+/// The KV-cache budget when none is given: a quarter of the memory available now
+/// (`MemAvailable`), else 4 GiB where the system does not say.
+pub fn default_kv_budget() -> u64 {
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    available.map_or(4 << 30, |b| b / 4)
 }
 
 /// Shared by every handler.
@@ -195,7 +214,12 @@ impl Server {
                 source,
             })?;
         let metrics = Arc::new(Metrics::default());
-        let engine = Engine::start(ensemble, options.queue, metrics.clone())?;
+        let engine = Engine::start(
+            ensemble,
+            options.queue,
+            options.batch.clone(),
+            metrics.clone(),
+        )?;
         let key_hash = options
             .api_key
             .as_deref()
