@@ -194,7 +194,7 @@ fn the_kv_budget_makes_requests_wait_or_refuses_them() {
     });
     let first = started(batch.start(batch.plan(&one).unwrap()).unwrap());
     let second: Planned = match batch.start(batch.plan(&one).unwrap()).unwrap() {
-        Admit::Wait(p) => p,
+        Admit::Wait(p) => *p,
         Admit::Started(_) => panic!("two requests started in a budget for one and a half"),
     };
     assert_eq!(batch.kv_used(), bytes);
@@ -219,5 +219,73 @@ fn the_kv_budget_makes_requests_wait_or_refuses_them() {
             assert!(msg.contains("--kv-budget") && msg.contains("MiB"), "{msg}");
         }
         other => panic!("a request over the budget was planned: {other:?}"),
+    }
+}
+
+/// A request that shares a long prompt prefix with one still computing it waits a
+/// round, then starts from a copy of that prefix instead of computing it again; its
+/// steps still carry the bits it gets alone.
+#[test]
+fn a_shared_prompt_prefix_is_computed_once_and_copied() {
+    let header = "You are a careful assistant. Answer in one short sentence. ".repeat(3);
+    let requests: Vec<Request> = ["What is the capital of France?", "What color is the sky?"]
+        .iter()
+        .map(|q| Request::raw(format!("{header}Q: {q}\nA:")).max_tokens(6))
+        .collect();
+    let mut ens = pair();
+    let mut batch = ens.batch(BatchOptions {
+        max_batch: 4,
+        prefill_chunk: None,
+        kv_budget: None,
+    });
+    let first = started(batch.start(batch.plan(&requests[0]).unwrap()).unwrap());
+    let waiting = match batch.start(batch.plan(&requests[1]).unwrap()).unwrap() {
+        Admit::Wait(p) => *p,
+        Admit::Started(_) => panic!("the second request computed the shared header again"),
+    };
+    let mut got: HashMap<SeqId, Vec<StepBits>> = HashMap::new();
+    let mut sink = |id: SeqId, e: &Event| {
+        if let Some(b) = bits_of(e) {
+            got.entry(id).or_default().push(b);
+        }
+        Flow::Continue
+    };
+    batch.step(&mut sink);
+    let second = started(batch.start(waiting).unwrap());
+    while !batch.is_empty() {
+        batch.step(&mut sink);
+    }
+    drop(batch);
+    assert_eq!(got[&first], alone(&requests[0]));
+    assert_eq!(got[&second], alone(&requests[1]));
+}
+
+/// A fork holding a copy of a cached prefix continues with the bits a fresh prefill of
+/// the whole text gives, and leaves the original's cache alone.
+#[test]
+fn a_fork_with_a_copied_prefix_continues_like_a_fresh_prefill() {
+    for name in [SMOL, GEMMA] {
+        let mut a = load(name);
+        let ids = a
+            .tokenizer
+            .encode_prompt("The capital of France is Paris, and the capital of Italy is")
+            .unwrap();
+        a.lm.forward(&ids).unwrap();
+        let keep = ids.len() - 4;
+        let (mut b, kept) = a.fork_with_prefix(keep).expect("a transformer forks");
+        assert_eq!(kept, keep, "{name}");
+        assert_eq!(b.lm.position(), keep, "{name}");
+        let from_copy: Vec<f32> = b.lm.forward(&ids[keep..]).unwrap().to_vec1().unwrap();
+        let fresh: Vec<f32> = load(name).lm.forward(&ids).unwrap().to_vec1().unwrap();
+        let same = from_copy
+            .iter()
+            .zip(&fresh)
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{name}: the copied prefix gives other logits");
+        assert_eq!(
+            a.lm.position(),
+            ids.len(),
+            "{name}: the original's cache moved"
+        );
     }
 }

@@ -96,6 +96,19 @@ pub trait CausalLm: Send {
     fn kv_bytes_per_token(&self) -> u64 {
         0
     }
+    /// Whether a position's logits are the same bits however the ids before it were fed
+    /// (whole, in chunks, after a kept prefix, beside other rows): what makes keeping a
+    /// cached prefix for a new text safe.
+    fn chunk_invariant(&self) -> bool {
+        false
+    }
+    /// [`CausalLm::fork`] with a copy of the first `len` cached positions (at most what
+    /// the cache holds), for a text that shares that prefix; returns the fork and how
+    /// many positions it holds. A model that cannot copy its cache forks empty (0).
+    fn fork_with_prefix(&self, len: usize) -> Option<(Box<dyn CausalLm>, usize)> {
+        let _ = len;
+        self.fork().map(|f| (f, 0))
+    }
     /// The decoder behind this model, for [`forward_batch`]. `None` for other kinds.
     fn as_transformer_mut(&mut self) -> Option<&mut Transformer> {
         None
@@ -224,6 +237,20 @@ impl Model {
             tokenizer: self.tokenizer.clone(),
             info: self.info.clone(),
         })
+    }
+
+    /// [`Model::fork`] holding a copy of the first `len` cached positions
+    /// ([`CausalLm::fork_with_prefix`]); returns it and how many positions it holds.
+    pub fn fork_with_prefix(&self, len: usize) -> Option<(Model, usize)> {
+        let (lm, kept) = self.lm.fork_with_prefix(len)?;
+        Some((
+            Model {
+                lm,
+                tokenizer: self.tokenizer.clone(),
+                info: self.info.clone(),
+            },
+            kept,
+        ))
     }
 
     /// Loads a model from a spec: folder, `.gguf`, or `hf:ORG/NAME[@REV][/FILE.gguf]`.

@@ -1406,6 +1406,10 @@ impl CausalLm for Transformer {
         Some(self)
     }
 
+    fn chunk_invariant(&self) -> bool {
+        self.host_path && !self.blocks.iter().any(|b| b.attn.by_shape)
+    }
+
     fn kv_bytes_per_token(&self) -> u64 {
         // Keys and values, f32 on the host path (the tensor cache holds the dtype's).
         let size = if self
@@ -1446,6 +1450,23 @@ impl CausalLm for Transformer {
         twin.position = 0;
         twin.panic_after_layer = None;
         Some(Box::new(twin))
+    }
+
+    fn fork_with_prefix(&self, len: usize) -> Option<(Box<dyn CausalLm>, usize)> {
+        if !self.host_path || self.caches_lost() {
+            return self.fork().map(|f| (f, 0));
+        }
+        // The host caches are plain vectors: a clone is a copy of its own.
+        let mut twin = self.clone();
+        let kept = self.position.min(len);
+        for b in twin.blocks.iter_mut() {
+            b.attn.cache = KvCache::new();
+            b.attn.truncate_cache(kept);
+        }
+        twin.scratch = Scratch::default();
+        twin.position = kept;
+        twin.panic_after_layer = None;
+        Some((Box::new(twin), kept))
     }
 
     fn position(&self) -> usize {

@@ -113,6 +113,17 @@ impl Backend for LocalModel {
         Some(Box::new(LocalModel::new(self.model.fork()?)))
     }
 
+    fn fork_with_prefix(&self, len: usize) -> Option<(Box<dyn Backend>, usize)> {
+        let (model, kept) = self.model.fork_with_prefix(len)?;
+        let mut fork = LocalModel::new(model);
+        fork.device_logits = self.device_logits;
+        Some((Box::new(fork), kept))
+    }
+
+    fn chunk_invariant(&self) -> bool {
+        !self.device_logits && self.model.lm.chunk_invariant()
+    }
+
     fn kv_bytes_per_token(&self) -> u64 {
         self.model.lm.kv_bytes_per_token()
     }

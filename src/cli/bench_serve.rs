@@ -202,6 +202,27 @@ fn load(
     })
 }
 
+/// The engine's time in batched forwards and in the requests' own steps so far, in
+/// seconds, from the server's `/metrics`.
+fn round_seconds(agent: &ureq::Agent, metrics_url: &str) -> Result<(f64, f64)> {
+    let text = agent
+        .get(metrics_url)
+        .call()
+        .context("reading /metrics")?
+        .into_body()
+        .read_to_string()
+        .context("reading /metrics")?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .with_context(|| format!("no {name} in /metrics"))
+    };
+    Ok((
+        value("tutti_round_forward_seconds_total")?,
+        value("tutti_round_steps_seconds_total")?,
+    ))
+}
+
 /// One line of the report: a server under one concurrency.
 fn row(
     server: &str,
@@ -365,8 +386,8 @@ impl LlamaServer {
 }
 
 fn print_table(rows: &[Value]) {
-    println!("| server | clients | requests (failed, mismatched) | requests/s | tokens/s | latency p50 / p99 | TTFT p50 / p99 |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| server | clients | requests (failed, mismatched) | requests/s | tokens/s | latency p50 / p99 | TTFT p50 / p99 | steps' share |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in rows {
         let f = |v: &Value| v.as_f64().unwrap_or(0.0);
         let name = match r["max_batch"].as_u64() {
@@ -377,12 +398,23 @@ fn print_table(rows: &[Value]) {
             Some(m) => m.to_string(),
             None => "–".into(),
         };
+        let share = match r["steps_share"].as_f64() {
+            Some(x) => format!("{:.1}%", 100.0 * x),
+            None => "–".into(),
+        };
         println!(
-            "| {name} | {} | {} ({}, {mismatched}) | {:.2} | {:.1} | {:.0} / {:.0} ms | {:.0} / {:.0} ms |",
+            "| {name} | {} | {} ({}, {mismatched}) | {:.2} | {:.1} | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {share} |",
             r["clients"], r["requests"], r["failed"],
             f(&r["requests_per_s"]), f(&r["tokens_per_s"]),
             f(&r["latency_ms"]["p50"]), f(&r["latency_ms"]["p99"]),
             f(&r["ttft_ms"]["p50"]), f(&r["ttft_ms"]["p99"]),
+        );
+    }
+    if rows.iter().any(|r| r["steps_share"].is_number()) {
+        println!(
+            "steps' share: of the engine's round time, the part outside the batched forwards \
+             (forwards the batch could not take, then each request's alignment, combination \
+             and feedback)"
         );
     }
 }
@@ -393,6 +425,14 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
     }
     if args.max_batch.contains(&0) || args.max_batch.is_empty() {
         bail!("--max-batch values must be at least 1");
+    }
+    let most_clients = args.concurrency.iter().copied().max().unwrap_or(1);
+    let least_batch = args.max_batch.iter().copied().min().unwrap_or(1);
+    if most_clients > args.queue + least_batch {
+        bail!(
+            "{most_clients} clients need --queue {} or more at --max-batch {least_batch} (else some get 429); raise --queue",
+            most_clients - least_batch
+        );
     }
     let mut plan = ensemble_args::plan(&args.ens)?;
     plan.request.sampling = Sampling::Greedy;
@@ -471,13 +511,20 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
                 );
             }
         }
+        let metrics_url = url.replace("/v1/chat/completions", "/metrics");
         for &clients in &args.concurrency {
             eprintln!(
                 "tutti --max-batch {max_batch}: {clients} clients × {} requests",
                 args.requests
             );
+            let before = round_seconds(&agent, &metrics_url)?;
             let l = load(&agent, &url, clients, args.requests, max_tokens)?;
-            let r = row("tutti", Some(max_batch), clients, &l, Some(&direct));
+            let after = round_seconds(&agent, &metrics_url)?;
+            let mut r = row("tutti", Some(max_batch), clients, &l, Some(&direct));
+            let (forward, steps) = (after.0 - before.0, after.1 - before.1);
+            if forward + steps > 0.0 {
+                r["steps_share"] = json!(steps / (forward + steps));
+            }
             if r["failed"].as_u64() != Some(0) || r["mismatched"].as_u64() != Some(0) {
                 bad.push(format!(
                     "--max-batch {max_batch}, {clients} clients: {} failed, {} mismatched",

@@ -184,19 +184,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
     template.max_tokens = template.max_tokens.min(args.max_tokens_cap);
     let ens = ensemble_args::build(&plan)?;
     let per_token: u64 = ens.members().iter().map(|m| m.kv_bytes_per_token()).sum();
-    let kv_budget = match args.kv_budget {
+    // Served members keep their caches on their servers: with no local member there is
+    // nothing for a budget to bound.
+    let kv_budget = (per_token > 0).then(|| match args.kv_budget {
         Some(b) => b.bytes(per_token),
         None => tutti::serve::default_kv_budget(),
-    };
-    if kv_budget == 0 {
+    });
+    if kv_budget == Some(0) {
         bail!("--kv-budget must be above 0");
     }
-    if per_token > 0 {
+    if let Some((budget, positions)) = kv_budget.and_then(|b| Some((b, b.checked_div(per_token)?)))
+    {
         tracing::info!(
-            "KV budget {:.0} MiB: {} positions of the whole ensemble ({} bytes each){}",
-            kv_budget as f64 / 1048576.0,
-            kv_budget / per_token,
-            per_token,
+            "KV budget {:.0} MiB: {positions} positions of the whole ensemble ({per_token} bytes each){}",
+            budget as f64 / 1048576.0,
             if args.kv_budget.is_none() {
                 " (a quarter of the memory available; --kv-budget sets it)"
             } else {
@@ -213,7 +214,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         batch: BatchOptions {
             max_batch: args.max_batch as usize,
             prefill_chunk: (args.prefill_chunk > 0).then_some(args.prefill_chunk),
-            kv_budget: Some(kv_budget),
+            kv_budget,
         },
         max_tokens_cap: args.max_tokens_cap,
         max_body_bytes: args.max_body_bytes,

@@ -78,6 +78,12 @@ pub trait Backend: Send {
     fn fork(&self) -> Option<Box<dyn Backend>> {
         None
     }
+    /// [`Backend::fork`] holding a copy of the first `len` positions this backend holds,
+    /// where it can copy them; returns the fork and how many it holds.
+    fn fork_with_prefix(&self, len: usize) -> Option<(Box<dyn Backend>, usize)> {
+        let _ = len;
+        self.fork().map(|f| (f, 0))
+    }
     /// How many of the most probable ids a sparse backend should return per step (the
     /// request's top-k; set before each generation). Dense backends ignore it.
     fn set_top_n(&mut self, _n: usize) {}
@@ -89,6 +95,12 @@ pub trait Backend: Send {
     /// a served model, or when unknown): what a request's cache budget counts.
     fn kv_bytes_per_token(&self) -> u64 {
         0
+    }
+    /// Whether the model gives a position the same logits however its context was fed
+    /// (`tutti_models::CausalLm::chunk_invariant`): a new text may then keep what the
+    /// backend holds of its common prefix with the last one.
+    fn chunk_invariant(&self) -> bool {
+        false
     }
     /// The model itself, for a backend that runs one on this machine's CPU: batched
     /// decoding feeds several forks of it together (`tutti_models::forward_batch`).

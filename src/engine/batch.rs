@@ -9,8 +9,8 @@
 //! touching the others. A long prompt is fed in chunks between the others' decode
 //! steps. The caches come from a budget: a request whose positions do not fit waits, and
 //! one that could never fit is refused. Member sets stay after their request for the
-//! next one: a token-id prompt picks the set whose cache holds the longest common
-//! prefix.
+//! next one, which picks the set whose cache holds the longest common prefix of its
+//! prompt (a few-shot header, a chat template, a served member's context).
 //!
 //! The batched forward gives every sequence the logits its own forward would
 //! (batch-invariant numerics), so each request's answer is the one
@@ -88,7 +88,7 @@ pub enum Admit {
     Started(SeqId),
     /// No room now (the batch is full, or the budget is taken by running requests):
     /// try again after a round.
-    Wait(Planned),
+    Wait(Box<Planned>),
 }
 
 /// A request that left the batch: its generation, or the error that ended it.
@@ -107,6 +107,11 @@ pub struct Round {
     pub prefilling: usize,
     /// Requests that ended in this round.
     pub finished: Vec<Finished>,
+    /// Milliseconds in the batched forwards.
+    pub forward_ms: f64,
+    /// Milliseconds in the requests' steps: forwards the batch could not take, then each
+    /// request's distributions, union, combination, choice and feedback.
+    pub steps_ms: f64,
 }
 
 /// A set of members (one per ensemble slot) a request decodes with.
@@ -166,11 +171,24 @@ impl Ensemble {
     /// generations in order. Requests leave the batch as they finish; the others go on.
     /// Each answer is the one [`Ensemble::generate`] gives the request alone.
     pub fn generate_batch(&mut self, requests: &[Request]) -> Result<Vec<Generation>> {
-        let mut batch = self.batch(BatchOptions {
-            max_batch: requests.len().max(1),
-            prefill_chunk: None,
-            kv_budget: None,
-        });
+        self.generate_batch_with(
+            requests,
+            BatchOptions {
+                max_batch: requests.len().max(1),
+                prefill_chunk: None,
+                kv_budget: None,
+            },
+        )
+    }
+
+    /// [`Ensemble::generate_batch`] under `options`: at most `max_batch` requests decode
+    /// at once, the next one starting as soon as one finishes (in order).
+    pub fn generate_batch_with(
+        &mut self,
+        requests: &[Request],
+        options: BatchOptions,
+    ) -> Result<Vec<Generation>> {
+        let mut batch = self.batch(options);
         let mut waiting = VecDeque::new();
         for (i, r) in requests.iter().enumerate() {
             waiting.push_back((i, batch.plan(r)?));
@@ -182,7 +200,7 @@ impl Ensemble {
                 match batch.start(planned)? {
                     Admit::Started(id) => index.push((id, i)),
                     Admit::Wait(p) => {
-                        waiting.push_front((i, p));
+                        waiting.push_front((i, *p));
                         break;
                     }
                 }
@@ -286,10 +304,13 @@ impl Batch<'_> {
     pub fn start(&mut self, planned: Planned) -> Result<Admit> {
         if self.running.len() >= self.options.max_batch.max(1) || !self.make_room(planned.kv_bytes)
         {
-            return Ok(Admit::Wait(planned));
+            return Ok(Admit::Wait(Box::new(planned)));
+        }
+        if self.prefix_pending(&planned) {
+            return Ok(Admit::Wait(Box::new(planned)));
         }
         let Some(set) = self.free_set(&planned) else {
-            return Ok(Admit::Wait(planned));
+            return Ok(Admit::Wait(Box::new(planned)));
         };
         let Planned {
             request,
@@ -322,6 +343,49 @@ impl Batch<'_> {
             prefilling: false,
         });
         Ok(Admit::Started(id))
+    }
+
+    /// Ids of `planned`'s prompts that `set` holds in its caches (`cached`), or will
+    /// once its pending ids are fed (not `cached`), summed over the members that keep
+    /// a prefix.
+    fn shared_prefix(&self, set: &Set, planned: &Planned, cached: bool) -> usize {
+        let ids_prompt = matches!(planned.request.prompt, super::request::Prompt::Ids(_));
+        let plan = &planned.plan;
+        plan.slots
+            .iter()
+            .zip(&plan.prompts)
+            .filter(|(&s, _)| set.members[s].keeps_prefix(self.ens.prefix_cache, ids_prompt))
+            .map(|(&s, p)| {
+                let m = &set.members[s];
+                match cached {
+                    true => m.cached_prefix(p),
+                    false => m
+                        .committed()
+                        .iter()
+                        .zip(p)
+                        .take_while(|(a, b)| a == b)
+                        .count(),
+                }
+            })
+            .sum()
+    }
+
+    /// Whether a running request is about to compute a longer common prefix with
+    /// `planned`'s prompts than any member set holds (requests sharing a few-shot
+    /// header that arrive together): after its round the new request copies it
+    /// instead of computing it again.
+    fn prefix_pending(&self, planned: &Planned) -> bool {
+        // Fewer shared ids than this are cheaper to compute than a round's wait.
+        const WORTH_A_ROUND: usize = 16;
+        let held = self
+            .sets
+            .iter()
+            .map(|s| self.shared_prefix(s, planned, true))
+            .max()
+            .unwrap_or(0);
+        self.running
+            .iter()
+            .any(|r| self.shared_prefix(&self.sets[r.set], planned, false) >= held + WORTH_A_ROUND)
     }
 
     /// Lets go of kept member sets until `bytes` more fit the budget; whether they do.
@@ -358,40 +422,52 @@ impl Batch<'_> {
     }
 
     /// An idle member set for `planned`: the one holding the longest common prefix of
-    /// a token-id prompt when prefix reuse is on, else the ensemble's own or the most
+    /// its prompts (where the members keep one), else the ensemble's own or the most
     /// recently used; a new fork while the batch may grow.
     fn free_set(&mut self, planned: &Planned) -> Option<usize> {
-        let reuse = self.ens.prefix_cache
-            && matches!(planned.request.prompt, super::request::Prompt::Ids(_));
-        let prefix = |set: &Set| -> usize {
-            planned
-                .plan
-                .slots
-                .iter()
-                .zip(&planned.plan.prompts)
-                .map(|(&s, p)| set.members[s].cached_prefix(p))
-                .sum()
-        };
+        let ids_prompt = matches!(planned.request.prompt, super::request::Prompt::Ids(_));
+        let prefix_cache = self.ens.prefix_cache;
+        let prefix = |set: &Set| self.shared_prefix(set, planned, true);
         let best = self
             .sets
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.busy)
-            .max_by_key(|(i, s)| {
-                let p = if reuse { prefix(s) } else { 0 };
-                (p, *i == 0, s.used_at)
-            })
+            .max_by_key(|(i, s)| (prefix(s), *i == 0, s.used_at))
             .map(|(i, _)| i);
+        // A kept set that shares nothing with the prompt is kept for another one
+        // while the batch may still grow.
         let worth_forking = match best {
             None => true,
-            Some(i) => reuse && prefix(&self.sets[i]) == 0 && i != 0,
+            Some(i) => i != 0 && prefix(&self.sets[i]) == 0,
         };
         if best.is_some() && !worth_forking {
             return best;
         }
         if self.forkable && self.sets.len() < self.options.max_batch.max(1) {
-            let forks: Option<Vec<Member>> =
-                self.sets[0].members.iter().map(Member::fork).collect();
+            // The new set starts from a copy of the longest common prefix any set holds
+            // (a running request's included) instead of prefilling it again.
+            let source = (0..self.sets.len())
+                .max_by_key(|&i| (prefix(&self.sets[i]), i == 0))
+                .unwrap_or(0);
+            let plan = &planned.plan;
+            let forks: Option<Vec<Member>> = self.sets[source]
+                .members
+                .iter()
+                .enumerate()
+                .map(|(slot, m)| {
+                    let keep = plan
+                        .slots
+                        .iter()
+                        .position(|&s| s == slot)
+                        .filter(|_| m.keeps_prefix(prefix_cache, ids_prompt))
+                        .map_or(0, |i| m.cached_prefix(&plan.prompts[i]));
+                    match keep {
+                        0 => m.fork(),
+                        _ => m.fork_with_prefix(keep),
+                    }
+                })
+                .collect();
             match forks {
                 Some(members) => {
                     self.sets.push(Set {
@@ -421,7 +497,10 @@ impl Batch<'_> {
     pub fn step(&mut self, sink: &mut dyn FnMut(SeqId, &Event) -> Flow) -> Round {
         self.rounds += 1;
         let mut round = Round::default();
+        let t0 = Instant::now();
         self.forward_together();
+        let forwarded = Instant::now();
+        round.forward_ms = (forwarded - t0).as_secs_f64() * 1e3;
         let mut events = Vec::new();
         let mut i = 0;
         while i < self.running.len() {
@@ -466,6 +545,7 @@ impl Batch<'_> {
             }
             i += 1;
         }
+        round.steps_ms = forwarded.elapsed().as_secs_f64() * 1e3;
         round
     }
 

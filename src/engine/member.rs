@@ -148,6 +148,25 @@ impl Member {
         ))
     }
 
+    /// [`Member::fork`] holding a copy of what this member's backend holds of its first
+    /// `len` committed ids (where the backend can copy its cache): a new text that
+    /// starts with them skips their prefill.
+    pub(crate) fn fork_with_prefix(&self, len: usize) -> Option<Member> {
+        let len = len.min(self.cached);
+        let (backend, kept) = self.backend.fork_with_prefix(len)?;
+        let mut m = Member::fresh(
+            backend,
+            self.vocab.clone(),
+            self.name.clone(),
+            self.weight,
+            self.temperature,
+        );
+        let kept = kept.min(len);
+        m.committed = self.committed[..kept].to_vec();
+        m.cached = kept;
+        Some(m)
+    }
+
     /// What a batched forward would feed this member, when its step needs one and its
     /// backend runs a model in this process: the model, its cache already cut back to
     /// what it holds of the committed ids, and the ids after them: the same ids
@@ -343,6 +362,14 @@ impl Member {
         self.start(prompt_ids)?;
         self.cached = keep;
         Ok(())
+    }
+
+    /// Whether a new text keeps what the member holds of its common prefix with the last
+    /// one: always for a token-id prompt under `prefix_cache` (a served member's client
+    /// sends its whole context each step), and for any prompt where the model gives the
+    /// same bits however its context was fed.
+    pub(crate) fn keeps_prefix(&self, prefix_cache: bool, ids_prompt: bool) -> bool {
+        (prefix_cache && ids_prompt) || self.backend.chunk_invariant()
     }
 
     /// Forgets the text and everything the backend holds of it: the next forward

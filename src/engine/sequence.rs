@@ -79,8 +79,9 @@ pub(super) struct Sequence {
 
 impl Sequence {
     /// Checks `request` against `members` and gives every taking-part member its
-    /// prompt. With `prefix_cache`, a token-id prompt keeps what each member holds of
-    /// its common prefix with the member's last context.
+    /// prompt, keeping what the member holds of its common prefix with its last context
+    /// where that gives the same bits ([`Member::keeps_prefix`]; with `prefix_cache`,
+    /// a token-id prompt always does).
     pub(super) fn start(
         members: &mut [Member],
         request: &Request,
@@ -105,9 +106,9 @@ impl Sequence {
             weights,
             prompts,
         } = plan;
-        let keep_prefix = prefix_cache && matches!(request.prompt, Prompt::Ids(_));
+        let ids_prompt = matches!(request.prompt, Prompt::Ids(_));
         for (&s, ids) in slots.iter().zip(prompts) {
-            if keep_prefix {
+            if members[s].keeps_prefix(prefix_cache, ids_prompt) {
                 members[s].start_keeping_prefix(ids)?;
             } else {
                 members[s].start(ids)?;

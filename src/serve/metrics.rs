@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::engine::{Generation, StepTime, StopReason};
+use crate::engine::{Generation, Round, StepTime, StopReason};
 
 /// Upper bounds (seconds) of the step-time histogram buckets.
 const STEP_BUCKETS: [f64; 10] = [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56];
@@ -34,6 +34,9 @@ pub struct Metrics {
     max_batch: AtomicUsize,
     rounds: AtomicU64,
     round_requests: AtomicU64,
+    /// Microseconds of rounds in batched forwards, and in the requests' own steps.
+    round_forward_us: AtomicU64,
+    round_steps_us: AtomicU64,
     batch_buckets: [AtomicU64; BATCH_BUCKETS.len()],
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
@@ -84,8 +87,13 @@ impl Metrics {
             .store(kv_budget.unwrap_or(0), Ordering::Relaxed);
     }
 
-    /// One round of the batch over `requests` requests (called by the engine thread).
-    pub fn observe_round(&self, requests: usize) {
+    /// One round of the batch (called by the engine thread).
+    pub fn observe_round(&self, round: &Round) {
+        let requests = round.stepped + round.prefilling;
+        self.round_forward_us
+            .fetch_add((round.forward_ms * 1e3) as u64, Ordering::Relaxed);
+        self.round_steps_us
+            .fetch_add((round.steps_ms * 1e3) as u64, Ordering::Relaxed);
         self.rounds.fetch_add(1, Ordering::Relaxed);
         self.round_requests
             .fetch_add(requests as u64, Ordering::Relaxed);
@@ -218,6 +226,18 @@ impl Metrics {
             buckets,
         );
         metric(
+            "tutti_round_forward_seconds_total",
+            "counter",
+            "Time of engine rounds in batched forwards (every running request's members together).",
+            plain(format!("{}", load(&self.round_forward_us) as f64 / 1e6)),
+        );
+        metric(
+            "tutti_round_steps_seconds_total",
+            "counter",
+            "Time of engine rounds in the requests' own steps (unbatched forwards, alignment, combination, feedback).",
+            plain(format!("{}", load(&self.round_steps_us) as f64 / 1e6)),
+        );
+        metric(
             "tutti_kv_budget_bytes",
             "gauge",
             "The KV-cache budget (--kv-budget; 0: none).",
@@ -316,7 +336,12 @@ mod tests {
         assert!(text.contains("tutti_queue_capacity 64"));
         m.set_batch_limits(8, Some(1 << 20));
         for n in [1, 3, 3, 9] {
-            m.observe_round(n);
+            m.observe_round(&Round {
+                stepped: n,
+                forward_ms: 2.0,
+                steps_ms: 0.5,
+                ..Round::default()
+            });
         }
         let text = m.render(64);
         assert!(
@@ -328,6 +353,11 @@ mod tests {
         assert!(text.contains("tutti_batch_size_sum 16"));
         assert!(text.contains("tutti_max_batch 8"));
         assert!(text.contains("tutti_kv_budget_bytes 1048576"));
+        assert!(
+            text.contains("tutti_round_forward_seconds_total 0.008"),
+            "{text}"
+        );
+        assert!(text.contains("tutti_round_steps_seconds_total 0.002"));
         let share = text
             .lines()
             .find_map(|l| l.strip_prefix("tutti_ensembled_share "))

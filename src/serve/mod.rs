@@ -4,12 +4,13 @@
 //! Endpoints: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`,
 //! `GET /health` and `GET /metrics` (Prometheus text); `GET /` is a web view of the
 //! ensemble at work (`page.rs`). One engine thread owns the
-//! ensemble and decodes one request at a time; the HTTP handlers (on tokio) check each
-//! request, tokenize its prompt for every member, and queue it in a bounded FIFO queue
-//! (full: 429 with `Retry-After`, answered before the body is read). Each request's
-//! events come back on a channel of its own; when the client goes away the channel
-//! closes and the generation stops after its current step (a request still waiting is
-//! skipped).
+//! ensemble and decodes the requests together (`worker.rs`: continuous batching over a
+//! [`crate::engine::Batch`], at most `ServeOptions::batch.max_batch` at once, their KV
+//! caches from a budget); the HTTP handlers (on tokio) check each request, tokenize its
+//! prompt for every member, and queue it in a bounded FIFO queue (full: 429 with
+//! `Retry-After`, answered before the body is read). Each request's events come back on
+//! a channel of its own; when the client goes away the channel closes and the
+//! generation stops after its current round (a request still waiting is skipped).
 //!
 //! ```no_run
 //! use tutti::engine::{Ensemble, MemberSpec};

@@ -272,7 +272,7 @@ fn admit(
                 running.insert(id, taken.job);
             }
             Ok(Admit::Wait(p)) => {
-                taken.planned = Some(p);
+                taken.planned = Some(*p);
                 waiting.push_front(taken);
                 return;
             }
@@ -361,7 +361,7 @@ fn round(
             return;
         }
     };
-    metrics.observe_round(round.stepped + round.prefilling);
+    metrics.observe_round(&round);
     for f in round.finished {
         let Some(job) = running.remove(&f.id) else {
             continue;

@@ -6,7 +6,7 @@
 
 use super::act::{act_block_bytes, ActFormat};
 use super::blocks::{f16_at, hsum8, Q4kGroup, Q6kGroup, QBlock, Unpack};
-use super::kdot::{dot_q4k_repacked, dot_q6k_tiled, Sums};
+use super::kdot::{dot_q4k_repacked, dot_q6k, dot_q6k_tiled, Sums};
 use candle_core::quantized::k_quants::QK_K;
 
 /// `ggml_vec_dot_q4_1_q8_1` (x86 AVX2/AVX-512 build) bit for bit: per block the products
@@ -190,6 +190,11 @@ pub(super) fn tile_q4k<const RN: usize>(w: &[u8], a: [&[u8]; RN], gemm: bool) ->
 /// [`tile_q4k`] for four activation rows.
 pub(super) fn tile_q4k_x4(w: &[u8], a: [&[u8]; 4], gemm: bool) -> [f32; 4] {
     tile_q4k(w, a, gemm)
+}
+
+/// [`dot_q6k`] (the one-row kernel) of one weight row against `RN` activation rows.
+pub(super) fn rows_q6k<const RN: usize>(w: &[u8], a: [&[u8]; RN]) -> [f32; RN] {
+    a.map(|a| dot_q6k(w, a, &SUMS))
 }
 
 /// [`dot_q6k_tiled`] of one weight row against `RN` activation rows.

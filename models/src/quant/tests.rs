@@ -177,6 +177,11 @@ fn k_quant_tiles_equal_pairwise_dots() {
             }
         }
         let w6 = random_blocks(&mut rng, k / QK_K, 210, &[208]);
+        let rows = simd::rows_q6k(&w6, a);
+        for j in 0..4 {
+            assert_eq!(rows[j].to_bits(), kdot::dot_q6k(&w6, a[j], &SUMS).to_bits());
+            assert_eq!(rows[j].to_bits(), simd::rows_q6k(&w6, [a[j]])[0].to_bits());
+        }
         let got = simd::tile_q6k(&w6, a);
         for j in 0..4 {
             assert_eq!(
