@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use ensemble_support::{load, GEMMA, SMOL};
 use tutti::align::AlignMethod;
 use tutti::engine::{
-    Admit, BatchOptions, EngineError, Ensemble, Event, Flow, Planned, Request, Sampling, SeqId,
+    Admit, BatchOptions, EngineError, Ensemble, Event, Flow, Gate, Planned, Request, Sampling,
+    SeqId,
 };
 
 fn pair() -> Ensemble {
@@ -56,7 +57,11 @@ fn requests() -> Vec<Request> {
     vec![
         Request::raw("The capital of France is").max_tokens(10),
         Request::raw("Write one sentence about the sea.").max_tokens(14),
-        Request::raw("The three primary colors are").max_tokens(12),
+        // The gate consults the second member only where the first is unsure: only the
+        // first is forwarded with the batch, the second in the step when needed.
+        Request::raw("The three primary colors are")
+            .max_tokens(12)
+            .gate(Gate::Uncertain(0.5)),
         Request::raw("Once upon a time")
             .max_tokens(12)
             .sampling(Sampling::Sample {

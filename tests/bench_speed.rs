@@ -134,7 +134,8 @@ fn speed_table_and_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("random:tiny"), "{stdout}");
-    assert!(stdout.contains("measured (copy)"), "{stdout}");
+    // On the CPU the bandwidth is read on every compute thread, as decoding reads weights.
+    assert!(stdout.contains("measured (read, "), "{stdout}");
     assert!(
         !stdout.contains("ensemble"),
         "one member, no ensemble row: {stdout}"

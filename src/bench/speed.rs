@@ -171,7 +171,7 @@ pub struct SpeedReport {
     pub device_name: String,
     pub dtype: String,
     pub bandwidth_gbs: f64,
-    /// `flag`, `device name`, or `measured (copy)`.
+    /// `flag`, `device name`, `measured (read, N threads)` (CPU) or `measured (copy)`.
     pub bandwidth_source: String,
     pub rows: Vec<SpeedRow>,
     pub topk: Vec<TopKTiming>,
@@ -341,11 +341,12 @@ pub fn run(cfg: &SpeedConfig, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
         None => match known_bandwidth(&device_name(&cfg.device)) {
             Some(b) => (b, "device name".to_string()),
             None => {
-                progress("measuring memory bandwidth (copy)");
-                (
-                    measure_bandwidth(&cfg.device)?,
-                    "measured (copy)".to_string(),
-                )
+                let how = match cfg.device.is_cpu() {
+                    true => format!("measured (read, {} threads)", tutti_models::threads()),
+                    false => "measured (copy)".to_string(),
+                };
+                progress(&format!("measuring memory bandwidth: {how}"));
+                (measure_bandwidth(&cfg.device)?, how)
             }
         },
     };
@@ -565,8 +566,13 @@ pub fn known_bandwidth(name: &str) -> Option<f64> {
     }
 }
 
-/// Copy bandwidth (bytes read + written per second) of a 256 MiB buffer, in GB/s.
+/// Memory bandwidth in GB/s: on the CPU, bytes read per second streaming a 256 MiB
+/// buffer on every compute thread (what a decode step does with the weights); on a GPU,
+/// bytes read and written per second copying one.
 pub fn measure_bandwidth(device: &Device) -> Result<f64> {
+    if device.is_cpu() {
+        return Ok(cpu_read_bandwidth(64 << 20, 5));
+    }
     let n = 64 << 20; // f32 elements
     let t = Tensor::zeros(n, DType::F32, device)?;
     let _ = t.copy()?;
@@ -580,6 +586,41 @@ pub fn measure_bandwidth(device: &Device) -> Result<f64> {
     device.synchronize()?;
     let s = t0.elapsed().as_secs_f64();
     Ok((2 * 4 * n * reps) as f64 / s / 1e9)
+}
+
+/// Reads `n` f32 values `reps` times, split over the compute threads, after one untimed
+/// pass (the buffer is written first: untouched pages would time the kernel's page
+/// faults, as a fresh copy target does).
+fn cpu_read_bandwidth(n: usize, reps: usize) -> f64 {
+    let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let threads = tutti_models::threads().max(1);
+    let pass = || -> f32 {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = buf
+                .chunks(n.div_ceil(threads))
+                .map(|c| {
+                    s.spawn(move || {
+                        // Eight independent sums keep the loop bound by loads, not adds.
+                        let mut acc = [0f32; 8];
+                        for block in c.chunks_exact(8) {
+                            for (a, x) in acc.iter_mut().zip(block) {
+                                *a += x;
+                            }
+                        }
+                        acc.iter().sum::<f32>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        })
+    };
+    std::hint::black_box(pass());
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        std::hint::black_box(pass());
+    }
+    let s = t0.elapsed().as_secs_f64();
+    (4 * n * reps) as f64 / s / 1e9
 }
 
 /// A human name of the device: the GPU's marketing name, or the CPU model.

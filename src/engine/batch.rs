@@ -302,11 +302,8 @@ impl Batch<'_> {
     /// sets are let go, least recently used first, to make it); otherwise hands it back
     /// to wait. Fails on what only starting the members finds.
     pub fn start(&mut self, planned: Planned) -> Result<Admit> {
-        if self.running.len() >= self.options.max_batch.max(1) || !self.make_room(planned.kv_bytes)
-        {
-            return Ok(Admit::Wait(Box::new(planned)));
-        }
-        if self.prefix_pending(&planned) {
+        let full = self.running.len() >= self.options.max_batch.max(1);
+        if full || self.prefix_pending(&planned) || !self.make_room(planned.kv_bytes) {
             return Ok(Admit::Wait(Box::new(planned)));
         }
         let Some(set) = self.free_set(&planned) else {
@@ -611,7 +608,7 @@ impl Batch<'_> {
             // Each running request has a set of its own: borrow them one by one.
             let mut sets: Vec<Option<&mut Set>> = self.sets.iter_mut().map(Some).collect();
             for (b, r) in self.running.iter().enumerate() {
-                if !r.seq.takes_part(slot) {
+                if !r.seq.forwards_first(slot) {
                     continue;
                 }
                 let Some(set) = sets[r.set].take() else {

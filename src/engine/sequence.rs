@@ -16,7 +16,7 @@ use super::error::{EngineError, Result};
 use super::events::{Event, Finish, Generation, MemberReport, StepTime, StopReason, Timing};
 use super::member::Member;
 use super::output::TextStream;
-use super::request::{validate_weights, Prompt, Request, Sampling};
+use super::request::{validate_weights, Gate, Prompt, Request, Sampling};
 
 /// A request checked against the members, before any member starts on it: the
 /// taking-part slots, their weights and their prompt ids.
@@ -170,6 +170,22 @@ impl Sequence {
                 .iter()
                 .position(|&s| s == slot)
                 .is_some_and(|i| self.dropped[i].is_none())
+    }
+
+    /// Whether the step forwards the member at `slot` before it knows anything of this
+    /// step (so a batched forward may run it first): every live taking-part member,
+    /// except under `uncertain:T`, where the others follow the primary only when it is
+    /// unsure.
+    pub(super) fn forwards_first(&self, slot: usize) -> bool {
+        if !self.takes_part(slot) {
+            return false;
+        }
+        let live: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.dropped[i].is_none())
+            .collect();
+        let gated =
+            matches!(self.request.gate, Gate::Uncertain(_)) && live.len() > 1 && live[0] == 0;
+        !gated || self.slots[0] == slot
     }
 
     pub(super) fn cancel(&mut self, events: &mut Vec<Event>) {
