@@ -209,16 +209,12 @@ impl Metrics {
             "Most requests decoding together (--max-batch).",
             plain(self.max_batch.load(Ordering::Relaxed).to_string()),
         );
-        let rounds = load(&self.rounds);
-        let mut buckets = Vec::new();
-        let mut cumulative = 0;
-        for (b, c) in BATCH_BUCKETS.iter().zip(&self.batch_buckets) {
-            cumulative += load(c);
-            buckets.push((format!("_bucket{{le=\"{b}\"}}"), cumulative.to_string()));
-        }
-        buckets.push(("_bucket{le=\"+Inf\"}".into(), rounds.to_string()));
-        buckets.push(("_sum".into(), load(&self.round_requests).to_string()));
-        buckets.push(("_count".into(), rounds.to_string()));
+        let buckets = histogram(
+            &BATCH_BUCKETS,
+            &self.batch_buckets,
+            load(&self.round_requests).to_string(),
+            load(&self.rounds),
+        );
         metric(
             "tutti_batch_size",
             "histogram",
@@ -257,18 +253,12 @@ impl Metrics {
         );
         let steps = load(&self.steps);
         let ensembled = load(&self.ensembled_steps);
-        let mut buckets = Vec::new();
-        let mut cumulative = 0;
-        for (b, c) in STEP_BUCKETS.iter().zip(&self.step_buckets) {
-            cumulative += load(c);
-            buckets.push((format!("_bucket{{le=\"{b}\"}}"), cumulative.to_string()));
-        }
-        buckets.push(("_bucket{le=\"+Inf\"}".into(), steps.to_string()));
-        buckets.push((
-            "_sum".into(),
+        let buckets = histogram(
+            &STEP_BUCKETS,
+            &self.step_buckets,
             format!("{}", load(&self.step_us) as f64 / 1e6),
-        ));
-        buckets.push(("_count".into(), steps.to_string()));
+            steps,
+        );
         metric(
             "tutti_step_seconds",
             "histogram",
@@ -305,6 +295,26 @@ impl Metrics {
         );
         out
     }
+}
+
+/// A histogram's sample lines: cumulative `_bucket`s by upper bound, `+Inf`, `_sum`
+/// and `_count`.
+fn histogram<B: std::fmt::Display>(
+    bounds: &[B],
+    counts: &[AtomicU64],
+    sum: String,
+    count: u64,
+) -> Vec<(String, String)> {
+    let mut lines = Vec::with_capacity(bounds.len() + 3);
+    let mut cumulative = 0;
+    for (b, c) in bounds.iter().zip(counts) {
+        cumulative += c.load(Ordering::Relaxed);
+        lines.push((format!("_bucket{{le=\"{b}\"}}"), cumulative.to_string()));
+    }
+    lines.push(("_bucket{le=\"+Inf\"}".into(), count.to_string()));
+    lines.push(("_sum".into(), sum));
+    lines.push(("_count".into(), count.to_string()));
+    lines
 }
 
 #[cfg(test)]

@@ -692,87 +692,78 @@ unsafe fn q4k_row_x8_avx2(g: &Q4kGroup, a: &[u8], gemm: bool) -> [f32; 8] {
     ))
 }
 
-/// [`super::scalar::tile_q6k`]: each super-block's 6-bit values and scales decoded once for
-/// all `RN` activation rows; per row the exact integer total of
-/// [`super::scalar::q6k_lanes`] and the float operations of [`super::kdot::dot_q6k_tiled`].
-pub(super) fn tile_q6k<const RN: usize>(w: &[u8], a: [&[u8]; RN]) -> [f32; RN] {
+/// Walks the Q6_K super-blocks of `w`, each one's 6-bit values and scales decoded once
+/// for all `RN` activation rows, and calls `row(r, d_w, d_a, lanes)` per row with the
+/// exact integer lanes of [`super::scalar::q6k_lanes`].
+///
+/// # Safety
+/// AVX2 and FMA (enabled at compile time).
+#[inline(always)]
+unsafe fn q6k_by_rows<const RN: usize>(
+    w: &[u8],
+    a: [&[u8]; RN],
+    mut row: impl FnMut(usize, f32, f32, __m256i),
+) {
     let ab = 4 + 256 + 32;
     let nb = w.len() / 210;
     assert!(a.iter().all(|r| r.len() >= nb * ab));
-    // SAFETY: as above.
-    unsafe {
-        let mut acc = [0f32; RN];
-        for (b, x) in w.chunks_exact(210).enumerate() {
-            let dx = f16_at(x, 208);
-            let sc = x.as_ptr().add(192) as *const i8;
-            let q = q6k_values(x.as_ptr());
-            let sv: [__m256i; 8] = std::array::from_fn(|v| {
-                let g = 2 * v;
-                _mm256_set_m128i(
-                    _mm_set1_epi16(*sc.add(g + 1) as i16),
-                    _mm_set1_epi16(*sc.add(g) as i16),
-                )
-            });
-            let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
-            for r in 0..RN {
-                let y = a[r].as_ptr().add(b * ab);
-                let dy = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
-                let mut lanes = _mm256_setzero_si256();
-                for v in 0..8 {
-                    let y8 = _mm256_loadu_si256(y.add(4 + 32 * v) as *const __m256i);
-                    let p = _mm256_maddubs_epi16(q[v], y8);
-                    lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(p, sv[v]));
-                }
-                let bsums = _mm256_loadu_si256(y.add(4 + 256) as *const __m256i);
-                let sub = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
-                let s1 = hsum_i32_8(_mm256_sub_epi32(lanes, sub));
-                let rr = s1 as f32 * dx;
-                acc[r] = rr.mul_add(dy, acc[r]);
+    // Every load is inside a weight super-block of `w` or an activation block of a row
+    // (lengths checked above).
+    for (b, x) in w.chunks_exact(210).enumerate() {
+        let dx = f16_at(x, 208);
+        let sc = x.as_ptr().add(192) as *const i8;
+        let q = q6k_values(x.as_ptr());
+        let sv: [__m256i; 8] = std::array::from_fn(|v| {
+            let g = 2 * v;
+            _mm256_set_m128i(
+                _mm_set1_epi16(*sc.add(g + 1) as i16),
+                _mm_set1_epi16(*sc.add(g) as i16),
+            )
+        });
+        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+        for (r, act) in a.iter().enumerate() {
+            let y = act.as_ptr().add(b * ab);
+            let dy = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
+            let mut lanes = _mm256_setzero_si256();
+            for v in 0..8 {
+                let y8 = _mm256_loadu_si256(y.add(4 + 32 * v) as *const __m256i);
+                let p = _mm256_maddubs_epi16(q[v], y8);
+                lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(p, sv[v]));
             }
+            let bsums = _mm256_loadu_si256(y.add(4 + 256) as *const __m256i);
+            let sub = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
+            row(r, dx, dy, _mm256_sub_epi32(lanes, sub));
         }
-        acc
     }
 }
 
+/// [`super::scalar::tile_q6k`]: each super-block decoded once for all `RN` activation
+/// rows; per row the exact integer total of [`super::scalar::q6k_lanes`] and the float
+/// operations of [`super::kdot::dot_q6k_tiled`].
+pub(super) fn tile_q6k<const RN: usize>(w: &[u8], a: [&[u8]; RN]) -> [f32; RN] {
+    let mut acc = [0f32; RN];
+    // SAFETY: AVX2 and FMA are enabled at compile time.
+    unsafe {
+        q6k_by_rows(w, a, |r, dx, dy, lanes| {
+            let rr = hsum_i32_8(lanes) as f32 * dx;
+            acc[r] = rr.mul_add(dy, acc[r]);
+        });
+    }
+    acc
+}
+
 /// [`super::kdot::dot_q6k`] (the one-row kernel) of one weight row against `RN`
-/// activation rows: each super-block's 6-bit values and scales are decoded once for
-/// all of them, and every row gets the one-row kernel's integer lanes and float
-/// operations, so the same bits as a call of its own.
+/// activation rows: each super-block decoded once for all of them, and every row gets
+/// the one-row kernel's integer lanes and float operations, so the same bits as a call
+/// of its own.
 pub(super) fn rows_q6k<const RN: usize>(w: &[u8], a: [&[u8]; RN]) -> [f32; RN] {
-    let ab = 4 + 256 + 32;
-    let nb = w.len() / 210;
-    assert!(a.iter().all(|r| r.len() >= nb * ab));
-    // SAFETY: AVX2 and FMA are enabled at compile time; every load is inside a weight
-    // super-block of `w` or an activation block of a row (lengths checked above).
+    // SAFETY: AVX2 and FMA are enabled at compile time.
     unsafe {
         let mut acc = [_mm256_setzero_ps(); RN];
-        for (b, x) in w.chunks_exact(210).enumerate() {
-            let dx = f16_at(x, 208);
-            let sc = x.as_ptr().add(192) as *const i8;
-            let q = q6k_values(x.as_ptr());
-            let sv: [__m256i; 8] = std::array::from_fn(|v| {
-                let g = 2 * v;
-                _mm256_set_m128i(
-                    _mm_set1_epi16(*sc.add(g + 1) as i16),
-                    _mm_set1_epi16(*sc.add(g) as i16),
-                )
-            });
-            let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
-            for r in 0..RN {
-                let y = a[r].as_ptr().add(b * ab);
-                let dy = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
-                let mut lanes = _mm256_setzero_si256();
-                for v in 0..8 {
-                    let y8 = _mm256_loadu_si256(y.add(4 + 32 * v) as *const __m256i);
-                    let p = _mm256_maddubs_epi16(q[v], y8);
-                    lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(p, sv[v]));
-                }
-                let bsums = _mm256_loadu_si256(y.add(4 + 256) as *const __m256i);
-                let sub = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
-                let lanes = _mm256_cvtepi32_ps(_mm256_sub_epi32(lanes, sub));
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dy * dx), lanes, acc[r]);
-            }
-        }
+        q6k_by_rows(w, a, |r, dx, dy, lanes| {
+            let lanes = _mm256_cvtepi32_ps(lanes);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dy * dx), lanes, acc[r]);
+        });
         acc.map(|v| {
             let mut out = [0f32; 8];
             _mm256_storeu_ps(out.as_mut_ptr(), v);
