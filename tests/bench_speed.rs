@@ -136,6 +136,8 @@ fn speed_table_and_errors() {
     assert!(stdout.contains("random:tiny"), "{stdout}");
     // On the CPU the bandwidth is read on every compute thread, as decoding reads weights.
     assert!(stdout.contains("measured (read, "), "{stdout}");
+    // The kernel set the matmuls ran on is named, with the way to force another.
+    assert!(stdout.contains("CPU kernels: "), "{stdout}");
     assert!(
         !stdout.contains("ensemble"),
         "one member, no ensemble row: {stdout}"

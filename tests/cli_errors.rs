@@ -131,3 +131,41 @@ fn info_runs() {
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("architectures:") && s.contains("cuda:"), "{s}");
 }
+
+/// `tutti info` names the CPU kernel set; `TUTTI_KERNELS` forces a lower one, and a name
+/// that is no set keeps the best one with a message that lists the choices.
+#[test]
+fn info_names_the_cpu_kernels_and_takes_a_forced_set() {
+    let kernels = |forced: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tutti"));
+        cmd.arg("info");
+        match forced {
+            Some(v) => cmd.env("TUTTI_KERNELS", v),
+            None => cmd.env_remove("TUTTI_KERNELS"),
+        };
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = s
+            .lines()
+            .find(|l| l.starts_with("cpu kernels: "))
+            .unwrap_or_else(|| panic!("{s}"));
+        line["cpu kernels: ".len()..].to_string()
+    };
+    let best = kernels(None);
+    let best_set = best.split(' ').next().unwrap().to_string();
+    assert!(
+        tutti_models::KernelSet::parse(&best_set).is_some(),
+        "{best}"
+    );
+    assert!(best.contains("the best this CPU has"), "{best}");
+    let floor = tutti_models::KernelSet::floor().name();
+    let forced = kernels(Some(floor));
+    assert!(forced.starts_with(&format!("{floor} (")), "{forced}");
+    let bogus = kernels(Some("sse9"));
+    assert!(bogus.starts_with(&format!("{best_set} (")), "{bogus}");
+    assert!(
+        bogus.contains("not a kernel set") && bogus.contains(floor),
+        "{bogus}"
+    );
+}

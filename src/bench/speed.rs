@@ -173,6 +173,8 @@ pub struct SpeedReport {
     pub bandwidth_gbs: f64,
     /// `flag`, `device name`, `measured (read, N threads)` (CPU) or `measured (copy)`.
     pub bandwidth_source: String,
+    /// The CPU kernel set quantized matmuls ran on (`avx512-vnni`, `avx2`, ...) and why.
+    pub cpu_kernels: String,
     pub rows: Vec<SpeedRow>,
     pub topk: Vec<TopKTiming>,
     /// Batched decoding of each member alone (`--batch`).
@@ -419,6 +421,7 @@ pub fn run(cfg: &SpeedConfig, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
         dtype: format!("{dtype:?}").to_lowercase(),
         bandwidth_gbs,
         bandwidth_source,
+        cpu_kernels: tutti_models::kernel_choice().to_string(),
         rows,
         topk,
         batched,
@@ -744,6 +747,7 @@ pub fn format_table(r: &SpeedReport) -> String {
         "device {} ({}), dtype {}, bandwidth {:.0} GB/s ({})",
         r.device, r.device_name, r.dtype, r.bandwidth_gbs, r.bandwidth_source
     );
+    let _ = writeln!(s, "CPU kernels: {}", r.cpu_kernels);
     let _ = writeln!(
         s,
         "{:<28} {:>8} {:>10} {:>9} {:>22} {:>9} {:>9} {:>10} {:>8} {:>10} {:>10}",

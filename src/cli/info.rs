@@ -30,6 +30,7 @@ pub fn run() -> Result<()> {
         candle_core::utils::with_f16c(),
         candle_core::utils::with_neon(),
     );
+    println!("cpu kernels: {}", tutti_models::kernel_choice());
     let cuda = if candle_core::utils::cuda_is_available() {
         match candle_core::Device::new_cuda(0) {
             Ok(d) => format!(

@@ -7,17 +7,10 @@ use super::avx2::{cvt8, hsum_float_8, nibbles, q4k_row_x8_body, q6k_row_x8_body}
 use super::blocks::{Q4kGroup, Q6kGroup, QBlock};
 use std::arch::x86_64::*;
 
-/// Whether the CPU has AVX-512 VNNI (with VL and BW) for the kernels below.
-pub(super) fn detected() -> bool {
-    is_x86_feature_detected!("avx512vnni")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512bw")
-}
-
 /// [`super::avx2::tile_q4_1`] with AVX-512 VNNI (`vpdpbusd` for the lanes; the same integers).
 ///
 /// # Safety
-/// The CPU must have AVX-512 VNNI, VL and BW ([`detected`]).
+/// The CPU must have AVX-512 VNNI, VL and BW (the `avx512-vnni` kernel set).
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni")]
 pub(super) unsafe fn tile_q4_1<const RM: usize, const RN: usize>(
     w: [&[u8]; RM],
@@ -71,7 +64,7 @@ pub(super) unsafe fn tile_q4_1<const RM: usize, const RN: usize>(
 /// activation block) is taken back; the integers are those of [`super::avx2::dot_q0`].
 ///
 /// # Safety
-/// The CPU must have AVX-512 VNNI, VL and BW ([`detected`]).
+/// The CPU must have AVX-512 VNNI, VL and BW (the `avx512-vnni` kernel set).
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni")]
 pub(super) unsafe fn tile_q0u<const RM: usize, const RN: usize>(
     qw: [&[QBlock]; RM],
@@ -111,7 +104,7 @@ pub(super) unsafe fn tile_q0u<const RM: usize, const RN: usize>(
 /// [`super::avx2::q6k_row_x8`] with `vpdpbusd` for the integer sums.
 ///
 /// # Safety
-/// The CPU must have AVX-512 VNNI, VL and BW ([`detected`]).
+/// The CPU must have AVX-512 VNNI, VL and BW (the `avx512-vnni` kernel set).
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni")]
 pub(super) unsafe fn q6k_row_x8(g: &Q6kGroup, a: &[u8]) -> [f32; 8] {
     q6k_row_x8_body!(g, a, |s, w, y| _mm256_dpbusd_epi32(s, w, y))
@@ -120,7 +113,7 @@ pub(super) unsafe fn q6k_row_x8(g: &Q6kGroup, a: &[u8]) -> [f32; 8] {
 /// [`super::avx2::q4k_row_x8`] with `vpdpbusd` for the integer sums.
 ///
 /// # Safety
-/// The CPU must have AVX-512 VNNI, VL and BW ([`detected`]).
+/// The CPU must have AVX-512 VNNI, VL and BW (the `avx512-vnni` kernel set).
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni")]
 pub(super) unsafe fn q4k_row_x8(g: &Q4kGroup, a: &[u8], gemm: bool) -> [f32; 8] {
     q4k_row_x8_body!(g, a, gemm, |s, w, y| _mm256_dpbusd_epi32(s, w, y))

@@ -11,6 +11,12 @@
 use super::avx512_vnni;
 use super::blocks::{f16_at, QBlock, Unpack};
 use super::simd;
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+use super::{avx512, isa::kernel_set, isa::KernelSet};
 
 /// Runs `dot(weight row, activation row)` for every (row, column) on the thread pool.
 #[allow(clippy::too_many_arguments)]
@@ -27,6 +33,110 @@ pub(super) fn dot_all_rows(
 ) {
     let rows = (k / 32 * wblock, k / 32 * ablock);
     dot_cells(w, act, m, n, rows, dst, |w, a, _| dot(w, a));
+}
+
+/// A decode step (or a few activation rows) of a 32-value format: the one-row kernel per
+/// (row, column), two weight rows per call where the kernel set has 512-bit vectors.
+/// `wblock` 20 is Q4_1 (against Q8_1 activations); 18, 22 and 34 are Q4_0, Q5_0 and
+/// Q8_0, whose values `unpack` gives.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn dot_rows_32(
+    w: &[u8],
+    act: &[u8],
+    m: usize,
+    k: usize,
+    n: usize,
+    wblock: usize,
+    unpack: Unpack,
+    dst: &mut [f32],
+) {
+    let ablock = if wblock == 20 { 36 } else { 34 };
+    let one = |w: &[u8], a: &[u8]| match wblock {
+        20 => simd::dot_q4_1(w, a),
+        _ => simd::dot_q0(w, a, wblock, unpack),
+    };
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        let set = kernel_set();
+        if set >= KernelSet::Avx512 {
+            let vnni = set >= KernelSet::Avx512Vnni;
+            // SAFETY: the kernel set says the CPU has the features of the kernel called.
+            let pair = |w0: &[u8], w1: &[u8], a: &[u8]| unsafe {
+                match (wblock, vnni) {
+                    (20, true) => avx512::dot2_q4_1_vnni(w0, w1, a),
+                    (20, false) => avx512::dot2_q4_1(w0, w1, a),
+                    (_, true) => avx512::dot2_q0_vnni(w0, w1, a, wblock),
+                    (_, false) => avx512::dot2_q0(w0, w1, a, wblock),
+                }
+            };
+            return dot_row_pairs(
+                w,
+                act,
+                m,
+                n,
+                (k / 32 * wblock, k / 32 * ablock),
+                dst,
+                pair,
+                one,
+            );
+        }
+    }
+    dot_all_rows(w, act, m, k, n, wblock, ablock, dst, one);
+}
+
+/// [`dot_cells`] with a kernel that takes two weight rows at once (`one` for an odd last
+/// row).
+#[cfg_attr(
+    not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )),
+    allow(dead_code)
+)]
+#[allow(clippy::too_many_arguments)]
+fn dot_row_pairs(
+    w: &[u8],
+    act: &[u8],
+    m: usize,
+    n: usize,
+    (wrow, arow): (usize, usize),
+    dst: &mut [f32],
+    pair: impl Fn(&[u8], &[u8], &[u8]) -> [f32; 2] + Sync,
+    one: impl Fn(&[u8], &[u8]) -> f32 + Sync,
+) {
+    let dst_ptr = dst.as_mut_ptr() as usize;
+    // SAFETY (raw writes): each (r, c) is written by exactly one work item.
+    let write = |r: usize, c: usize, v: f32| unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
+    let wr = |c: usize| &w[c * wrow..(c + 1) * wrow];
+    // The tiles of `dot_cells`.
+    const COLS: usize = 8;
+    const ROWS: usize = 16;
+    let groups = n.div_ceil(COLS);
+    let tiles = m.div_ceil(ROWS);
+    crate::pool::for_ranges(groups * tiles, 1, &|range| {
+        for it in range {
+            let (g, tile) = (it / tiles, it % tiles);
+            let (c0, c_end) = (g * COLS, n.min(g * COLS + COLS));
+            for r in tile * ROWS..m.min(tile * ROWS + ROWS) {
+                let a = &act[r * arow..(r + 1) * arow];
+                let mut c = c0;
+                while c + 2 <= c_end {
+                    let [v0, v1] = pair(wr(c), wr(c + 1), a);
+                    write(r, c, v0);
+                    write(r, c + 1, v1);
+                    c += 2;
+                }
+                if c < c_end {
+                    write(r, c, one(wr(c), a));
+                }
+            }
+        }
+    });
 }
 
 /// Runs `dot(weight row, activation row, activation row index)` for every (row,

@@ -25,16 +25,17 @@
 //! - `kdot.rs`: the K-quant row kernels, llama.cpp's float operations over the integer
 //!   sums a kernel set gives;
 //! - `scalar.rs`: the scalar reference of every SIMD kernel;
-//! - one file per instruction set (`avx2.rs`, `avx512_vnni.rs`), each with the functions
-//!   of `scalar.rs` it speeds up, under the same names and with the same results to the
-//!   bit; a new set (AVX-512, NEON) is one more file beside them and one more line in the
-//!   choice of `simd` below;
+//! - one file per instruction set (`avx2.rs`, `avx512.rs`, `avx512_vnni.rs`), each with
+//!   the functions of `scalar.rs` it speeds up, with the same results to the bit; AVX2 is
+//!   the build's floor (`simd` below), the AVX-512 files are chosen at run time (`isa.rs`:
+//!   the best set the CPU has, or a lower one named by `TUTTI_KERNELS`);
 //! - `tests.rs`: every SIMD kernel and driver against the scalar reference.
 
 mod act;
 mod block32;
 mod blocks;
 mod interleaved;
+mod isa;
 mod kdot;
 mod kquant;
 #[cfg(test)]
@@ -47,7 +48,13 @@ mod tests;
     target_feature = "fma"
 ))]
 mod avx2;
-/// Chosen at run time on top of AVX2 ([`has_vnni`]).
+/// Chosen at run time on top of AVX2 ([`has_vnni`], [`isa::kernel_set`]).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod avx512;
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -79,9 +86,11 @@ use avx2 as simd;
 )))]
 use scalar as simd;
 
+pub use isa::{kernel_choice, kernel_set, KernelChoice, KernelSet, KERNELS_ENV};
+
 use crate::Numerics;
 use act::{act_block_bytes, act_format, act_format_of, ActFormat};
-use block32::{dot_all_rows, dot_tiles_32, dot_tiles_q0, Q41Tiles};
+use block32::{dot_rows_32, dot_tiles_32, dot_tiles_q0, Q41Tiles};
 use blocks::{unpack_q4_0, unpack_q5_0, unpack_q8_0, Unpack};
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -275,7 +284,7 @@ fn dot_block32(dtype: GgmlDType, data: &[u8], bytes: &[u8], shape: Shape, dst: &
         GgmlDType::Q4_1 if tiles => {
             dot_tiles_32(data, bytes, m, k, n, dst, &Q41Tiles { vnni: has_vnni() });
         }
-        GgmlDType::Q4_1 => dot_all_rows(data, bytes, m, k, n, 20, 36, dst, simd::dot_q4_1),
+        GgmlDType::Q4_1 => dot_rows_32(data, bytes, m, k, n, 20, unpack_q4_0, dst),
         GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0 if tiles => {
             let (wblock, unpack): (usize, Unpack) = match dtype {
                 GgmlDType::Q4_0 => (18, unpack_q4_0),
@@ -284,15 +293,9 @@ fn dot_block32(dtype: GgmlDType, data: &[u8], bytes: &[u8], shape: Shape, dst: &
             };
             dot_tiles_q0(data, bytes, m, k, n, wblock, unpack, has_vnni(), dst);
         }
-        GgmlDType::Q4_0 => dot_all_rows(data, bytes, m, k, n, 18, 34, dst, |w, a| {
-            simd::dot_q0(w, a, 18, unpack_q4_0)
-        }),
-        GgmlDType::Q5_0 => dot_all_rows(data, bytes, m, k, n, 22, 34, dst, |w, a| {
-            simd::dot_q0(w, a, 22, unpack_q5_0)
-        }),
-        GgmlDType::Q8_0 => dot_all_rows(data, bytes, m, k, n, 34, 34, dst, |w, a| {
-            simd::dot_q0(w, a, 34, unpack_q8_0)
-        }),
+        GgmlDType::Q4_0 => dot_rows_32(data, bytes, m, k, n, 18, unpack_q4_0, dst),
+        GgmlDType::Q5_0 => dot_rows_32(data, bytes, m, k, n, 22, unpack_q5_0, dst),
+        GgmlDType::Q8_0 => dot_rows_32(data, bytes, m, k, n, 34, unpack_q8_0, dst),
         _ => return false,
     }
     true
@@ -430,26 +433,7 @@ fn dot_all<T: GgmlType>(
     }
 }
 
-/// Whether the tile kernels may use AVX-512 VNNI (checked once; `TUTTI_NO_VNNI` turns it
-/// off, for comparing the two kernels).
+/// Whether the tile kernels may use AVX-512 VNNI (the kernel set, see [`isa`]).
 fn has_vnni() -> bool {
-    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *VNNI.get_or_init(|| {
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma"
-        ))]
-        {
-            avx512_vnni::detected() && std::env::var_os("TUTTI_NO_VNNI").is_none()
-        }
-        #[cfg(not(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma"
-        )))]
-        {
-            false
-        }
-    })
+    kernel_set() >= KernelSet::Avx512Vnni
 }

@@ -9,7 +9,7 @@ use super::blocks::{Q4kGroup, Q6kGroup};
 use super::interleaved::{dot_q4k_interleaved, dot_q6k_interleaved};
 use super::kdot;
 use super::kquant::SUMS;
-use super::{has_vnni, run, scalar, simd, QuantLinear, Shape};
+use super::{has_vnni, run, scalar, simd, KernelSet, QuantLinear, Shape};
 use crate::Numerics;
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, QK_K};
 use half::f16;
@@ -70,6 +70,101 @@ fn simd_dots_equal_scalar_dots() {
             simd::dot_q0(&w, &a0, 18, unpack_q4_0).to_bits(),
             scalar::dot_q0(&w, &a0, 18, unpack_q4_0).to_bits()
         );
+    }
+}
+
+/// The 512-bit two-row kernels (with and without VNNI, as far as this CPU has them) and
+/// the decode driver of the chosen kernel set, against the scalar one-row kernels.
+#[test]
+fn decode_row_pairs_equal_scalar_dots() {
+    let mut rng = Lcg(29);
+    // An odd count of weight rows leaves one row to the one-row kernel.
+    let (k, n, m) = (160, 11, 3);
+    let xs: Vec<f32> = (0..m * k).map(|_| rng.f() * 3.0).collect();
+    let mut a0 = vec![0u8; m * k / 32 * 34];
+    quantize_q8_0_or_1(&xs, &mut a0, false);
+    let mut a1 = vec![0u8; m * k / 32 * 36];
+    quantize_q8_0_or_1(&xs, &mut a1, true);
+    let formats: [(usize, Unpack); 4] = [
+        (20, unpack_q4_0),
+        (18, unpack_q4_0),
+        (22, unpack_q5_0),
+        (34, unpack_q8_0),
+    ];
+    let set = super::kernel_set();
+    eprintln!("kernel set of this run: {}", super::kernel_choice());
+    for (wblock, unpack) in formats {
+        let (act, ablock) = if wblock == 20 { (&a1, 36) } else { (&a0, 34) };
+        let scales: &[usize] = if wblock == 20 { &[0, 2] } else { &[0] };
+        let w = random_blocks(&mut rng, n * k / 32, wblock, scales);
+        let (wrow, arow) = (k / 32 * wblock, k / 32 * ablock);
+        let want = |r: usize, c: usize| {
+            let (wc, ar) = (&w[c * wrow..(c + 1) * wrow], &act[r * arow..(r + 1) * arow]);
+            match wblock {
+                20 => scalar::dot_q4_1(wc, ar),
+                _ => scalar::dot_q0(wc, ar, wblock, unpack),
+            }
+        };
+        let mut dst = vec![0f32; m * n];
+        super::block32::dot_rows_32(&w, act, m, k, n, wblock, unpack, &mut dst);
+        for r in 0..m {
+            for c in 0..n {
+                assert_eq!(
+                    dst[r * n + c].to_bits(),
+                    want(r, c).to_bits(),
+                    "{wblock} {set} ({r}, {c})"
+                );
+            }
+        }
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        {
+            use super::avx512;
+            let detected = KernelSet::detected();
+            for vnni in [false, true] {
+                let needs = if vnni {
+                    KernelSet::Avx512Vnni
+                } else {
+                    KernelSet::Avx512
+                };
+                if detected < needs {
+                    eprintln!("this CPU has no {needs}: its two-row kernels are not run here");
+                    continue;
+                }
+                for r in 0..m {
+                    for c in (0..n - 1).step_by(2) {
+                        let (w0, w1) = (
+                            &w[c * wrow..(c + 1) * wrow],
+                            &w[(c + 1) * wrow..(c + 2) * wrow],
+                        );
+                        let a = &act[r * arow..(r + 1) * arow];
+                        // SAFETY: the CPU has the features (checked above).
+                        let got = unsafe {
+                            match (wblock, vnni) {
+                                (20, true) => avx512::dot2_q4_1_vnni(w0, w1, a),
+                                (20, false) => avx512::dot2_q4_1(w0, w1, a),
+                                (_, true) => avx512::dot2_q0_vnni(w0, w1, a, wblock),
+                                (_, false) => avx512::dot2_q0(w0, w1, a, wblock),
+                            }
+                        };
+                        assert_eq!(
+                            got[0].to_bits(),
+                            want(r, c).to_bits(),
+                            "{wblock} {needs} ({r}, {c})"
+                        );
+                        assert_eq!(
+                            got[1].to_bits(),
+                            want(r, c + 1).to_bits(),
+                            "{wblock} {needs} ({r}, {})",
+                            c + 1
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
