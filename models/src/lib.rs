@@ -36,7 +36,7 @@ pub use device::{default_dtype, device_name, parse_device, parse_dtype, DTypeSpe
 pub use error::{ConfigError, Error, Result};
 pub use hex::hex;
 pub use pool::{set_threads, threads};
-pub use quant::{kernel_choice, kernel_set, KernelChoice, KernelSet, KERNELS_ENV};
+pub use quant::{kernel_choice, kernel_set, repack_totals, KernelChoice, KernelSet, KERNELS_ENV};
 pub use source::{fetch_hub_file, ModelSource, RepoKind};
 pub use tokenizer::ModelTokenizer;
 pub use transformer::Transformer;

@@ -175,6 +175,9 @@ pub struct SpeedReport {
     pub bandwidth_source: String,
     /// The CPU kernel set quantized matmuls ran on (`avx512-vnni`, `avx2`, ...) and why.
     pub cpu_kernels: String,
+    /// Weights regrouped at load for the CPU kernel set (all members): MiB and seconds.
+    pub repacked_mib: f64,
+    pub repack_s: f64,
     pub rows: Vec<SpeedRow>,
     pub topk: Vec<TopKTiming>,
     /// Batched decoding of each member alone (`--batch`).
@@ -422,6 +425,8 @@ pub fn run(cfg: &SpeedConfig, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
         bandwidth_gbs,
         bandwidth_source,
         cpu_kernels: tutti_models::kernel_choice().to_string(),
+        repacked_mib: tutti_models::repack_totals().0 as f64 / (1u64 << 20) as f64,
+        repack_s: tutti_models::repack_totals().1.as_secs_f64(),
         rows,
         topk,
         batched,
@@ -747,7 +752,11 @@ pub fn format_table(r: &SpeedReport) -> String {
         "device {} ({}), dtype {}, bandwidth {:.0} GB/s ({})",
         r.device, r.device_name, r.dtype, r.bandwidth_gbs, r.bandwidth_source
     );
-    let _ = writeln!(s, "CPU kernels: {}", r.cpu_kernels);
+    let _ = writeln!(
+        s,
+        "CPU kernels: {}; weights regrouped at load: {:.1} MiB in {:.3} s",
+        r.cpu_kernels, r.repacked_mib, r.repack_s
+    );
     let _ = writeln!(
         s,
         "{:<28} {:>8} {:>10} {:>9} {:>22} {:>9} {:>9} {:>10} {:>8} {:>10} {:>10}",

@@ -173,3 +173,107 @@ pair_kernels!(
 pair_kernels!("avx512f,avx512bw,avx512vl", dot2_q4_1, dot2_q0, |x, y| {
     _mm512_madd_epi16(_mm512_maddubs_epi16(x, y), _mm512_set1_epi16(1))
 });
+
+macro_rules! q4k_x16_kernel {
+    ($features:literal, $name:ident, |$s:ident, $x:ident, $y:ident| $dot:expr) => {
+        /// 16 rows of the repacked Q4_K one-row kernel (see `repack.rs`) against one
+        /// activation row: each 32-bit lane is one weight row.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables; `g` is one group of
+        /// [`super::repack::RepackedQ4k`] with as many super-blocks as `a` has.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $name(g: &[u8], a: &[u8], gemm: bool) -> [f32; 16] {
+            use super::repack::{D, DMIN, GROUP_BLOCK, MINS, SCALES};
+            let ab = 4 + 256 + 32;
+            let nb = a.len() / ab;
+            assert!(g.len() >= nb * GROUP_BLOCK);
+            let low = _mm512_set1_epi8(0x0f);
+            let mut acc = _mm512_setzero_ps();
+            let mut acc_min = _mm512_setzero_ps();
+            for b in 0..nb {
+                let w = g.as_ptr().add(b * GROUP_BLOCK);
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(GROUP_BLOCK) as *const i8);
+                let y = a.as_ptr().add(b * ab);
+                let dy = _mm512_set1_ps(f32::from_le_bytes(*(y as *const [u8; 4])));
+                let bs = y.add(4 + 256) as *const i16;
+                let mut ps = [_mm512_setzero_si512(); 4];
+                let mut pm = [_mm512_setzero_si512(); 4];
+                for p in 0..4 {
+                    let mut lo_sum = _mm512_setzero_si512();
+                    let mut hi_sum = _mm512_setzero_si512();
+                    for t in 0..8 {
+                        let wq = _mm512_loadu_si512(w.add((p * 8 + t) * 64) as *const _);
+                        let lo = _mm512_and_si512(wq, low);
+                        let hi = _mm512_and_si512(_mm512_srli_epi16(wq, 4), low);
+                        let a_lo = _mm512_set1_epi32(
+                            (y.add(4 + 32 * (2 * p) + 4 * t) as *const i32).read_unaligned(),
+                        );
+                        let a_hi = _mm512_set1_epi32(
+                            (y.add(4 + 32 * (2 * p + 1) + 4 * t) as *const i32).read_unaligned(),
+                        );
+                        lo_sum = {
+                            let ($s, $x, $y) = (lo_sum, lo, a_lo);
+                            $dot
+                        };
+                        hi_sum = {
+                            let ($s, $x, $y) = (hi_sum, hi, a_hi);
+                            $dot
+                        };
+                    }
+                    for (j, sum) in [(2 * p, lo_sum), (2 * p + 1, hi_sum)] {
+                        let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                            w.add(SCALES + 16 * j) as *const __m128i
+                        ));
+                        let mn = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                            w.add(MINS + 16 * j) as *const __m128i
+                        ));
+                        let bsum = *bs.add(2 * j) as i32 + *bs.add(2 * j + 1) as i32;
+                        ps[p] = _mm512_add_epi32(ps[p], _mm512_mullo_epi32(sum, sc));
+                        pm[p] = _mm512_add_epi32(
+                            pm[p],
+                            _mm512_mullo_epi32(mn, _mm512_set1_epi32(bsum)),
+                        );
+                    }
+                }
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(D) as *const __m256i));
+                let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(DMIN) as *const __m256i));
+                let dd = _mm512_mul_ps(d, dy);
+                let dm = _mm512_mul_ps(dmin, dy);
+                if gemm {
+                    for p in 0..4 {
+                        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ps[p]), dd, acc);
+                        acc_min = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pm[p]), dm, acc_min);
+                    }
+                } else {
+                    let is = _mm512_add_epi32(
+                        _mm512_add_epi32(ps[0], ps[1]),
+                        _mm512_add_epi32(ps[2], ps[3]),
+                    );
+                    let im = _mm512_add_epi32(
+                        _mm512_add_epi32(pm[0], pm[1]),
+                        _mm512_add_epi32(pm[2], pm[3]),
+                    );
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), dd, acc);
+                    acc_min = _mm512_fmadd_ps(_mm512_cvtepi32_ps(im), dm, acc_min);
+                }
+            }
+            let mut out = [0f32; 16];
+            _mm512_storeu_ps(out.as_mut_ptr(), _mm512_sub_ps(acc, acc_min));
+            out
+        }
+    };
+}
+
+// 4-bit unsigned × signed bytes: the pair sums of `vpmaddubsw` stay far inside i16.
+q4k_x16_kernel!(
+    "avx512f,avx512bw,avx512vl,avx512vnni",
+    q4k_x16_vnni,
+    |s, x, y| _mm512_dpbusd_epi32(s, x, y)
+);
+q4k_x16_kernel!("avx512f,avx512bw,avx512vl", q4k_x16, |s, x, y| {
+    _mm512_add_epi32(
+        s,
+        _mm512_madd_epi16(_mm512_maddubs_epi16(x, y), _mm512_set1_epi16(1)),
+    )
+});

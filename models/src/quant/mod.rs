@@ -38,6 +38,7 @@ mod interleaved;
 mod isa;
 mod kdot;
 mod kquant;
+mod repack;
 #[cfg(test)]
 mod tests;
 
@@ -87,6 +88,7 @@ use avx2 as simd;
 use scalar as simd;
 
 pub use isa::{kernel_choice, kernel_set, KernelChoice, KernelSet, KERNELS_ENV};
+pub use repack::repack_totals;
 
 use crate::Numerics;
 use act::{act_block_bytes, act_format, act_format_of, ActFormat};
@@ -111,6 +113,8 @@ pub struct QuantLinear {
     k: usize,
     /// Whether several rows may take llama.cpp's prompt kernels (see [`Numerics`]).
     by_shape: bool,
+    /// The weights regrouped for the decode kernels of the AVX-512 sets (Q4_K).
+    repacked: Option<Arc<repack::RepackedQ4k>>,
 }
 
 impl QuantLinear {
@@ -131,11 +135,13 @@ impl QuantLinear {
     pub fn new(w: Arc<QTensor>, numerics: Numerics) -> Self {
         let dims = w.shape().dims();
         let (n, k) = (dims[0], dims[1]);
+        let repacked = repack::for_decode(&w, n, k);
         Self {
             w,
             n,
             k,
             by_shape: !numerics.invariant(),
+            repacked,
         }
     }
 
@@ -174,6 +180,12 @@ impl QuantLinear {
             );
         }
         dst.resize(m * n, 0.0);
+        // Prompts (16 rows or more) take the interleaved kernels of `dot_kquant`.
+        if let Some(rp) = self.repacked.as_deref().filter(|_| m < 16) {
+            let gemm_rows = if self.by_shape { m - m % 4 } else { 0 };
+            repack::forward(rp, xs, m, k, gemm_rows, dst);
+            return Ok(());
+        }
         let data = self.w.data()?;
         let shape = Shape {
             m,

@@ -399,6 +399,89 @@ fn interleaved_q4k_equals_the_row_kernels() {
     }
 }
 
+/// The Q4_K matrices regrouped at load for the 16-row decode kernels: the scalar reference
+/// over the regrouped bytes, each 512-bit kernel this CPU has, and the driver of the
+/// chosen set, against llama.cpp's one-row kernel over its repacked layout.
+#[test]
+fn regrouped_q4k_equals_the_row_kernel() {
+    use super::repack::{self, RepackedQ4k};
+    let mut rng = Lcg(37);
+    let (k, n, m) = (2 * QK_K, 32, 5);
+    let xs: Vec<f32> = (0..m * k).map(|_| rng.f() * 2.0).collect();
+    let arow = k / QK_K * act_block_bytes(ActFormat::Q8K);
+    let mut act = vec![0u8; m * arow];
+    quantize_q8k(&xs, &mut act);
+    let w = random_blocks(&mut rng, n * k / QK_K, 144, &[0, 2]);
+    let wrow = k / QK_K * 144;
+    let want = |r: usize, c: usize, gemm: bool| {
+        let (wc, a) = (&w[c * wrow..(c + 1) * wrow], &act[r * arow..(r + 1) * arow]);
+        kdot::dot_q4k_repacked(wc, a, gemm, &SUMS)
+    };
+    let rp = RepackedQ4k::new(&w, n, k);
+    assert_eq!(rp.groups(), 2);
+    for g in 0..rp.groups() {
+        for r in 0..m {
+            let a = &act[r * arow..(r + 1) * arow];
+            for gemm in [false, true] {
+                let reference = RepackedQ4k::reference(rp.group(g), a, gemm);
+                for i in 0..repack::ROWS {
+                    let c = g * repack::ROWS + i;
+                    assert_eq!(
+                        reference[i].to_bits(),
+                        want(r, c, gemm).to_bits(),
+                        "{gemm} ({r}, {c})"
+                    );
+                }
+                #[cfg(all(
+                    target_arch = "x86_64",
+                    target_feature = "avx2",
+                    target_feature = "fma"
+                ))]
+                for vnni in [false, true] {
+                    let needs = if vnni {
+                        KernelSet::Avx512Vnni
+                    } else {
+                        KernelSet::Avx512
+                    };
+                    if KernelSet::detected() < needs {
+                        continue;
+                    }
+                    // SAFETY: the CPU has the features (checked above).
+                    let got = unsafe {
+                        match vnni {
+                            true => super::avx512::q4k_x16_vnni(rp.group(g), a, gemm),
+                            false => super::avx512::q4k_x16(rp.group(g), a, gemm),
+                        }
+                    };
+                    let bits = |v: [f32; 16]| v.map(f32::to_bits);
+                    assert_eq!(
+                        bits(got),
+                        bits(reference),
+                        "{needs} {gemm} group {g} row {r}"
+                    );
+                }
+            }
+        }
+    }
+    if KernelSet::detected() < KernelSet::Avx512 {
+        eprintln!("this CPU has no AVX-512: the 16-row Q4_K kernels are not run here");
+        return;
+    }
+    for gemm_rows in [0, 4] {
+        let mut dst = vec![0f32; m * n];
+        repack::forward(&rp, &xs, m, k, gemm_rows, &mut dst);
+        for r in 0..m {
+            for c in 0..n {
+                assert_eq!(
+                    dst[r * n + c].to_bits(),
+                    want(r, c, r < gemm_rows).to_bits(),
+                    "{gemm_rows} ({r}, {c})"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn interleaved_q6k_equals_the_tiled_kernel() {
     let mut rng = Lcg(29);
