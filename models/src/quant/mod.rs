@@ -113,7 +113,7 @@ pub struct QuantLinear {
     k: usize,
     /// Whether several rows may take llama.cpp's prompt kernels (see [`Numerics`]).
     by_shape: bool,
-    /// The weights regrouped for the decode kernels of the AVX-512 sets (Q4_K).
+    /// The weights regrouped at load for the 16-row kernels of the AVX-512 sets (Q4_K).
     repacked: Option<Arc<repack::RepackedQ4k>>,
 }
 
@@ -180,8 +180,9 @@ impl QuantLinear {
             );
         }
         dst.resize(m * n, 0.0);
-        // Prompts (16 rows or more) take the interleaved kernels of `dot_kquant`.
-        if let Some(rp) = self.repacked.as_deref().filter(|_| m < 16) {
+        // Decode steps and prompts alike: a group's regrouped weights stay in the cache
+        // while every activation row passes them.
+        if let Some(rp) = self.repacked.as_deref() {
             let gemm_rows = if self.by_shape { m - m % 4 } else { 0 };
             repack::forward(rp, xs, m, k, gemm_rows, dst);
             return Ok(());

@@ -1,4 +1,5 @@
-//! Weights regrouped once, at load, for the decode kernels of the AVX-512 sets.
+//! Weights regrouped once, at load, for the 16-row kernels of the AVX-512 sets (decode
+//! steps and prompts).
 //!
 //! A Q4_K matrix is kept a second time as groups of 16 weight rows: per super-block, the
 //! 4-byte runs of packed values of the 16 rows lie side by side, so that one 512-bit load
@@ -173,7 +174,7 @@ pub fn repack_totals() -> (u64, std::time::Duration) {
 }
 
 /// The regrouped copy of a Q4_K matrix where the kernel set has the 16-row kernels and
-/// the shape allows; `None` otherwise (the matrix keeps the one-row kernels).
+/// the shape allows; `None` otherwise (the matrix keeps the kernels of `dot_kquant`).
 pub(super) fn for_decode(w: &QTensor, n: usize, k: usize) -> Option<Arc<RepackedQ4k>> {
     if w.dtype() != GgmlDType::Q4K || !RepackedQ4k::fits(n, k) || kernel_set() < KernelSet::Avx512 {
         return None;

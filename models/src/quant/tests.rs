@@ -424,13 +424,9 @@ fn regrouped_q4k_equals_the_row_kernel() {
             let a = &act[r * arow..(r + 1) * arow];
             for gemm in [false, true] {
                 let reference = RepackedQ4k::reference(rp.group(g), a, gemm);
-                for i in 0..repack::ROWS {
+                for (i, v) in reference.iter().enumerate() {
                     let c = g * repack::ROWS + i;
-                    assert_eq!(
-                        reference[i].to_bits(),
-                        want(r, c, gemm).to_bits(),
-                        "{gemm} ({r}, {c})"
-                    );
+                    assert_eq!(v.to_bits(), want(r, c, gemm).to_bits(), "{gemm} ({r}, {c})");
                 }
                 #[cfg(all(
                     target_arch = "x86_64",
