@@ -66,5 +66,19 @@ STATUS=0
 cargo test --workspace --all-targets --features tutti/fuzz "${FAIL_FAST[@]}" "$@" || STATUS=$?
 phase "cargo test --doc (docs/library.md's example runs here)"
 cargo test --workspace --doc --features tutti/fuzz || STATUS=$?
+# The tests above ran on the best CPU kernel set this machine has (`tutti info` names
+# it); the lower sets it can also run (TUTTI_KERNELS) must give llama.cpp's logits and
+# batch invariance as well.
+FLAGS=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true) "
+LOWER=()
+if [[ "$FLAGS" == *" avx512f "* && "$FLAGS" == *" avx512bw "* && "$FLAGS" == *" avx512vl "* ]]; then
+  LOWER=(avx2)
+  [[ "$FLAGS" == *" avx512_vnni "* ]] && LOWER+=(avx512)
+fi
+for SET in "${LOWER[@]}"; do
+  phase "llama.cpp parity and batch invariance on the $SET kernel set"
+  TUTTI_KERNELS="$SET" cargo test -p tutti-models --test llamacpp_parity \
+    --test batch_invariance || STATUS=$?
+done
 [ "$STATUS" = 0 ] || exit "$STATUS"
 phase "every check and test passed"
