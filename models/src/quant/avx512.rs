@@ -277,3 +277,62 @@ q4k_x16_kernel!("avx512f,avx512bw,avx512vl", q4k_x16, |s, x, y| {
         _mm512_madd_epi16(_mm512_maddubs_epi16(x, y), _mm512_set1_epi16(1)),
     )
 });
+
+/// [`super::avx512_vnni::tile_q0u`] for 4 weight rows on 512-bit vectors: rows `2p` and
+/// `2p + 1` share a register (8 lanes each) against the same activation block, so each
+/// `vpdpbusd`, conversion and `fma` serves two rows; every lane's integers and float
+/// operations are those of the 256-bit kernel.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW, VL and VNNI; the slices hold as many blocks as `dw[0]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn tile_q0u_4rows<const RN: usize>(
+    qw: [&[super::blocks::QBlock]; 4],
+    dw: [&[f32]; 4],
+    qa: [&[u8]; RN],
+    da: [&[f32]; RN],
+) -> [[f32; RN]; 4] {
+    let nb = dw[0].len();
+    assert!((0..4).all(|i| qw[i].len() >= nb && dw[i].len() >= nb));
+    assert!((0..RN).all(|j| qa[j].len() >= nb * 34 && da[j].len() >= nb));
+    let off = _mm512_set1_epi8(-128);
+    let mut acc = [[_mm512_setzero_ps(); RN]; 2];
+    for b in 0..nb {
+        let mut x = [_mm512_setzero_si512(); 2];
+        let mut bw = [_mm512_setzero_ps(); 2];
+        for p in 0..2 {
+            let (r0, r1) = (2 * p, 2 * p + 1);
+            x[p] = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_load_si256(qw[r0].as_ptr().add(b) as *const __m256i)),
+                _mm256_load_si256(qw[r1].as_ptr().add(b) as *const __m256i),
+                1,
+            );
+            let pair = _mm_setr_ps(*dw[r0].get_unchecked(b), *dw[r1].get_unchecked(b), 0.0, 0.0);
+            bw[p] = spread_pair(pair, 1);
+        }
+        for j in 0..RN {
+            let qy = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                qa[j].as_ptr().add(b * 34 + 2) as *const __m256i
+            ));
+            let neg = _mm512_sub_epi32(
+                _mm512_setzero_si512(),
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, qy),
+            );
+            let ba = _mm512_set1_ps(*da[j].get_unchecked(b));
+            for p in 0..2 {
+                let lanes = _mm512_dpbusd_epi32(neg, x[p], qy);
+                let dd = _mm512_mul_ps(bw[p], ba);
+                acc[p][j] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(lanes), acc[p][j]);
+            }
+        }
+    }
+    let mut out = [[0f32; RN]; 4];
+    for p in 0..2 {
+        for j in 0..RN {
+            let [a, b] = hsum_pair(acc[p][j]);
+            out[2 * p][j] = a;
+            out[2 * p + 1][j] = b;
+        }
+    }
+    out
+}

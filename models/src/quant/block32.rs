@@ -298,7 +298,16 @@ fn tile_q0u<const RM: usize, const RN: usize>(
         target_feature = "fma"
     ))]
     if vnni {
-        // SAFETY: `vnni` is set only where the CPU has the features (`has_vnni`).
+        if RM == 4 {
+            let (qw4, dw4): ([&[QBlock]; 4], [&[f32]; 4]) = (
+                std::array::from_fn(|i| qw[i]),
+                std::array::from_fn(|i| dw[i]),
+            );
+            // SAFETY: `vnni` is set only where the CPU has the features (`has_vnni`).
+            let out = unsafe { avx512::tile_q0u_4rows(qw4, dw4, qa, da) };
+            return std::array::from_fn(|i| out[i]);
+        }
+        // SAFETY: as above.
         return unsafe { avx512_vnni::tile_q0u(qw, dw, qa, da) };
     }
     #[cfg(not(all(
