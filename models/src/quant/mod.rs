@@ -135,7 +135,7 @@ impl QuantLinear {
     pub fn new(w: Arc<QTensor>, numerics: Numerics) -> Self {
         let dims = w.shape().dims();
         let (n, k) = (dims[0], dims[1]);
-        let repacked = repack::for_decode(&w, n, k);
+        let repacked = repack::regroup(&w, n, k);
         Self {
             w,
             n,

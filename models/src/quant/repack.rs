@@ -175,7 +175,7 @@ pub fn repack_totals() -> (u64, std::time::Duration) {
 
 /// The regrouped copy of a Q4_K matrix where the kernel set has the 16-row kernels and
 /// the shape allows; `None` otherwise (the matrix keeps the kernels of `dot_kquant`).
-pub(super) fn for_decode(w: &QTensor, n: usize, k: usize) -> Option<Arc<RepackedQ4k>> {
+pub(super) fn regroup(w: &QTensor, n: usize, k: usize) -> Option<Arc<RepackedQ4k>> {
     if w.dtype() != GgmlDType::Q4K || !RepackedQ4k::fits(n, k) || kernel_set() < KernelSet::Avx512 {
         return None;
     }
@@ -228,7 +228,7 @@ fn kernel(group: &[u8], a: &[u8], gemm: bool, vnni: bool) -> [f32; ROWS] {
     ))]
     {
         // SAFETY: the regrouped copy exists only where the kernel set is an AVX-512 one
-        // (`for_decode`), and `vnni` only where it has VNNI.
+        // (`regroup`), and `vnni` only where it has VNNI.
         unsafe {
             if vnni {
                 super::avx512::q4k_x16_vnni(group, a, gemm)
