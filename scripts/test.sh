@@ -77,8 +77,9 @@ if [[ "$FLAGS" == *" avx512f "* && "$FLAGS" == *" avx512bw "* && "$FLAGS" == *" 
 fi
 for SET in "${LOWER[@]}"; do
   phase "llama.cpp parity and batch invariance on the $SET kernel set"
-  TUTTI_KERNELS="$SET" cargo test -p tutti-models --test llamacpp_parity \
-    --test batch_invariance || STATUS=$?
+  # The workspace's features, so that the test binaries built above are reused.
+  TUTTI_KERNELS="$SET" cargo test --workspace --features tutti/fuzz \
+    --test llamacpp_parity --test batch_invariance || STATUS=$?
 done
 [ "$STATUS" = 0 ] || exit "$STATUS"
 phase "every check and test passed"
