@@ -109,32 +109,18 @@ fn dot_row_pairs(
     pair: impl Fn(&[u8], &[u8], &[u8]) -> [f32; 2] + Sync,
     one: impl Fn(&[u8], &[u8]) -> f32 + Sync,
 ) {
-    let dst_ptr = dst.as_mut_ptr() as usize;
-    // SAFETY (raw writes): each (r, c) is written by exactly one work item.
-    let write = |r: usize, c: usize, v: f32| unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
     let wr = |c: usize| &w[c * wrow..(c + 1) * wrow];
-    // The tiles of `dot_cells`.
-    const COLS: usize = 8;
-    const ROWS: usize = 16;
-    let groups = n.div_ceil(COLS);
-    let tiles = m.div_ceil(ROWS);
-    crate::pool::for_ranges(groups * tiles, 1, &|range| {
-        for it in range {
-            let (g, tile) = (it / tiles, it % tiles);
-            let (c0, c_end) = (g * COLS, n.min(g * COLS + COLS));
-            for r in tile * ROWS..m.min(tile * ROWS + ROWS) {
-                let a = &act[r * arow..(r + 1) * arow];
-                let mut c = c0;
-                while c + 2 <= c_end {
-                    let [v0, v1] = pair(wr(c), wr(c + 1), a);
-                    write(r, c, v0);
-                    write(r, c + 1, v1);
-                    c += 2;
-                }
-                if c < c_end {
-                    write(r, c, one(wr(c), a));
-                }
-            }
+    by_tiles(m, n, dst, |r, cols, write| {
+        let a = &act[r * arow..(r + 1) * arow];
+        let mut c = cols.start;
+        while c + 2 <= cols.end {
+            let [v0, v1] = pair(wr(c), wr(c + 1), a);
+            write(c, v0);
+            write(c + 1, v1);
+            c += 2;
+        }
+        if c < cols.end {
+            write(c, one(wr(c), a));
         }
     });
 }
@@ -151,24 +137,39 @@ pub(super) fn dot_cells(
     dst: &mut [f32],
     dot: impl Fn(&[u8], &[u8], usize) -> f32 + Sync,
 ) {
+    by_tiles(m, n, dst, |r, cols, write| {
+        let a = &act[r * arow..(r + 1) * arow];
+        for c in cols {
+            write(c, dot(&w[c * wrow..(c + 1) * wrow], a, r));
+        }
+    });
+}
+
+/// Runs `row(r, cols, write)` (activation row `r` against the weight rows `cols`;
+/// `write(column, value)` stores `dst[r][column]`) over an `m × n` result on the thread
+/// pool, in tiles of 8 weight rows × 16 activation rows: the weight rows stay in the
+/// cache while every activation row of the tile passes them.
+fn by_tiles(
+    m: usize,
+    n: usize,
+    dst: &mut [f32],
+    row: impl Fn(usize, std::ops::Range<usize>, &dyn Fn(usize, f32)) + Sync,
+) {
+    assert!(dst.len() >= m * n);
     let dst_ptr = dst.as_mut_ptr() as usize;
     const COLS: usize = 8;
-    // Tiles of 8 weight rows × 16 activation rows: the weight rows stay in the cache
-    // while every activation row of the tile passes them.
     const ROWS: usize = 16;
     let groups = n.div_ceil(COLS);
     let tiles = m.div_ceil(ROWS);
     crate::pool::for_ranges(groups * tiles, 1, &|range| {
         for it in range {
             let (g, tile) = (it / tiles, it % tiles);
-            let c0 = g * COLS;
+            let cols = g * COLS..n.min(g * COLS + COLS);
             for r in tile * ROWS..m.min(tile * ROWS + ROWS) {
-                let a = &act[r * arow..(r + 1) * arow];
-                for c in c0..n.min(c0 + COLS) {
-                    let v = dot(&w[c * wrow..(c + 1) * wrow], a, r);
-                    // SAFETY: each (r, c) is written by exactly one work item.
-                    unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
-                }
+                // SAFETY: each (r, c) is written by exactly one work item, inside `dst`
+                // (checked above; `c < n`).
+                let write = |c: usize, v: f32| unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
+                row(r, cols.clone(), &write);
             }
         }
     });
