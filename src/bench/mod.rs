@@ -9,7 +9,9 @@
 //!
 //! Tasks: [`gsm8k`] (few-shot chain of thought, numeric exact match), [`qa`] (short
 //! open-domain answers, normalised exact match against aliases) and [`mixinstruct`]
-//! (instruction following, ROUGE-L and BERTScore).
+//! (instruction following, ROUGE-L and BERTScore). [`mc`] holds the items and metrics
+//! of multiple-choice benchmarks (OLMES tasks, MMLU), which are scored by
+//! log-likelihood rather than generated.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +20,7 @@ use crate::engine::{EngineError, Message, Prompt};
 pub mod bert;
 pub mod data;
 pub mod gsm8k;
+pub mod mc;
 pub mod metrics;
 pub mod mixinstruct;
 pub mod qa;
