@@ -445,3 +445,72 @@ fn bench_serve_sweeps_batch_and_concurrency_beside_llama_server() {
         assert!(b["rate_limited"].as_u64().unwrap() > 0, "{b}");
     }
 }
+
+/// `bench mc` on hand-written items: every member, both ensembles, a resumed run that
+/// scores nothing again and gives the same table, and a one-member run whose scores are
+/// the member's row of the pair's run.
+#[test]
+fn mc_scores_members_and_both_ensembles_and_resumes() {
+    let out = tmp("mc.jsonl");
+    let _ = std::fs::remove_file(&out);
+    let data = fixture("mc/tiny.jsonl");
+    let (smol, gem) = (smollm2(), gemma());
+    let args = [
+        "bench",
+        "mc",
+        "--data",
+        &data,
+        "-m",
+        &smol,
+        "-m",
+        &gem,
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let first: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    let systems: Vec<&str> = first["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["system"].as_str().unwrap())
+        .collect();
+    assert_eq!(systems.len(), 4, "{systems:?}");
+    assert!(systems[2].contains("token level") && systems[3].contains("sequence level"));
+    assert_eq!(first["items"], 6);
+    let lines = rows(&out);
+    assert_eq!(lines.len(), 6, "one row per item");
+    for r in first["rows"].as_array().unwrap() {
+        let acc = r["primary"]["mean"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        assert!(acc >= 0.5, "the tiny items are easy: {r}");
+    }
+    // Resumed: nothing is scored again and the table is the same.
+    let second: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(rows(&out).len(), 6);
+    assert_eq!(first["rows"][2]["acc_raw"], second["rows"][2]["acc_raw"]);
+    assert_eq!(
+        first["rows"][0]["seconds_per_item"],
+        second["rows"][0]["seconds_per_item"]
+    );
+    // A member alone gives the member's row of the pair.
+    let solo: serde_json::Value =
+        serde_json::from_str(&ok(&["bench", "mc", "--data", &data, "-m", &gem, "--json"])).unwrap();
+    assert_eq!(solo["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        solo["rows"][0]["acc_per_char"],
+        first["rows"][1]["acc_per_char"]
+    );
+    // Bad data is one clear error naming the fix.
+    let bad = tutti(&[
+        "bench",
+        "mc",
+        "--data",
+        "olmes:no_such_task:rc_5shot",
+        "-m",
+        &smol,
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("fetch-olmes.sh"), "{err}");
+}

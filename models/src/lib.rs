@@ -58,6 +58,14 @@ pub trait CausalLm: Send {
     fn forward_scored(&mut self, ids: &[u32]) -> Result<(Tensor, Vec<f32>)> {
         Ok((self.forward(ids)?, Vec::new()))
     }
+    /// Appends `ids` and returns the F32 logits of every one of their positions, shape
+    /// `[ids.len(), vocab]`: row `i` is the distribution of the id after `ids[i]`. Each
+    /// row holds the bits a one-id [`CausalLm::forward`] at that position gives (one
+    /// forward for all of them where the model is [`CausalLm::chunk_invariant`], else
+    /// one per id). On error the cache is left at its previous length.
+    fn forward_rows(&mut self, ids: &[u32]) -> Result<Tensor> {
+        transformer::forward_rows_by_steps(self, ids)
+    }
     /// Number of positions in the KV cache.
     fn position(&self) -> usize;
     /// Drops every cached position at or after `len`.

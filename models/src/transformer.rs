@@ -797,6 +797,36 @@ impl Mlp {
     }
 }
 
+/// Which logits a host forward returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowsOut {
+    /// The last row of each part.
+    Last,
+    /// The last row, and the log-probability of each next id from the earlier rows.
+    Scored,
+    /// Every row (one part).
+    Every,
+}
+
+/// [`CausalLm::forward_rows`] as one forward per id: the rows a decode gives.
+pub(crate) fn forward_rows_by_steps<M: CausalLm + ?Sized>(
+    lm: &mut M,
+    ids: &[u32],
+) -> Result<Tensor> {
+    let pos0 = lm.position();
+    let mut rows = Vec::with_capacity(ids.len());
+    for id in ids {
+        match lm.forward(std::slice::from_ref(id)) {
+            Ok(t) => rows.push(t),
+            Err(e) => {
+                lm.truncate(pos0);
+                return Err(e);
+            }
+        }
+    }
+    Ok(Tensor::stack(&rows, 0)?)
+}
+
 /// The last position of `[1, s, hidden]`.
 fn last_row(x: &Tensor) -> candle_core::Result<Tensor> {
     let s = x.dim(1)?;
@@ -1141,7 +1171,7 @@ impl Transformer {
     fn forward_host(
         &mut self,
         ids: &[u32],
-        score: bool,
+        out: RowsOut,
     ) -> candle_core::Result<(Tensor, Vec<f32>)> {
         let part = Part {
             pos0: self.position,
@@ -1151,7 +1181,7 @@ impl Transformer {
         let mut caches = vec![self.take_caches()?];
         let mut sc = std::mem::take(&mut self.scratch);
         let panic_at = self.panic_after_layer.take();
-        let result = self.run_rows(&[part], ids, &mut caches, score, panic_at, &mut sc);
+        let result = self.run_rows(&[part], ids, &mut caches, out, panic_at, &mut sc);
         self.put_caches(caches.pop().unwrap_or_default());
         // A prompt's buffers are as long as the prompt: keep only a decode step's worth.
         if ids.len() > 1 {
@@ -1159,10 +1189,12 @@ impl Transformer {
         }
         self.scratch = sc;
         let (logits, scores) = result?;
-        Ok((
-            Tensor::from_vec(logits, self.vocab_size(), &self.device)?,
-            scores,
-        ))
+        let rows = logits.len() / self.vocab_size().max(1);
+        let shape: &[usize] = match out {
+            RowsOut::Every => &[rows, self.vocab_size()],
+            _ => &[self.vocab_size()],
+        };
+        Ok((Tensor::from_vec(logits, shape, &self.device)?, scores))
     }
 
     /// The host caches of every layer, moved out (a panic before they are put back
@@ -1190,15 +1222,15 @@ impl Transformer {
     }
 
     /// The rows of every part through the layers: `ids` holds the parts' new ids in
-    /// order, `caches[p]` part `p`'s cache of every layer. Returns the last row's logits
-    /// of every part, one after another, and under `score` (one part only) the
-    /// log-probability every other row gives the id that follows it.
+    /// order, `caches[p]` part `p`'s cache of every layer. Returns the logits `out`
+    /// asks for, one row after another ([`RowsOut`]), and under [`RowsOut::Scored`]
+    /// (one part only) the log-probability every other row gives the id that follows it.
     fn run_rows(
         &self,
         parts: &[Part],
         ids: &[u32],
         caches: &mut [Vec<HostKv>],
-        score: bool,
+        out: RowsOut,
         panic_at: Option<usize>,
         sc: &mut Scratch,
     ) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
@@ -1233,8 +1265,8 @@ impl Transformer {
             (self.inv_freq_local != self.inv_freq_global).then(|| table(&self.cfg.rope_local));
         let act = self.cfg.activation;
         let n_blocks = self.blocks.len();
-        let all_single = parts.iter().all(|p| p.s == 1);
-        let scoring = score && parts.len() == 1 && parts[0].s > 1;
+        let every_row = parts.iter().all(|p| p.s == 1) || out == RowsOut::Every;
+        let scoring = out == RowsOut::Scored && parts.len() == 1 && parts[0].s > 1;
         let mut earlier = None;
         for (i, block) in self.blocks.iter().enumerate() {
             let rot = match (&local, block.sliding) {
@@ -1246,7 +1278,7 @@ impl Transformer {
             if panic_at == Some(i) {
                 panic!("injected panic after layer {i}");
             }
-            if i + 1 < n_blocks || all_single {
+            if i + 1 < n_blocks || every_row {
                 block.feed_forward_host(sc.x.len() / hidden, act, sc)?;
                 continue;
             }
@@ -1278,7 +1310,7 @@ impl Transformer {
         sc.normed.resize(sc.x.len(), 0.0);
         self.norm.rows(&sc.x, &mut sc.normed)?;
         self.lm_head
-            .forward_host(&sc.normed, parts.len(), &mut sc.logits)?;
+            .forward_host(&sc.normed, sc.x.len() / hidden, &mut sc.logits)?;
         let mut logits = std::mem::take(&mut sc.logits);
         if let Some(cap) = self.cfg.final_softcap {
             let t = Tensor::from_vec(
@@ -1345,7 +1377,12 @@ impl Transformer {
         let s = ids.len();
         if self.host_path {
             self.check_input(ids)?;
-            return match self.forward_host(ids, score) {
+            let out = if score {
+                RowsOut::Scored
+            } else {
+                RowsOut::Last
+            };
+            return match self.forward_host(ids, out) {
                 Ok(out) => {
                     self.position = pos0 + s;
                     Ok(out)
@@ -1433,6 +1470,26 @@ impl CausalLm for Transformer {
 
     fn forward_scored(&mut self, ids: &[u32]) -> Result<(Tensor, Vec<f32>)> {
         self.forward_scoring(ids, true)
+    }
+
+    fn forward_rows(&mut self, ids: &[u32]) -> Result<Tensor> {
+        // Only the batch-invariant host path gives every row the bits of a one-id step;
+        // elsewhere the rows come from such steps.
+        if !self.chunk_invariant() {
+            return forward_rows_by_steps(self, ids);
+        }
+        let pos0 = self.position;
+        self.check_input(ids)?;
+        match self.forward_host(ids, RowsOut::Every) {
+            Ok((logits, _)) => {
+                self.position = pos0 + ids.len();
+                Ok(logits)
+            }
+            Err(e) => {
+                self.truncate(pos0);
+                Err(e.into())
+            }
+        }
     }
 
     fn encode(&mut self, ids: &[u32]) -> Result<Option<Tensor>> {

@@ -55,6 +55,36 @@ impl LocalModel {
         Ok((logits, scores))
     }
 
+    /// Every position's logits from `cached` on, in one forward of the model.
+    fn rows(&mut self, context: &[u32], cached: usize) -> Result<Vec<Logits>> {
+        let start = cached.min(self.model.lm.position()).min(context.len());
+        if start == context.len() {
+            return Ok(Vec::new());
+        }
+        self.model.lm.truncate(start);
+        let out = self
+            .model
+            .lm
+            .forward_rows(&context[start..])
+            .map_err(|e| self.err(e))?;
+        let rows = out.dim(0)?;
+        // Rows the backend already held before `cached` are not asked for.
+        let skip = cached - start;
+        let mut logits = Vec::with_capacity(rows - skip);
+        for r in skip..rows {
+            let row = out.get(r)?;
+            logits.push(if self.device_logits {
+                Logits::Tensor(row)
+            } else {
+                Logits::Host(row.to_vec1::<f32>()?.into())
+            });
+        }
+        if self.device_logits {
+            out.device().synchronize()?;
+        }
+        Ok(logits)
+    }
+
     fn err(&self, source: tutti_models::Error) -> EngineError {
         EngineError::Model {
             member: self.model.info.name.clone(),
@@ -86,6 +116,10 @@ impl Backend for LocalModel {
 
     fn forward_scored(&mut self, context: &[u32], cached: usize) -> Result<(Logits, Vec<f32>)> {
         self.run(context, cached, true)
+    }
+
+    fn forward_rows(&mut self, context: &[u32], cached: usize) -> Result<Vec<Logits>> {
+        self.rows(context, cached)
     }
 
     fn input_embeddings(&self) -> Option<Result<Tensor>> {

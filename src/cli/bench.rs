@@ -28,6 +28,9 @@ pub enum BenchTask {
     Mixinstruct(MixArgs),
     /// Short-answer open QA (TriviaQA / NQ style): few-shot, normalised exact match.
     Qa(QaArgs),
+    /// Multiple choice scored by log-likelihood (OLMES tasks, MMLU, or a JSONL file):
+    /// each member, the token-level and the sequence-level ensemble side by side.
+    Mc(super::bench_mc::McArgs),
     /// Prefill/decode speed of members alone and as an ensemble (real or random weights).
     Speed(super::bench_speed::SpeedArgs),
     /// Load test of `tutti serve`: concurrent clients, latency, throughput, queue overflow.
@@ -141,6 +144,7 @@ pub struct QaArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.task {
         BenchTask::Speed(a) => super::bench_speed::run(a),
+        BenchTask::Mc(a) => super::bench_mc::run(a),
         BenchTask::Serve(a) => super::bench_serve::run(a),
         BenchTask::Gsm8k(a) => {
             check(&a.run)?;

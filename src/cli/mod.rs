@@ -2,6 +2,7 @@
 
 pub mod align;
 pub mod bench;
+pub mod bench_mc;
 pub mod bench_serve;
 pub mod bench_speed;
 pub mod common;

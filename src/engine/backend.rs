@@ -48,6 +48,16 @@ pub trait Backend: Send {
     /// the first `cached` ids from earlier calls; whatever it holds past them is stale
     /// (a rollback) and is dropped.
     fn forward(&mut self, context: &[u32], cached: usize) -> Result<Logits>;
+    /// The distribution after each id of `context[cached..]` (`cached` below the
+    /// context's length), in order: row `i` is what [`Backend::forward`] of
+    /// `context[..cached + i + 1]` would give, bit for bit. One forward over all of
+    /// them where the backend can (a model in this process with chunk-invariant
+    /// numerics), else one per id.
+    fn forward_rows(&mut self, context: &[u32], cached: usize) -> Result<Vec<Logits>> {
+        (cached + 1..=context.len())
+            .map(|end| self.forward(&context[..end], end - 1))
+            .collect()
+    }
     /// [`Backend::forward`], plus the natural-log probability the model gives each id
     /// of `context[cached + 1..]` given the ids before it (empty when the backend
     /// cannot score; then the prompt's perplexity is unknown).

@@ -154,6 +154,47 @@ pub fn max_pool(probs: &[Vec<f32>], weights: &[f32]) -> Combined {
     renormalise(out, 1.0)
 }
 
+/// The natural log of one candidate's pooled probability ([`Combined::mixture`]) under
+/// `rule`, from each consulted member's log-probability of it (`logps[m]`) and the
+/// step's weights ([`step_weights`]), computed in log space in f64. A member alone, or
+/// members that all give the same log-probability with equal weights, pool to exactly
+/// that value (no exp/ln round trip), which is what makes a one-member score, and an
+/// ensemble of a model with itself, equal the model's own log-likelihood bit for bit.
+pub fn pooled_log_prob(rule: Combine, logps: &[f64], weights: &[f32]) -> f64 {
+    let pairs: Vec<(f64, f64)> = logps
+        .iter()
+        .zip(weights)
+        .filter(|(_, &w)| w > 0.0)
+        .map(|(&l, &w)| (l, f64::from(w)))
+        .collect();
+    if pairs.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    let wsum: f64 = pairs.iter().map(|p| p.1).sum();
+    match rule {
+        Combine::Mean | Combine::Confidence | Combine::Entropy => {
+            let m = pairs.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+            if m == f64::NEG_INFINITY {
+                return m;
+            }
+            let s: f64 = pairs.iter().map(|&(l, w)| w * (l - m).exp()).sum();
+            m + (s.ln() - wsum.ln())
+        }
+        Combine::Product => {
+            let floor = f64::from(PRODUCT_FLOOR).ln();
+            let s: f64 = pairs.iter().map(|&(l, w)| w * l.max(floor)).sum();
+            s / wsum
+        }
+        Combine::Max => {
+            let wmax = pairs.iter().map(|p| p.1).fold(0.0, f64::max);
+            pairs
+                .iter()
+                .map(|&(l, w)| l + (w.ln() - wmax.ln()))
+                .fold(f64::NEG_INFINITY, f64::max)
+        }
+    }
+}
+
 /// Weights from the members' perplexity on the prompt (PackLLM-style, closed form
 /// rather than a greedy search): member `m` with prior weight `w_m` and `x_m` nats per
 /// prompt byte gets `w_m · exp(−(x_m − x_best) / tau)`, `x_best` the lowest `x` among
@@ -494,5 +535,34 @@ mod tests {
         }
         let floor = (-87.0f32).exp();
         assert!((exp_nonpositive(-200.0) - floor).abs() < 1e-4 * floor);
+    }
+
+    /// The log-space pooled probability is the log of the pooled one under every rule,
+    /// and one member (or one member twice) pools to its own value exactly.
+    #[test]
+    fn pooled_log_prob_is_the_log_of_the_mixture() {
+        let probs = vec![vec![0.5f32, 0.3, 0.2], vec![0.1, 0.6, 0.3]];
+        let weights = [1.0f32, 0.5];
+        let tops: Vec<Vec<(u32, f32)>> = probs
+            .iter()
+            .map(|p| p.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect())
+            .collect();
+        let tops: Vec<&[(u32, f32)]> = tops.iter().map(Vec::as_slice).collect();
+        for rule in [Combine::Mean, Combine::Product, Combine::Max, Combine::Confidence] {
+            let w = step_weights(rule, &weights, &tops);
+            let c = combine(rule, &probs, &weights, &tops);
+            for k in 0..3 {
+                let lps: Vec<f64> = probs.iter().map(|p| f64::from(p[k]).ln()).collect();
+                let got = pooled_log_prob(rule, &lps, &w).exp();
+                assert!((got - f64::from(c.mixture[k])).abs() < 1e-6, "{rule:?} {k}");
+            }
+        }
+        let l = -2.345_678_9_f64;
+        for rule in [Combine::Mean, Combine::Product, Combine::Max] {
+            let w = if rule == Combine::Product { 1.0 } else { 0.7 };
+            assert_eq!(pooled_log_prob(rule, &[l], &[w]), l, "{rule:?}");
+            assert_eq!(pooled_log_prob(rule, &[l, l], &[1.0, 1.0]), l, "{rule:?}");
+        }
+        assert_eq!(pooled_log_prob(Combine::Mean, &[l, 0.0], &[1.0, 0.0]), l);
     }
 }

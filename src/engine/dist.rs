@@ -283,6 +283,29 @@ impl MemberDist {
     }
 
     /// Probabilities of `ids` (0 for ids without a logit).
+    /// The natural log of the probability `ids` share (−∞ for none). For a host row it
+    /// is computed from the logits in f64 without leaving log space, so that one id's
+    /// value is the model's own log-softmax at that id, whatever path asked for it
+    /// (scoring a member alone or inside an ensemble gives the same bits).
+    pub fn log_prob(&self, ids: &[u32]) -> Result<f64> {
+        if let DistKind::Host { logits, norm } = &self.kind {
+            let Some(n) = norm else {
+                return Ok(f64::NEG_INFINITY);
+            };
+            let ls: Vec<f64> = ids
+                .iter()
+                .filter_map(|&id| logits.get(id as usize))
+                .map(|&l| {
+                    (f64::from(l) - f64::from(n.max_logit)) / f64::from(n.temperature)
+                        - f64::from(n.log_z)
+                })
+                .collect();
+            return Ok(log_sum_exp(&ls));
+        }
+        let p: f64 = self.probs(ids)?.iter().map(|&p| f64::from(p)).sum();
+        Ok(p.ln())
+    }
+
     pub fn probs(&self, ids: &[u32]) -> Result<Vec<f32>> {
         Ok(match &self.kind {
             DistKind::Host { logits, norm } => ids
@@ -295,6 +318,21 @@ impl MemberDist {
             DistKind::Tensor(d) => d.probs(ids)?,
             DistKind::Sparse(d) => ids.iter().map(|&id| d.prob(id)).collect(),
         })
+    }
+}
+
+/// `ln Σ exp(x)`, exact for one value (it is returned as is); −∞ for none.
+pub fn log_sum_exp(xs: &[f64]) -> f64 {
+    match xs {
+        [] => f64::NEG_INFINITY,
+        [x] => *x,
+        _ => {
+            let m = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if m == f64::NEG_INFINITY {
+                return m;
+            }
+            m + xs.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+        }
     }
 }
 

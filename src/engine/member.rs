@@ -467,20 +467,80 @@ impl Member {
         let Some(logits) = self.logits().cloned() else {
             return Ok(None);
         };
+        self.distributions += 1;
+        self.dist_of(&logits, temperature, k).map(Some)
+    }
+
+    /// The distribution of `logits` at `temperature` (times the member's own) with its
+    /// `k` most probable candidates.
+    fn dist_of(&mut self, logits: &Logits, temperature: f32, k: usize) -> Result<MemberDist> {
         if matches!(logits, Logits::Tensor(_)) && self.candidate_mask.is_empty() {
             self.candidate_mask = (0..self.backend.logit_width() as u32)
                 .map(|id| self.vocab.is_candidate(id))
                 .collect();
         }
-        self.distributions += 1;
         MemberDist::new(
-            &logits,
+            logits,
             temperature * self.temperature,
             k,
             &self.vocab,
             &self.candidate_mask,
         )
-        .map(Some)
+    }
+
+    /// This member's ids for `bytes` appended after what it holds: its own encoding
+    /// when that decodes back to exactly them, else a greedy spelling with its tokens.
+    pub(crate) fn tokens_for(&self, bytes: &[u8]) -> Result<Vec<u32>> {
+        match self.reencode(bytes) {
+            Some(ids) => Ok(ids),
+            None => self.spell(bytes),
+        }
+    }
+
+    /// Appends `ids` after the current logits and returns, for each, the natural-log
+    /// probability the member gives it after the ids before it (at the member's own
+    /// temperature) and whether it was the member's most probable candidate there. The
+    /// first comes from the logits already current, the rest from one
+    /// [`Backend::forward_rows`] over `ids` but the last (which stays pending).
+    pub(crate) fn score_ids(&mut self, ids: &[u32]) -> Result<Vec<(f64, bool)>> {
+        let Some((&last, _)) = ids.split_last() else {
+            return Ok(Vec::new());
+        };
+        self.forward_pending()?;
+        let first = self
+            .logits()
+            .cloned()
+            .ok_or_else(|| EngineError::BadRequest("scoring before a forward".into()))?;
+        let max = self.backend.context_length();
+        if self.committed.len() + ids.len() > max {
+            return Err(EngineError::ContextFull {
+                member: self.name.clone(),
+                max,
+            });
+        }
+        let start = self.committed.len();
+        self.committed.extend_from_slice(&ids[..ids.len() - 1]);
+        let mut rows = vec![first];
+        if ids.len() > 1 {
+            match self.backend.forward_rows(&self.committed, self.cached) {
+                Ok(more) => rows.extend(more),
+                Err(e) => {
+                    self.committed.truncate(start);
+                    self.logits = None;
+                    return Err(e);
+                }
+            }
+            self.cached = self.committed.len();
+        }
+        self.committed.push(last);
+        self.logits = None;
+        let mut out = Vec::with_capacity(ids.len());
+        for (row, &id) in rows.iter().zip(ids) {
+            let d = self.dist_of(row, 1.0, 1)?;
+            let greedy = d.top().first().is_some_and(|&(top, _)| top == id);
+            out.push((d.log_prob(&[id])?, greedy));
+        }
+        Ok(out)
     }
 
     /// Appends the chosen `bytes`. `own` is this member's id for exactly these bytes

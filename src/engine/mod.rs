@@ -16,6 +16,9 @@
 //! | `union.rs` | the union of candidates keyed by bytes; each member's probability of each, through [`crate::align::lookup`] |
 //! | `combine.rs` | combination rules, auto weights, the choice |
 //!
+//! Scoring given continuations instead of generating ([`Ensemble::score`]) forces the
+//! same loop along their bytes: `score.rs`.
+//!
 //! Building: `spec.rs` ([`MemberSpec`]) and `builder.rs` ([`EnsembleBuilder`]).
 //!
 //! ```no_run
@@ -47,6 +50,7 @@ pub mod explain;
 mod member;
 mod output;
 mod request;
+mod score;
 mod sequence;
 mod spec;
 mod step;
@@ -67,6 +71,9 @@ pub use member::Member;
 pub use request::{
     derived_seed, parse_auto_weights, Combine, Gate, Message, OnMemberFailure, Prompt, Request,
     Role, Sampling, DEFAULT_AUTO_TAU, MAX_ALTERNATIVES,
+};
+pub use score::{
+    sequence_log_prob, ContinuationScore, MemberScores, ScoreRequest, ScoredStep, Scores,
 };
 pub use sequence::encode_prompt;
 pub use spec::{timeout_of, MemberSpec, MAX_TIMEOUT_S};

@@ -142,7 +142,11 @@ impl Sequence {
 
     /// Phases 1–3: forward, each consulted member's distribution and the union. Under
     /// `uncertain:T` the primary goes first and the others only when it is unsure.
-    fn propose(&mut self, members: &mut [Member], forward_ms: &mut [f64]) -> Result<Proposals> {
+    pub(super) fn propose(
+        &mut self,
+        members: &mut [Member],
+        forward_ms: &mut [f64],
+    ) -> Result<Proposals> {
         if self.steps.is_empty() {
             forward_ms.clone_from_slice(&self.prefill_ms);
         }
@@ -293,7 +297,7 @@ impl Sequence {
     /// Phase 7: every taking-part member commits the chosen bytes in its own tokens (a
     /// member the gate skipped re-encodes them). Returns why generation ends here, if
     /// it does.
-    fn commit(
+    pub(super) fn commit(
         &mut self,
         proposals: &Proposals,
         chosen: usize,

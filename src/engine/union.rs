@@ -83,6 +83,24 @@ impl Union {
         }
     }
 
+    /// The candidate for `bytes`, added when no member proposed it; `slot`'s `id` for
+    /// them is recorded as that member's own. Returns its index and whether it was added.
+    pub fn force(&mut self, bytes: &[u8], slot: usize, id: u32) -> (usize, bool) {
+        let key = CandidateKey::Bytes(bytes.to_vec());
+        if let Some(&i) = self.index.get(&key) {
+            if self.candidates[i].proposed_by(slot).is_none() {
+                self.candidates[i].proposers.push((slot, id));
+            }
+            return (i, false);
+        }
+        self.index.insert(key.clone(), self.candidates.len());
+        self.candidates.push(Candidate {
+            key,
+            proposers: vec![(slot, id)],
+        });
+        (self.candidates.len() - 1, true)
+    }
+
     pub fn len(&self) -> usize {
         self.candidates.len()
     }
@@ -161,6 +179,32 @@ impl Proposals {
         // One batched lookup (one gather on the device for tensor logits).
         let p = dist.probs(&ids).map_err(MemberProbsError::Engine)?;
         Ok(spans.into_iter().map(|r| p[r].iter().sum()).collect())
+    }
+}
+
+impl Proposals {
+    /// Member `slot`'s natural-log probability of candidate `c`, from the same ids
+    /// [`Proposals::member_probs`] counts for it.
+    pub fn member_log_prob(
+        &self,
+        slot: usize,
+        c: usize,
+        vocab: &Vocab,
+        lookup: Option<&mut TargetLookup>,
+    ) -> std::result::Result<f64, MemberProbsError> {
+        let dist = self
+            .dist(slot)
+            .ok_or(MemberProbsError::NotConsulted(slot))?;
+        let cand = &self.union.candidates[c];
+        let ids = match (cand.proposed_by(slot), &cand.key) {
+            (Some(id), _) => vec![id],
+            (None, CandidateKey::Eos) => vocab.eos_ids().to_vec(),
+            (None, CandidateKey::Bytes(bytes)) => match lookup {
+                Some(l) => l.find(vocab, bytes, &cand.proposers)?.into_iter().collect(),
+                None => Vec::new(),
+            },
+        };
+        dist.log_prob(&ids).map_err(MemberProbsError::Engine)
     }
 }
 

@@ -53,9 +53,14 @@ impl Transformer {
             caches.push(t.take_caches()?);
         }
         let mut sc = Scratch::default();
-        let result = batch[0]
-            .0
-            .run_rows(&parts, &ids_all, &mut caches, false, None, &mut sc);
+        let result = batch[0].0.run_rows(
+            &parts,
+            &ids_all,
+            &mut caches,
+            super::RowsOut::Last,
+            None,
+            &mut sc,
+        );
         for ((t, _), (c, p)) in batch.iter_mut().zip(caches.into_iter().zip(&parts)) {
             t.put_caches(c);
             match &result {
