@@ -30,6 +30,8 @@ phase "scripts find the binary they build under a custom CARGO_TARGET_DIR"
 scripts/check-target-dir.sh
 phase "the openai SDK venv for the server tests"
 scripts/openai-venv.sh
+phase "the lm-evaluation-harness venv for the scoring test"
+scripts/lmeval-venv.sh
 phase "Chromium for the web view's browser tests (installed when missing)"
 TUTTI_CHROMIUM="$(scripts/chromium.sh)"
 export TUTTI_CHROMIUM

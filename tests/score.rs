@@ -275,3 +275,32 @@ fn bad_score_requests_fail_clearly() {
         "{no_ctx:?}"
     );
 }
+
+/// A continuation longer than one forward's rows (64) scores as its tokens' one-id
+/// steps do.
+#[test]
+fn a_long_continuation_spans_several_row_forwards() {
+    let cont: String = " and then".repeat(40);
+    let mut ens = solo(SMOL);
+    let got = ens
+        .score(&ScoreRequest::new(
+            Request::raw(CONTEXT),
+            vec![cont.clone()],
+        ))
+        .unwrap();
+    let mut model = load(SMOL);
+    let prompt = model.tokenizer.encode_prompt(CONTEXT).unwrap();
+    let ids = model.tokenizer.encode(&cont, false).unwrap();
+    assert!(ids.len() > 64, "{} tokens", ids.len());
+    model.lm.reset();
+    let mut logits: Vec<f32> = model.lm.forward(&prompt).unwrap().to_vec1().unwrap();
+    for (i, &id) in ids.iter().enumerate() {
+        let lp = log_softmax_at(&logits, id);
+        assert_eq!(
+            got.ensemble[0].steps[i].logprob.to_bits(),
+            lp.to_bits(),
+            "step {i}"
+        );
+        logits = model.lm.forward(&[id]).unwrap().to_vec1().unwrap();
+    }
+}

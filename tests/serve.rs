@@ -1252,3 +1252,88 @@ fn a_caught_panic_leaves_no_stale_kv_rows() {
         assert_eq!(again["choices"], reference["choices"]);
     });
 }
+
+/// `echo` with `max_tokens: 0` returns the prompt and its tokens' log-probabilities as
+/// vLLM does (the first token's null), for a text prompt and for its ids alike; with
+/// `max_tokens` above 0 the generated tokens follow. Streams and chat refuse it.
+#[test]
+fn echo_scores_the_prompt_like_vllm() {
+    let s = ServerProc::solo(&[]);
+    let url = s.url("/v1/completions");
+    let name = get(&s.url("/v1/models"), None).json()["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let scored = |prompt: Value, max_tokens: u32| {
+        ok(&post(
+            &url,
+            &json!({"model": name, "prompt": prompt, "max_tokens": max_tokens,
+                    "echo": true, "logprobs": 2, "temperature": 0}),
+        ))
+    };
+    let r = scored(json!(PROMPT), 0);
+    let c = &r["choices"][0];
+    assert_eq!(c["text"], PROMPT);
+    assert_eq!(r["usage"]["completion_tokens"], 0);
+    let lp = &c["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tutti"))
+        .args(["tokenize", "-m", &demo(SMOL), "--json", PROMPT])
+        .output()
+        .unwrap();
+    let ids = serde_json::from_slice::<Value>(&out.stdout).unwrap()["ids"].clone();
+    assert_eq!(
+        tokens.len(),
+        ids.as_array().unwrap().len(),
+        "one entry per prompt token"
+    );
+    let joined: String = tokens.iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(joined, PROMPT);
+    assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
+    for i in 1..tokens.len() {
+        let x = lp["token_logprobs"][i].as_f64().unwrap();
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert!(x <= 0.0 && !top.is_empty() && top.len() <= 2);
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert!(
+            best >= x,
+            "the top candidate is at least as likely as the prompt's token"
+        );
+    }
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+    // The prompt's ids give the same scores.
+    let by_ids = scored(ids, 0);
+    assert_eq!(by_ids["choices"][0]["logprobs"], c["logprobs"]);
+    // Generated tokens follow the prompt's.
+    let more = scored(json!(PROMPT), 3);
+    let m = &more["choices"][0];
+    assert!(m["text"].as_str().unwrap().starts_with(PROMPT));
+    let n = m["logprobs"]["tokens"].as_array().unwrap().len();
+    assert_eq!(n, tokens.len() + 3);
+    assert_eq!(
+        m["logprobs"]["token_logprobs"].as_array().unwrap()[..tokens.len()],
+        lp["token_logprobs"].as_array().unwrap()[..]
+    );
+    // Refused: with a stream, in chat, and max_tokens 0 without echo.
+    let e = post(
+        &url,
+        &json!({"prompt": PROMPT, "echo": true, "stream": true}),
+    )
+    .error(400);
+    assert_eq!(e["param"], "echo");
+    let chat = s.url("/v1/chat/completions");
+    let e = post(&chat, &chat_body(&name, "hi", json!({"echo": true}))).error(400);
+    assert_eq!(e["param"], "echo");
+    let e = post(&url, &json!({"prompt": PROMPT, "max_tokens": 0})).error(400);
+    assert_eq!(e["param"], "max_tokens");
+}

@@ -253,3 +253,33 @@ fn smollm2_batches_give_each_sequence_its_own_bits() {
 fn gemma3_batches_give_each_sequence_its_own_bits() {
     check_batches(GEMMA3);
 }
+
+/// `forward_rows` (one forward, every position's logits) gives each row the bits of a
+/// one-id step at that position, after a prompt and across the 64-row head calls.
+fn check_rows(file: &str) {
+    let mut model = load(file, Numerics::BatchInvariant);
+    let ids = prompt(&model);
+    let (head, rest) = ids.split_at(8);
+    model.lm.reset();
+    model.lm.forward(head).unwrap();
+    let rows = model.lm.forward_rows(rest).unwrap();
+    assert_eq!(rows.dims(), &[rest.len(), model.lm.vocab_size()]);
+    assert_eq!(model.lm.position(), ids.len());
+    model.lm.reset();
+    model.lm.forward(head).unwrap();
+    for (i, &id) in rest.iter().enumerate() {
+        let step: Vec<f32> = model.lm.forward(&[id]).unwrap().to_vec1().unwrap();
+        let row: Vec<f32> = rows.get(i).unwrap().to_vec1().unwrap();
+        assert_eq!(bits(&row), bits(&step), "{file}: row {i}");
+    }
+}
+
+#[test]
+fn smollm2_rows_are_the_one_id_steps() {
+    check_rows(SMOLLM2);
+}
+
+#[test]
+fn gemma3_rows_are_the_one_id_steps() {
+    check_rows(GEMMA3);
+}

@@ -6,6 +6,9 @@ use tutti_models::{Model, ModelInfo, ModelTokenizer};
 
 use crate::engine::{Backend, EngineError, Logits, Result};
 
+/// Most ids one [`Backend::forward_rows`] call feeds the model at once.
+const ROWS_PER_FORWARD: usize = 64;
+
 /// A candle model loaded in this process.
 pub struct LocalModel {
     model: Model,
@@ -55,32 +58,36 @@ impl LocalModel {
         Ok((logits, scores))
     }
 
-    /// Every position's logits from `cached` on, in one forward of the model.
+    /// Every position's logits from `cached` on, in forwards of at most
+    /// [`ROWS_PER_FORWARD`] ids (which bounds the logits held at once: 64 rows of a
+    /// 262,144-id vocabulary are 64 MiB).
     fn rows(&mut self, context: &[u32], cached: usize) -> Result<Vec<Logits>> {
         let start = cached.min(self.model.lm.position()).min(context.len());
         if start == context.len() {
             return Ok(Vec::new());
         }
         self.model.lm.truncate(start);
-        let out = self
-            .model
-            .lm
-            .forward_rows(&context[start..])
-            .map_err(|e| self.err(e))?;
-        let rows = out.dim(0)?;
         // Rows the backend already held before `cached` are not asked for.
         let skip = cached - start;
-        let mut logits = Vec::with_capacity(rows - skip);
-        for r in skip..rows {
-            let row = out.get(r)?;
-            logits.push(if self.device_logits {
-                Logits::Tensor(row)
-            } else {
-                Logits::Host(row.to_vec1::<f32>()?.into())
-            });
-        }
-        if self.device_logits {
-            out.device().synchronize()?;
+        let mut logits = Vec::with_capacity(context.len() - cached);
+        let mut at = start;
+        for piece in context[start..].chunks(ROWS_PER_FORWARD) {
+            let out = self.model.lm.forward_rows(piece).map_err(|e| self.err(e))?;
+            for r in 0..out.dim(0)? {
+                if at + r < start + skip {
+                    continue;
+                }
+                let row = out.get(r)?;
+                logits.push(if self.device_logits {
+                    Logits::Tensor(row)
+                } else {
+                    Logits::Host(row.to_vec1::<f32>()?.into())
+                });
+            }
+            if self.device_logits {
+                out.device().synchronize()?;
+            }
+            at += piece.len();
         }
         Ok(logits)
     }

@@ -586,6 +586,29 @@ impl Batch<'_> {
         }
     }
 
+    /// [`Ensemble::score_prompt`] on an idle member set, between rounds (the running
+    /// requests wait for it); `None` while every set is busy.
+    pub fn score_prompt(
+        &mut self,
+        request: &Request,
+        alternatives: usize,
+    ) -> Option<Result<Vec<super::score::PromptToken>>> {
+        let set = self.sets.iter().position(|s| !s.busy)?;
+        std::mem::swap(&mut self.ens.members, &mut self.sets[set].members);
+        let out = self.ens.score_prompt(request, alternatives);
+        std::mem::swap(&mut self.ens.members, &mut self.sets[set].members);
+        let members = &mut self.sets[set].members;
+        if out.is_err() {
+            members.iter_mut().for_each(Member::reset);
+        }
+        let held = members
+            .iter()
+            .map(|m| m.cached() as u64 * m.kv_bytes_per_token())
+            .sum();
+        self.release(set, held);
+        Some(out)
+    }
+
     fn release(&mut self, set: usize, held: u64) {
         let s = &mut self.sets[set];
         s.busy = false;

@@ -548,7 +548,12 @@ mod tests {
             .map(|p| p.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect())
             .collect();
         let tops: Vec<&[(u32, f32)]> = tops.iter().map(Vec::as_slice).collect();
-        for rule in [Combine::Mean, Combine::Product, Combine::Max, Combine::Confidence] {
+        for rule in [
+            Combine::Mean,
+            Combine::Product,
+            Combine::Max,
+            Combine::Confidence,
+        ] {
             let w = step_weights(rule, &weights, &tops);
             let c = combine(rule, &probs, &weights, &tops);
             for k in 0..3 {

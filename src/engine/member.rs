@@ -32,6 +32,16 @@ pub struct CommitOutcome {
     pub appended: usize,
 }
 
+/// A member's score of one id ([`Member::score_ids`]).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct IdScore {
+    pub logprob: f64,
+    /// The id was the member's most probable candidate.
+    pub greedy: bool,
+    /// The most probable candidate ids with their log-probabilities.
+    pub top: Vec<(u32, f64)>,
+}
+
 /// How well a member predicts its own prompt (teacher-forced, from the prefill).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct PromptScore {
@@ -502,7 +512,7 @@ impl Member {
     /// temperature) and whether it was the member's most probable candidate there. The
     /// first comes from the logits already current, the rest from one
     /// [`Backend::forward_rows`] over `ids` but the last (which stays pending).
-    pub(crate) fn score_ids(&mut self, ids: &[u32]) -> Result<Vec<(f64, bool)>> {
+    pub(crate) fn score_ids(&mut self, ids: &[u32], alternatives: usize) -> Result<Vec<IdScore>> {
         let Some((&last, _)) = ids.split_last() else {
             return Ok(Vec::new());
         };
@@ -536,9 +546,17 @@ impl Member {
         self.logits = None;
         let mut out = Vec::with_capacity(ids.len());
         for (row, &id) in rows.iter().zip(ids) {
-            let d = self.dist_of(row, 1.0, 1)?;
+            let d = self.dist_of(row, 1.0, alternatives.max(1))?;
             let greedy = d.top().first().is_some_and(|&(top, _)| top == id);
-            out.push((d.log_prob(&[id])?, greedy));
+            let mut top = Vec::with_capacity(alternatives);
+            for &(t, _) in d.top().iter().take(alternatives) {
+                top.push((t, d.log_prob(&[t])?));
+            }
+            out.push(IdScore {
+                logprob: d.log_prob(&[id])?,
+                greedy,
+                top,
+            });
         }
         Ok(out)
     }

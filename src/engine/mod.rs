@@ -73,7 +73,8 @@ pub use request::{
     Role, Sampling, DEFAULT_AUTO_TAU, MAX_ALTERNATIVES,
 };
 pub use score::{
-    sequence_log_prob, ContinuationScore, MemberScores, ScoreRequest, ScoredStep, Scores,
+    sequence_log_prob, ContinuationScore, MemberScores, PromptToken, ScoreRequest, ScoredStep,
+    Scores,
 };
 pub use sequence::encode_prompt;
 pub use spec::{timeout_of, MemberSpec, MAX_TIMEOUT_S};

@@ -50,6 +50,11 @@ pub struct ScoreRequest {
     /// Also score every taking-part member alone, and the sequence-level ensemble (on
     /// by default; a one-member request is its member alone either way).
     pub members_alone: bool,
+    /// The most probable candidates each step also reports ([`ScoredStep::top`]).
+    pub alternatives: usize,
+    /// The primary's ids for the one continuation, where the caller has them (a
+    /// token-id prompt); else the primary's own encoding cuts it.
+    pub cut: Option<Vec<u32>>,
 }
 
 impl ScoreRequest {
@@ -58,7 +63,15 @@ impl ScoreRequest {
             request,
             continuations,
             members_alone: true,
+            alternatives: 0,
+            cut: None,
         }
+    }
+
+    /// Reports the `n` most probable candidates of every step.
+    pub fn alternatives(mut self, n: usize) -> ScoreRequest {
+        self.alternatives = n;
+        self
     }
 
     /// Scores only the ensemble (token level).
@@ -78,6 +91,9 @@ pub struct ScoredStep {
     pub greedy: bool,
     /// No member had them among its top-k: they were added to the union.
     pub inserted: bool,
+    /// The most probable candidates with their log-probabilities (as many as asked),
+    /// computed as `logprob` is: the forced bytes among them carry the same value.
+    pub top: Vec<(Vec<u8>, f64)>,
 }
 
 /// The score of one continuation by one system.
@@ -130,6 +146,11 @@ impl Ensemble {
                 "continuation #{i} is empty: there is nothing to score"
             )));
         }
+        if req.cut.is_some() && req.continuations.len() != 1 {
+            return Err(EngineError::BadRequest(
+                "a given cut is for one continuation".into(),
+            ));
+        }
         let request = scoring_request(&req.request);
         let plan = Plan::new(&self.members, &request)?;
         let alone = plan.slots.len() == 1 || req.members_alone;
@@ -146,7 +167,8 @@ impl Ensemble {
                     } else {
                         m.start(prompt)?;
                     }
-                    scores.push(score_alone(m, cont)?);
+                    let cut = req.cut.as_deref().filter(|_| i == 0);
+                    scores.push(score_alone(m, cont, cut, req.alternatives)?);
                 }
                 members.push(MemberScores {
                     slot,
@@ -169,7 +191,13 @@ impl Ensemble {
                     std::time::Instant::now(),
                 )?;
                 weights = seq.weights.clone();
-                out.push(seq.score_forced(&mut self.members, &mut self.lookups, cont)?);
+                out.push(seq.score_forced(
+                    &mut self.members,
+                    &mut self.lookups,
+                    cont,
+                    req.cut.as_deref(),
+                    req.alternatives,
+                )?);
             }
             (out, weights)
         };
@@ -186,6 +214,90 @@ impl Ensemble {
             sequence,
             weights,
         })
+    }
+}
+
+/// One prompt token as an OpenAI-style `echo` reports it ([`Ensemble::score_prompt`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PromptToken {
+    /// The primary member's id.
+    pub id: u32,
+    pub bytes: Vec<u8>,
+    /// `None` for the tokens the scoring starts after.
+    pub logprob: Option<f64>,
+    pub top: Vec<(Vec<u8>, f64)>,
+}
+
+impl Ensemble {
+    /// Every prompt token of the request's primary member with its log-probability
+    /// given the tokens before it, and the `alternatives` most probable candidates
+    /// there. The first token has none; for an ensemble, neither has any token before
+    /// the first one with text, which is where every member's context starts (each
+    /// member gets that text in its own tokens, so members that add a beginning-of-text
+    /// token have it). After it, one member gives its own log-softmax and an ensemble
+    /// the token-level score ([`Ensemble::score`]) cut by the primary's tokens.
+    pub fn score_prompt(
+        &mut self,
+        request: &Request,
+        alternatives: usize,
+    ) -> Result<Vec<PromptToken>> {
+        let scoring = scoring_request(request);
+        let plan = Plan::new(&self.members, &scoring)?;
+        let primary = &self.members[plan.slots[0]];
+        let ids = plan.prompts[0].clone();
+        let bytes = |id: u32| {
+            primary
+                .vocab()
+                .bytes(id)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default()
+        };
+        let first = match plan.slots.len() {
+            1 => 0,
+            _ => ids
+                .iter()
+                .position(|&id| !bytes(id).is_empty())
+                .unwrap_or(ids.len()),
+        };
+        let mut out: Vec<PromptToken> = ids
+            .iter()
+            .map(|&id| PromptToken {
+                id,
+                bytes: bytes(id),
+                logprob: None,
+                top: Vec::new(),
+            })
+            .collect();
+        if first + 1 >= ids.len() {
+            return Ok(out);
+        }
+        let (context, cut) = ids.split_at(first + 1);
+        let cont = String::from_utf8_lossy(&primary.vocab().decode_bytes(cut)).into_owned();
+        let mut req = request.clone();
+        req.prompt = match plan.slots.len() {
+            1 => Prompt::Ids(vec![context.to_vec()]),
+            _ => Prompt::Raw(
+                String::from_utf8_lossy(&primary.vocab().decode_bytes(context)).into_owned(),
+            ),
+        };
+        let scored = self.score(&ScoreRequest {
+            request: req,
+            continuations: vec![cont],
+            members_alone: false,
+            alternatives,
+            cut: Some(cut.to_vec()),
+        })?;
+        let steps = scored
+            .ensemble
+            .into_iter()
+            .next()
+            .map(|c| c.steps)
+            .unwrap_or_default();
+        for (tok, step) in out[first + 1..].iter_mut().zip(steps) {
+            tok.logprob = Some(step.logprob);
+            tok.top = step.top;
+        }
+        Ok(out)
     }
 }
 
@@ -206,18 +318,28 @@ fn scoring_request(r: &Request) -> Request {
     r
 }
 
-/// A started member's score of `cont` in its own tokenization.
-fn score_alone(m: &mut Member, cont: &str) -> Result<ContinuationScore> {
-    let ids = m.tokens_for(cont.as_bytes())?;
-    let scored = m.score_ids(&ids)?;
+/// A started member's score of `cont` in its own tokenization (or in `cut`).
+fn score_alone(
+    m: &mut Member,
+    cont: &str,
+    cut: Option<&[u32]>,
+    alternatives: usize,
+) -> Result<ContinuationScore> {
+    let ids = match cut {
+        Some(c) => c.to_vec(),
+        None => m.tokens_for(cont.as_bytes())?,
+    };
+    let scored = m.score_ids(&ids, alternatives)?;
+    let bytes = |id: u32| m.vocab().bytes(id).map(<[u8]>::to_vec).unwrap_or_default();
     let steps: Vec<ScoredStep> = ids
         .iter()
-        .zip(&scored)
-        .map(|(&id, &(logprob, greedy))| ScoredStep {
-            bytes: m.vocab().bytes(id).map(<[u8]>::to_vec).unwrap_or_default(),
-            logprob,
-            greedy,
+        .zip(scored)
+        .map(|(&id, s)| ScoredStep {
+            bytes: bytes(id),
+            logprob: s.logprob,
+            greedy: s.greedy,
             inserted: false,
+            top: s.top.into_iter().map(|(t, lp)| (bytes(t), lp)).collect(),
         })
         .collect();
     Ok(summed(steps, cont))
@@ -271,9 +393,14 @@ impl Sequence {
         members: &mut [Member],
         lookups: &mut [TargetLookup],
         cont: &str,
+        cut: Option<&[u32]>,
+        alternatives: usize,
     ) -> Result<ContinuationScore> {
         let primary = self.slots[0];
-        let cut = members[primary].tokens_for(cont.as_bytes())?;
+        let cut = match cut {
+            Some(c) => c.to_vec(),
+            None => members[primary].tokens_for(cont.as_bytes())?,
+        };
         let mut steps = Vec::with_capacity(cut.len());
         for &id in &cut {
             if let Some(member) = self
@@ -298,43 +425,62 @@ impl Sequence {
             let mut ms = vec![0.0; self.slots.len()];
             let mut proposals = self.propose(members, &mut ms)?;
             let (forced, inserted) = proposals.union.force(&bytes, primary, id);
-            let mut logps = Vec::with_capacity(self.slots.len());
             let mut weights = Vec::with_capacity(self.slots.len());
             let mut probs = Vec::with_capacity(self.slots.len());
             let mut tops = Vec::with_capacity(self.slots.len());
+            let mut consulted = Vec::with_capacity(self.slots.len());
             for (i, &slot) in self.slots.iter().enumerate() {
                 let Some(dist) = proposals.dist(slot) else {
                     continue;
                 };
                 let m = &members[slot];
-                let lp = proposals
-                    .member_log_prob(slot, forced, m.vocab(), lookups.get_mut(slot))
-                    .map_err(|e| e.into_engine(m.name()))?;
                 let p = proposals
                     .member_probs(slot, m.vocab(), lookups.get_mut(slot))
                     .map_err(|e| e.into_engine(m.name()))?;
-                logps.push(lp);
                 probs.push(p);
                 weights.push(self.weights[i]);
                 tops.push(dist.top());
+                consulted.push(slot);
             }
             let rule = self.request.combine;
-            let logprob = pooled_log_prob(rule, &logps, &step_weights(rule, &weights, &tops));
+            let step_w = step_weights(rule, &weights, &tops);
+            // One candidate's log-probability, the same way for the forced one and
+            // the reported alternatives.
+            let mut log_prob = |c: usize| -> Result<f64> {
+                let mut logps = Vec::with_capacity(consulted.len());
+                for &slot in &consulted {
+                    let m = &members[slot];
+                    logps.push(
+                        proposals
+                            .member_log_prob(slot, c, m.vocab(), lookups.get_mut(slot))
+                            .map_err(|e| e.into_engine(m.name()))?,
+                    );
+                }
+                Ok(pooled_log_prob(rule, &logps, &step_w))
+            };
+            let logprob = log_prob(forced)?;
             let combined = combine(rule, &probs, &weights, &tops);
-            let best = (0..combined.probs.len()).max_by(|&a, &b| {
-                combined.probs[a]
-                    .total_cmp(&combined.probs[b])
-                    .then(b.cmp(&a))
+            let mut order: Vec<usize> = (0..combined.probs.len()).collect();
+            order.sort_by(|&a, &b| {
+                combined.probs[b]
+                    .total_cmp(&combined.probs[a])
+                    .then(a.cmp(&b))
             });
-            debug_assert!(matches!(
-                proposals.union.candidates[forced].key,
-                CandidateKey::Bytes(_)
-            ));
+            let mut top = Vec::with_capacity(alternatives);
+            for &c in order.iter().take(alternatives) {
+                let lp = if c == forced { logprob } else { log_prob(c)? };
+                let shown = match &proposals.union.candidates[c].key {
+                    CandidateKey::Bytes(b) => b.clone(),
+                    CandidateKey::Eos => Vec::new(),
+                };
+                top.push((shown, lp));
+            }
             steps.push(ScoredStep {
                 bytes,
                 logprob,
-                greedy: best == Some(forced),
+                greedy: order.first() == Some(&forced),
                 inserted,
+                top,
             });
             self.commit(&proposals, forced, members)?;
         }

@@ -106,6 +106,10 @@ pub struct Call {
     pub logprobs: Option<usize>,
     /// vLLM's `return_tokens_as_token_ids`: tokens rendered as `token_id:<id>`.
     pub token_ids: bool,
+    /// `echo`: the prompt is scored and returned before the generated text.
+    pub echo: bool,
+    /// A text prompt as sent, for `echo`.
+    pub echo_text: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -282,11 +286,13 @@ pub fn parse(
     } else {
         "max_tokens"
     };
+    let echo = body.echo == Some(true);
     let max_tokens = match asked {
+        Some(0) if echo => 0,
         Some(n) if n < 1 => {
             return Err(ApiError::param(
                 param,
-                format!("{param} must be at least 1 (got {n}); prompt scoring without generation is not supported"),
+                format!("{param} must be at least 1 (got {n}); 0 scores the prompt without generating, with echo: true"),
             ))
         }
         Some(n) if n as u64 > limits.max_tokens_cap as u64 => {
@@ -425,6 +431,17 @@ pub fn parse(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
 
+    if echo && stream {
+        return Err(ApiError::param(
+            "echo",
+            "echo is supported without stream: the prompt's scores come in one response",
+        ));
+    }
+    let echo_text = match (&request.prompt, echo) {
+        (Prompt::Raw(t), true) => Some(t.clone()),
+        _ => None,
+    };
+
     request.validate().map_err(|e| {
         let param = validation_param(&e, endpoint);
         ApiError::from(e).with_param(param)
@@ -438,6 +455,8 @@ pub fn parse(
         include_usage,
         logprobs,
         token_ids,
+        echo,
+        echo_text,
     })
 }
 
@@ -483,8 +502,11 @@ fn unsupported(body: &Body, endpoint: Endpoint) -> Result<(), ApiError> {
             return Err(ApiError::param("best_of", "best_of must be 1"));
         }
     }
-    if body.echo == Some(true) {
-        return Err(ApiError::param("echo", "echo is not supported"));
+    if body.echo == Some(true) && endpoint == Endpoint::Chat {
+        return Err(ApiError::param(
+            "echo",
+            "echo is for /v1/completions; the chat API does not echo",
+        ));
     }
     for (name, v) in [
         ("presence_penalty", body.presence_penalty),
@@ -778,7 +800,7 @@ mod tests {
             (r#"{"prompt":"x","max_tokens":101}"#, "max_tokens"),
             (r#"{"prompt":"x","n":2}"#, "n"),
             (r#"{"prompt":"x","logprobs":21}"#, "logprobs"),
-            (r#"{"prompt":"x","echo":true}"#, "echo"),
+            (r#"{"prompt":"x","echo":true,"stream":true}"#, "echo"),
             (r#"{"prompt":[1,2,3]}"#, "prompt"),
             (r#"{"prompt":["a","b"]}"#, "prompt"),
             (r#"{"prompt":"x","tutti":{"weights":[1]}}"#, "tutti.weights"),

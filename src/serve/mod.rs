@@ -530,6 +530,7 @@ async fn handle(
     let (tx, rx) = unbounded_channel();
     let job = Job {
         request: call.request.clone(),
+        echo: call.echo.then(|| call.logprobs.unwrap_or(0)),
         events: tx,
         enqueued: Instant::now(),
     };

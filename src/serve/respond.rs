@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::api::{Call, Endpoint};
 use super::error::ApiError;
 use super::worker::Msg;
-use crate::engine::{Choice, Generation, StepEvent, StopReason};
+use crate::engine::{Choice, Generation, PromptToken, StepEvent, StopReason};
 
 /// What a response needs besides the engine's messages.
 pub struct Render {
@@ -41,6 +41,13 @@ pub struct Render {
     started: Option<(f64, f64)>,
     /// Attribution records not sent yet (`tutti: {"explain": true}`).
     explain: super::explain::Records,
+    /// `echo`: the prompt goes before the generated text, its tokens before the
+    /// generated ones.
+    echo: bool,
+    /// The prompt as the client sent it (a text prompt), else its tokens' text.
+    echo_text: Option<String>,
+    /// The prompt's tokens, once scored.
+    prompt: Vec<Entry>,
 }
 
 /// One reported token.
@@ -55,6 +62,8 @@ struct Entry {
     char_offset: usize,
     /// A winning end-of-sequence: no text covers it, the end of the generation does.
     eos: bool,
+    /// False for a prompt token scoring starts after: its logprob is null.
+    scored: bool,
 }
 
 /// Tokens waiting for the text that covers them.
@@ -123,6 +132,15 @@ fn logprob(p: f32) -> f64 {
     }
 }
 
+/// A log-probability that JSON can carry, from a natural log.
+fn finite(lp: f64) -> f64 {
+    if lp.is_finite() {
+        lp
+    } else {
+        -9999.0
+    }
+}
+
 fn finish_reason(r: StopReason) -> &'static str {
     match r {
         StopReason::Eos | StopReason::StopString => "stop",
@@ -165,7 +183,49 @@ impl Render {
             tracker: Tracker::default(),
             started: None,
             explain: super::explain::Records::default(),
+            echo: call.echo,
+            echo_text: call.echo_text.clone(),
+            prompt: Vec::new(),
         }
+    }
+
+    /// The scored prompt's entries (`echo`), with their offsets in its text.
+    fn on_prompt(&mut self, tokens: &[PromptToken]) {
+        let mut text = Vec::new();
+        let shown = |id: u32, bytes: &[u8]| match self.token_ids {
+            true => format!("token_id:{id}"),
+            false => String::from_utf8_lossy(bytes).into_owned(),
+        };
+        let mut entries = Vec::with_capacity(tokens.len());
+        for t in tokens {
+            let start = text.len();
+            text.extend_from_slice(&t.bytes);
+            let before = String::from_utf8_lossy(&text[..start]).chars().count();
+            entries.push(Entry {
+                start,
+                token: shown(t.id, &t.bytes),
+                bytes: t.bytes.clone(),
+                logprob: t.logprob.map_or(0.0, finite),
+                top: t
+                    .top
+                    .iter()
+                    .map(|(b, lp)| {
+                        (
+                            String::from_utf8_lossy(b).into_owned(),
+                            b.clone(),
+                            finite(*lp),
+                        )
+                    })
+                    .collect(),
+                char_offset: before,
+                eos: false,
+                scored: t.logprob.is_some(),
+            });
+        }
+        if self.echo_text.is_none() {
+            self.echo_text = Some(String::from_utf8_lossy(&text).into_owned());
+        }
+        self.prompt = entries;
     }
 
     /// How a candidate is shown: its text (or `token_id:<id>`) and its exact bytes.
@@ -212,6 +272,7 @@ impl Render {
                 top,
                 char_offset: 0,
                 eos: s.chosen.eos,
+                scored: true,
             },
             len,
         );
@@ -224,9 +285,13 @@ impl Render {
         match self.endpoint {
             Endpoint::Completions => json!({
                 "tokens": entries.iter().map(|e| e.token.clone()).collect::<Vec<_>>(),
-                "token_logprobs": entries.iter().map(|e| e.logprob).collect::<Vec<_>>(),
-                "top_logprobs": entries.iter().map(|e| {
-                    e.top.iter().map(|(t, _, lp)| (t.clone(), json!(lp))).collect::<serde_json::Map<_, _>>()
+                "token_logprobs": entries.iter().map(|e| match e.scored {
+                    true => json!(e.logprob),
+                    false => Value::Null,
+                }).collect::<Vec<_>>(),
+                "top_logprobs": entries.iter().map(|e| match e.scored {
+                    true => Value::Object(e.top.iter().map(|(t, _, lp)| (t.clone(), json!(lp))).collect()),
+                    false => Value::Null,
                 }).collect::<Vec<_>>(),
                 "text_offset": entries.iter().map(|e| e.char_offset).collect::<Vec<_>>(),
             }),
@@ -281,9 +346,19 @@ impl Render {
                     at_unix_ms,
                 } => self.started = Some((queued_ms, at_unix_ms)),
                 Msg::Step(s) => self.on_step(&s),
+                Msg::Prompt(p) => self.on_prompt(&p),
                 Msg::Text(t) => entries.extend(self.tracker.text(&t)),
                 Msg::Done(Ok(g)) => {
                     entries.extend(self.tracker.finish());
+                    if self.echo {
+                        let shift = self.echo_text.as_deref().map_or(0, |t| t.chars().count());
+                        for e in &mut entries {
+                            e.char_offset += shift;
+                        }
+                        let mut all = std::mem::take(&mut self.prompt);
+                        all.extend(entries);
+                        entries = all;
+                    }
                     return Ok(self.body(&g, &entries));
                 }
                 Msg::Done(Err(e)) => return Err(e),
@@ -296,10 +371,14 @@ impl Render {
 
     fn body(&mut self, g: &Generation, entries: &[Entry]) -> Value {
         let reason = finish_reason(g.stop_reason);
+        let text = match (self.echo, &self.echo_text) {
+            (true, Some(p)) => format!("{p}{}", g.text),
+            _ => g.text.clone(),
+        };
         let choice = match self.endpoint {
             Endpoint::Completions => json!({
                 "index": 0,
-                "text": g.text,
+                "text": text,
                 "logprobs": self.logprobs_json(entries),
                 "finish_reason": reason,
             }),
@@ -388,6 +467,8 @@ impl Render {
                 self.on_step(&s);
                 false
             }
+            // Refused with a stream (see `api::parse`).
+            Msg::Prompt(_) => false,
             Msg::Text(t) => {
                 let entries = self.tracker.text(&t);
                 let lp = self.logprobs_json(&entries);
@@ -497,6 +578,7 @@ mod tests {
             top: Vec::new(),
             char_offset: 0,
             eos: false,
+            scored: true,
         }
     }
 

@@ -18,8 +18,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::engine::{
-    Admit, Batch, BatchOptions, Ensemble, Event, Flow, Generation, Planned, Request, SeqId,
-    StepEvent,
+    Admit, Batch, BatchOptions, Ensemble, Event, Flow, Generation, Planned, PromptToken, Request,
+    SeqId, StepEvent,
 };
 
 /// What the engine tells a waiting handler.
@@ -33,6 +33,8 @@ pub enum Msg {
         at_unix_ms: f64,
     },
     Step(Box<StepEvent>),
+    /// The prompt's tokens with their log-probabilities (`echo`), before any step.
+    Prompt(Vec<PromptToken>),
     Text(String),
     /// The end: the whole generation, or why it failed.
     Done(Result<Box<Generation>, ApiError>),
@@ -41,6 +43,8 @@ pub enum Msg {
 /// One queued request.
 pub struct Job {
     pub request: Request,
+    /// Score the prompt first (`echo`), with this many alternatives per token.
+    pub echo: Option<usize>,
     pub events: UnboundedSender<Msg>,
     pub enqueued: Instant,
 }
@@ -257,6 +261,34 @@ fn admit(
             let _ = job.events.send(Msg::Done(Err(ApiError::shutting_down())));
             continue;
         }
+        if let Some(n) = job.echo {
+            // The prompt is scored on an idle member set, before the generation.
+            let scored =
+                std::panic::catch_unwind(AssertUnwindSafe(|| batch.score_prompt(&job.request, n)));
+            match scored {
+                Ok(None) => {
+                    waiting.push_front(taken);
+                    return;
+                }
+                Ok(Some(Ok(tokens))) => {
+                    let _ = job.events.send(Msg::Prompt(tokens));
+                    taken.job.echo = None;
+                }
+                Ok(Some(Err(e))) => {
+                    metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
+                    tracing::warn!("request refused: {e}");
+                    let _ = job.events.send(Msg::Done(Err(ApiError::from(e))));
+                    continue;
+                }
+                Err(_) => {
+                    metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
+                    let _ = job.events.send(Msg::Done(Err(ApiError::internal(FAILED))));
+                    fail_running(batch, running, "scoring a prompt");
+                    continue;
+                }
+            }
+        }
+        let job = &taken.job;
         let planned = match taken.planned.take() {
             Some(p) => Ok(p),
             None => caught(|| batch.plan(&job.request)),
