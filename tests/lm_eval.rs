@@ -128,17 +128,22 @@ fn lm_eval(server: &ServerProc, model: &str, tasks: &Path, out: &Path) -> PathBu
     out.join(model)
 }
 
-/// The log-likelihood lm-eval read for each choice, by item id.
-fn lm_eval_loglikelihoods(dir: &Path, task: &str) -> HashMap<String, Vec<f64>> {
-    let file = std::fs::read_dir(dir)
+/// The file of lm-eval's output folder `dir` whose name starts with `prefix`.
+fn file_starting(dir: &Path, prefix: &str) -> PathBuf {
+    std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("samples_{task}_")))
+                .is_some_and(|n| n.starts_with(prefix))
         })
-        .unwrap_or_else(|| panic!("no samples of {task} in {}", dir.display()));
+        .unwrap_or_else(|| panic!("no {prefix}* file in {}", dir.display()))
+}
+
+/// The log-likelihood lm-eval read for each choice, by item id.
+fn lm_eval_loglikelihoods(dir: &Path, task: &str) -> HashMap<String, Vec<f64>> {
+    let file = file_starting(dir, &format!("samples_{task}_"));
     let mut out = HashMap::new();
     for line in std::fs::read_to_string(file).unwrap().lines() {
         let s: Value = serde_json::from_str(line).unwrap();
@@ -155,15 +160,7 @@ fn lm_eval_loglikelihoods(dir: &Path, task: &str) -> HashMap<String, Vec<f64>> {
 }
 
 fn lm_eval_metric(dir: &Path, task: &str, metric: &str) -> f64 {
-    let file = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("results_"))
-        })
-        .expect("lm-eval's results file");
+    let file = file_starting(dir, "results_");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     v["results"][task][format!("{metric},none")]
         .as_f64()
